@@ -1,0 +1,169 @@
+"""Elementwise ops: unary math, binary arithmetic with numpy broadcasting, comparisons, logic,
+``where`` and ``cast``. Binary ops take operands of one dtype (``Builder.call`` inserts casts)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lamina.ir import dtypes as dt
+from lamina.ir.builder import op
+from lamina.ir.errors import DTypeError
+from lamina.ir.ops.registry import ZERO_GRAD, defop
+from lamina.ir.ops.rules import binary, broadcast, same_dtype, unary
+from lamina.ir.types import TensorType
+
+# --- unary ------------------------------------------------------------------------------------
+
+
+def _sigmoid(x):
+    # Stable on both sides: never exponentiates a large positive number.
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+
+
+_erf_scalar = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf(x):
+    return _erf_scalar(x).astype(x.dtype)
+
+
+def _rsqrt(x):
+    with np.errstate(divide="ignore"):
+        return (1 / np.sqrt(x)).astype(x.dtype)
+
+
+def _log(x):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(x)
+
+
+def _sqrt(x):
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(x)
+
+
+def _exp(x):
+    with np.errstate(over="ignore"):
+        return np.exp(x)
+
+
+def _unary(name, ref, vjp, allowed="f", doc=""):
+    defop(name, arity=1, kind="elementwise", infer=unary(name, allowed), ref=ref, vjp=vjp,
+          float_only=allowed == "f", doc=doc)
+
+
+_unary("neg", np.negative, lambda g, out, x: (-g,), "fi", "-x")
+_unary("abs", np.abs, lambda g, out, x: (g * op.sign(x),), "fi", "|x|")
+_unary("sign", np.sign, ZERO_GRAD, "fi", "-1, 0 or 1")
+_unary("exp", _exp, lambda g, out, x: (g * out,), doc="e**x")
+_unary("log", _log, lambda g, out, x: (g / x,), doc="natural logarithm")
+_unary("sqrt", _sqrt, lambda g, out, x: (g * 0.5 / out,), doc="square root")
+_unary("rsqrt", _rsqrt, lambda g, out, x: (g * -0.5 * out * out * out,), doc="1/sqrt(x)")
+_unary("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), doc="hyperbolic tangent")
+_unary("sigmoid", _sigmoid, lambda g, out, x: (g * out * (1 - out),), doc="1/(1+e**-x)")
+_unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype),
+       lambda g, out, x: (op.where(x > 0, g, 0.0),), doc="max(x, 0)")
+_unary("erf", _erf, lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * op.exp(-(x * x)),),
+       doc="the error function")
+
+# --- binary arithmetic ------------------------------------------------------------------------
+
+
+def _div(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.true_divide(x, y)
+
+
+def _pow(x, y):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.power(x, y)
+
+
+def _max_vjp(g, out, x, y):
+    # Ties split the gradient evenly between the operands (as JAX does).
+    half = op.where(x == y, g * 0.5, 0.0)
+    return op.where(x > y, g, 0.0) + half, op.where(y > x, g, 0.0) + half
+
+
+def _min_vjp(g, out, x, y):
+    half = op.where(x == y, g * 0.5, 0.0)
+    return op.where(x < y, g, 0.0) + half, op.where(y < x, g, 0.0) + half
+
+
+def _pow_vjp(g, out, x, y):
+    # d/dy x**y = x**y * log(x): only emitted when y needs a gradient (dead otherwise).
+    return g * y * x ** (y - 1), g * out * op.log(x)
+
+
+def _binary(name, ref, vjp, allowed="fi", doc=""):
+    defop(name, arity=2, kind="elementwise", infer=binary(name, allowed), ref=ref, vjp=vjp,
+          promote=(0, 1), float_only=allowed == "f", doc=doc)
+
+
+_binary("add", np.add, lambda g, out, x, y: (g, g), doc="x + y")
+_binary("sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y")
+_binary("mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y")
+_binary("div", _div, lambda g, out, x, y: (g / y, -g * out / y), "f", "x / y")
+_binary("pow", _pow, _pow_vjp, "f", "x ** y")
+_binary("maximum", np.maximum, _max_vjp, doc="elementwise max")
+_binary("minimum", np.minimum, _min_vjp, doc="elementwise min")
+
+# --- comparisons and logic (bool results, zero gradient) --------------------------------------
+
+for _name, _ref in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
+                    ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
+    defop(_name, arity=2, kind="elementwise", infer=binary(_name, "fib", dt.bool_), ref=_ref,
+          vjp=ZERO_GRAD, promote=(0, 1), doc=f"np.{_ref.__name__}")
+
+defop("logical_and", arity=2, kind="elementwise", infer=binary("logical_and", "b"),
+      ref=np.logical_and, vjp=ZERO_GRAD, doc="x & y on bools")
+defop("logical_or", arity=2, kind="elementwise", infer=binary("logical_or", "b"),
+      ref=np.logical_or, vjp=ZERO_GRAD, doc="x | y on bools")
+defop("logical_not", arity=1, kind="elementwise", infer=unary("logical_not", "b"),
+      ref=np.logical_not, vjp=ZERO_GRAD, doc="~x on bools")
+
+# --- where and cast ---------------------------------------------------------------------------
+
+
+def _where_infer(types, attrs):
+    cond, a, b = types
+    if not cond.dtype.is_bool:
+        raise DTypeError(f"where: the condition must be bool, got {cond}")
+    d = same_dtype("where", [a, b])
+    return TensorType(broadcast("where", types), d)
+
+
+defop("where", arity=3, kind="elementwise", infer=_where_infer, ref=np.where,
+      vjp=lambda g, out, c, a, b: (None, op.where(c, g, 0.0), op.where(c, 0.0, g)),
+      promote=(1, 2), doc="a where cond else b")
+
+
+def _cast_canon(types, attrs):
+    attrs["dtype"] = dt.dtype(attrs["dtype"])
+    return attrs
+
+
+def _cast_vjp(g, out, x, dtype):
+    return (g.astype(x.dtype) if x.dtype.is_float else None,)
+
+
+def _cast_ref(x, dtype):
+    return x.astype(dtype.np)
+
+
+defop("cast", arity=1, kind="elementwise", attrs=("dtype",), canon=_cast_canon,
+      infer=lambda types, attrs: types[0].with_dtype(attrs["dtype"]), ref=_cast_ref,
+      vjp=_cast_vjp, doc="x.astype(dtype)")
+
+# --- identities with a meaning for autodiff ---------------------------------------------------
+
+defop("alias", arity=1, kind="elementwise", infer=lambda types, attrs: types[0],
+      ref=lambda x: x, vjp=lambda g, out, x: (g,),
+      doc="identity; gives lm.grad's argument its own value so closures stay constant")
+defop("stop_gradient", arity=1, kind="elementwise", infer=lambda types, attrs: types[0],
+      ref=lambda x: x, vjp=lambda g, out, x: (None,),
+      doc="identity whose gradient is zero")
+

@@ -1,0 +1,88 @@
+"""The text form of a Graph: one op per line, every value typed, the source line as a trailing
+comment. ``lamina.ir.parse`` reads it back; printing the parsed graph gives the same text.
+
+    graph @f(%x: f32[4,3], %w: f32[3,5]) {
+      %0 = matmul(%x, %w) : f32[4,5]                              # demo.py:3
+      %1 = tanh(%0) : f32[4,5]                                    # demo.py:3
+      return %1
+    }
+"""
+
+from __future__ import annotations
+
+import json
+
+from lamina.ir.dtypes import DType
+from lamina.ir.graph import Graph, Node, Value
+from lamina.ir.ops.registry import get as get_op
+
+LOC_COLUMN = 64  # source comments start here (or after the text, if longer)
+
+
+def format_attr(v) -> str:
+    """One attribute value: ``true``, ``none``, ``3``, ``0.5``, ``"tanh"``, ``f32``, ``[0, 1]``."""
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    if v is None:
+        return "none"
+    if isinstance(v, DType):
+        return v.short
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)  # shortest text that reads back as the same float: 0.1, 1e-08, inf
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(format_attr(x) for x in v) + "]"
+    raise TypeError(f"attribute value {v!r} of type {type(v).__name__} cannot be printed")
+
+
+def format_attrs(node: Node) -> str:
+    shown = [k for k in node.attrs if k not in get_op(node.op).typed_attrs]
+    if not shown:
+        return ""
+    return " {" + ", ".join(f"{k}={format_attr(node.attrs[k])}" for k in shown) + "}"
+
+
+class Namer:
+    """SSA names: parameters keep theirs, node results are numbered in graph order."""
+
+    def __init__(self, graph: Graph):
+        self.names: dict[Value, str] = {p: p.name for p in graph.params}
+        for i, n in enumerate(graph.nodes):
+            self.names[n] = str(i)
+
+    def __call__(self, v: Value) -> str:
+        try:
+            return "%" + self.names[v]
+        except KeyError:
+            return "%<undefined>"
+
+
+def format_node(node: Node, name) -> str:
+    args = ", ".join(name(v) for v in node.inputs)
+    text = f"{name(node)} = {node.op}({args}){format_attrs(node)} : {node.type}"
+    if node.loc is not None:
+        text = text.ljust(LOC_COLUMN - 2) + f"  # {node.loc}"
+    return text
+
+
+def print_graph(graph: Graph, indent: str = "  ") -> str:
+    name = Namer(graph)
+    sig = ", ".join(f"%{p.name}: {p.type}" for p in graph.inputs)
+    head = f"graph @{graph.name}({sig})"
+    if graph.state:
+        head += " state(" + ", ".join(f"%{p.name}: {p.type}" for p in graph.state) + ")"
+    lines = [head + " {"]
+    for n in graph.nodes:
+        lines.append(indent + format_node(n, name))
+    for p in graph.state:  # updates print in state order
+        if p.name in graph.updates:
+            lines.append(f"{indent}update %{p.name} = {name(graph.updates[p.name])}")
+    ret = ", ".join(name(v) for v in graph.outputs)
+    lines.append(f"{indent}return {ret}".rstrip())
+    lines.append("}")
+    return "\n".join(lines) + "\n"

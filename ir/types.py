@@ -1,0 +1,105 @@
+"""``TensorType``: the static type of every IR value (shape and dtype), and shape helpers.
+
+Shapes are static: a compiled function is specialized per input signature.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lamina.ir import dtypes as dt
+from lamina.ir.errors import ShapeError
+
+
+class TensorType:
+    """Shape and dtype of a value. Printed as ``f32[256,64]``; a scalar is ``f32[]``.
+
+    >>> TensorType((2, 3), "f32")
+    f32[2,3]
+    """
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, shape, dtype="f32"):
+        shape = tuple(int(d) for d in shape)
+        for d in shape:
+            if d < 0:
+                raise ShapeError(f"negative dimension in shape {shape}")
+        self.shape = shape
+        self.dtype = dt.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def with_shape(self, shape) -> TensorType:
+        return TensorType(shape, self.dtype)
+
+    def with_dtype(self, dtype) -> TensorType:
+        return TensorType(self.shape, dtype)
+
+    def __eq__(self, other) -> bool:
+        return (
+            isinstance(other, TensorType)
+            and self.shape == other.shape
+            and self.dtype is other.dtype
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self.dtype.short))
+
+    def __str__(self) -> str:
+        return f"{self.dtype.short}[{','.join(map(str, self.shape))}]"
+
+    __repr__ = __str__
+
+
+def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """numpy broadcasting of several shapes; a clear ShapeError when they do not fit.
+
+    >>> broadcast_shapes((256, 1), (64,))
+    (256, 64)
+    """
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(ndim):
+        dim = 1
+        for s in shapes:
+            j = i - (ndim - len(s))
+            if j < 0 or s[j] == 1:
+                continue
+            if dim != 1 and s[j] != dim:
+                listed = " and ".join(str(list(s)) for s in shapes)
+                raise ShapeError(f"shapes {listed} do not broadcast (axis {i}: {dim} vs {s[j]})")
+            dim = s[j]
+        out.append(dim)
+    return tuple(out)
+
+
+def normalize_axis(axis: int, ndim: int) -> int:
+    """A non-negative axis index; ShapeError when out of range."""
+    if not isinstance(axis, int):
+        raise ShapeError(f"axis must be an int, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"axis {axis} is out of range for a tensor of rank {ndim}")
+    return axis % ndim
+
+
+def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
+    """``None`` -> all axes; an int or a sequence -> sorted, non-negative, without repeats."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int):
+        axis = (axis,)
+    axes = tuple(sorted(normalize_axis(a, ndim) for a in axis))
+    if len(set(axes)) != len(axes):
+        raise ShapeError(f"repeated axis in {tuple(axis)}")
+    return axes

@@ -1,0 +1,56 @@
+"""lamina: a small deep-learning compiler.
+
+    trace (frontend) -> ir (Graph) -> passes -> backend render/compile -> runtime run
+
+>>> import numpy as np, lamina as lm
+>>> f = lm.compile(lambda x: lm.relu(x) * 2)
+>>> f(np.array([-1.0, 3.0], np.float32))
+array([0., 6.], dtype=float32)
+"""
+
+__version__ = "0.1.0"
+
+from lamina import ir  # noqa: E402
+from lamina.compiler import CompiledFunction, compile, load  # noqa: E402
+from lamina.frontend import nn, optim, random  # noqa: E402
+from lamina.frontend.ops import (  # noqa: E402
+    abs, add, arange, argmax, astype, broadcast_to, clip, concatenate, divide, erf, exp,
+    expand_dims, full, gelu, log, log_softmax, logsumexp, matmul, max, maximum, mean, min,
+    minimum, multiply, negative, one_hot, ones, ones_like, power, relu, reshape, rsqrt, sigmoid,
+    sign, softmax, sqrt, square, squeeze, stack, std, stop_gradient, subtract, sum, take, tanh,
+    transpose, var, where, zeros, zeros_like)
+from lamina.frontend.tensor import Tensor  # noqa: E402
+from lamina.frontend.trace import trace  # noqa: E402
+from lamina.frontend.transforms import grad, value_and_grad  # noqa: E402
+from lamina.ir.dtypes import (bfloat16, bool_, float16, float32, float64, int32,  # noqa: E402
+                              int64)
+from lamina.ir.errors import (ArtifactError, DTypeError, GradError, LaminaError,  # noqa: E402
+                              ParseError, ShapeError, SignatureError, TraceError, VerifyError)
+from lamina.ir.types import TensorType  # noqa: E402
+
+_ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,
+            "lamina.random": random}
+
+
+def _register_aliases():
+    # `import lamina.nn.functional as F` works like `from lamina import nn`.
+    import sys
+
+    for name, module in _ALIASES.items():
+        sys.modules.setdefault(name, module)
+
+
+_register_aliases()
+
+__all__ = [
+    "ArtifactError", "CompiledFunction", "DTypeError", "GradError", "LaminaError",
+    "ParseError", "ShapeError", "SignatureError", "Tensor", "TensorType", "TraceError",
+    "VerifyError", "abs", "add", "arange", "argmax", "astype", "bfloat16", "bool_",
+    "broadcast_to", "clip", "compile", "concatenate", "divide", "erf", "exp", "expand_dims",
+    "float16", "float32", "float64", "full", "gelu", "grad", "int32", "int64", "ir", "load",
+    "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum",
+    "multiply", "negative", "nn", "one_hot", "ones", "ones_like", "optim", "power", "random",
+    "relu", "reshape", "rsqrt", "sigmoid", "sign", "softmax", "sqrt", "square", "squeeze",
+    "stack", "std", "stop_gradient", "subtract", "sum", "take", "tanh", "trace", "transpose",
+    "value_and_grad", "var", "where", "zeros", "zeros_like",
+]

@@ -38,6 +38,8 @@ class Builder:
         self.var_class = var_class or Var
         self.loc: SourceLoc | None = None
         self.loc_provider: Callable[[], SourceLoc | None] | None = None
+        # Turns other objects (the frontend's Variables) into values; None if it cannot.
+        self.lift_hook: Callable[[object], Value | None] | None = None
 
     # --- parameters ------------------------------------------------------------------------
 
@@ -103,6 +105,10 @@ class Builder:
             return x.value
         if isinstance(x, Value):
             return x
+        if self.lift_hook is not None:
+            v = self.lift_hook(x)
+            if v is not None:
+                return v
         if isinstance(x, _SCALARS):
             return self.constant(x, dtype or _scalar_dtype(x))
         if isinstance(x, np.ndarray):
@@ -121,17 +127,16 @@ class Builder:
         promote = opdef.promote
         if promote == "all":
             promote = tuple(range(len(args)))
-        values: list = list(args)
         if promote:
             common = self._common_dtype([args[i] for i in promote])
             if opdef.float_only and not common.is_float:
                 common = dt.DEFAULT_FLOAT
-            for i in promote:
-                values[i] = self._as_dtype(args[i], common)
+            values = [self._as_dtype(a, common) if i in promote else self.lift(a)
+                      for i, a in enumerate(args)]
         else:
-            values = [self.lift(a) for a in values]
+            values = [self.lift(a) for a in args]
             if opdef.float_only:
-                values = [self._as_dtype(v, dt.DEFAULT_FLOAT) if not v.dtype.is_float else v
+                values = [v if v.dtype.is_float else self._as_dtype(v, dt.DEFAULT_FLOAT)
                           for v in values]
         return self.var(self.emit(op, values, attrs))
 

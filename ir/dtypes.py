@@ -49,6 +49,11 @@ class DType:
             )
         return self._np
 
+    @property
+    def dtype(self) -> np.dtype:
+        """numpy reads this attribute, so ``np.zeros(3, lm.float32)`` works."""
+        return self.np
+
     def __repr__(self) -> str:
         return f"lamina.{self.name}"
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from lamina.ir import dtypes as dt
-from lamina.ir.errors import ShapeError
+from lamina.ir.errors import LaminaError, ShapeError, SignatureError
 
 
 class TensorType:
@@ -103,3 +105,28 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
     if len(set(axes)) != len(axes):
         raise ShapeError(f"repeated axis in {tuple(axis)}")
     return axes
+
+
+def type_of(x, what: str = "argument") -> TensorType:
+    """The TensorType of a call argument: an array, a Python number (float -> f32, int -> i64,
+    as a 0-d tensor), an object with a ``.type`` (a Variable) or a TensorType used as a spec."""
+    if isinstance(x, TensorType):
+        return x
+    if isinstance(getattr(x, "type", None), TensorType):
+        return x.type
+    if isinstance(x, (bool, np.bool_)):
+        return TensorType((), dt.bool_)
+    if isinstance(x, int):
+        return TensorType((), dt.DEFAULT_INT)
+    if isinstance(x, float):
+        return TensorType((), dt.DEFAULT_FLOAT)
+    if isinstance(x, (np.ndarray, np.generic)):
+        try:
+            return TensorType(x.shape, dt.dtype(x.dtype))
+        except LaminaError as e:
+            raise SignatureError(f"{what}: {e.message}") from None
+    if isinstance(x, (list, tuple)):
+        raise SignatureError(f"{what} is a {type(x).__name__}; pass a numpy array "
+                             "(np.asarray(...)) for tensor arguments")
+    raise SignatureError(f"{what} is a {type(x).__name__}; lamina functions take numpy arrays, "
+                         "Python numbers or lm.TensorType specs")

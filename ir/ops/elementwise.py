@@ -164,6 +164,5 @@ defop("alias", arity=1, kind="elementwise", infer=lambda types, attrs: types[0],
       ref=lambda x: x, vjp=lambda g, out, x: (g,),
       doc="identity; gives lm.grad's argument its own value so closures stay constant")
 defop("stop_gradient", arity=1, kind="elementwise", infer=lambda types, attrs: types[0],
-      ref=lambda x: x, vjp=lambda g, out, x: (None,),
-      doc="identity whose gradient is zero")
+      ref=lambda x: x, vjp=ZERO_GRAD, doc="identity whose gradient is zero")
 

@@ -1,0 +1,52 @@
+"""Backends: each turns an optimized Graph into a ``Program`` the runtime calls.
+
+    numpy   the reference: runs each op's numpy ``ref`` (always available)
+    llvm    CPU code through llvmlite (the CPU backend issue)
+    triton  GPU kernels through Triton (the GPU backend issue)
+
+A backend module exposes ``backend``, an object with ``name``, ``compile(graph) -> Program``,
+and ``save_program``/``load_program`` for artifacts. Modules are imported on first use, so
+``import lamina`` never imports llvmlite or triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+
+import numpy as np
+
+from lamina.ir.errors import LaminaError
+from lamina.ir.graph import Graph
+
+_MODULES = {"numpy": "lamina.backends.numpy"}
+
+
+class Program(Protocol):
+    """A compiled graph: inputs (in order) and state (by name) in; outputs and updates out."""
+
+    def __call__(self, inputs: list[np.ndarray],
+                 state: dict[str, np.ndarray]) -> tuple[list[np.ndarray],
+                                                        dict[str, np.ndarray]]: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def compile(self, graph: Graph) -> Program: ...
+
+    def save_program(self, program: Program) -> dict[str, bytes]: ...
+
+    def load_program(self, graph: Graph, files: dict[str, bytes]) -> Program: ...
+
+
+def available() -> list[str]:
+    return list(_MODULES)
+
+
+def get_backend(name: str) -> Backend:
+    """The backend called ``name``; a clear error for an unknown one."""
+    module = _MODULES.get(name)
+    if module is None:
+        raise LaminaError(f"unknown backend {name!r}; available: {', '.join(available())}")
+    return importlib.import_module(module).backend

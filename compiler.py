@@ -1,0 +1,225 @@
+"""The compile driver: the one module that knows the whole pipeline.
+
+    trace (frontend) -> passes (PassManager) -> backend.compile -> runtime.Executable
+
+``lm.compile(fn)`` returns a :class:`CompiledFunction`, which specializes ``fn`` per input
+signature (shapes and dtypes), caches each variant and calls it with numpy arrays.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+import time
+import weakref
+
+from lamina.backends import get_backend
+from lamina.frontend import transforms
+from lamina.frontend.trace import current, function_name, trace_function
+from lamina.ir import config
+from lamina.ir.errors import LaminaError, SignatureError
+from lamina.ir.printer import print_graph
+from lamina.ir.types import TensorType, type_of
+from lamina.ir.verify import verify
+from lamina.passes import DEFAULT, PassManager
+from lamina.runtime import artifact
+from lamina.runtime.executable import Executable, signature_key
+
+DEFAULT_BACKEND = "numpy"
+MAX_VARIANTS_BEFORE_WARNING = 8
+
+
+class CompiledFunction:
+    """``fn`` compiled for ``backend``; call it with numpy arrays, get numpy arrays back.
+
+    >>> import numpy as np, lamina as lm
+    >>> f = lm.compile(lambda x, w: lm.tanh(x @ w).sum(axis=1))
+    >>> f(np.ones((2, 3), np.float32), np.zeros((3, 4), np.float32))
+    array([0., 0.], dtype=float32)
+    >>> f.stages()[:3]
+    ['traced', 'decompose', 'autodiff']
+    """
+
+    def __init__(self, fn, backend: str = DEFAULT_BACKEND, name: str | None = None,
+                 passes=None, static_argnums=()):
+        if not callable(fn):
+            raise LaminaError(f"lm.compile needs a function, got {type(fn).__name__}")
+        self.fn = fn
+        self.backend = backend
+        get_backend(backend)  # an unknown backend fails here, not at the first call
+        self.name = name or function_name(fn)
+        self.passes = list(DEFAULT if passes is None else passes)
+        self.static_argnums = tuple(static_argnums)
+        self.variants: dict[tuple, Executable] = {}
+        self.compile_log: list[str] = []  # why each variant was compiled
+        self._last: Executable | None = None
+        functools.update_wrapper(self, fn, updated=())
+
+    # --- calling -----------------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        if kwargs:
+            args = self._bind(args, kwargs)
+        if current() is not None:  # called inside another trace: inline
+            return self.fn(*args)
+        exe = self.lower(*args)
+        return exe(*self._dynamic(args))
+
+    def lower(self, *args) -> Executable:
+        """The compiled variant for these arguments (compiled now if new); arrays or
+        ``lm.TensorType`` specs."""
+        dyn = self._dynamic(args)
+        types = [type_of(a, f"argument {i} of {self.name}") for i, a in enumerate(dyn)]
+        key = (signature_key(types), self._static_key(args))
+        exe = self.variants.get(key)
+        if exe is None:
+            exe = self._compile(key, args, types)
+            self.variants[key] = exe
+        self._last = exe
+        return exe
+
+    def _compile(self, key, args, types: list[TensorType]) -> Executable:
+        reason = self._why(key, types)
+        start = time.perf_counter()
+        fn, names = self._traceable(args)
+        traced = trace_function(fn, types, self.name, names)
+        graph, stages = PassManager(self.passes).run(traced.graph)
+        verify(graph, allow_grad=False, allow_composite=False)
+        be = get_backend(self.backend)
+        exe = Executable(graph, be.compile(graph), graph.variables, traced.out_tree,
+                         self.backend, stages)
+        msg = f"compiled {self.name} for ({_format_types(names, types)}) on {self.backend} " \
+              f"in {(time.perf_counter() - start) * 1e3:.1f} ms: {reason}"
+        self.compile_log.append(msg)
+        if config.debug >= 1:
+            print(f"lamina: {msg}", file=sys.stderr)
+        if len(self.variants) + 1 == MAX_VARIANTS_BEFORE_WARNING:
+            print(f"lamina: warning: {self.name} has been compiled for "
+                  f"{MAX_VARIANTS_BEFORE_WARNING} different signatures; pad or bucket input "
+                  "shapes to avoid recompiling", file=sys.stderr)
+        return exe
+
+    def _why(self, key, types) -> str:
+        """Which part of the signature differs from the nearest compiled variant."""
+        if not self.variants:
+            return "first call"
+        sig, static = key
+        for (old_sig, old_static), exe in self.variants.items():
+            if old_static != static:
+                return f"static arguments changed: {old_static} -> {static}"
+            if len(old_sig) != len(sig):
+                return f"{len(sig)} arguments instead of {len(old_sig)}"
+            diffs = [f"argument {n!r}: {t_old} -> {t}"
+                     for (n, t_old), t in zip(exe.signature, types) if t_old != t]
+            if diffs:
+                return "; ".join(diffs)
+        return "new signature"
+
+    # --- static arguments --------------------------------------------------------------------
+
+    def _bind(self, args, kwargs):
+        try:
+            bound = inspect.signature(self.fn).bind(*args, **kwargs)
+        except TypeError as e:
+            raise SignatureError(f"{self.name}: {e}") from None
+        bound.apply_defaults()
+        if bound.kwargs:
+            raise SignatureError(f"{self.name}: keyword-only arguments are not supported")
+        return bound.args
+
+    def _dynamic(self, args):
+        return [a for i, a in enumerate(args) if i not in self.static_argnums]
+
+    def _static_key(self, args):
+        try:
+            key = tuple(args[i] for i in self.static_argnums)
+            hash(key)
+        except (IndexError, TypeError):
+            raise SignatureError(f"{self.name}: static arguments {self.static_argnums} must "
+                                 "be given and hashable") from None
+        return key
+
+    def _traceable(self, args):
+        from lamina.frontend.trace import arg_names
+
+        names = arg_names(self.fn, len(args))
+        if not self.static_argnums:
+            return self.fn, names
+        static = {i: args[i] for i in self.static_argnums}
+
+        def with_static(*dyn):
+            it = iter(dyn)
+            return self.fn(*[static[i] if i in static else next(it) for i in range(len(args))])
+
+        return with_static, [n for i, n in enumerate(names) if i not in static]
+
+    # --- inspecting ----------------------------------------------------------------------------
+
+    def _variant(self) -> Executable:
+        if self._last is None:
+            raise LaminaError(f"{self.name} has not been compiled yet: call it (or "
+                              ".lower(*example_args)) first")
+        return self._last
+
+    def stages(self) -> list[str]:
+        """Names of the IR stages of the most recently used variant, in pipeline order."""
+        return [s.name for s in self._variant().stages]
+
+    def ir(self, stage: str | None = None) -> str:
+        """The IR text after ``stage`` (default: the final graph) of the most recent variant."""
+        exe = self._variant()
+        if stage is None:
+            return print_graph(exe.graph)
+        for i, s in enumerate(exe.stages):
+            if s.name == stage:
+                return s.text(i)
+        raise LaminaError(f"no stage {stage!r}; stages are {[s.name for s in exe.stages]}")
+
+    def save(self, path: str) -> None:
+        """Write every compiled variant, with its state, to one artifact file."""
+        from lamina import __version__
+
+        artifact.save(path, self.name, self.backend, list(self.variants.values()), __version__)
+
+    def __repr__(self) -> str:
+        return f"<lamina compiled function {self.name} [{self.backend}], " \
+               f"{len(self.variants)} variant(s)>"
+
+
+def _format_types(names, types) -> str:
+    return ", ".join(f"{n}: {t}" for n, t in zip(names, types))
+
+
+def compile(fn=None, *, backend: str = DEFAULT_BACKEND, name: str | None = None, passes=None,
+            static_argnums=()):
+    """Compile ``fn`` for ``backend``; usable as ``lm.compile(f)`` or ``@lm.compile(backend=...)``.
+
+    Each new input signature (shapes, dtypes, static arguments) traces and compiles a new
+    variant; ``static_argnums`` names arguments passed as Python values at trace time.
+    """
+    if fn is None:
+        return lambda f: CompiledFunction(f, backend, name, passes, static_argnums)
+    return CompiledFunction(fn, backend, name, passes, static_argnums)
+
+
+def load(path: str) -> artifact.LoadedFunction:
+    """Load an artifact written by ``CompiledFunction.save``; runs without the source."""
+    from lamina import __version__
+
+    return artifact.load(path, __version__)
+
+
+# --- eager use of transforms: lm.grad(f)(numpy arrays) compiles on the fly ----------------------
+
+_eager_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _run_compiled(fn, args):
+    compiled = _eager_cache.get(fn)
+    if compiled is None:
+        compiled = _eager_cache[fn] = CompiledFunction(fn)
+    return compiled(*args)
+
+
+transforms._run_compiled = _run_compiled

@@ -1,0 +1,97 @@
+"""``nn.functional``: activations and losses built from lamina ops.
+
+Losses check their inputs and name the user's line when shapes or dtypes do not fit.
+"""
+
+from __future__ import annotations
+
+from lamina.ir.errors import DTypeError, LaminaError, ShapeError
+from lamina.frontend import ops
+from lamina.frontend.ops import run
+from lamina.frontend.trace import user_loc
+
+relu = ops.relu
+sigmoid = ops.sigmoid
+tanh = ops.tanh
+gelu = ops.gelu
+softmax = ops.softmax
+log_softmax = ops.log_softmax
+one_hot = ops.one_hot
+
+
+def _reduce(loss, reduction: str, what: str):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "none":
+        return loss
+    raise LaminaError(f"{what}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}",
+                      user_loc())
+
+
+def cross_entropy(logits, labels, reduction: str = "mean"):
+    """Softmax cross-entropy between ``logits`` (N, C) and integer class ``labels`` (N,).
+
+    >>> import numpy as np, lamina as lm
+    >>> from lamina import nn
+    >>> loss = nn.functional.cross_entropy(np.zeros((2, 4), np.float32), np.array([0, 3]))
+    >>> round(float(loss), 4)  # log(4)
+    1.3863
+    """
+
+    def f(b, z, y):
+        if not y.dtype.is_int:
+            raise DTypeError(f"cross_entropy: labels must be integer class indices, got "
+                             f"{y.type} (for one-hot or soft targets, use "
+                             "-(targets * log_softmax(logits)).sum(-1))", user_loc())
+        if z.ndim < 1 or y.shape != z.shape[:-1]:
+            raise ShapeError(f"cross_entropy: labels {y.type} must have the logits' shape "
+                             f"without the class axis ({z.type} -> {list(z.shape[:-1])})",
+                             user_loc())
+        logp = b.call("log_softmax", z, axis=-1)
+        picked = (logp * b.call("one_hot", y, num_classes=z.shape[-1], dtype=z.dtype)).sum(-1)
+        return _reduce(-picked, reduction, "cross_entropy")
+
+    return run(f, logits, labels)
+
+
+def binary_cross_entropy_with_logits(logits, targets, reduction: str = "mean"):
+    """Sigmoid + binary cross-entropy in one stable formula:
+    ``max(z, 0) - z * t + log(1 + exp(-|z|))``."""
+
+    def f(b, z, t):
+        if z.shape != t.shape:
+            raise ShapeError(f"binary_cross_entropy_with_logits: logits {z.type} and targets "
+                             f"{t.type} must have the same shape", user_loc())
+        t = t.astype(z.dtype)
+        softplus = b.call("log", 1.0 + b.call("exp", -b.call("abs", z)))
+        return _reduce(b.call("relu", z) - z * t + softplus, reduction,
+                       "binary_cross_entropy_with_logits")
+
+    return run(f, logits, targets)
+
+
+def mse_loss(pred, target, reduction: str = "mean"):
+    """Mean squared error."""
+
+    def f(b, p, t):
+        if p.shape != t.shape:
+            raise ShapeError(f"mse_loss: prediction {p.type} and target {t.type} must have "
+                             "the same shape", user_loc())
+        d = p - t
+        return _reduce(d * d, reduction, "mse_loss")
+
+    return run(f, pred, target)
+
+
+def dropout(x, p: float = 0.5, training: bool = True):
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p) (training only)."""
+    if not 0 <= p < 1:
+        raise LaminaError(f"dropout: p must be in [0, 1), got {p}", user_loc())
+    if not training or p == 0:
+        return x
+    from lamina.frontend.random import uniform
+
+    keep = uniform(x.shape) >= p
+    return ops.where(keep, x * (1.0 / (1.0 - p)), 0.0)

@@ -1,0 +1,364 @@
+"""The functions users call: ``lm.exp``, ``lm.where``, ``lm.softmax``, ``lm.concatenate``, ...
+
+Inside a traced function they record ops. Outside one they run eagerly on numpy arrays, through
+the reference interpreter (slow; meant for poking at a model, not for training).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lamina.ir import dtypes as dt
+from lamina.ir.builder import Builder, Var, matmul as _matmul
+from lamina.ir.errors import LaminaError, TraceError
+from lamina.ir.interpret import interpret
+from lamina.ir.types import TensorType, normalize_axes, normalize_axis
+from lamina.ir.variable import Variable
+from lamina.frontend.trace import current, user_loc
+
+_SCALAR = (bool, int, float, np.bool_, np.integer, np.floating)
+
+
+def _is_tensorlike(a) -> bool:
+    return isinstance(a, (Var, Variable, np.ndarray, list)) or (
+        isinstance(a, np.generic) and not isinstance(a, _SCALAR))
+
+
+def run(fn, *args):
+    """Call ``fn(builder, *operands)``: traced tensors in a trace, or eagerly on arrays.
+
+    Array-like arguments (tensors, Variables, numpy arrays, lists) reach ``fn`` as ``Var``s;
+    Python scalars stay scalars so they take the other operand's dtype.
+    """
+    ctx = current()
+    if ctx is not None:
+        b = ctx.builder
+        return fn(b, *[b.var(b.lift(a)) if _is_tensorlike(a) else a for a in args])
+    for a in args:
+        if isinstance(a, Var):
+            raise TraceError("a traced tensor was used after its trace ended (it escaped "
+                             "the traced function, e.g. through a global)", user_loc())
+    b = Builder("eager")
+    arrays, operands = [], []
+    for a in args:
+        if _is_tensorlike(a):
+            arr = a.storage if isinstance(a, Variable) else np.asarray(a)
+            if arr.dtype == np.float64 and isinstance(a, list):
+                arr = arr.astype(np.float32)
+            p = b.add_input(f"a{len(arrays)}", TensorType(arr.shape, dt.dtype(arr.dtype)))
+            arrays.append(arr)
+            operands.append(b.var(p))
+        else:
+            operands.append(a)
+    out = fn(b, *operands)
+    return interpret(b.build([out]), arrays)[0][0]
+
+
+def apply(op: str, *args, **attrs):
+    """Record (or eagerly run) the registered op ``op``."""
+    return run(lambda b, *xs: b.call(op, *xs, **attrs), *args)
+
+
+# --- elementwise ------------------------------------------------------------------------------
+
+
+def exp(x):
+    """e**x, elementwise."""
+    return apply("exp", x)
+
+
+def log(x):
+    """Natural logarithm, elementwise."""
+    return apply("log", x)
+
+
+def sqrt(x):
+    return apply("sqrt", x)
+
+
+def rsqrt(x):
+    """1/sqrt(x), elementwise."""
+    return apply("rsqrt", x)
+
+
+def tanh(x):
+    return apply("tanh", x)
+
+
+def sigmoid(x):
+    """1/(1+exp(-x)), computed without overflow."""
+    return apply("sigmoid", x)
+
+
+def relu(x):
+    """max(x, 0)."""
+    return apply("relu", x)
+
+
+def gelu(x, approximate: str = "tanh"):
+    """GELU; the tanh approximation unless ``approximate="none"`` (exact, through erf)."""
+    return apply("gelu", x, approximate=approximate)
+
+
+def erf(x):
+    return apply("erf", x)
+
+
+def abs(x):  # noqa: A001 - numpy's name
+    return apply("abs", x)
+
+
+def sign(x):
+    return apply("sign", x)
+
+
+def negative(x):
+    return apply("neg", x)
+
+
+def square(x):
+    return run(lambda b, v: v * v, x)
+
+
+def add(x, y):
+    return apply("add", x, y)
+
+
+def subtract(x, y):
+    return apply("sub", x, y)
+
+
+def multiply(x, y):
+    return apply("mul", x, y)
+
+
+def divide(x, y):
+    return apply("div", x, y)
+
+
+def power(x, y):
+    return apply("pow", x, y)
+
+
+def maximum(x, y):
+    """Elementwise max with broadcasting (gradient split evenly on ties)."""
+    return apply("maximum", x, y)
+
+
+def minimum(x, y):
+    return apply("minimum", x, y)
+
+
+def where(cond, x, y):
+    """``x`` where ``cond`` else ``y``, with broadcasting; a non-bool ``cond`` means ``!= 0``."""
+
+    def f(b, c, a, d):
+        if not isinstance(c, Var):
+            c = b.var(b.lift(np.asarray(c)))
+        if not c.dtype.is_bool:
+            c = c != 0
+        return b.call("where", c, a, d)
+
+    return run(f, cond, x, y)
+
+
+def clip(x, min=None, max=None):  # noqa: A002 - numpy's names
+    def f(b, v):
+        if min is not None:
+            v = b.call("maximum", v, min)
+        if max is not None:
+            v = b.call("minimum", v, max)
+        return v
+
+    return run(f, x)
+
+
+def stop_gradient(x):
+    """The same value, with a zero gradient."""
+    return apply("stop_gradient", x)
+
+
+def astype(x, dtype):
+    return run(lambda b, v: b.cast(v, dtype), x)
+
+
+# --- reductions and normalizations ------------------------------------------------------------
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001
+    return apply("sum", x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    return apply("mean", x, axis=axis, keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001
+    return apply("max", x, axis=axis, keepdims=keepdims)
+
+
+def min(x, axis=None, keepdims=False):  # noqa: A001
+    return apply("min", x, axis=axis, keepdims=keepdims)
+
+
+def argmax(x, axis=None, keepdims=False):
+    return apply("argmax", x, axis=axis, keepdims=keepdims)
+
+
+def _variance(v, axis, keepdims):
+    centered = v - v.mean(axis=axis, keepdims=True)
+    return (centered * centered).mean(axis=axis, keepdims=keepdims)
+
+
+def var(x, axis=None, keepdims=False):
+    """Population variance (numpy's default ddof=0)."""
+    return run(lambda b, v: _variance(v, axis, keepdims), x)
+
+
+def std(x, axis=None, keepdims=False):
+    return run(lambda b, v: b.call("sqrt", _variance(v, axis, keepdims)), x)
+
+
+def softmax(x, axis: int = -1):
+    return apply("softmax", x, axis=axis)
+
+
+def log_softmax(x, axis: int = -1):
+    return apply("log_softmax", x, axis=axis)
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) over axes, computed stably."""
+
+    def f(b, v):
+        m = b.call("stop_gradient", v.max(axis=axis, keepdims=True))
+        s = b.call("log", b.call("exp", v - m).sum(axis=axis, keepdims=True)) + m
+        return s if keepdims else s.reshape(
+            [d for i, d in enumerate(v.shape) if i not in normalize_axes(axis, v.ndim)])
+
+    return run(f, x)
+
+
+# --- linear algebra ---------------------------------------------------------------------------
+
+
+def matmul(x, y):
+    """numpy's matmul (``x @ y``): batched, with 1-D operands treated as vectors."""
+    return run(_matmul, x, y)
+
+
+# --- shapes -----------------------------------------------------------------------------------
+
+
+def reshape(x, shape):
+    return run(lambda b, v: v.reshape(shape), x)
+
+
+def transpose(x, axes=None):
+    return run(lambda b, v: v.transpose(*(axes or ())), x)
+
+
+def broadcast_to(x, shape):
+    return run(lambda b, v: v.broadcast_to(tuple(shape)), x)
+
+
+def expand_dims(x, axis: int):
+    def f(b, v):
+        a = normalize_axis(axis, v.ndim + 1)
+        return v.reshape(v.shape[:a] + (1,) + v.shape[a:])
+
+    return run(f, x)
+
+
+def squeeze(x, axis=None):
+    def f(b, v):
+        axes = [i for i, d in enumerate(v.shape) if d == 1] if axis is None else \
+            list(normalize_axes(axis, v.ndim))
+        for a in axes:
+            if v.shape[a] != 1:
+                raise LaminaError(f"squeeze: axis {a} of {v.type} has size {v.shape[a]}, not 1",
+                                  user_loc())
+        return v.reshape([d for i, d in enumerate(v.shape) if i not in axes])
+
+    return run(f, x)
+
+
+def concatenate(xs, axis: int = 0):
+    """Join a sequence of tensors along an existing axis."""
+    xs = list(xs)
+    if not xs:
+        raise LaminaError("concatenate needs at least one tensor", user_loc())
+    return run(lambda b, *vs: b.call("concatenate", *vs, axis=axis), *xs)
+
+
+def stack(xs, axis: int = 0):
+    """Join a sequence of same-shaped tensors along a new axis."""
+    xs = list(xs)
+    if not xs:
+        raise LaminaError("stack needs at least one tensor", user_loc())
+
+    def f(b, *vs):
+        a = normalize_axis(axis, vs[0].ndim + 1)
+        parts = [v.reshape(v.shape[:a] + (1,) + v.shape[a:]) for v in vs]
+        return b.call("concatenate", *parts, axis=a)
+
+    return run(f, *xs)
+
+
+def take(x, indices, axis=None):
+    """numpy's take: gather ``indices`` along ``axis`` (``None``: from the flattened tensor)."""
+
+    def f(b, v, idx):
+        if axis is None:
+            v = v.reshape(-1)
+        return b.call("take", v, idx, axis=0 if axis is None else axis)
+
+    return run(f, x, indices)
+
+
+def one_hot(labels, num_classes: int, dtype=dt.float32):
+    """1.0 at each label's index along a new last axis, 0.0 elsewhere."""
+    return apply("one_hot", labels, num_classes=num_classes, dtype=dtype)
+
+
+# --- creation ---------------------------------------------------------------------------------
+
+
+def full(shape, value, dtype=None):
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    d = dt.dtype(dtype) if dtype is not None else (
+        dt.DEFAULT_FLOAT if isinstance(value, float) else
+        dt.bool_ if isinstance(value, bool) else dt.DEFAULT_INT)
+    ctx = current()
+    if ctx is None:
+        return np.full(shape, value, d.np)
+    return ctx.builder.var(ctx.builder.constant(value, d, shape))
+
+
+def zeros(shape, dtype=dt.float32):
+    return full(shape, 0, dtype)
+
+
+def ones(shape, dtype=dt.float32):
+    return full(shape, 1, dtype)
+
+
+def zeros_like(x, dtype=None):
+    return full(x.shape, 0, dtype or _dtype_of(x))
+
+
+def ones_like(x, dtype=None):
+    return full(x.shape, 1, dtype or _dtype_of(x))
+
+
+def _dtype_of(x):
+    return x.dtype if isinstance(x.dtype, dt.DType) else dt.dtype(x.dtype)
+
+
+def arange(n: int, dtype=dt.int64):
+    """0, 1, ..., n-1 (a single stop argument, as the common case of numpy's arange)."""
+    ctx = current()
+    d = dt.dtype(dtype)
+    if ctx is None:
+        return np.arange(n, dtype=d.np)
+    return ctx.builder.var(ctx.builder.emit("iota", (), {"axis": 0, "dtype": d, "shape": (n,)}))

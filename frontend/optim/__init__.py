@@ -1,0 +1,7 @@
+"""Optimizers: ``opt.minimize(loss)`` inside a compiled step records backward and update."""
+
+from lamina.frontend.optim.adam import Adam, AdamW
+from lamina.frontend.optim.optimizer import Optimizer
+from lamina.frontend.optim.sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]

@@ -1,0 +1,90 @@
+"""The optimizer base: ``opt.minimize(loss)`` records gradients and updates into the trace.
+
+Slots (momentum, Adam moments, the step count) and the learning rate are Variables: state of
+the compiled graph, updated in place. Setting ``opt.lr`` changes the next step without
+recompiling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lamina.ir.errors import GradError, LaminaError
+from lamina.ir.variable import Variable
+from lamina.frontend.parameter import Parameter
+from lamina.frontend.trace import require_trace, user_loc
+
+
+class Optimizer:
+    """Base class: subclasses implement :meth:`update`."""
+
+    kind = "opt"
+
+    def __init__(self, params, lr: float):
+        self.params = list(params)
+        if not self.params:
+            raise LaminaError(f"{type(self).__name__}: no parameters to optimize")
+        for p in self.params:
+            if not isinstance(p, Parameter):
+                raise LaminaError(f"{type(self).__name__}: expected Parameters, got "
+                                  f"{type(p).__name__}")
+            if not p.dtype.is_float:
+                raise GradError(f"{type(self).__name__}: parameter {p.name} is {p.type}; only "
+                                "float parameters can be trained")
+        self._lr = Variable(np.float32(lr), name=f"{self.kind}.lr")
+        self._slots: dict[tuple[int, str], Variable] = {}
+
+    @property
+    def lr(self) -> float:
+        return float(self._lr.storage)
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr.assign(np.float32(value))
+
+    def slot(self, p: Parameter, kind: str, init: float = 0.0) -> Variable:
+        """Per-parameter optimizer state (created zero-filled on first use)."""
+        key = (id(p), kind)
+        if key not in self._slots:
+            self._slots[key] = Variable(np.full(p.shape, init, p.dtype.np), f"{p.name}.{kind}")
+        return self._slots[key]
+
+    def scalar(self, kind: str, init: float = 0.0) -> Variable:
+        """Optimizer-wide scalar state (the step count)."""
+        key = (0, kind)
+        if key not in self._slots:
+            self._slots[key] = Variable(np.float32(init), f"{self.kind}.{kind}")
+        return self._slots[key]
+
+    def minimize(self, loss):
+        """Differentiate ``loss`` with respect to every parameter and record the update.
+
+        Call it inside a compiled function; the whole step (forward, backward, update) is one
+        graph. Returns ``loss``.
+        """
+        ctx = require_trace(f"{type(self).__name__}.minimize")
+        b = ctx.builder
+        loss_v = b.var(b.lift(loss))
+        if loss_v.shape != () or not loss_v.dtype.is_float:
+            raise GradError(f"minimize needs a scalar float loss, got {loss_v.type}; reduce it "
+                            "first (e.g. .mean())", user_loc())
+        params = [ctx.read(p) for p in self.params]
+        grads = [b.call("grad", loss_v, p) for p in params]
+        lr = ctx.read(self._lr)
+        for p, value, g in zip(self.params, params, grads):
+            ctx.assign(p, self.update(ctx, p, value, g, lr.astype(p.dtype)))
+        self.finish(ctx)
+        return loss
+
+    def update(self, ctx, p: Parameter, value, grad, lr):
+        """The new value of parameter ``p`` (traced) from its ``grad``."""
+        raise NotImplementedError
+
+    def finish(self, ctx) -> None:
+        """Optimizer-wide updates after all parameters (e.g. the step count)."""
+
+    def state_dict(self) -> dict:
+        """Slot name -> value (copies), including the learning rate."""
+        out = {self._lr.name: self._lr.numpy()}
+        out.update({v.name: v.numpy() for v in self._slots.values()})
+        return out

@@ -1,0 +1,197 @@
+"""``Tensor``: the symbolic value user code manipulates while being traced.
+
+A Tensor is an ``ir.Var`` (numpy-style operators that record ops) plus what users expect of an
+array: indexing, iteration over the first axis, ``len``, and clear errors where a traced value
+cannot behave like data (``if x > 0:``, ``float(x)``, ``np.asarray(x)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lamina.ir.builder import Var
+from lamina.ir.errors import LaminaError, ShapeError, TraceError
+
+
+def _user_loc():
+    from lamina.frontend.trace import user_loc
+
+    return user_loc()
+
+
+class Tensor(Var):
+    """A traced tensor. Use it like a numpy array inside ``lm.compile``/``lm.trace``.
+
+    >>> import numpy as np, lamina as lm
+    >>> def f(x):
+    ...     return (x[1:, ::2] * 2).sum(axis=0)
+    >>> lm.compile(f)(np.arange(12, dtype=np.float32).reshape(3, 4))
+    array([24., 32.], dtype=float32)
+    """
+
+    __slots__ = ()
+
+    # --- things a traced value cannot do -----------------------------------------------------
+
+    def _no_value(self, what: str):
+        raise TraceError(
+            f"{what} needs the value of a traced tensor ({self.type}), which is not known "
+            "while tracing; compute with lamina ops instead (e.g. lm.where for a branch)",
+            _user_loc())
+
+    def __bool__(self):
+        self._no_value("Python `if`/`while`/`and`/`or` on a tensor")
+
+    def __float__(self):
+        self._no_value("float()")
+
+    def __int__(self):
+        self._no_value("int()")
+
+    def __index__(self):
+        self._no_value("using a tensor as a Python index")
+
+    def __array__(self, dtype=None, copy=None):
+        self._no_value("converting to a numpy array")
+
+    def item(self):
+        self._no_value(".item()")
+
+    def numpy(self):
+        self._no_value(".numpy()")
+
+    def __setitem__(self, key, value):
+        raise TraceError("tensors are immutable: build a new one (e.g. with lm.where or "
+                         "lm.concatenate) instead of assigning into it", _user_loc())
+
+    # --- sequence protocol over the first axis ----------------------------------------------
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(self.shape[0]))
+
+    def __getitem__(self, key):
+        return index(self, key)
+
+    # --- more numpy methods ---------------------------------------------------------------
+
+    def flatten(self):
+        return self.reshape(-1)
+
+    def squeeze(self, axis=None):
+        from lamina.frontend import ops
+
+        return ops.squeeze(self, axis)
+
+    def clip(self, min=None, max=None):
+        from lamina.frontend import ops
+
+        return ops.clip(self, min, max)
+
+    def var(self, axis=None, keepdims=False):
+        from lamina.frontend import ops
+
+        return ops.var(self, axis, keepdims)
+
+    def std(self, axis=None, keepdims=False):
+        from lamina.frontend import ops
+
+        return ops.std(self, axis, keepdims)
+
+    def swapaxes(self, a: int, b: int):
+        perm = list(range(self.ndim))
+        perm[a], perm[b] = perm[b], perm[a]
+        return self.transpose(perm)
+
+    def __repr__(self) -> str:
+        return f"Tensor({self.type}, traced)"
+
+
+# --- indexing ---------------------------------------------------------------------------------
+
+
+def index(x: Tensor, key):
+    """numpy basic indexing (ints, slices with positive steps, None, ...) and one integer-array
+    index along an axis (a gather)."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    arrays = [i for i, k in enumerate(key) if _is_array_index(k)]
+    if arrays:
+        return _gather(x, key, arrays)
+    key = _expand_ellipsis(key, x.ndim)
+    start, stop, step, out_shape = [], [], [], []
+    axis = 0
+    for k in key:
+        if k is None:
+            out_shape.append(1)
+            continue
+        if axis >= x.ndim:
+            raise ShapeError(f"too many indices for a tensor of rank {x.ndim}", _user_loc())
+        n = x.shape[axis]
+        if isinstance(k, slice):
+            s, e, st = k.indices(n)
+            if st < 0:
+                raise ShapeError("negative slice steps are not supported (yet)", _user_loc())
+            e = max(e, s)
+            start.append(s), stop.append(e), step.append(st)
+            out_shape.append(len(range(s, e, st)))
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+            i = int(k)
+            if not -n <= i < n:
+                raise ShapeError(f"index {i} is out of bounds for axis {axis} with size {n}",
+                                 _user_loc())
+            i %= n
+            start.append(i), stop.append(i + 1), step.append(1)
+        else:
+            raise TraceError(f"unsupported index {k!r} (lamina supports ints, slices, None, "
+                             "... and one integer-array index)", _user_loc())
+        axis += 1
+    for a in range(axis, x.ndim):  # trailing axes not named by the key
+        start.append(0), stop.append(x.shape[a]), step.append(1)
+        out_shape.append(x.shape[a])
+    y = x
+    if tuple(start) != (0,) * x.ndim or tuple(stop) != x.shape or any(s != 1 for s in step):
+        y = x._call("slice", x, start=start, stop=stop, step=step)
+    if tuple(out_shape) != y.shape:
+        y = y.reshape(out_shape)
+    return y
+
+
+def _is_array_index(k) -> bool:
+    return isinstance(k, (Var, np.ndarray, list))
+
+
+def _expand_ellipsis(key: tuple, ndim: int) -> tuple:
+    n_ell = sum(1 for k in key if k is Ellipsis)
+    if n_ell > 1:
+        raise ShapeError("an index can only have a single ellipsis ('...')", _user_loc())
+    if n_ell == 0:
+        return key
+    used = sum(1 for k in key if k is not None and k is not Ellipsis)
+    i = next(j for j, k in enumerate(key) if k is Ellipsis)  # no ==: tensors compare lazily
+    return key[:i] + (slice(None),) * max(0, ndim - used) + key[i + 1:]
+
+
+def _gather(x: Tensor, key: tuple, arrays: list[int]):
+    key = _expand_ellipsis(key, x.ndim)
+    arrays = [i for i, k in enumerate(key) if _is_array_index(k)]
+    full = all(isinstance(k, slice) and (k.start, k.stop, k.step) == (None, None, None)
+               for i, k in enumerate(key) if i not in arrays)
+    if len(arrays) != 1 or not full or any(k is None for k in key):
+        raise TraceError("lamina supports one integer-array index with ':' on the other axes "
+                         "(x[idx] or x[:, idx]); use lm.take for more", _user_loc())
+    idx = key[arrays[0]]
+    if isinstance(idx, (np.ndarray, list)):
+        idx = np.asarray(idx)
+        if idx.dtype == np.bool_:
+            raise TraceError("boolean mask indexing gives a data-dependent shape; use "
+                             "lm.where(mask, x, 0) instead", _user_loc())
+    elif not idx.dtype.is_int:
+        raise LaminaError(f"array indices must be integers, got {idx.type}", _user_loc())
+    return x._call("take", x, idx, axis=arrays[0])

@@ -1,0 +1,147 @@
+"""Reverse-mode autodiff as a graph transform: every ``grad(loss, x)`` node is replaced by the
+backward computation, built from each op's ``vjp`` rule.
+
+Grad nodes are expanded in graph order, so a gradient of a gradient sees the first one already
+expanded into ordinary ops. All grad nodes of one loss share one backward sweep. Backward nodes
+carry the forward node's source line, marked ``(grad)``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from lamina.ir.builder import Builder
+from lamina.ir.errors import GradError, LaminaError
+from lamina.ir.graph import Graph, Node, Value
+from lamina.ir.ops.registry import ZERO_GRAD, get as get_op
+from lamina.passes.manager import remark
+from lamina.passes.rewrite import copy_node
+
+
+def differentiate(g: Graph) -> Graph:
+    """Expand every ``grad`` node of ``g``."""
+    if not any(n.op == "grad" for n in g.nodes):
+        return g
+    b = Builder(g.name)
+    b.inputs, b.state = list(g.inputs), list(g.state)
+    env: dict[Value, Value] = {p: p for p in g.params}
+    by_loss: dict[Value, list[Node]] = {}
+    for n in g.nodes:
+        if n.op == "grad":
+            by_loss.setdefault(n.inputs[0], []).append(n)
+    done: dict[Value, dict[Value, Value]] = {}  # new loss -> {new wrt -> gradient}
+    for n in g.nodes:
+        ins = [env[v] for v in n.inputs]
+        if n.op != "grad":
+            env[n] = copy_node(b, n, ins)
+            continue
+        loss, wrt = ins
+        grads = done.setdefault(loss, {})
+        if wrt not in grads:
+            # Every wrt of this loss that is defined by now, in one sweep.
+            wrts = [env[m.inputs[1]] for m in by_loss[n.inputs[0]] if m.inputs[1] in env]
+            wrts = [w for w in dict.fromkeys(wrts) if w not in grads]
+            grads.update(backward(b, loss, wrts, n))
+        env[n] = grads[wrt]
+    return g.replace(nodes=b.nodes, outputs=[env[v] for v in g.outputs],
+                     updates={k: env[v] for k, v in g.updates.items()})
+
+
+differentiate.pass_name = "autodiff"
+
+
+def backward(b: Builder, loss: Value, wrts: list[Value], request: Node) -> dict[Value, Value]:
+    """Append the backward sweep from ``loss`` to ``b``; the gradient of each of ``wrts``."""
+    order = _cone(loss, b.nodes)  # the nodes the loss depends on, in graph order
+    carries = _carriers(order, set(wrts))
+    ct: dict[Value, Value] = {}
+    b.loc = request.loc
+    ct[loss] = b.constant(1.0, loss.dtype)
+    emitted = Counter()
+    for node in reversed(order):
+        g = ct.get(node)
+        if g is None or node not in carries:
+            continue
+        opdef = get_op(node.op)
+        if opdef.kind == "composite":
+            raise GradError(f"{node.op} reached autodiff undecomposed; run passes.decompose "
+                            "first", node.loc)
+        if node.op == "grad":
+            raise GradError("a grad node inside the function being differentiated was not "
+                            "expanded first", node.loc)
+        if opdef.vjp is None:
+            raise GradError(f"{node.op} has no gradient rule", node.loc)
+        if opdef.vjp == ZERO_GRAD:
+            continue
+        b.loc = node.loc.with_note("grad") if node.loc else None
+        before = len(b.nodes)
+        try:
+            contribs = opdef.vjp(b.var(g), b.var(node), *[b.var(v) for v in node.inputs],
+                                 **node.attrs)
+        except LaminaError as e:
+            raise GradError(f"gradient of {node.op}: {e.message}", node.loc) from None
+        if len(contribs) != len(node.inputs):
+            raise LaminaError(f"the vjp of {node.op} gave {len(contribs)} cotangents for "
+                              f"{len(node.inputs)} inputs", node.loc)
+        for x, c in zip(node.inputs, contribs):
+            if c is None or (x not in carries and x not in wrts):
+                continue
+            c = _fit(b, b.lift(c), x)
+            ct[x] = c if x not in ct else b.emit("add", (ct[x], c))
+        emitted[node.op] += len(b.nodes) - before
+    b.loc = request.loc
+    out = {}
+    for w in wrts:
+        out[w] = ct[w] if w in ct else b.constant(0.0, w.dtype, w.shape)
+        if w not in ct:
+            remark(f"gradient with respect to {_describe(w)} is zero: the loss does not "
+                   "depend on it")
+    remark(f"backward of {_describe(loss)} for {len(wrts)} value(s): "
+           f"{sum(emitted.values())} node(s) from {len(emitted)} op kind(s)")
+    return out
+
+
+def _describe(v: Value) -> str:
+    if isinstance(v, Node):
+        return f"{v.op} at {v.loc}" if v.loc else v.op
+    return f"%{v.name}"
+
+
+def _cone(loss: Value, nodes: list[Node]) -> list[Node]:
+    """The nodes ``loss`` depends on (itself included), in graph order."""
+    seen: set[Node] = set()
+    stack = [loss] if isinstance(loss, Node) else []
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        stack.extend(v for v in node.inputs if isinstance(v, Node) and v not in seen)
+    return [n for n in nodes if n in seen]
+
+
+def _carriers(order: list[Node], wrts: set[Value]) -> set[Value]:
+    """Values through which the loss depends on a wrt (so a cotangent must flow through)."""
+    out: set[Value] = set(wrts)
+    for n in order:
+        if get_op(n.op).vjp == ZERO_GRAD:
+            continue
+        if any(v in out for v in n.inputs):
+            out.add(n)
+    return out
+
+
+def _fit(b: Builder, c: Value, x: Value) -> Value:
+    """A cotangent summed back over broadcast axes to ``x``'s shape, in ``x``'s dtype."""
+    if c.shape != x.shape:
+        lead = len(c.shape) - len(x.shape)
+        axes = list(range(lead)) + [lead + i for i, d in enumerate(x.shape)
+                                    if d == 1 and c.shape[lead + i] != 1]
+        if axes:
+            c = b.emit("sum", (c,), {"axis": axes, "keepdims": True})
+        if c.shape != x.shape:
+            c = b.emit("reshape", (c,), {"shape": x.shape})
+    if c.dtype is not x.dtype:
+        c = b.emit("cast", (c,), {"dtype": x.dtype})
+    return c
+

@@ -1,0 +1,44 @@
+"""Common-subexpression elimination: one node per distinct (op, operands, attributes, type).
+
+Every lamina op is pure (random ops too: same key and stream, same numbers), so equal keys mean
+equal values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from lamina.ir.graph import Graph
+from lamina.passes.manager import remark
+from lamina.passes.rewrite import copy_node, rewrite
+
+
+def _attr_key(v):
+    if isinstance(v, float) and v != v:  # NaN: equal to itself for merging purposes
+        return ("nan",)
+    if isinstance(v, tuple):
+        return tuple(_attr_key(x) for x in v)
+    return (type(v).__name__, v)
+
+
+def eliminate_common_subexpressions(g: Graph) -> Graph:
+    seen: dict = {}
+    merged: Counter = Counter()
+
+    def rule(b, node, ins):
+        key = (node.op, tuple(id(v) for v in ins),
+               tuple((k, _attr_key(v)) for k, v in node.attrs.items()), node.type)
+        prior = seen.get(key)
+        if prior is not None:
+            merged[node.op] += 1
+            return prior
+        seen[key] = copy_node(b, node, ins)
+        return seen[key]
+
+    new = rewrite(g, rule)
+    for op, k in sorted(merged.items()):
+        remark(f"merged {k} duplicate {op} node(s)")
+    return new
+
+
+eliminate_common_subexpressions.pass_name = "cse"

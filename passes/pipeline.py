@@ -1,0 +1,21 @@
+"""The default pass pipeline, as a named list (the order is the design)."""
+
+from __future__ import annotations
+
+from lamina.passes.autodiff import differentiate
+from lamina.passes.cse import eliminate_common_subexpressions
+from lamina.passes.dce import eliminate_dead_code
+from lamina.passes.decompose import decompose
+from lamina.passes.fold import fold_constants
+from lamina.passes.simplify import simplify
+
+# composites -> primitives; grad nodes -> backward; then clean up what autodiff produced.
+DEFAULT = [
+    decompose,
+    differentiate,
+    simplify,
+    fold_constants,
+    eliminate_common_subexpressions,
+    simplify,
+    eliminate_dead_code,
+]

@@ -1,0 +1,177 @@
+"""Canonicalization and algebraic simplification: local rewrites, one named rule each.
+
+A rule sees a node (with its operands already rewritten) and returns a replacement value or
+None. Rules only fire when the replacement has exactly the node's type, so broadcasting and
+dtypes are never changed by a simplification.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from lamina.ir.graph import Graph, Node
+from lamina.ir.ops.source import is_splat
+from lamina.passes.manager import remark
+from lamina.passes.rewrite import rewrite
+
+
+def _splat(v):
+    """The repeated value of a splat constant, else None."""
+    return v.attrs["value"] if is_splat(v) else None
+
+
+def _same(n, v):
+    """``v`` if it can stand for node ``n`` unchanged (same type), else None."""
+    return v if v.type == n.type else None
+
+
+# --- rules (each: one rewrite, named by what it does) -----------------------------------------
+
+
+def no_op_shape(b, n, ins):
+    # reshape/broadcast/cast/slice/pad/transpose that changes nothing -> x
+    x = ins[0]
+    if n.op == "transpose" and n.attrs["perm"] != tuple(range(x.type.ndim)):
+        return None
+    if n.op == "slice" and not (n.attrs["start"] == (0,) * x.type.ndim
+                                and n.attrs["stop"] == x.shape
+                                and all(s == 1 for s in n.attrs["step"])):
+        return None
+    if n.op == "pad" and any(n.attrs["lo"] + n.attrs["hi"] + n.attrs["interior"]):
+        return None
+    if n.op == "sum" and n.attrs["axis"]:
+        return None
+    return _same(n, x)
+
+
+def reshape_of_reshape(b, n, ins):
+    # reshape(reshape(x)) -> reshape(x)
+    x = ins[0]
+    if isinstance(x, Node) and x.op == "reshape":
+        return b.emit("reshape", (x.inputs[0],), {"shape": n.attrs["shape"]})
+    return None
+
+
+def transpose_of_transpose(b, n, ins):
+    # transpose(transpose(x, p), q) -> transpose(x, p[q])
+    x = ins[0]
+    if isinstance(x, Node) and x.op == "transpose":
+        p, q = x.attrs["perm"], n.attrs["perm"]
+        return b.emit("transpose", (x.inputs[0],), {"perm": tuple(p[i] for i in q)})
+    return None
+
+
+def add_zero(b, n, ins):
+    # x + 0 -> x ; 0 + x -> x
+    x, y = ins
+    if _splat(y) == 0:
+        return _same(n, x)
+    if _splat(x) == 0:
+        return _same(n, y)
+    return None
+
+
+def sub_zero(b, n, ins):
+    # x - 0 -> x
+    return _same(n, ins[0]) if _splat(ins[1]) == 0 else None
+
+
+def mul_one(b, n, ins):
+    # x * 1 -> x ; 1 * x -> x
+    x, y = ins
+    if _splat(y) == 1:
+        return _same(n, x)
+    if _splat(x) == 1:
+        return _same(n, y)
+    return None
+
+
+def mul_minus_one(b, n, ins):
+    # x * -1 -> -x
+    x, y = ins
+    if _splat(y) == -1 and x.type == n.type:
+        return b.emit("neg", (x,))
+    if _splat(x) == -1 and y.type == n.type:
+        return b.emit("neg", (y,))
+    return None
+
+
+def div_one(b, n, ins):
+    # x / 1 -> x
+    return _same(n, ins[0]) if _splat(ins[1]) == 1 else None
+
+
+def neg_neg(b, n, ins):
+    # -(-x) -> x
+    x = ins[0]
+    if isinstance(x, Node) and x.op == "neg":
+        return _same(n, x.inputs[0])
+    return None
+
+
+def pow_constant(b, n, ins):
+    # x**1 -> x ; x**2 -> x*x ; x**0.5 -> sqrt(x) ; x**-0.5 -> rsqrt(x)
+    x, y = ins
+    k = _splat(y)
+    if k is None or x.type != n.type:
+        return None
+    if k == 1:
+        return x
+    if k == 2:
+        return b.emit("mul", (x, x))
+    if k == 0.5:
+        return b.emit("sqrt", (x,))
+    if k == -0.5:
+        return b.emit("rsqrt", (x,))
+    return None
+
+
+def where_same(b, n, ins):
+    # where(c, x, x) -> x
+    c, x, y = ins
+    return _same(n, x) if x is y else None
+
+
+def drop_identity(b, n, ins):
+    # alias(x), stop_gradient(x) -> x (only once no grad node is left)
+    return _same(n, ins[0])
+
+
+simplify_rules = {
+    "reshape": [no_op_shape, reshape_of_reshape],
+    "broadcast": [no_op_shape],
+    "cast": [no_op_shape],
+    "slice": [no_op_shape],
+    "pad": [no_op_shape],
+    "sum": [no_op_shape],
+    "transpose": [no_op_shape, transpose_of_transpose],
+    "add": [add_zero],
+    "sub": [sub_zero],
+    "mul": [mul_one, mul_minus_one],
+    "div": [div_one],
+    "neg": [neg_neg],
+    "pow": [pow_constant],
+    "where": [where_same],
+}
+
+
+def simplify(g: Graph) -> Graph:
+    """Apply ``simplify_rules`` once over the graph, in order."""
+    has_grad = any(n.op == "grad" for n in g.nodes)
+    fired: Counter = Counter()
+
+    def rule(b, n, ins):
+        rules = list(simplify_rules.get(n.op, ()))
+        if n.op in ("alias", "stop_gradient") and not has_grad:
+            rules.append(drop_identity)
+        for r in rules:
+            out = r(b, n, ins)
+            if out is not None:
+                fired[r.__name__] += 1
+                return out
+        return None
+
+    new = rewrite(g, rule)
+    for name, k in sorted(fired.items()):
+        remark(f"{name}: {k}")
+    return new

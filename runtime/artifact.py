@@ -1,0 +1,227 @@
+"""Artifacts: a compiled function saved to one file, loadable without its Python source.
+
+The file is a zip archive:
+
+    manifest.json     format and versions, backend, each variant's signature and output
+                      structure, which state each variant binds, a sha256 of every member
+    variant0.lir      the optimized IR of each compiled variant (text, parsed on load)
+    variant0.<file>   backend files (object code, cubins) where the backend has them
+    state.npz         parameters and optimizer state, by name (numpy, loaded without pickle)
+
+It is written atomically (a temporary file, then a rename). Loading checks the format, the
+checksums and the IR (parse + verify), and runs nothing but the backend's compiled program.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import zipfile
+from zlib import error as zlib_error
+
+import numpy as np
+
+from lamina.backends import get_backend
+from lamina.ir.errors import ArtifactError, LaminaError, SignatureError
+from lamina.ir.parser import parse
+from lamina.ir.printer import print_graph
+from lamina.ir.types import type_of
+from lamina.ir.variable import Variable
+from lamina.ir.verify import verify
+from lamina.passes.manager import write_atomic
+from lamina.runtime.executable import Executable, signature_key
+
+FORMAT = "lamina-artifact"
+FORMAT_VERSION = 1
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save(path: str, name: str, backend: str, variants: list[Executable], version: str) -> None:
+    """Write ``variants`` (compiled for ``backend``) and their state to ``path``."""
+    if not variants:
+        raise ArtifactError(f"{name}: nothing to save yet; call the function once (or use "
+                            ".lower(*example_args)) so it compiles for a signature")
+    be = get_backend(backend)
+    members: dict[str, bytes] = {}
+    storage: dict[int, str] = {}  # id(Variable) -> key in state.npz
+    arrays: dict[str, np.ndarray] = {}
+    entries = []
+    for i, exe in enumerate(variants):
+        ir_name = f"variant{i}.lir"
+        members[ir_name] = print_graph(exe.graph).encode()
+        files = {}
+        for fname, data in be.save_program(exe.program).items():
+            members[f"variant{i}.{fname}"] = data
+            files[fname] = f"variant{i}.{fname}"
+        bindings = {}
+        for state_name, var in exe.variables.items():
+            key = storage.get(id(var))
+            if key is None:
+                key = state_name
+                while key in arrays:
+                    key += "_"
+                storage[id(var)] = key
+                arrays[key] = var.numpy()
+            bindings[state_name] = key
+        entries.append({"ir": ir_name, "files": files, "state": bindings,
+                        "signature": [[n, str(t)] for n, t in exe.signature],
+                        "out_tree": exe.out_tree})
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    members["state.npz"] = buf.getvalue()
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "backend": backend,
+        "lamina_version": version, "numpy_version": np.__version__,
+        "python": platform.python_version(), "machine": platform.machine(),
+        "variants": entries,
+        "checksums": {m: _sha256(d) for m, d in members.items()},
+    }
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("manifest.json", json.dumps(manifest, indent=1))
+        for m, d in members.items():
+            zf.writestr(m, d)
+    write_atomic(os.fspath(path), out.getvalue())
+
+
+class LoadedFunction:
+    """A function loaded from an artifact: call it like the original compiled function.
+
+    It owns its state (loaded from the artifact); a loaded training step keeps training it.
+    """
+
+    def __init__(self, name: str, backend: str, variants: list[Executable], manifest: dict):
+        self.__name__ = name
+        self.backend = backend
+        self.variants = variants
+        self.manifest = manifest
+        self._by_sig = {signature_key([t for _, t in e.signature]): e for e in variants}
+
+    def __call__(self, *args):
+        key = signature_key([type_of(a, f"argument {i}") for i, a in enumerate(args)])
+        exe = self._by_sig.get(key)
+        if exe is None:
+            if len(self.variants) == 1:
+                return self.variants[0](*args)  # its check names the mismatching argument
+            have = "; ".join(_format_sig(e) for e in self.variants)
+            raise SignatureError(f"{self.__name__}: no compiled variant for these arguments; "
+                                 f"the artifact has: {have} (it cannot recompile without the "
+                                 "source)")
+        return exe(*args)
+
+    @property
+    def signatures(self) -> list[str]:
+        return [_format_sig(e) for e in self.variants]
+
+    def ir(self, stage: str | None = None, variant: int = -1) -> str:
+        if stage not in (None, "final"):
+            raise LaminaError(f"an artifact keeps only the final IR; stage {stage!r} is not "
+                              "available (stages: ['final'])")
+        return print_graph(self.variants[variant].graph)
+
+    def stages(self) -> list[str]:
+        return ["final"]
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        out = {}
+        for e in self.variants:
+            out.update(e.state_dict())
+        return out
+
+    def save(self, path: str) -> None:
+        save(path, self.__name__, self.backend, self.variants, self.manifest["lamina_version"])
+
+    def __repr__(self) -> str:
+        return f"<lamina loaded function {self.__name__} [{self.backend}]: " \
+               f"{', '.join(self.signatures)}>"
+
+
+def _format_sig(e: Executable) -> str:
+    return "(" + ", ".join(f"{n}: {t}" for n, t in e.signature) + ")"
+
+
+def load(path: str, version: str) -> LoadedFunction:
+    """Read an artifact written by :func:`save`; ArtifactError says what is wrong with it."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no such file") from None
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ArtifactError(f"{path}: not a lamina artifact (not a readable zip archive: {e})")
+    with zf:
+        names = set(zf.namelist())
+
+        def read(member: str) -> bytes:
+            if member not in names:
+                raise ArtifactError(f"{path}: member {member!r} is missing")
+            try:
+                return zf.read(member)
+            except (zipfile.BadZipFile, OSError, EOFError, zlib_error) as e:
+                raise ArtifactError(f"{path}: member {member!r} is corrupt ({e})") from None
+
+        try:
+            manifest = json.loads(read("manifest.json"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ArtifactError(f"{path}: manifest.json is not valid JSON ({e})") from None
+        _check_manifest(path, manifest, version)
+        sums = manifest["checksums"]
+        data = {}
+        for member, digest in sums.items():
+            data[member] = read(member)
+            if _sha256(data[member]) != digest:
+                raise ArtifactError(f"{path}: member {member!r} fails its checksum (the file "
+                                    "was modified or damaged)")
+    arrays = _load_state(path, data.get("state.npz"))
+    # One Variable per stored array, shared by the variants that bind it.
+    state = {k: Variable(a, k) for k, a in arrays.items()}
+    backend = get_backend(manifest["backend"])
+    variants = [_load_variant(path, entry, data, state, backend, manifest["backend"])
+                for entry in manifest["variants"]]
+    return LoadedFunction(manifest["name"], manifest["backend"], variants, manifest)
+
+
+def _check_manifest(path: str, m, version: str) -> None:
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ArtifactError(f"{path}: not a lamina artifact (no lamina manifest)")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path}: artifact format version {m.get('format_version')} is not "
+                            f"supported (this lamina {version} reads version {FORMAT_VERSION})")
+    for key in ("name", "backend", "variants", "checksums", "lamina_version"):
+        if key not in m:
+            raise ArtifactError(f"{path}: the manifest lacks {key!r}")
+    if not isinstance(m["variants"], list) or not m["variants"]:
+        raise ArtifactError(f"{path}: the manifest lists no compiled variants")
+
+
+def _load_state(path: str, blob: bytes | None) -> dict[str, np.ndarray]:
+    if blob is None:
+        raise ArtifactError(f"{path}: state.npz is missing")
+    try:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ArtifactError(f"{path}: state.npz is unreadable ({e})") from None
+
+
+def _load_variant(path, entry, data, state, backend, backend_name) -> Executable:
+    try:
+        text = data[entry["ir"]].decode()
+        graph = verify(parse(text), allow_grad=False)
+    except KeyError as e:
+        raise ArtifactError(f"{path}: the manifest names a missing member {e}") from None
+    except LaminaError as e:
+        raise ArtifactError(f"{path}: its IR does not load: {e.message}") from None
+    files = {f: data[m] for f, m in entry.get("files", {}).items()}
+    program = backend.load_program(graph, files)
+    variables = {}
+    for state_name, key in entry["state"].items():
+        if key not in state:
+            raise ArtifactError(f"{path}: state {key!r} is missing from state.npz")
+        variables[state_name] = state[key]
+    return Executable(graph, program, variables, entry["out_tree"], backend_name)

@@ -30,7 +30,8 @@ _TOKEN = re.compile(r"""
   | (?P<punct>[()\[\]{},=:^])
 """, re.VERBOSE)
 
-_LOC = re.compile(r"^#\s*(?P<file>\S+):(?P<line>\d+)(?:\s+\((?P<note>[^)]*)\))?\s*$")
+_LOC = re.compile(r'^#\s*(?:(?P<quoted>"(?:[^"\\]|\\.)*")|(?P<file>[^\s"():]+)):(?P<line>\d+)'
+                  r"(?:\s+\((?P<note>[^)]*)\))?\s*$")
 
 
 class _Token:
@@ -263,7 +264,8 @@ class _Parser:
             self.i += 1
             m = _LOC.match(t.text)
             if m:
-                return SourceLoc(m["file"], int(m["line"]), m["note"] or "")
+                file = json.loads(m["quoted"]) if m["quoted"] else m["file"]
+                return SourceLoc(file, int(m["line"]), m["note"] or "")
         return None
 
 

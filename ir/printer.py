@@ -11,8 +11,11 @@ comment. ``lamina.ir.parse`` reads it back; printing the parsed graph gives the 
 from __future__ import annotations
 
 import json
+import os
+import re
 
 from lamina.ir.dtypes import DType
+from lamina.ir.errors import SourceLoc
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.registry import get as get_op
 
@@ -62,11 +65,23 @@ class Namer:
             return "%<undefined>"
 
 
+_PLAIN_FILE = re.compile(r'[^\s"():]+')
+
+
+def format_loc(loc: SourceLoc) -> str:
+    """``model.py:12`` or ``model.py:12 (grad)``; odd file names are quoted (JSON)."""
+    name = os.path.basename(loc.file) or loc.file
+    if not _PLAIN_FILE.fullmatch(name):
+        name = json.dumps(name)
+    text = f"{name}:{loc.line}"
+    return f"{text} ({loc.note})" if loc.note else text
+
+
 def format_node(node: Node, name) -> str:
     args = ", ".join(name(v) for v in node.inputs)
     text = f"{name(node)} = {node.op}({args}){format_attrs(node)} : {node.type}"
     if node.loc is not None:
-        text = text.ljust(LOC_COLUMN - 2) + f"  # {node.loc}"
+        text = text.ljust(LOC_COLUMN - 2) + f"  # {format_loc(node.loc)}"
     return text
 
 

@@ -1,0 +1,55 @@
+"""The examples in docstrings run and print what they say (doctest), and the example scripts
+reach the accuracy the README promises."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import os
+import pkgutil
+import sys
+
+import pytest
+
+import lamina
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _modules():
+    names = ["lamina", "lamina.compiler"]
+    for sub in ("ir", "ir.ops", "frontend", "frontend.nn", "frontend.optim", "passes",
+                "backends", "backends.numpy", "runtime"):
+        pkg = importlib.import_module(f"lamina.{sub}")
+        names.append(pkg.__name__)
+        names += [m.name for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + ".")
+                  if not m.ispkg]
+    return sorted(set(names))
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"lamina": lamina},
+                             optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
+
+
+def _run_example(name, argv):
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    try:
+        module = importlib.import_module(name)
+        return module.main(argv)
+    finally:
+        sys.path.pop(0)
+
+
+def test_mlp_digits_reaches_97_percent(backend, capsys):
+    acc = _run_example("mlp_digits", ["--backend", backend])
+    assert acc >= 0.97, f"held-out accuracy {acc:.2%}"
+    assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_logistic_regression_reaches_95_percent(backend):
+    acc = _run_example("logistic_regression", ["--backend", backend])
+    assert acc >= 0.95, f"held-out accuracy {acc:.2%}"

@@ -14,18 +14,72 @@ from lamina import ir  # noqa: E402
 from lamina.compiler import CompiledFunction, compile, load  # noqa: E402
 from lamina.frontend import nn, optim, random  # noqa: E402
 from lamina.frontend.ops import (  # noqa: E402
-    abs, add, arange, argmax, astype, broadcast_to, clip, concatenate, divide, erf, exp,
-    expand_dims, full, gelu, log, log_softmax, logsumexp, matmul, max, maximum, mean, min,
-    minimum, multiply, negative, one_hot, ones, ones_like, power, relu, reshape, rsqrt, sigmoid,
-    sign, softmax, sqrt, square, squeeze, stack, std, stop_gradient, subtract, sum, take, tanh,
-    transpose, var, where, zeros, zeros_like)
+    abs,
+    add,
+    arange,
+    argmax,
+    astype,
+    broadcast_to,
+    clip,
+    concatenate,
+    divide,
+    erf,
+    exp,
+    expand_dims,
+    full,
+    gelu,
+    log,
+    log_softmax,
+    logsumexp,
+    matmul,
+    max,
+    maximum,
+    mean,
+    min,
+    minimum,
+    multiply,
+    negative,
+    one_hot,
+    ones,
+    ones_like,
+    power,
+    relu,
+    reshape,
+    rsqrt,
+    sigmoid,
+    sign,
+    softmax,
+    sqrt,
+    square,
+    squeeze,
+    stack,
+    std,
+    stop_gradient,
+    subtract,
+    sum,
+    take,
+    tanh,
+    transpose,
+    var,
+    where,
+    zeros,
+    zeros_like,
+)
 from lamina.frontend.tensor import Tensor  # noqa: E402
 from lamina.frontend.trace import trace  # noqa: E402
 from lamina.frontend.transforms import grad, value_and_grad  # noqa: E402
-from lamina.ir.dtypes import (bfloat16, bool_, float16, float32, float64, int32,  # noqa: E402
-                              int64)
-from lamina.ir.errors import (ArtifactError, DTypeError, GradError, LaminaError,  # noqa: E402
-                              ParseError, ShapeError, SignatureError, TraceError, VerifyError)
+from lamina.ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64  # noqa: E402
+from lamina.ir.errors import (  # noqa: E402
+    ArtifactError,
+    DTypeError,
+    GradError,
+    LaminaError,
+    ParseError,
+    ShapeError,
+    SignatureError,
+    TraceError,
+    VerifyError,
+)
 from lamina.ir.types import TensorType  # noqa: E402
 
 _ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from lamina.frontend.trace import current, user_loc
 from lamina.ir import dtypes as dt
-from lamina.ir.builder import Builder, Var, matmul as _matmul
+from lamina.ir.builder import Builder, Var
+from lamina.ir.builder import matmul as _matmul
 from lamina.ir.errors import LaminaError, TraceError
 from lamina.ir.interpret import interpret
 from lamina.ir.types import TensorType, normalize_axes, normalize_axis
 from lamina.ir.variable import Variable
-from lamina.frontend.trace import current, user_loc
 
 _SCALAR = (bool, int, float, np.bool_, np.integer, np.floating)
 

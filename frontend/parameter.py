@@ -6,8 +6,8 @@ the state value ``%fc1.w``); outside one it behaves as a read-only numpy array.
 
 from __future__ import annotations
 
-from lamina.ir.variable import Variable
 from lamina.frontend.trace import current
+from lamina.ir.variable import Variable
 
 
 class Parameter(Variable):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lamina.ir import dtypes as dt
-from lamina.ir.variable import Variable
 from lamina.frontend.ops import run
 from lamina.frontend.trace import current
+from lamina.ir import dtypes as dt
+from lamina.ir.variable import Variable
 
 _KEY = Variable(np.int64(0), name="rng.key")
 _host = np.random.default_rng(0)

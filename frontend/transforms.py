@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 
-from lamina.ir.errors import GradError
 from lamina.frontend.trace import current, user_loc
+from lamina.ir.errors import GradError
 
 # Set by the compile driver: runs a function on concrete arrays by compiling it.
 _run_compiled = None

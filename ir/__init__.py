@@ -6,8 +6,18 @@ It imports nothing else from lamina and never imports llvmlite or triton.
 from lamina.ir import config, dtypes, ops  # noqa: F401  (ops registers every op)
 from lamina.ir.builder import Builder, Var
 from lamina.ir.dtypes import DType
-from lamina.ir.errors import (ArtifactError, DTypeError, GradError, LaminaError, ParseError,
-                              ShapeError, SignatureError, SourceLoc, TraceError, VerifyError)
+from lamina.ir.errors import (
+                              ArtifactError,
+                              DTypeError,
+                              GradError,
+                              LaminaError,
+                              ParseError,
+                              ShapeError,
+                              SignatureError,
+                              SourceLoc,
+                              TraceError,
+                              VerifyError,
+)
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.interpret import interpret
 from lamina.ir.parser import parse

@@ -13,7 +13,8 @@ from collections import Counter
 from lamina.ir.builder import Builder
 from lamina.ir.errors import GradError, LaminaError
 from lamina.ir.graph import Graph, Node, Value
-from lamina.ir.ops.registry import ZERO_GRAD, get as get_op
+from lamina.ir.ops.registry import ZERO_GRAD
+from lamina.ir.ops.registry import get as get_op
 from lamina.passes.manager import remark
 from lamina.passes.rewrite import copy_node
 

@@ -6,8 +6,6 @@ once at compile time.
 
 from __future__ import annotations
 
-
-
 from lamina.ir.graph import Graph
 from lamina.ir.interpret import eval_node
 

@@ -5,10 +5,10 @@ Losses check their inputs and name the user's line when shapes or dtypes do not 
 
 from __future__ import annotations
 
-from lamina.ir.errors import DTypeError, LaminaError, ShapeError
 from lamina.frontend import ops
 from lamina.frontend.ops import run
 from lamina.frontend.trace import user_loc
+from lamina.ir.errors import DTypeError, LaminaError, ShapeError
 
 relu = ops.relu
 sigmoid = ops.sigmoid

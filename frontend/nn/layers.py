@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 
-from lamina.ir import dtypes as dt
 from lamina.frontend import ops
 from lamina.frontend.nn import functional as F
 from lamina.frontend.nn.module import Module
 from lamina.frontend.parameter import Parameter
 from lamina.frontend.random import host_rng
+from lamina.ir import dtypes as dt
 
 
 def uniform_init(shape, bound: float, dtype=dt.float32) -> np.ndarray:

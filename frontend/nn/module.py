@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from lamina.ir.errors import LaminaError
 from lamina.frontend.parameter import Parameter
+from lamina.ir.errors import LaminaError
 
 
 def _children(value, prefix: str):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from lamina.ir.errors import GradError, LaminaError
-from lamina.ir.variable import Variable
 from lamina.frontend.parameter import Parameter
 from lamina.frontend.trace import require_trace, user_loc
+from lamina.ir.errors import GradError, LaminaError
+from lamina.ir.variable import Variable
 
 
 class Optimizer:

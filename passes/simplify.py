@@ -52,6 +52,18 @@ def reshape_of_reshape(b, n, ins):
     return None
 
 
+def reshape_of_kept_sum(b, n, ins):
+    # reshape(sum(x, keepdims=true)) that only drops the reduced axes -> sum(x, keepdims=false)
+    x = ins[0]
+    if not (isinstance(x, Node) and x.op == "sum" and x.attrs["keepdims"]):
+        return None
+    axes = x.attrs["axis"]
+    dropped = tuple(d for i, d in enumerate(x.shape) if i not in axes)
+    if n.attrs["shape"] != dropped:
+        return None
+    return b.emit("sum", (x.inputs[0],), {"axis": axes, "keepdims": False})
+
+
 def transpose_of_transpose(b, n, ins):
     # transpose(transpose(x, p), q) -> transpose(x, p[q])
     x = ins[0]
@@ -138,7 +150,7 @@ def drop_identity(b, n, ins):
 
 
 simplify_rules = {
-    "reshape": [no_op_shape, reshape_of_reshape],
+    "reshape": [no_op_shape, reshape_of_reshape, reshape_of_kept_sum],
     "broadcast": [no_op_shape],
     "cast": [no_op_shape],
     "slice": [no_op_shape],

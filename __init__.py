@@ -48,6 +48,7 @@ from lamina.frontend.ops import (  # noqa: E402
     rsqrt,
     sigmoid,
     sign,
+    softplus,
     softmax,
     sqrt,
     square,
@@ -104,7 +105,7 @@ __all__ = [
     "float16", "float32", "float64", "full", "gelu", "grad", "int32", "int64", "ir", "load",
     "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum",
     "multiply", "negative", "nn", "one_hot", "ones", "ones_like", "optim", "power", "random",
-    "relu", "reshape", "rsqrt", "sigmoid", "sign", "softmax", "sqrt", "square", "squeeze",
+    "relu", "reshape", "rsqrt", "sigmoid", "sign", "softmax", "softplus", "sqrt", "square", "squeeze",
     "stack", "std", "stop_gradient", "subtract", "sum", "take", "tanh", "trace", "transpose",
     "value_and_grad", "var", "where", "zeros", "zeros_like",
 ]

@@ -16,7 +16,7 @@ import weakref
 
 from lamina.backends import get_backend
 from lamina.frontend import transforms
-from lamina.frontend.trace import current, function_name, trace_function
+from lamina.frontend.trace import arg_names, current, function_name, trace_function
 from lamina.ir import config
 from lamina.ir.errors import LaminaError, SignatureError
 from lamina.ir.printer import print_graph
@@ -69,8 +69,11 @@ class CompiledFunction:
     def lower(self, *args) -> Executable:
         """The compiled variant for these arguments (compiled now if new); arrays or
         ``lm.TensorType`` specs."""
+        self._check_arity(args)
         dyn = self._dynamic(args)
-        types = [type_of(a, f"argument {i} of {self.name}") for i, a in enumerate(dyn)]
+        names = [n for i, n in enumerate(arg_names(self.fn, len(args)))
+                 if i not in self.static_argnums]
+        types = [type_of(a, f"{self.name}: argument {n!r}") for a, n in zip(dyn, names)]
         key = (signature_key(types), self._static_key(args))
         exe = self.variants.get(key)
         if exe is None:
@@ -118,6 +121,23 @@ class CompiledFunction:
 
     # --- static arguments --------------------------------------------------------------------
 
+    def _check_arity(self, args):
+        for i in self.static_argnums:
+            if not -len(args) <= i < len(args):
+                raise SignatureError(f"{self.name}: static argument {i} is missing (called "
+                                     f"with {len(args)} argument(s))")
+        try:
+            sig = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return  # no signature to check against (a builtin)
+        try:
+            sig.bind(*args)
+        except TypeError as e:
+            params = [p.name for p in sig.parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            raise SignatureError(f"{self.name}() takes {len(params)} argument(s) "
+                                 f"({', '.join(params)}), got {len(args)}: {e}") from None
+
     def _bind(self, args, kwargs):
         try:
             bound = inspect.signature(self.fn).bind(*args, **kwargs)
@@ -141,8 +161,6 @@ class CompiledFunction:
         return key
 
     def _traceable(self, args):
-        from lamina.frontend.trace import arg_names
-
         names = arg_names(self.fn, len(args))
         if not self.static_argnums:
             return self.fn, names

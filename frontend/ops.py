@@ -91,6 +91,11 @@ def sigmoid(x):
     return apply("sigmoid", x)
 
 
+def softplus(x):
+    """log(1 + exp(x)), computed stably; its gradient is sigmoid(x)."""
+    return apply("softplus", x)
+
+
 def relu(x):
     """max(x, 0)."""
     return apply("relu", x)

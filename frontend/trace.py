@@ -26,10 +26,13 @@ _PKG = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _INTERNAL_DIRS = tuple(os.path.join(_PKG, d) + os.sep
                        for d in ("ir", "frontend", "passes", "backends", "runtime"))
 _INTERNAL_FILES = tuple(os.path.join(_PKG, f) for f in ("__init__.py", "compiler.py", "cli.py"))
+# The standard library (contextlib, functools) sits between lamina and user frames too.
+_STDLIB = os.path.dirname(os.__file__) + os.sep
 
 
 def _is_internal(filename: str) -> bool:
-    return filename.startswith(_INTERNAL_DIRS) or filename in _INTERNAL_FILES
+    return (filename.startswith(_INTERNAL_DIRS) or filename in _INTERNAL_FILES
+            or (filename.startswith(_STDLIB) and "site-packages" not in filename))
 
 
 def user_loc() -> SourceLoc | None:
@@ -133,6 +136,7 @@ class TraceContext:
 
     def __exit__(self, *exc):
         _local.stack.pop()
+        self.builder.closed = True
 
 
 # --- tracing a function -----------------------------------------------------------------------

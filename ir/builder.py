@@ -9,13 +9,14 @@ decompositions are written with ``Var`` operators; the frontend's ``Tensor`` is 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Callable
 
 import numpy as np
 
 from lamina.ir import dtypes as dt
-from lamina.ir.errors import LaminaError, ShapeError, SourceLoc
+from lamina.ir.errors import LaminaError, ShapeError, SourceLoc, TraceError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.types import TensorType
@@ -40,6 +41,15 @@ class Builder:
         self.loc_provider: Callable[[], SourceLoc | None] | None = None
         # Turns other objects (the frontend's Variables) into values; None if it cannot.
         self.lift_hook: Callable[[object], Value | None] | None = None
+        self.closed = False  # set when tracing ends: a leaked tensor cannot add nodes
+
+    @contextlib.contextmanager
+    def located(self):
+        """Re-raise lamina errors from the block at the current source location."""
+        try:
+            yield
+        except LaminaError as e:
+            raise e.at(self.current_loc()) from None
 
     # --- parameters ------------------------------------------------------------------------
 
@@ -66,9 +76,12 @@ class Builder:
 
         Errors from the type rule are re-raised located at the node's source line.
         """
+        loc = loc if loc is not None else self.current_loc()
+        if self.closed:
+            raise TraceError("a traced tensor was used after its trace ended (it escaped the "
+                             "traced function, e.g. through a global or a closure)", loc)
         opdef = get_op(op)
         inputs = tuple(inputs)
-        loc = loc if loc is not None else self.current_loc()
         try:
             if opdef.arity is not None and len(inputs) != opdef.arity:
                 raise LaminaError(f"{op} takes {opdef.arity} input(s), got {len(inputs)}")
@@ -100,8 +113,9 @@ class Builder:
         """A graph value for ``x``: a Var's value, or a constant for a scalar or an array."""
         if isinstance(x, Var):
             if x.builder is not self:
-                raise LaminaError("a value from another graph was used here (a traced tensor "
-                                  "escaped its function, e.g. stored in a global or closure)")
+                raise TraceError("a tensor from another trace was used here (a traced tensor "
+                                 "escaped its function, e.g. through a global or a closure)",
+                                 self.current_loc())
             return x.value
         if isinstance(x, Value):
             return x
@@ -331,7 +345,9 @@ class Var:
     # --- shape -----------------------------------------------------------------------------
 
     def reshape(self, *shape):
-        return self._call("reshape", self, shape=infer_reshape(self.shape, _shape_arg(shape)))
+        with self.builder.located():
+            shape = infer_reshape(self.shape, _shape_arg(shape))
+        return self._call("reshape", self, shape=shape)
 
     def transpose(self, *axes):
         axes = _shape_arg(axes) if axes else tuple(reversed(range(self.ndim)))
@@ -372,7 +388,7 @@ def matmul(b: Builder, x, y) -> Var:
     xv, yv = b.var(b.lift(x)), b.var(b.lift(y))
     if xv.ndim == 0 or yv.ndim == 0:
         raise ShapeError(f"matmul: operands must have at least one dimension, got {xv.type} "
-                         f"and {yv.type} (use * for scalars)")
+                         f"and {yv.type} (use * for scalars)", b.current_loc())
     squeeze_front, squeeze_back = xv.ndim == 1, yv.ndim == 1
     if squeeze_front:
         xv = xv.reshape(1, xv.shape[0])

@@ -8,6 +8,7 @@ explain their decisions with :func:`remark`; remarks go into the dumps and the s
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import os
 import sys
@@ -147,8 +148,13 @@ def write_atomic(path: str, data: str | bytes) -> None:
     """Write a whole file or nothing: a temporary file in the same folder, then a rename."""
     tmp = f"{path}.tmp{os.getpid()}"
     mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import zipfile
-from zlib import error as zlib_error
 
 import numpy as np
 
@@ -147,13 +146,17 @@ def _format_sig(e: Executable) -> str:
 
 
 def load(path: str, version: str) -> LoadedFunction:
-    """Read an artifact written by :func:`save`; ArtifactError says what is wrong with it."""
+    """Read an artifact written by :func:`save`; ArtifactError says what is wrong with it.
+
+    The file is untrusted input: every failure to read or make sense of it is an ArtifactError.
+    """
     try:
         zf = zipfile.ZipFile(path)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as e:
-        raise ArtifactError(f"{path}: not a lamina artifact (not a readable zip archive: {e})")
+    except Exception as e:  # noqa: BLE001 - zipfile raises many kinds on a damaged file
+        raise ArtifactError(f"{path}: not a lamina artifact (not a readable zip archive: "
+                            f"{e})") from None
     with zf:
         names = set(zf.namelist())
 
@@ -162,17 +165,17 @@ def load(path: str, version: str) -> LoadedFunction:
                 raise ArtifactError(f"{path}: member {member!r} is missing")
             try:
                 return zf.read(member)
-            except (zipfile.BadZipFile, OSError, EOFError, zlib_error) as e:
-                raise ArtifactError(f"{path}: member {member!r} is corrupt ({e})") from None
+            except Exception as e:  # noqa: BLE001 - CRC, compression, "encrypted", EOF, ...
+                raise ArtifactError(f"{path}: member {member!r} is corrupt "
+                                    f"({type(e).__name__}: {e})") from None
 
         try:
             manifest = json.loads(read("manifest.json"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{path}: manifest.json is not valid JSON ({e})") from None
         _check_manifest(path, manifest, version)
-        sums = manifest["checksums"]
         data = {}
-        for member, digest in sums.items():
+        for member, digest in manifest["checksums"].items():
             data[member] = read(member)
             if _sha256(data[member]) != digest:
                 raise ArtifactError(f"{path}: member {member!r} fails its checksum (the file "
@@ -180,23 +183,45 @@ def load(path: str, version: str) -> LoadedFunction:
     arrays = _load_state(path, data.get("state.npz"))
     # One Variable per stored array, shared by the variants that bind it.
     state = {k: Variable(a, k) for k, a in arrays.items()}
-    backend = get_backend(manifest["backend"])
+    try:
+        backend = get_backend(manifest["backend"])
+    except LaminaError as e:
+        raise ArtifactError(f"{path}: {e.message}") from None
     variants = [_load_variant(path, entry, data, state, backend, manifest["backend"])
                 for entry in manifest["variants"]]
     return LoadedFunction(manifest["name"], manifest["backend"], variants, manifest)
 
 
 def _check_manifest(path: str, m, version: str) -> None:
+    def bad(what):
+        return ArtifactError(f"{path}: malformed manifest: {what}")
+
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a lamina artifact (no lamina manifest)")
     if m.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{path}: artifact format version {m.get('format_version')} is not "
                             f"supported (this lamina {version} reads version {FORMAT_VERSION})")
-    for key in ("name", "backend", "variants", "checksums", "lamina_version"):
-        if key not in m:
-            raise ArtifactError(f"{path}: the manifest lacks {key!r}")
-    if not isinstance(m["variants"], list) or not m["variants"]:
-        raise ArtifactError(f"{path}: the manifest lists no compiled variants")
+    for key, kind in (("name", str), ("backend", str), ("lamina_version", str),
+                      ("variants", list), ("checksums", dict)):
+        if not isinstance(m.get(key), kind):
+            raise bad(f"{key!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in m["checksums"].items()):
+        raise bad("'checksums' must map member names to sha256 strings")
+    if not m["variants"]:
+        raise bad("no compiled variants")
+    for i, e in enumerate(m["variants"]):
+        if not isinstance(e, dict):
+            raise bad(f"variant {i} is not an object")
+        for key, kind in (("ir", str), ("files", dict), ("state", dict), ("signature", list),
+                          ("out_tree", list)):
+            if not isinstance(e.get(key), kind):
+                raise bad(f"variant {i}: {key!r} is missing or not a {kind.__name__}")
+        members = [e["ir"]] + list(e["files"].values())
+        for member in members:
+            if member not in m["checksums"]:
+                raise bad(f"variant {i} names {member!r}, which has no checksum")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in e["state"].items()):
+            raise bad(f"variant {i}: 'state' must map state names to stored names")
 
 
 def _load_state(path: str, blob: bytes | None) -> dict[str, np.ndarray]:
@@ -205,23 +230,28 @@ def _load_state(path: str, blob: bytes | None) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(blob), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise ArtifactError(f"{path}: state.npz is unreadable ({e})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged npz fails in many ways
+        raise ArtifactError(f"{path}: state.npz is unreadable ({type(e).__name__}: {e})") \
+            from None
 
 
 def _load_variant(path, entry, data, state, backend, backend_name) -> Executable:
     try:
-        text = data[entry["ir"]].decode()
-        graph = verify(parse(text), allow_grad=False)
-    except KeyError as e:
-        raise ArtifactError(f"{path}: the manifest names a missing member {e}") from None
+        graph = verify(parse(data[entry["ir"]].decode("utf-8")), allow_grad=False)
+    except UnicodeDecodeError as e:
+        raise ArtifactError(f"{path}: its IR ({entry['ir']}) is not UTF-8 text ({e})") from None
     except LaminaError as e:
         raise ArtifactError(f"{path}: its IR does not load: {e.message}") from None
-    files = {f: data[m] for f, m in entry.get("files", {}).items()}
-    program = backend.load_program(graph, files)
-    variables = {}
-    for state_name, key in entry["state"].items():
-        if key not in state:
-            raise ArtifactError(f"{path}: state {key!r} is missing from state.npz")
-        variables[state_name] = state[key]
-    return Executable(graph, program, variables, entry["out_tree"], backend_name)
+    files = {f: data[m] for f, m in entry["files"].items()}
+    try:
+        program = backend.load_program(graph, files)
+        variables = {}
+        for state_name, key in entry["state"].items():
+            if key not in state:
+                raise ArtifactError(f"{path}: state {key!r} is missing from state.npz")
+            variables[state_name] = state[key]
+        return Executable(graph, program, variables, entry["out_tree"], backend_name)
+    except ArtifactError:
+        raise
+    except LaminaError as e:
+        raise ArtifactError(f"{path}: {e.message}") from None

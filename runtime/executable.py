@@ -68,8 +68,11 @@ class Executable:
         state = {name: v.storage for name, v in self.variables.items()}
         outs, updates = self.program(arrays, state)
         protected = arrays + list(state.values())
-        # Outputs must not alias inputs or state (state changes below, in place).
-        outs = [_owned(o, protected) for o in outs]
+        # Outputs must not alias inputs, state (it changes below, in place) or each other.
+        owned = []
+        for o in outs:
+            owned.append(_owned(o, protected + owned))
+        outs = owned
         updates = {k: _owned(v, list(state.values())) for k, v in updates.items()}
         for name, value in updates.items():
             np.copyto(self.variables[name].storage, value)

@@ -11,6 +11,7 @@ from lamina.frontend.trace import user_loc
 from lamina.ir.errors import DTypeError, LaminaError, ShapeError
 
 relu = ops.relu
+softplus = ops.softplus
 sigmoid = ops.sigmoid
 tanh = ops.tanh
 gelu = ops.gelu
@@ -57,16 +58,15 @@ def cross_entropy(logits, labels, reduction: str = "mean"):
 
 
 def binary_cross_entropy_with_logits(logits, targets, reduction: str = "mean"):
-    """Sigmoid + binary cross-entropy in one stable formula:
-    ``max(z, 0) - z * t + log(1 + exp(-|z|))``."""
+    """Sigmoid + binary cross-entropy in one stable formula, ``softplus(z) - z * t``; its
+    gradient is ``sigmoid(z) - t`` everywhere (also at z = 0)."""
 
     def f(b, z, t):
         if z.shape != t.shape:
             raise ShapeError(f"binary_cross_entropy_with_logits: logits {z.type} and targets "
                              f"{t.type} must have the same shape", user_loc())
         t = t.astype(z.dtype)
-        softplus = b.call("log", 1.0 + b.call("exp", -b.call("abs", z)))
-        return _reduce(b.call("relu", z) - z * t + softplus, reduction,
+        return _reduce(b.call("softplus", z) - z * t, reduction,
                        "binary_cross_entropy_with_logits")
 
     return run(f, logits, targets)

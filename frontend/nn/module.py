@@ -58,11 +58,18 @@ class Module:
     # --- traversal ---------------------------------------------------------------------------
 
     def named_parameters(self, prefix: str = ""):
-        """(path, Parameter) pairs, each parameter once, in attribute order."""
+        """(path, Parameter) pairs, each parameter once, in attribute order.
+
+        A parameter that no assignment named yet (a layer appended to a list after the list
+        was assigned) takes its path here, so the IR and state_dict() agree on its name.
+        """
         seen: set[int] = set()
         for path, p in self._walk(prefix):
             if isinstance(p, Parameter) and id(p) not in seen:
                 seen.add(id(p))
+                if not p._named_by_owner and not prefix:
+                    p.name = path
+                    p._named_by_owner = True
                 yield path, p
 
     def parameters(self):

@@ -23,6 +23,10 @@ def _sigmoid(x):
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
 
 
+def _softplus(x):
+    return np.logaddexp(np.zeros((), x.dtype), x)
+
+
 _erf_scalar = np.frompyfunc(math.erf, 1, 1)
 
 
@@ -64,6 +68,7 @@ _unary("sqrt", _sqrt, lambda g, out, x: (g * 0.5 / out,), doc="square root")
 _unary("rsqrt", _rsqrt, lambda g, out, x: (g * -0.5 * out * out * out,), doc="1/sqrt(x)")
 _unary("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), doc="hyperbolic tangent")
 _unary("sigmoid", _sigmoid, lambda g, out, x: (g * out * (1 - out),), doc="1/(1+e**-x)")
+_unary("softplus", _softplus, lambda g, out, x: (g * op.sigmoid(x),), doc="log(1+e**x)")
 _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype),
        lambda g, out, x: (op.where(x > 0, g, 0.0),), doc="max(x, 0)")
 _unary("erf", _erf, lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * op.exp(-(x * x)),),

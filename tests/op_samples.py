@@ -1,0 +1,570 @@
+"""Sample inputs and independent expected values for every registered op (except ``grad``).
+
+``SAMPLES[op]`` lists ``Case``s. Each case says how to make the op's inputs (a function of a
+numpy Generator and a dtype), its attributes, the dtypes to test and, written here rather than
+taken from the registry, what the op should compute: a numpy expression over the inputs. The
+registry's own ``ref`` is never used as the expected value; the point is to check the registry's
+semantics (and every backend's lowering) against an independent formula.
+
+Inputs are chosen valid for the op and, for the gradient checks of ``test_grad``, away from
+places where the op is not differentiable: positive for log/sqrt/rsqrt, away from 0 for
+relu/abs/sign, no ties for max/min/maximum/minimum (separate ``ties`` cases, excluded from the
+gradient checks, cover those).
+
+Expected values are computed from float64 copies of float inputs (``expected_value``), so a
+float32 result is compared with an accurate reference at float32 tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+I32, I64 = np.dtype(np.int32), np.dtype(np.int64)
+BOOL = np.dtype(np.bool_)
+
+FLOATS = (F32, F64)
+INTS = (I32, I64)
+NUMERIC = FLOATS + INTS
+ALL = NUMERIC + (BOOL,)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way of calling an op.
+
+    make(rng, dtype) -> list of input arrays.
+    expected(*inputs) -> the value the op must produce (float inputs arrive as float64).
+    attrs: the attributes, or a function of the dtype giving them (for ``dtype=`` attributes).
+    dtypes: the dtypes ``make`` is called with.
+    result: the result dtype as a function of the tested dtype (default: the same dtype).
+    grad: whether ``test_grad`` checks this case's gradient (float64 inputs).
+    """
+
+    name: str
+    make: Callable[[np.random.Generator, np.dtype], list[np.ndarray]]
+    expected: Callable[..., np.ndarray]
+    attrs: dict | Callable[[np.dtype], dict] = field(default_factory=dict)
+    dtypes: tuple = FLOATS
+    result: Callable[[np.dtype], np.dtype] | None = None
+    grad: bool = True
+
+    def attrs_for(self, dtype) -> dict:
+        return dict(self.attrs(np.dtype(dtype)) if callable(self.attrs) else self.attrs)
+
+    def result_dtype(self, dtype) -> np.dtype:
+        return np.dtype(self.result(np.dtype(dtype)) if self.result else dtype)
+
+    def expected_value(self, inputs: list[np.ndarray]) -> np.ndarray:
+        wide = [x.astype(np.float64) if x.dtype.kind == "f" else x for x in inputs]
+        return np.asarray(self.expected(*wide))
+
+
+# --- input makers -----------------------------------------------------------------------------
+
+
+def draw(rng, dtype, shape, lo=-2.0, hi=2.0):
+    """Random values of ``dtype``: uniform in [lo, hi) for floats, integers in [lo, hi] for
+    ints, fair coins for bools."""
+    d = np.dtype(dtype)
+    if d.kind == "f":
+        return rng.uniform(lo, hi, shape).astype(d)
+    if d.kind == "i":
+        return rng.integers(int(lo), int(hi) + 1, shape).astype(d)
+    return rng.random(shape) < 0.5
+
+
+def rand(*shapes, lo=-2.0, hi=2.0):
+    """Inputs of the given shapes, all of the tested dtype."""
+    return lambda rng, d: [draw(rng, d, s, lo, hi) for s in shapes]
+
+
+def away(*shapes, gap=0.2):
+    """Floats with |x| in [gap, 2) (away from kinks at 0); ints in [-5, 5] without 0."""
+
+    def make(rng, d):
+        out = []
+        for s in shapes:
+            sign = np.where(rng.random(s) < 0.5, -1, 1)
+            if np.dtype(d).kind == "f":
+                out.append((sign * rng.uniform(gap, 2.0, s)).astype(d))
+            else:
+                out.append((sign * rng.integers(1, 6, s)).astype(d))
+        return out
+
+    return make
+
+
+def distinct(*shapes):
+    """Inputs whose elements are all different (no ties anywhere, even across operands and
+    after broadcasting): floats drawn from a grid on [-4, 4) plus a jitter of at most a quarter
+    step (so at least 3/4 of a step apart, far more than a finite-difference step), distinct
+    integers around 0."""
+
+    def make(rng, d):
+        sizes = [math.prod(s) for s in shapes]
+        n = sum(sizes)
+        if np.dtype(d).kind == "f":
+            grid = np.linspace(-4, 4, max(2 * n, 32), endpoint=False)
+            spacing = grid[1] - grid[0]
+            values = rng.choice(grid, n, replace=False) + rng.uniform(0, spacing / 4, n)
+        else:
+            values = rng.choice(np.arange(-n - 10, n + 10), n, replace=False)
+        parts = np.split(values.astype(d), np.cumsum(sizes)[:-1])
+        return [p.reshape(s) for p, s in zip(parts, shapes)]
+
+    return make
+
+
+def ties(shape):
+    """Integer-valued operands with many equal elements (ties for max/min/argmax)."""
+
+    def make(rng, d):
+        return [rng.integers(0, 3, shape).astype(d), rng.integers(0, 3, shape).astype(d)]
+
+    return make
+
+
+def fixed(*arrays):
+    """Fixed input values (known-value checks), cast to the tested dtype."""
+    return lambda rng, d: [np.asarray(a).astype(d) for a in arrays]
+
+
+def labels(shape, n, lo=0):
+    """Integer labels in [lo, n) of the tested (integer) dtype."""
+    return lambda rng, d: [rng.integers(lo, n, shape).astype(d)]
+
+
+# --- independent reference formulas ------------------------------------------------------------
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def gelu_exact(x):
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def softmax(x, axis):
+    e = np.exp(x)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def log_softmax(x, axis):
+    return x - np.log(np.sum(np.exp(x), axis=axis, keepdims=True))
+
+
+def pad_by_hand(x, lo, hi, interior):
+    """Element i of axis a lands at lo[a] + i * (interior[a] + 1); the rest is 0."""
+    shape = tuple(lo_ + hi_ + (n + (n - 1) * i if n else 0)
+                  for n, lo_, hi_, i in zip(x.shape, lo, hi, interior))
+    out = np.zeros(shape, x.dtype)
+    for pos in np.ndindex(x.shape):
+        out[tuple(lo_ + p * (i + 1) for p, lo_, i in zip(pos, lo, interior))] = x[pos]
+    return out
+
+
+def scatter_by_hand(g, idx, axis, size):
+    """out[..., idx[j], ...] += g[..., j, ...] for every index position j (a Python loop)."""
+    out = np.zeros(g.shape[:axis] + (size,) + g.shape[axis + idx.ndim:], g.dtype)
+    lead = (slice(None),) * axis
+    for j in np.ndindex(idx.shape):
+        out[lead + (int(idx[j]),)] += g[lead + j]
+    return out
+
+
+def one_hot_by_hand(idx, n, dtype):
+    out = np.zeros(idx.shape + (n,), dtype)
+    for pos in np.ndindex(idx.shape):
+        if 0 <= idx[pos] < n:  # out-of-range labels (negative ones too) give a zero row
+            out[pos + (int(idx[pos]),)] = 1
+    return out
+
+
+def take_by_hand(x, idx, axis):
+    return x[(slice(None),) * axis + (idx,)]  # numpy fancy indexing: negatives wrap
+
+
+# --- Philox-4x32-10, written from the paper (Salmon et al., SC'11) with Python integers -------
+
+M32 = 0xFFFFFFFF
+
+
+def philox_4x32_10(ctr, key):
+    """Random123's philox4x32_R(10, ctr, key): four uint32 words."""
+    c0, c1, c2, c3 = ctr
+    k0, k1 = key
+    for r in range(10):
+        if r:  # the key is bumped before rounds 2..10
+            k0, k1 = (k0 + 0x9E3779B9) & M32, (k1 + 0xBB67AE85) & M32
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & M32, (p0 >> 32) ^ c3 ^ k1, p0 & M32
+    return c0, c1, c2, c3
+
+
+def philox_words(key: int, stream: int, shape):
+    """lamina's counter layout: element i uses counter (i lo, i hi, stream, 0) and key = the
+    64-bit key (lo, hi). Returns four arrays of uint32 words of ``shape``."""
+    key &= 0xFFFFFFFFFFFFFFFF
+    words = [philox_4x32_10((i & M32, i >> 32, stream & M32, 0), (key & M32, key >> 32))
+             for i in range(math.prod(shape))]
+    return [np.array([w[j] for w in words], np.uint64).reshape(shape) for j in range(4)]
+
+
+def uniform_expected(key, stream, shape):
+    w = philox_words(int(key), stream, shape)[0]
+    return (w >> 8).astype(np.float64) / 2.0 ** 24  # the top 24 bits, exact in float32
+
+
+def normal_expected(key, stream, shape):
+    """Box-Muller on words 0 and 1, computed in float32 as lamina specifies (u1 in (0, 1])."""
+    w = philox_words(int(key), stream, shape)
+    u1 = np.float32(1) - ((w[0] >> 8).astype(np.float32) * np.float32(2.0 ** -24))
+    u2 = (w[1] >> 8).astype(np.float32) * np.float32(2.0 ** -24)
+    r = np.sqrt(np.float32(-2) * np.log(u1))
+    return r * np.cos(np.float32(2 * math.pi) * u2)
+
+
+def _key(value):
+    return lambda rng, d: [np.asarray(value, np.int64)]
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def _binary_arith(fn, dtypes=NUMERIC, positive=False, nonzero_y=False):
+    """Same-shape and broadcasting cases of a binary arithmetic op."""
+    if positive:
+        make = [rand((3, 4), (3, 4), lo=0.5, hi=2.0), rand((4, 1), (3,), lo=0.5, hi=2.0),
+                rand((2, 1, 3), (4, 3), lo=0.5, hi=2.0)]
+    elif nonzero_y:
+        def with_y_away(sx, sy):
+            return lambda rng, d: [draw(rng, d, sx), away(sy)(rng, d)[0]]
+
+        make = [with_y_away((3, 4), (3, 4)), with_y_away((4, 1), (3,)),
+                with_y_away((2, 1, 3), (4, 3))]
+    else:
+        make = [rand((3, 4), (3, 4)), rand((4, 1), (3,)), rand((2, 1, 3), (4, 3))]
+    return [Case(name, m, fn, dtypes=dtypes)
+            for name, m in zip(("same", "bcast_41_3", "bcast_213_43"), make)]
+
+
+def _compare(fn):
+    return [
+        Case("ties", ties((3, 4)), fn, dtypes=ALL, result=lambda d: BOOL),
+        Case("bcast_41_3", rand((4, 1), (3,)), fn, dtypes=ALL, result=lambda d: BOOL),
+        Case("bcast_213_43", rand((2, 1, 3), (4, 3)), fn, dtypes=NUMERIC,
+             result=lambda d: BOOL),
+    ]
+
+
+def _extremum(fn):
+    return [
+        Case("distinct", distinct((3, 4), (3, 4)), fn, dtypes=NUMERIC),
+        Case("bcast_41_3", distinct((4, 1), (3,)), fn, dtypes=NUMERIC),
+        Case("bcast_213_43", distinct((2, 1, 3), (4, 3)), fn, dtypes=NUMERIC),
+        Case("ties", ties((3, 4)), fn, dtypes=NUMERIC, grad=False),
+    ]
+
+
+def _where_make(sc, sa, sb):
+    def make(rng, d):
+        return [rng.random(sc) < 0.5, draw(rng, d, sa), draw(rng, d, sb)]
+
+    return make
+
+
+def _where_expected(c, a, b):
+    c, a, b = np.broadcast_arrays(c, a, b)
+    return np.select([c], [a], b)
+
+
+def _cast(to):
+    return {"dtype": to}
+
+
+def _sum_int_result(d):
+    return I64 if d == BOOL else d
+
+
+def _mean_result(d):
+    return d if d.kind == "f" else F32
+
+
+SAMPLES: dict[str, list[Case]] = {
+    # --- unary --------------------------------------------------------------------------------
+    "neg": [Case("basic", rand((3, 4)), lambda x: 0 - x, dtypes=NUMERIC)],
+    "abs": [Case("basic", away((3, 4)), lambda x: np.where(x < 0, -x, x), dtypes=NUMERIC)],
+    "sign": [Case("basic", fixed([[-2.5, 0.0, 3.0], [1.0, -1.0, 0.0]]),
+                  lambda x: (x > 0).astype(np.int64) - (x < 0).astype(np.int64),
+                  dtypes=NUMERIC)],
+    "exp": [Case("basic", rand((3, 4)), lambda x: math.e ** x)],
+    "log": [Case("basic", rand((3, 4), lo=0.2, hi=3.0), lambda x: np.log2(x) * math.log(2)),
+            Case("known", fixed([1.0, math.e, 0.5]), lambda x: np.array([0.0, 1.0,
+                                                                          -math.log(2)]),
+                 grad=False),
+            # Outside the domain: IEEE results, no error.
+            Case("domain", fixed([-1.0, 0.0, 1.0]), lambda x: np.array([np.nan, -np.inf, 0.0]),
+                 grad=False)],
+    "sqrt": [Case("basic", rand((3, 4), lo=0.2, hi=3.0), lambda x: x ** 0.5),
+             Case("domain", fixed([-1.0, 0.0, 4.0]), lambda x: np.array([np.nan, 0.0, 2.0]),
+                  grad=False)],
+    "rsqrt": [Case("basic", rand((3, 4), lo=0.2, hi=3.0), lambda x: x ** -0.5),
+              Case("domain", fixed([-1.0, 0.0, 4.0]), lambda x: np.array([np.nan, np.inf, 0.5]),
+                   grad=False)],
+    "tanh": [Case("basic", rand((3, 4), lo=-3, hi=3),
+                  lambda x: np.expm1(2 * x) / (np.expm1(2 * x) + 2))],
+    "sigmoid": [Case("basic", rand((3, 4), lo=-4, hi=4), lambda x: 1 / (1 + np.exp(-x))),
+                Case("extreme", fixed([-100.0, -30.0, 0.0, 30.0, 100.0]),
+                     lambda x: 1 / (1 + np.exp(-x)), grad=False)],
+    "softplus": [Case("basic", rand((3, 4), lo=-4, hi=4), lambda x: np.log1p(np.exp(x))),
+                 Case("extreme", fixed([-100.0, -20.0, 0.0, 20.0, 100.0]),
+                      lambda x: np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), grad=False)],
+    "relu": [Case("basic", away((3, 4)), lambda x: x * (x > 0))],
+    "erf": [Case("basic", rand((3, 4)), _erf),
+            # Abramowitz & Stegun, table 7.1
+            Case("known", fixed([0.0, 0.5, 1.0, -0.3, 2.0]),
+                 lambda x: np.array([0.0, 0.5204998778130465, 0.8427007929497149,
+                                     -0.3286267594591274, 0.9953222650189527]), grad=False)],
+    # --- binary arithmetic ------------------------------------------------------------------
+    "add": _binary_arith(lambda x, y: x + y),
+    "sub": _binary_arith(lambda x, y: x + (-y)),
+    "mul": _binary_arith(lambda x, y: x * y),
+    "div": _binary_arith(lambda x, y: x * (1 / y), dtypes=FLOATS, nonzero_y=True) + [
+        Case("by_zero", fixed([1.0, -1.0, 0.0], [0.0, -0.0, 0.0]),
+             lambda x, y: np.array([np.inf, np.inf, np.nan]), grad=False)],
+    "pow": _binary_arith(lambda x, y: np.exp(y * np.log(x)), dtypes=FLOATS,
+                         positive=True),
+    "maximum": _extremum(lambda x, y: np.where(x > y, x, y)),
+    "minimum": _extremum(lambda x, y: np.where(x < y, x, y)),
+    # --- comparisons and logic ----------------------------------------------------------------
+    "eq": _compare(lambda x, y: ~((x < y) | (x > y))),
+    "ne": _compare(lambda x, y: (x < y) | (x > y)),
+    "lt": _compare(lambda x, y: ~(x >= y)),
+    "le": _compare(lambda x, y: ~(x > y)),
+    "gt": _compare(lambda x, y: ~(x <= y)),
+    "ge": _compare(lambda x, y: ~(x < y)),
+    "logical_and": [Case("bcast_41_3", rand((4, 1), (3,)),
+                         lambda x, y: x.astype(int) * y.astype(int) == 1, dtypes=(BOOL,))],
+    "logical_or": [Case("bcast_41_3", rand((4, 1), (3,)),
+                        lambda x, y: x.astype(int) + y.astype(int) > 0, dtypes=(BOOL,))],
+    "logical_not": [Case("basic", rand((3, 4)), lambda x: x.astype(int) == 0, dtypes=(BOOL,))],
+    # --- where, cast, identities --------------------------------------------------------------
+    "where": [
+        Case("same", _where_make((3, 4), (3, 4), (3, 4)), _where_expected, dtypes=ALL),
+        Case("bcast_41_3", _where_make((4, 1), (3,), (4, 3)), _where_expected, dtypes=ALL),
+        Case("bcast_213_43", _where_make((2, 1, 3), (4, 3), (4, 1)), _where_expected,
+             dtypes=NUMERIC),
+    ],
+    "cast": [
+        Case("to_f64", rand((3, 4), lo=-5, hi=5), lambda x: x * 1.0, _cast(F64), dtypes=ALL,
+             result=lambda d: F64),
+        Case("to_f32", rand((3, 4), lo=-5, hi=5), lambda x: np.float32(x), _cast(F32),
+             dtypes=ALL, result=lambda d: F32, grad=False),
+        Case("to_i32", rand((3, 4), lo=-5, hi=5),
+             lambda x: np.trunc(x).astype(np.int32) if x.dtype.kind == "f" else x + 0,
+             _cast(I32), dtypes=ALL, result=lambda d: I32, grad=False),
+        Case("to_bool", fixed([[0.0, 1.5, -0.25], [0.0, -3.0, 0.0]]), lambda x: x != 0,
+             _cast(BOOL), dtypes=NUMERIC, result=lambda d: BOOL, grad=False),
+    ],
+    "alias": [Case("basic", rand((3, 4)), lambda x: x + 0, dtypes=ALL)],
+    "stop_gradient": [Case("basic", rand((3, 4)), lambda x: x + 0, dtypes=ALL)],
+    # --- contraction --------------------------------------------------------------------------
+    "matmul": [
+        Case("2d", rand((3, 4), (4, 5)), lambda a, b: np.einsum("ik,kj->ij", a, b),
+             dtypes=NUMERIC),
+        Case("batched_bcast", rand((2, 1, 3, 4), (5, 4, 2)),
+             lambda a, b: np.einsum("...ik,...kj->...ij", a, b), dtypes=NUMERIC),
+    ],
+    # --- composites of neural networks --------------------------------------------------------
+    "gelu": [
+        Case("tanh", rand((3, 4), lo=-3, hi=3), gelu_tanh, {"approximate": "tanh"}),
+        Case("exact", rand((3, 4), lo=-3, hi=3), gelu_exact, {"approximate": "none"}),
+        Case("default", rand((5,), lo=-3, hi=3), gelu_tanh),
+    ],
+    "softmax": [
+        Case("last", rand((3, 5)), lambda x: softmax(x, -1)),
+        Case("axis0", rand((4, 2, 3), lo=-3, hi=3), lambda x: softmax(x, 0), {"axis": 0}),
+        Case("large", fixed([[1000.0, 1001.0, 999.0], [-1000.0, -1000.0, -1000.0]]),
+             lambda x: softmax(x - x.max(axis=-1, keepdims=True), -1), grad=False),
+    ],
+    "log_softmax": [
+        Case("last", rand((3, 5)), lambda x: log_softmax(x, -1)),
+        Case("axis1", rand((2, 4, 3), lo=-3, hi=3), lambda x: log_softmax(x, 1),
+             {"axis": 1}),
+        Case("large", fixed([[1000.0, 1001.0, 999.0]]),
+             lambda x: log_softmax(x - x.max(), -1), grad=False),
+    ],
+    "one_hot": [
+        Case("f64", labels((2, 3), 5), lambda i: one_hot_by_hand(i, 5, np.float64),
+             {"num_classes": 5, "dtype": F64}, dtypes=INTS, result=lambda d: F64),
+        Case("default_f32", labels((4,), 3), lambda i: one_hot_by_hand(i, 3, np.float32),
+             {"num_classes": 3}, dtypes=INTS, result=lambda d: F32, grad=False),
+        Case("i32_out_of_range", fixed([-1, 0, 3, 4, 2]),
+             lambda i: one_hot_by_hand(i, 4, np.int32), {"num_classes": 4, "dtype": I32},
+             dtypes=INTS, result=lambda d: I32, grad=False),
+    ],
+    # --- reductions ---------------------------------------------------------------------------
+    "sum": [
+        Case("all", rand((3, 4, 5)), lambda x: np.add.reduce(x.reshape(-1)),
+             {"axis": None}, dtypes=ALL, result=_sum_int_result),
+        Case("axes_keepdims", rand((3, 4, 5)), lambda x: x.sum(axis=(0, 2), keepdims=True),
+             {"axis": (2, 0), "keepdims": True}, dtypes=ALL, result=_sum_int_result),
+        Case("last", rand((3, 4, 5)), lambda x: np.einsum("ijk->ij", x.astype(
+            np.int64) if x.dtype == BOOL else x), {"axis": -1}, dtypes=ALL,
+             result=_sum_int_result),
+    ],
+    "max": [
+        Case("axis1", distinct((3, 4, 5)), lambda x: np.sort(x, axis=1)[:, -1, :],
+             {"axis": 1}, dtypes=NUMERIC),
+        Case("all_keepdims", distinct((3, 4)), lambda x: np.full((1, 1), np.sort(x, None)[-1]),
+             {"axis": None, "keepdims": True}, dtypes=NUMERIC),
+        Case("bool_any", rand((3, 4)), lambda x: x.astype(int).sum(axis=0) > 0, {"axis": 0},
+             dtypes=(BOOL,), grad=False),
+        Case("ties", lambda rng, d: ties((3, 4))(rng, d)[:1],
+             lambda x: np.sort(x, axis=1)[:, -1], {"axis": 1}, dtypes=NUMERIC, grad=False),
+    ],
+    "min": [
+        Case("axes01", distinct((3, 4, 5)), lambda x: np.sort(x.reshape(12, 5), axis=0)[0],
+             {"axis": (0, -2)}, dtypes=NUMERIC),
+        Case("last", distinct((2, 6)), lambda x: np.sort(x, axis=-1)[:, 0], {"axis": -1},
+             dtypes=NUMERIC),
+        Case("bool_all", rand((3, 4)), lambda x: x.astype(int).sum(axis=1) == 4, {"axis": 1},
+             dtypes=(BOOL,), grad=False),
+    ],
+    "argmax": [
+        Case("all", distinct((3, 4)), lambda x: np.flatnonzero(x.reshape(-1) == x.max())[0],
+             {"axis": None}, dtypes=NUMERIC, result=lambda d: I64),
+        Case("ties_first", fixed([[1, 3, 3, 0], [2, 2, 0, 2], [0, 0, 0, 0]]),
+             lambda x: np.array([[np.flatnonzero(r == r.max())[0]] for r in x]),
+             {"axis": 1, "keepdims": True}, dtypes=ALL, result=lambda d: I64),
+        Case("axis0", rand((4, 3)), lambda x: np.array(
+            [np.flatnonzero(x[:, j] == x[:, j].max())[0] for j in range(3)]), {"axis": 0},
+             dtypes=ALL, result=lambda d: I64),
+    ],
+    "mean": [
+        Case("all", rand((3, 4)), lambda x: x.sum() / 12, {"axis": None}, dtypes=ALL,
+             result=_mean_result),
+        Case("axis1_keepdims", rand((2, 5, 3)), lambda x: x.sum(axis=1, keepdims=True) / 5,
+             {"axis": 1, "keepdims": True}, dtypes=ALL, result=_mean_result),
+    ],
+    # --- data movement ------------------------------------------------------------------------
+    "reshape": [
+        Case("2d", rand((2, 3, 4)), lambda x: x.ravel()[np.arange(24).reshape(4, 6)],
+             {"shape": (4, 6)}, dtypes=ALL),
+        Case("add_ones", rand((6,)), lambda x: x[None, :, None], {"shape": (1, 6, 1)},
+             dtypes=ALL),
+    ],
+    "transpose": [
+        Case("perm201", rand((2, 3, 4)), lambda x: np.einsum("abc->cab", x),
+             {"perm": (2, 0, 1)}, dtypes=ALL),
+        Case("swap", rand((3, 5)), lambda x: x.T, {"perm": [1, 0]}, dtypes=ALL),
+    ],
+    "broadcast": [
+        Case("expand", rand((3, 1)), lambda x: np.tile(x, (2, 1, 4)), {"shape": (2, 3, 4)},
+             dtypes=ALL),
+        Case("scalar", rand(()), lambda x: np.tile(x, (2, 3)), {"shape": (2, 3)}, dtypes=ALL),
+    ],
+    "slice": [
+        Case("strided", rand((5, 4, 6)), lambda x: x[1:5:2, :, 0:6:3],
+             {"start": (1, 0, 0), "stop": (5, 4, 6), "step": (2, 1, 3)}, dtypes=ALL),
+        Case("inner", rand((4, 5)), lambda x: x[1:3, 2:4],
+             {"start": (1, 2), "stop": (3, 4), "step": (1, 1)}, dtypes=ALL),
+        Case("empty", rand((4, 3)), lambda x: x[2:2, :],
+             {"start": (2, 0), "stop": (2, 3), "step": (1, 1)}, dtypes=ALL),
+    ],
+    "pad": [
+        Case("lo_hi_interior", rand((3, 4)),
+             lambda x: pad_by_hand(x, (1, 0), (0, 2), (1, 2)),
+             {"lo": (1, 0), "hi": (0, 2), "interior": (1, 2)}, dtypes=ALL),
+        Case("1d", rand((4,)), lambda x: np.concatenate([np.zeros(2, x.dtype), x,
+                                                         np.zeros(1, x.dtype)]),
+             {"lo": [2], "hi": [1], "interior": [0]}, dtypes=ALL),
+        Case("empty_axis", rand((2, 0)), lambda x: pad_by_hand(x, (1, 1), (0, 2), (1, 3)),
+             {"lo": (1, 1), "hi": (0, 2), "interior": (1, 3)}, dtypes=ALL),
+    ],
+    "concatenate": [
+        Case("axis1", rand((2, 3), (2, 1), (2, 4)), lambda *xs: np.hstack(xs), {"axis": 1},
+             dtypes=ALL),
+        Case("axis0_default", rand((1, 3), (2, 3)), lambda *xs: np.vstack(xs), dtypes=ALL),
+        Case("neg_axis", rand((2, 2, 1), (2, 2, 2)), lambda a, b: np.dstack([a, b]),
+             {"axis": -1}, dtypes=ALL),
+        Case("single", rand((2, 3)), lambda a: a + 0, {"axis": 1}, dtypes=ALL),
+    ],
+    "take": [
+        Case("axis1_neg", lambda rng, d: [draw(rng, d, (3, 5)),
+                                          np.array([[0, -1, 2], [4, 4, -5]], np.int64)],
+             lambda x, i: take_by_hand(x, i, 1), {"axis": 1}, dtypes=ALL),
+        Case("axis0_repeats_i32", lambda rng, d: [draw(rng, d, (4, 2)),
+                                                  np.array([3, 0, 3, 1, 3], np.int32)],
+             lambda x, i: take_by_hand(x, i, 0), {"axis": 0}, dtypes=ALL),
+        Case("axis_neg_scalar_index", lambda rng, d: [draw(rng, d, (2, 3, 4)),
+                                                      np.array(-2, np.int64)],
+             lambda x, i: x[:, :, -2], {"axis": -1}, dtypes=ALL),
+    ],
+    "scatter_add": [
+        Case("axis1_repeats", lambda rng, d: [draw(rng, d, (3, 4, 2)),
+                                              np.array([1, 4, 1, -1], np.int64)],
+             lambda g, i: scatter_by_hand(g, i, 1, 5), {"axis": 1, "size": 5}, dtypes=ALL),
+        Case("axis0_2d_i32", lambda rng, d: [draw(rng, d, (2, 3, 4)),
+                                             np.array([[0, 5, 2], [2, 2, 0]], np.int32)],
+             lambda g, i: scatter_by_hand(g, i, 0, 6), {"axis": 0, "size": 6},
+             dtypes=NUMERIC),
+    ],
+    # --- sources --------------------------------------------------------------------------------
+    "constant": [
+        Case("splat", lambda rng, d: [], lambda: np.full((2, 3), 1),
+             lambda d: {"value": 1, "dtype": d, "shape": (2, 3)}, dtypes=ALL),
+        Case("scalar", lambda rng, d: [], lambda: np.array(0.0),
+             lambda d: {"value": 0, "dtype": d, "shape": ()}, dtypes=ALL),
+        Case("nested", lambda rng, d: [], lambda: np.array([[1.5, -2.0], [0.25, 3.0]]),
+             lambda d: {"value": [[1.5, -2.0], [0.25, 3.0]], "dtype": d, "shape": (2, 2)},
+             dtypes=FLOATS),
+        Case("nested_int", lambda rng, d: [], lambda: np.array([[1, -2, 7]]),
+             lambda d: {"value": [[1, -2, 7]], "dtype": d, "shape": (1, 3)}, dtypes=INTS),
+        Case("nested_bool", lambda rng, d: [], lambda: np.array([True, False, True]),
+             lambda d: {"value": [True, False, True], "dtype": d, "shape": (3,)},
+             dtypes=(BOOL,)),
+        # Empty constants (a numpy array of zero elements captured by a traced function).
+        Case("empty_rows", lambda rng, d: [], lambda: np.zeros((0, 3)),
+             lambda d: {"value": np.zeros((0, 3), d), "dtype": d, "shape": (0, 3)}),
+        Case("empty_cols", lambda rng, d: [], lambda: np.zeros((2, 0)),
+             lambda d: {"value": np.zeros((2, 0), d), "dtype": d, "shape": (2, 0)}),
+        Case("nonfinite", lambda rng, d: [], lambda: np.array([np.inf, -np.inf, np.nan, -0.0]),
+             lambda d: {"value": [np.inf, -np.inf, np.nan, -0.0], "dtype": d, "shape": (4,)}),
+        Case("tenth", lambda rng, d: [], lambda: np.full((2,), 0.1),
+             lambda d: {"value": 0.1, "dtype": d, "shape": (2,)}, dtypes=FLOATS),
+    ],
+    "iota": [
+        Case("axis0", lambda rng, d: [], lambda: np.arange(3)[:, None] * np.ones((1, 4)),
+             lambda d: {"axis": 0, "dtype": d, "shape": (3, 4)}, dtypes=NUMERIC),
+        Case("axis_neg", lambda rng, d: [], lambda: np.arange(4)[None, None, :] +
+             np.zeros((2, 3, 1)), lambda d: {"axis": -1, "dtype": d, "shape": (2, 3, 4)},
+             dtypes=NUMERIC),
+    ],
+    # --- random (the key is an int scalar input; the dtype attribute sets the result) ---------
+    "random_uniform": [
+        Case("key0", _key(0), lambda k: uniform_expected(k, 0, (3, 5)),
+             lambda d: {"stream": 0, "dtype": d, "shape": (3, 5)}),
+        Case("key_big_stream3", _key(2 ** 40 + 12345),
+             lambda k: uniform_expected(k, 3, (2, 2, 2)),
+             lambda d: {"stream": 3, "dtype": d, "shape": (2, 2, 2)}),
+        Case("key_negative", _key(-7), lambda k: uniform_expected(k, 1, (6,)),
+             lambda d: {"stream": 1, "dtype": d, "shape": (6,)}),
+        Case("scalar", _key(11), lambda k: uniform_expected(k, 5, ()),
+             lambda d: {"stream": 5, "dtype": d, "shape": ()}),
+    ],
+    "random_normal": [
+        Case("key0", _key(0), lambda k: normal_expected(k, 0, (3, 5)),
+             lambda d: {"stream": 0, "dtype": d, "shape": (3, 5)}),
+        Case("key_big_stream2", _key(2 ** 33 + 5), lambda k: normal_expected(k, 2, (4, 3)),
+             lambda d: {"stream": 2, "dtype": d, "shape": (4, 3)}),
+    ],
+}

@@ -139,6 +139,7 @@ graph @every_op(%x: f32[2,3], %y: f32[2,3], %i: i64[2], %k: i64[]) {
   %52 = softmax(%x) {axis=1} : f32[2,3]
   %53 = log_softmax(%x) {axis=0} : f32[2,3]
   %54 = one_hot(%i) {num_classes=4, dtype=f64} : f64[2,4]
+  %55 = softplus(%x) : f32[2,3]
   return %1, %25, %45, %54
 }
 """

@@ -587,8 +587,8 @@ def test_fold_splat_elementwise_chain():
     """, remarks=["folded 1 mul node(s) into constants", "folded 1 neg node(s) into constants"])
 
 
-UNARY_OPS = ["abs", "erf", "exp", "log", "neg", "relu", "rsqrt", "sigmoid", "sign", "sqrt",
-             "tanh"]
+UNARY_OPS = ["abs", "erf", "exp", "log", "neg", "relu", "rsqrt", "sigmoid", "sign", "softplus",
+             "sqrt", "tanh"]
 
 
 @pytest.mark.parametrize("op", UNARY_OPS)

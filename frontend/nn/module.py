@@ -64,13 +64,14 @@ class Module:
         was assigned) takes its path here, so the IR and state_dict() agree on its name.
         """
         seen: set[int] = set()
-        for path, p in self._walk(prefix):
-            if isinstance(p, Parameter) and id(p) not in seen:
-                seen.add(id(p))
-                if not p._named_by_owner and not prefix:
-                    p.name = path
-                    p._named_by_owner = True
-                yield path, p
+        for path, item in self._walk(prefix):
+            if not prefix and isinstance(item, Module):
+                _adopt(item, path)  # no-op for modules an assignment already named
+            if isinstance(item, Parameter) and id(item) not in seen:
+                seen.add(id(item))
+                if not item._named_by_owner and not prefix:
+                    _adopt(item, path)
+                yield path, item
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]

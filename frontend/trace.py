@@ -69,8 +69,10 @@ _NAME_BAD = re.compile(r"[^A-Za-z0-9_.]")
 
 
 def sanitize(name: str) -> str:
-    """A name that the IR text accepts (letters, digits, ``_`` and ``.``)."""
-    return _NAME_BAD.sub("_", name) or "v"
+    """A name that the IR text accepts: letters, digits, ``_`` and ``.``, not starting with a
+    digit (``%3`` names a node)."""
+    name = _NAME_BAD.sub("_", name) or "v"
+    return name if not (name[0].isdigit() or name[0] == ".") else "_" + name
 
 
 class TraceContext:

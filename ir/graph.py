@@ -66,6 +66,20 @@ class Node(Value):
         return f"<Node {self.op} : {self.type}>"
 
 
+def attr_key(v):
+    """A hashable key for an attribute value under which NaN equals NaN (and 0.0 differs from
+    -0.0): what "the same attribute" means for verification and CSE."""
+    if isinstance(v, float):
+        return ("float", "nan" if v != v else v.hex())
+    if isinstance(v, tuple):
+        return ("tuple",) + tuple(attr_key(x) for x in v)
+    return (type(v).__name__, v)
+
+
+def attrs_key(attrs: dict) -> tuple:
+    return tuple((k, attr_key(v)) for k, v in attrs.items())
+
+
 class Graph:
     """A function in SSA form.
 

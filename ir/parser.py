@@ -125,9 +125,18 @@ class _Parser:
                 self.next()
                 target = self.expect("value")
                 self.expect("punct", "=")
-                if target.text[1:] not in {p.name for p in b.state}:
+                state = {p.name: p for p in b.state}
+                name = target.text[1:]
+                if name not in state:
                     raise self.fail(target, f"update of {target.text}, which is not state")
-                updates[target.text[1:]] = self.use(self.expect("value"))
+                if name in updates:
+                    raise self.fail(target, f"{target.text} is updated twice")
+                value_tok = self.expect("value")
+                value = self.use(value_tok)
+                if value.type != state[name].type:
+                    raise self.fail(value_tok, f"update of {target.text}: {value.type} does not "
+                                               f"match the state's {state[name].type}")
+                updates[name] = value
             elif t.kind == "ident" and t.text == "return":
                 self.next()
                 outputs = self.operands(end_line=t.line)
@@ -144,6 +153,9 @@ class _Parser:
         if not self.accept("punct", ")"):
             while True:
                 tok = self.expect("value")
+                if not re.match(r"%[A-Za-z_]", tok.text):
+                    raise self.fail(tok, f"parameter name {tok.text} must start with a letter "
+                                         "or '_' (%<number> names a node)")
                 self.expect("punct", ":")
                 out.append((tok.text[1:], self.type(), tok))
                 if self.accept("punct", ")"):

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 
 from lamina.ir.errors import LaminaError, VerifyError
-from lamina.ir.graph import Graph, Node, Param
+from lamina.ir.graph import Graph, Node, Param, attrs_key
 from lamina.ir.ops.registry import REGISTRY
 from lamina.ir.printer import Namer, format_node
 
-_NAME = re.compile(r"[A-Za-z0-9_.]+")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # never a node number like %3
 
 
 def verify(graph: Graph, *, allow_grad: bool = True, allow_composite: bool = True) -> Graph:
@@ -62,7 +62,7 @@ def verify(graph: Graph, *, allow_grad: bool = True, allow_composite: bool = Tru
             inferred = opdef.infer(types, attrs)
         except LaminaError as e:
             raise fail(e.message, n) from None
-        if attrs != n.attrs:
+        if attrs_key(attrs) != attrs_key(n.attrs):
             raise fail(f"attributes are not canonical: {n.attrs} (expected {attrs})", n)
         if inferred != n.type:
             raise fail(f"result type {n.type} differs from the type rule's {inferred}", n)

@@ -8,17 +8,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from lamina.ir.graph import Graph
+from lamina.ir.graph import Graph, attrs_key
+from lamina.ir.ops.registry import get as get_op
 from lamina.passes.manager import remark
 from lamina.passes.rewrite import copy_node, rewrite
-
-
-def _attr_key(v):
-    if isinstance(v, float) and v != v:  # NaN: equal to itself for merging purposes
-        return ("nan",)
-    if isinstance(v, tuple):
-        return tuple(_attr_key(x) for x in v)
-    return (type(v).__name__, v)
 
 
 def eliminate_common_subexpressions(g: Graph) -> Graph:
@@ -26,8 +19,10 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
     merged: Counter = Counter()
 
     def rule(b, node, ins):
-        key = (node.op, tuple(id(v) for v in ins),
-               tuple((k, _attr_key(v)) for k, v in node.attrs.items()), node.type)
+        operands = tuple(id(v) for v in ins)
+        if get_op(node.op).commutative:
+            operands = tuple(sorted(operands))
+        key = (node.op, operands, attrs_key(node.attrs), node.type)
         prior = seen.get(key)
         if prior is not None:
             merged[node.op] += 1

@@ -24,6 +24,11 @@ def _splat_preserving(opdef) -> bool:
                                                          "slice")
 
 
+def _all_same_bits(flat: np.ndarray) -> bool:
+    bits = flat.view(f"u{flat.dtype.itemsize}") if flat.dtype.kind != "b" else flat
+    return bool((bits == bits[0]).all())
+
+
 def _value(v: Node) -> np.ndarray:
     return constant_array(v.attrs["value"], v.dtype, v.shape)
 
@@ -51,7 +56,7 @@ def fold_constants(g: Graph) -> Graph:
             return None
         arr = eval_node(n, [_value(v) for v in ins])
         flat = arr.reshape(-1)
-        if flat.size and (flat == flat[0]).all() and not np.isnan(flat[0]):
+        if flat.size and _all_same_bits(flat):  # a splat: -0.0 and 0.0 differ here
             folded[n.op] += 1
             return b.constant(flat[0].item(), n.dtype, n.shape)
         if arr.size <= MAX_LITERAL_ELEMENTS:

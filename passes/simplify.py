@@ -7,6 +7,7 @@ dtypes are never changed by a simplification.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from lamina.ir.graph import Graph, Node
@@ -73,18 +74,26 @@ def transpose_of_transpose(b, n, ins):
     return None
 
 
+def _is_additive_identity(v, other) -> bool:
+    # -0.0 for floats (x + 0.0 turns x = -0.0 into +0.0), any zero for integers
+    z = _splat(v)
+    if z is None or z != 0:
+        return False
+    return not other.dtype.is_float or math.copysign(1.0, z) < 0
+
+
 def add_zero(b, n, ins):
-    # x + 0 -> x ; 0 + x -> x
+    # x + (-0.0) -> x ; (-0.0) + x -> x  (x + 0 -> x for integers)
     x, y = ins
-    if _splat(y) == 0:
+    if _is_additive_identity(y, x):
         return _same(n, x)
-    if _splat(x) == 0:
+    if _is_additive_identity(x, y):
         return _same(n, y)
     return None
 
 
 def sub_zero(b, n, ins):
-    # x - 0 -> x
+    # x - 0 -> x  (exact in IEEE arithmetic for +0.0, and -0.0 - 0.0 = -0.0)
     return _same(n, ins[0]) if _splat(ins[1]) == 0 else None
 
 
@@ -172,7 +181,7 @@ def simplify(g: Graph) -> Graph:
     has_grad = any(n.op == "grad" for n in g.nodes)
     fired: Counter = Counter()
 
-    def rule(b, n, ins):
+    def once(b, n, ins):
         rules = list(simplify_rules.get(n.op, ()))
         if n.op in ("alias", "stop_gradient") and not has_grad:
             rules.append(drop_identity)
@@ -182,6 +191,19 @@ def simplify(g: Graph) -> Graph:
                 fired[r.__name__] += 1
                 return out
         return None
+
+    def rule(b, n, ins):
+        out = once(b, n, ins)
+        # A node a rule just emitted may simplify further (reshape of reshape -> identity);
+        # what it replaces is left dead for DCE.
+        for _ in range(8):
+            if out is None or not (b.nodes and b.nodes[-1] is out):
+                break
+            again = once(b, out, list(out.inputs))
+            if again is None:
+                break
+            out = again
+        return out
 
     new = rewrite(g, rule)
     for name, k in sorted(fired.items()):

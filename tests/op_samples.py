@@ -218,14 +218,25 @@ def philox_words(key: int, stream: int, shape):
     return [np.array([w[j] for w in words], np.uint64).reshape(shape) for j in range(4)]
 
 
-def uniform_expected(key, stream, shape):
-    w = philox_words(int(key), stream, shape)[0]
-    return (w >> 8).astype(np.float64) / 2.0 ** 24  # the top 24 bits, exact in float32
+def _unit53(hi, lo):
+    """53 random bits from two words: 27 from ``hi``, 26 from ``lo``."""
+    return ((hi >> 5).astype(np.float64) * 2.0 ** 26 + (lo >> 6)) / 2.0 ** 53
 
 
-def normal_expected(key, stream, shape):
-    """Box-Muller on words 0 and 1, computed in float32 as lamina specifies (u1 in (0, 1])."""
+def uniform_expected(key, stream, shape, dtype=F32):
     w = philox_words(int(key), stream, shape)
+    if np.dtype(dtype) == F64:
+        return _unit53(w[0], w[1])
+    return (w[0] >> 8).astype(np.float64) / 2.0 ** 24  # the top 24 bits, exact in float32
+
+
+def normal_expected(key, stream, shape, dtype=F32):
+    """Box-Muller (u1 in (0, 1]): on words 0 and 1 in float32; for float64 on two 53-bit
+    uniforms from words (0, 1) and (2, 3), in float64."""
+    w = philox_words(int(key), stream, shape)
+    if np.dtype(dtype) == F64:
+        u1, u2 = 1.0 - _unit53(w[0], w[1]), _unit53(w[2], w[3])
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * math.pi * u2)
     u1 = np.float32(1) - ((w[0] >> 8).astype(np.float32) * np.float32(2.0 ** -24))
     u2 = (w[1] >> 8).astype(np.float32) * np.float32(2.0 ** -24)
     r = np.sqrt(np.float32(-2) * np.log(u1))
@@ -512,7 +523,11 @@ SAMPLES: dict[str, list[Case]] = {
     "scatter_add": [
         Case("axis1_repeats", lambda rng, d: [draw(rng, d, (3, 4, 2)),
                                               np.array([1, 4, 1, -1], np.int64)],
-             lambda g, i: scatter_by_hand(g, i, 1, 5), {"axis": 1, "size": 5}, dtypes=ALL),
+             lambda g, i: scatter_by_hand(g, i, 1, 5), {"axis": 1, "size": 5}, dtypes=NUMERIC),
+        Case("negative_axis", lambda rng, d: [draw(rng, d, (3, 2, 2)),
+                                              np.array([[0, 1], [1, 1]], np.int64)],
+             lambda g, i: scatter_by_hand(g, i, 1, 3), {"axis": -1, "size": 3},
+             dtypes=FLOATS),
         Case("axis0_2d_i32", lambda rng, d: [draw(rng, d, (2, 3, 4)),
                                              np.array([[0, 5, 2], [2, 2, 0]], np.int32)],
              lambda g, i: scatter_by_hand(g, i, 0, 6), {"axis": 0, "size": 6},
@@ -551,20 +566,28 @@ SAMPLES: dict[str, list[Case]] = {
     ],
     # --- random (the key is an int scalar input; the dtype attribute sets the result) ---------
     "random_uniform": [
-        Case("key0", _key(0), lambda k: uniform_expected(k, 0, (3, 5)),
-             lambda d: {"stream": 0, "dtype": d, "shape": (3, 5)}),
-        Case("key_big_stream3", _key(2 ** 40 + 12345),
-             lambda k: uniform_expected(k, 3, (2, 2, 2)),
-             lambda d: {"stream": 3, "dtype": d, "shape": (2, 2, 2)}),
+        Case(f"key0_{d}", _key(0), lambda k, d=d: uniform_expected(k, 0, (3, 5), d),
+             lambda _, d=d: {"stream": 0, "dtype": d, "shape": (3, 5)}, dtypes=(d,))
+        for d in FLOATS
+    ] + [
+        Case(f"key_big_stream3_{d}", _key(2 ** 40 + 12345),
+             lambda k, d=d: uniform_expected(k, 3, (2, 2, 2), d),
+             lambda _, d=d: {"stream": 3, "dtype": d, "shape": (2, 2, 2)}, dtypes=(d,))
+        for d in FLOATS
+    ] + [
         Case("key_negative", _key(-7), lambda k: uniform_expected(k, 1, (6,)),
-             lambda d: {"stream": 1, "dtype": d, "shape": (6,)}),
+             lambda d: {"stream": 1, "dtype": d, "shape": (6,)}, dtypes=(F32,)),
         Case("scalar", _key(11), lambda k: uniform_expected(k, 5, ()),
-             lambda d: {"stream": 5, "dtype": d, "shape": ()}),
+             lambda d: {"stream": 5, "dtype": d, "shape": ()}, dtypes=(F32,)),
     ],
     "random_normal": [
-        Case("key0", _key(0), lambda k: normal_expected(k, 0, (3, 5)),
-             lambda d: {"stream": 0, "dtype": d, "shape": (3, 5)}),
-        Case("key_big_stream2", _key(2 ** 33 + 5), lambda k: normal_expected(k, 2, (4, 3)),
-             lambda d: {"stream": 2, "dtype": d, "shape": (4, 3)}),
+        Case(f"key0_{d}", _key(0), lambda k, d=d: normal_expected(k, 0, (3, 5), d),
+             lambda _, d=d: {"stream": 0, "dtype": d, "shape": (3, 5)}, dtypes=(d,))
+        for d in FLOATS
+    ] + [
+        Case(f"key_big_stream2_{d}", _key(2 ** 33 + 5),
+             lambda k, d=d: normal_expected(k, 2, (4, 3), d),
+             lambda _, d=d: {"stream": 2, "dtype": d, "shape": (4, 3)}, dtypes=(d,))
+        for d in FLOATS
     ],
 }

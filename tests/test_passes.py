@@ -12,7 +12,6 @@ errors, printing and dumping) and the same machinery end to end through ``lm.com
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -24,12 +23,29 @@ import pytest
 from helpers import assert_close
 
 import lamina as lm
-from lamina.ir import (Graph, LaminaError, Node, VerifyError, config, interpret, parse,
-                       print_graph, verify)
+from lamina.ir import (
+    Graph,
+    LaminaError,
+    Node,
+    VerifyError,
+    config,
+    interpret,
+    parse,
+    print_graph,
+    verify,
+)
 from lamina.ir.errors import GradError
-from lamina.passes import (DEFAULT, PassManager, decompose, differentiate,
-                           eliminate_common_subexpressions, eliminate_dead_code, fold_constants,
-                           simplify, simplify_rules)
+from lamina.passes import (
+    DEFAULT,
+    PassManager,
+    decompose,
+    differentiate,
+    eliminate_common_subexpressions,
+    eliminate_dead_code,
+    fold_constants,
+    simplify,
+    simplify_rules,
+)
 
 cse = eliminate_common_subexpressions
 dce = eliminate_dead_code
@@ -218,9 +234,10 @@ SIMPLIFY_CASES = {
           return %1
         }
     """, True),
+    # only -0.0 is an identity for float addition (x + 0.0 turns x = -0.0 into +0.0)
     "add_zero": ("add_zero", """
         graph @f(%x: f32[3]) {
-          %0 = constant() {value=0.0} : f32[]
+          %0 = constant() {value=-0.0} : f32[]
           %1 = add(%x, %0) : f32[3]
           %2 = add(%0, %1) : f32[3]
           %3 = exp(%2) : f32[3]
@@ -228,7 +245,7 @@ SIMPLIFY_CASES = {
         }
     """, """
         graph @f(%x: f32[3]) {
-          %0 = constant() {value=0.0} : f32[]
+          %0 = constant() {value=-0.0} : f32[]
           %1 = exp(%x) : f32[3]
           return %1
         }
@@ -282,9 +299,9 @@ SIMPLIFY_CASES = {
           %0 = constant() {value=-1.0} : f32[]
           %1 = neg(%x) : f32[3]                                           # m.py:7
           %2 = neg(%1) : f32[3]                                           # m.py:8
-          return %2
+          return %x
         }
-    """, True),
+    """, True),  # the emitted neg(neg(x)) simplifies again, to x (DCE drops the dead negs)
     "div_one": ("div_one", """
         graph @f(%x: f32[3]) {
           %0 = constant() {value=1.0} : f32[3]
@@ -414,6 +431,14 @@ SIMPLIFY_MUST_NOT_FIRE = {
           %1 = add(%x, %0) : f32[2,3]
           %2 = add(%0, %x) : f32[2,3]
           return %1, %2
+        }
+    """,
+    # x + 0.0 is not x when x = -0.0
+    "add_positive_zero_float": """
+        graph @f(%x: f32[3]) {
+          %0 = constant() {value=0.0} : f32[]
+          %1 = add(%x, %0) : f32[3]
+          return %1
         }
     """,
     "add_nonzero": """
@@ -1351,9 +1376,8 @@ _broken_pass.pass_name = "breaker"
 
 def test_pass_manager_surfaces_verifier_errors_with_the_pass_name():
     g = parse(norm(PM_INPUT))
-    with config.patch(verify=True):
-        with pytest.raises(VerifyError) as info:
-            PassManager([dce, _broken_pass]).run(g)
+    with config.patch(verify=True), pytest.raises(VerifyError) as info:
+        PassManager([dce, _broken_pass]).run(g)
     assert info.value.message.startswith(
         "after pass breaker: @pm: result type f32[7] differs from the type rule's f32[3]")
 
@@ -1361,15 +1385,15 @@ def test_pass_manager_surfaces_verifier_errors_with_the_pass_name():
         return _broken_pass(graph)
 
     broken_simplify.pass_name = "simplify"
-    with config.patch(verify=True):
-        with pytest.raises(VerifyError, match=r"^after pass simplify\.2: @pm: result type"):
-            PassManager([simplify, broken_simplify]).run(g)
+    with (config.patch(verify=True),
+          pytest.raises(VerifyError, match=r"^after pass simplify\.2: @pm: result type")):
+        PassManager([simplify, broken_simplify]).run(g)
 
 
 def test_pass_manager_without_verify_lets_a_broken_graph_through():
     g = parse(norm(PM_INPUT))
     with config.patch(verify=False, check_roundtrip=False):
-        final, stages = PassManager([_broken_pass]).run(g)
+        final, _ = PassManager([_broken_pass]).run(g)
     assert final.nodes[0].type.shape == (7,)
     with pytest.raises(VerifyError):
         verify(final)
@@ -1394,10 +1418,9 @@ def test_pass_manager_check_roundtrip_catches_text_that_does_not_round_trip():
 
     g = parse("graph @f(%x: f32[3]) {\n  %0 = sum(%x) {axis=[0], keepdims=false} : f32[]\n"
               "  return %0\n}\n")
-    with config.patch(verify=False, check_roundtrip=True):
-        with pytest.raises(VerifyError, match="^after pass reorder: the IR text does not "
-                                              "round-trip"):
-            PassManager([reorder]).run(g)
+    with (config.patch(verify=False, check_roundtrip=True),
+          pytest.raises(VerifyError, match="^after pass reorder: the IR text does not round")):
+        PassManager([reorder]).run(g)
 
 
 def test_print_after_all_prints_every_stage_to_stderr(capsys):
@@ -1406,7 +1429,7 @@ def test_print_after_all_prints_every_stage_to_stderr(capsys):
         PassManager([cse, simplify, dce, dce]).run(g)
     out = capsys.readouterr()
     assert out.out == ""
-    headers = re.findall(r"^# ---- after (\d\d) (\S+) \((\w+), ", out.err, re.M)
+    headers = re.findall(r"^# ---- after (\d\d) (\S+) \((\w+), ", out.err, re.MULTILINE)
     assert headers == [("00", "traced", "changed"), ("01", "cse", "changed"),
                        ("02", "simplify", "changed"), ("03", "dce", "changed"),
                        ("04", "dce.2", "unchanged")]
@@ -1426,7 +1449,7 @@ def test_print_after_named_passes_only(capsys):
     with config.patch(print_after="dce, simplify", print_changed=False):
         PassManager([simplify, cse, dce]).run(parse(norm(PM_INPUT)))
     err = capsys.readouterr().err
-    assert re.findall(r"^# ---- after \d\d (\S+) ", err, re.M) == ["simplify", "dce"]
+    assert re.findall(r"^# ---- after \d\d (\S+) ", err, re.MULTILINE) == ["simplify", "dce"]
 
 
 def test_print_changed_skips_unchanged_stages(capsys):
@@ -1434,7 +1457,7 @@ def test_print_changed_skips_unchanged_stages(capsys):
     with config.patch(print_after="all", print_changed=True):
         PassManager([decompose, cse, dce, dce, simplify]).run(g)
     err = capsys.readouterr().err
-    assert re.findall(r"^# ---- after (\d\d) (\S+) ", err, re.M) == [
+    assert re.findall(r"^# ---- after (\d\d) (\S+) ", err, re.MULTILINE) == [
         ("00", "traced"), ("02", "cse"), ("05", "simplify")]
 
 
@@ -1447,7 +1470,7 @@ def test_no_printing_by_default(capsys):
 def test_dump_writes_one_numbered_file_per_stage(tmp_path):
     g = parse(norm(PM_INPUT))
     with config.patch(dump=str(tmp_path)):
-        final, stages = PassManager([simplify, cse, simplify, dce]).run(g)
+        _, stages = PassManager([simplify, cse, simplify, dce]).run(g)
         PassManager([dce]).run(g)  # a second graph of the same name: a fresh folder
     assert sorted(os.listdir(tmp_path)) == ["pm.0", "pm.1"]
     files = sorted(os.listdir(tmp_path / "pm.0"))
@@ -1515,7 +1538,7 @@ def test_lamina_dump_environment_variable(tmp_path):
     for k in ("LAMINA_PRINT_AFTER", "LAMINA_DEBUG"):
         env.pop(k, None)
     proc = subprocess.run([sys.executable, "-c", DUMP_SCRIPT], env=env, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert abs(float(proc.stdout) - 2.0) < 1e-6
     folder = tmp_path / "dumps" / "dumped.0"

@@ -31,7 +31,7 @@ _erf_scalar = np.frompyfunc(math.erf, 1, 1)
 
 
 def _erf(x):
-    return _erf_scalar(x).astype(x.dtype)
+    return np.asarray(_erf_scalar(x), dtype=x.dtype)  # frompyfunc gives a float for 0-d input
 
 
 def _rsqrt(x):
@@ -103,9 +103,12 @@ def _pow_vjp(g, out, x, y):
     return g * y * x ** (y - 1), g * out * op.log(x)
 
 
+_COMMUTATIVE = {"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or"}
+
+
 def _binary(name, ref, vjp, allowed="fi", doc=""):
     defop(name, arity=2, kind="elementwise", infer=binary(name, allowed), ref=ref, vjp=vjp,
-          promote=(0, 1), float_only=allowed == "f", doc=doc)
+          promote=(0, 1), float_only=allowed == "f", commutative=name in _COMMUTATIVE, doc=doc)
 
 
 _binary("add", np.add, lambda g, out, x, y: (g, g), doc="x + y")
@@ -121,12 +124,13 @@ _binary("minimum", np.minimum, _min_vjp, doc="elementwise min")
 for _name, _ref in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                     ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
     defop(_name, arity=2, kind="elementwise", infer=binary(_name, "fib", dt.bool_), ref=_ref,
-          vjp=ZERO_GRAD, promote=(0, 1), doc=f"np.{_ref.__name__}")
+          vjp=ZERO_GRAD, promote=(0, 1), commutative=_name in _COMMUTATIVE,
+          doc=f"np.{_ref.__name__}")
 
 defop("logical_and", arity=2, kind="elementwise", infer=binary("logical_and", "b"),
-      ref=np.logical_and, vjp=ZERO_GRAD, doc="x & y on bools")
+      ref=np.logical_and, vjp=ZERO_GRAD, commutative=True, doc="x & y on bools")
 defop("logical_or", arity=2, kind="elementwise", infer=binary("logical_or", "b"),
-      ref=np.logical_or, vjp=ZERO_GRAD, doc="x | y on bools")
+      ref=np.logical_or, vjp=ZERO_GRAD, commutative=True, doc="x | y on bools")
 defop("logical_not", arity=1, kind="elementwise", infer=unary("logical_not", "b"),
       ref=np.logical_not, vjp=ZERO_GRAD, doc="~x on bools")
 

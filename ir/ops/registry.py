@@ -59,6 +59,7 @@ class OpDef:
     promote: tuple[int, ...] | str = ()  # inputs brought to one dtype by Builder.call ("all")
     float_only: bool = False  # Builder.call turns integer operands into the default float
     typed_attrs: tuple[str, ...] = ()  # attributes the result type shows (not printed twice)
+    commutative: bool = False  # op(x, y) == op(y, x): CSE merges both orders
     lower: dict = field(default_factory=dict)
     doc: str = ""
 
@@ -74,7 +75,11 @@ class OpDef:
         if unknown:
             raise LaminaError(f"{self.name}: unknown attribute(s) {sorted(unknown)}; "
                               f"it takes {list(self.attrs) or 'none'}")
-        out = self.canon(types, dict(attrs)) if self.canon else dict(attrs)
+        try:
+            out = self.canon(types, dict(attrs)) if self.canon else dict(attrs)
+        except (TypeError, ValueError, KeyError) as e:  # e.g. shape=6 where a list is due
+            raise LaminaError(f"{self.name}: bad attribute value ({type(e).__name__}: {e}); "
+                              f"got {attrs}") from None
         missing = set(self.attrs) - set(out)
         if missing:
             raise LaminaError(f"{self.name}: missing attribute(s) {sorted(missing)}")

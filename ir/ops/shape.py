@@ -238,7 +238,8 @@ defop("take", arity=2, kind="shape", attrs=("axis",), canon=_take_canon, infer=_
 
 
 def _scatter_canon(types, attrs):
-    attrs["axis"] = int(attrs.get("axis", 0))
+    g, idx = types
+    attrs["axis"] = normalize_axis(int(attrs.get("axis", 0)), max(g.ndim - idx.ndim + 1, 0))
     attrs["size"] = int(attrs["size"])
     return attrs
 
@@ -246,6 +247,8 @@ def _scatter_canon(types, attrs):
 def _scatter_infer(types, attrs):
     g, idx = types
     _index_dtype("scatter_add", idx)
+    if g.dtype.is_bool:
+        raise DTypeError(f"scatter_add: updates must be numbers, got {g}")
     a, k = attrs["axis"], idx.ndim
     if not 0 <= a <= g.ndim - k or g.shape[a:a + k] != idx.shape:
         raise ShapeError(f"scatter_add: updates {g} do not hold indices {idx} at axis {a}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from lamina.ir import dtypes as dt
-from lamina.ir.errors import DTypeError, ShapeError
+from lamina.ir.errors import DTypeError, LaminaError, ShapeError
 from lamina.ir.graph import Node
 from lamina.ir.ops.registry import ZERO_GRAD, defop
 from lamina.ir.types import TensorType, normalize_axis
@@ -55,6 +55,8 @@ def _constant_canon(types, attrs):
                              f"{TensorType(shape, d)}")
         if arr.ndim == 0:
             value = canonical_scalar(arr.item(), d)
+        elif arr.size == 0:  # nothing to hold: a splat keeps the shape in the type
+            value = canonical_scalar(0, d)
         else:
             value = _nested(arr, d)
     else:
@@ -153,9 +155,19 @@ def _unit(w: np.ndarray) -> np.ndarray:
     return (w >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
+def _unit53(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """53 bits from two words (27 from ``hi``, 26 from ``lo``) as a float64 in [0, 1)."""
+    a = (hi >> np.uint32(5)).astype(np.float64)
+    b = (lo >> np.uint32(6)).astype(np.float64)
+    return (a * 2.0 ** 26 + b) * 2.0 ** -53
+
+
 def _random_canon(types, attrs):
     attrs = _typed_canon(types, attrs)
-    attrs["stream"] = int(attrs.get("stream", 0))
+    stream = int(attrs.get("stream", 0))
+    if not 0 <= stream < 2 ** 32:
+        raise LaminaError(f"random: stream must be in [0, 2**32), got {stream}")
+    attrs["stream"] = stream
     return attrs
 
 
@@ -170,12 +182,17 @@ def _random_infer(types, attrs):
 
 def _uniform_ref(key, stream, dtype, shape):
     w = random_words(int(key), stream, shape)
-    return _unit(w[0])
+    if dtype.bits == 64:
+        return _unit53(w[0], w[1])
+    return _unit(w[0])  # float16/bfloat16 round this float32
 
 
 def _normal_ref(key, stream, dtype, shape):
-    # Box-Muller on two words of the same counter; u1 in (0, 1] keeps the log finite.
+    # Box-Muller on the words of one counter; u1 in (0, 1] keeps the log finite.
     w = random_words(int(key), stream, shape)
+    if dtype.bits == 64:
+        u1, u2 = 1.0 - _unit53(w[0], w[1]), _unit53(w[2], w[3])
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2 * np.pi * u2)
     u1 = np.float32(1.0) - _unit(w[0])
     u2 = _unit(w[1])
     r = np.sqrt(np.float32(-2.0) * np.log(u1))
@@ -185,7 +202,8 @@ def _normal_ref(key, stream, dtype, shape):
 defop("random_uniform", arity=1, kind="random", attrs=("stream", "dtype", "shape"),
       typed_attrs=("dtype", "shape"), canon=_random_canon, infer=_random_infer,
       ref=_uniform_ref, vjp=ZERO_GRAD,
-      doc="uniform in [0, 1): 24 random bits per element (Philox-4x32-10 of key, stream, index)")
+      doc="uniform in [0, 1): 24 random bits (53 for float64) per element, from "
+          "Philox-4x32-10 of (key, stream, index)")
 defop("random_normal", arity=1, kind="random", attrs=("stream", "dtype", "shape"),
       typed_attrs=("dtype", "shape"), canon=_random_canon, infer=_random_infer,
       ref=_normal_ref, vjp=ZERO_GRAD,

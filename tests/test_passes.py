@@ -393,7 +393,8 @@ SIMPLIFY_CASES = {
 def test_simplify_rule_fires(case):
     rule, before, expected, exact = SIMPLIFY_CASES[case]
     _, _, stage = run_pass(simplify, before, expected, exact=exact, positive=True)
-    assert len(stage.remarks) == 1 and stage.remarks[0].startswith(f"{rule}: ")
+    # the rule under test fired (a rule's output may let another fire after it)
+    assert any(r.startswith(f"{rule}: ") for r in stage.remarks), stage.remarks
 
 
 def test_every_simplify_rule_has_a_test():

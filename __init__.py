@@ -10,10 +10,10 @@ array([0., 6.], dtype=float32)
 
 __version__ = "0.1.0"
 
-from lamina import ir  # noqa: E402
-from lamina.compiler import CompiledFunction, compile, load  # noqa: E402
-from lamina.frontend import nn, optim, random  # noqa: E402
-from lamina.frontend.ops import (  # noqa: E402
+from lamina import ir
+from lamina.compiler import CompiledFunction, compile, load
+from lamina.frontend import nn, optim, random
+from lamina.frontend.ops import (
     abs,
     add,
     arange,
@@ -48,8 +48,8 @@ from lamina.frontend.ops import (  # noqa: E402
     rsqrt,
     sigmoid,
     sign,
-    softplus,
     softmax,
+    softplus,
     sqrt,
     square,
     squeeze,
@@ -66,11 +66,11 @@ from lamina.frontend.ops import (  # noqa: E402
     zeros,
     zeros_like,
 )
-from lamina.frontend.tensor import Tensor  # noqa: E402
-from lamina.frontend.trace import trace  # noqa: E402
-from lamina.frontend.transforms import grad, value_and_grad  # noqa: E402
-from lamina.ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64  # noqa: E402
-from lamina.ir.errors import (  # noqa: E402
+from lamina.frontend.tensor import Tensor
+from lamina.frontend.trace import trace
+from lamina.frontend.transforms import grad, value_and_grad
+from lamina.ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
+from lamina.ir.errors import (
     ArtifactError,
     DTypeError,
     GradError,
@@ -81,7 +81,7 @@ from lamina.ir.errors import (  # noqa: E402
     TraceError,
     VerifyError,
 )
-from lamina.ir.types import TensorType  # noqa: E402
+from lamina.ir.types import TensorType
 
 _ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,
             "lamina.random": random}

@@ -230,7 +230,7 @@ def load(path: str) -> artifact.LoadedFunction:
 
 # --- eager use of transforms: lm.grad(f)(numpy arrays) compiles on the fly ----------------------
 
-_eager_cache: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_eager_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _run_compiled(fn, args):

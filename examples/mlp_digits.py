@@ -9,6 +9,7 @@ parameters and Adam's moments stay resident between steps. Prints held-out accur
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -22,7 +23,7 @@ from lamina import nn, optim
 
 class MLP(nn.Module):
     def __init__(self, sizes=(64, 256, 128, 10)):
-        self.layers = [nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:])]
+        self.layers = [nn.Linear(a, b) for a, b in itertools.pairwise(sizes)]
 
     def __call__(self, x):
         for layer in self.layers[:-1]:

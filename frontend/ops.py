@@ -110,7 +110,7 @@ def erf(x):
     return apply("erf", x)
 
 
-def abs(x):  # noqa: A001 - numpy's name
+def abs(x):
     return apply("abs", x)
 
 
@@ -168,7 +168,7 @@ def where(cond, x, y):
     return run(f, cond, x, y)
 
 
-def clip(x, min=None, max=None):  # noqa: A002 - numpy's names
+def clip(x, min=None, max=None):
     def f(b, v):
         if min is not None:
             v = b.call("maximum", v, min)
@@ -191,7 +191,7 @@ def astype(x, dtype):
 # --- reductions and normalizations ------------------------------------------------------------
 
 
-def sum(x, axis=None, keepdims=False):  # noqa: A001
+def sum(x, axis=None, keepdims=False):
     return apply("sum", x, axis=axis, keepdims=keepdims)
 
 
@@ -199,11 +199,11 @@ def mean(x, axis=None, keepdims=False):
     return apply("mean", x, axis=axis, keepdims=keepdims)
 
 
-def max(x, axis=None, keepdims=False):  # noqa: A001
+def max(x, axis=None, keepdims=False):
     return apply("max", x, axis=axis, keepdims=keepdims)
 
 
-def min(x, axis=None, keepdims=False):  # noqa: A001
+def min(x, axis=None, keepdims=False):
     return apply("min", x, axis=axis, keepdims=keepdims)
 
 

@@ -39,7 +39,7 @@ class Tensor(Var):
             "while tracing; compute with lamina ops instead (e.g. lm.where for a branch)",
             _user_loc())
 
-    def __bool__(self):
+    def __bool__(self) -> bool:  # noqa: PLE0304 - it always raises
         self._no_value("Python `if`/`while`/`and`/`or` on a tensor")
 
     def __float__(self):
@@ -48,7 +48,7 @@ class Tensor(Var):
     def __int__(self):
         self._no_value("int()")
 
-    def __index__(self):
+    def __index__(self) -> int:  # noqa: PLE0305 - it always raises
         self._no_value("using a tensor as a Python index")
 
     def __array__(self, dtype=None, copy=None):

@@ -3,7 +3,7 @@
 It imports nothing else from lamina and never imports llvmlite or triton.
 """
 
-from lamina.ir import config, dtypes, ops  # noqa: F401  (ops registers every op)
+from lamina.ir import config, dtypes, ops
 from lamina.ir.builder import Builder, Var
 from lamina.ir.dtypes import DType
 from lamina.ir.errors import (

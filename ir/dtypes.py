@@ -14,7 +14,7 @@ from lamina.ir.errors import DTypeError
 class DType:
     """One element type. Instances are interned: compare with ``is`` or ``==``."""
 
-    __slots__ = ("name", "short", "kind", "bits", "_np")
+    __slots__ = ("_np", "bits", "kind", "name", "short")
 
     def __init__(self, name: str, short: str, kind: str, bits: int, np_dtype):
         self.name = name  # numpy-style name: "float32"

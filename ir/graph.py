@@ -6,7 +6,8 @@ Graph and leaves its input untouched), lowered by backends.
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from collections.abc import Iterable
 
 from lamina.ir.errors import SourceLoc
 from lamina.ir.types import TensorType
@@ -33,7 +34,7 @@ class Param(Value):
     """A named graph parameter: a call argument (``kind="input"``) or a piece of state
     (``kind="state"``: a parameter, an optimizer slot) that lives across calls."""
 
-    __slots__ = ("name", "kind")
+    __slots__ = ("kind", "name")
 
     def __init__(self, name: str, type: TensorType, kind: str = "input"):
         super().__init__(type)
@@ -52,7 +53,7 @@ class Node(Value):
     nodes print, parse, hash and serialize without surprises.
     """
 
-    __slots__ = ("op", "inputs", "attrs", "loc")
+    __slots__ = ("attrs", "inputs", "loc", "op")
 
     def __init__(self, op: str, inputs: Iterable[Value], attrs: dict, type: TensorType,
                  loc: SourceLoc | None = None):
@@ -70,7 +71,7 @@ def attr_key(v):
     """A hashable key for an attribute value under which NaN equals NaN (and 0.0 differs from
     -0.0): what "the same attribute" means for verification and CSE."""
     if isinstance(v, float):
-        return ("float", "nan" if v != v else v.hex())
+        return ("float", "nan" if math.isnan(v) else v.hex())
     if isinstance(v, tuple):
         return ("tuple",) + tuple(attr_key(x) for x in v)
     return (type(v).__name__, v)
@@ -105,8 +106,9 @@ class Graph:
 
     def replace(self, **changes) -> Graph:
         """A copy with some fields replaced (the nodes themselves are shared)."""
-        fields = dict(name=self.name, inputs=self.inputs, state=self.state, nodes=self.nodes,
-                      outputs=self.outputs, updates=self.updates, variables=self.variables)
+        fields = {"name": self.name, "inputs": self.inputs, "state": self.state,
+                  "nodes": self.nodes, "outputs": self.outputs, "updates": self.updates,
+                  "variables": self.variables}
         fields.update(changes)
         return Graph(**fields)
 

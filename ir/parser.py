@@ -35,7 +35,7 @@ _LOC = re.compile(r'^#\s*(?:(?P<quoted>"(?:[^"\\]|\\.)*")|(?P<file>[^\s"():]+)):
 
 
 class _Token:
-    __slots__ = ("kind", "text", "line", "col")
+    __slots__ = ("col", "kind", "line", "text")
 
     def __init__(self, kind, text, line, col):
         self.kind, self.text, self.line, self.col = kind, text, line, col

@@ -3,7 +3,8 @@ description, so a compiled function returns what the Python function returned.""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def flatten(obj, is_leaf: Callable[[Any], bool] | None = None):

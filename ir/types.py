@@ -20,7 +20,7 @@ class TensorType:
     f32[2,3]
     """
 
-    __slots__ = ("shape", "dtype")
+    __slots__ = ("dtype", "shape")
 
     def __init__(self, shape, dtype="f32"):
         shape = tuple(int(d) for d in shape)

@@ -13,8 +13,8 @@ import contextvars
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lamina.ir import config
 from lamina.ir.errors import LaminaError, VerifyError

@@ -6,7 +6,7 @@ made of the same node objects, and ``changed`` can tell.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from lamina.ir.builder import Builder
 from lamina.ir.graph import Graph, Node, Value

@@ -149,7 +149,7 @@ def pow_constant(b, n, ins):
 
 def where_same(b, n, ins):
     # where(c, x, x) -> x
-    c, x, y = ins
+    _, x, y = ins
     return _same(n, x) if x is y else None
 
 

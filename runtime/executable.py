@@ -23,9 +23,8 @@ def as_array(x, expected: TensorType, name: str, fn: str) -> np.ndarray:
     """
     if isinstance(x, Variable):
         x = x.storage
-    if isinstance(x, (bool, int, float)) and not isinstance(x, np.ndarray):
-        if expected.shape == ():
-            return np.asarray(x, dtype=expected.dtype.np)
+    if isinstance(x, (bool, int, float)) and expected.shape == ():
+        return np.asarray(x, dtype=expected.dtype.np)
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
     if arr.dtype.kind not in "biuf" or arr.dtype == object:
         raise SignatureError(f"{fn}: argument {name!r} is not numeric ({type(x).__name__})")

@@ -6,10 +6,10 @@ import os
 os.environ.setdefault("LAMINA_VERIFY", "1")
 os.environ.setdefault("LAMINA_CHECK_ROUNDTRIP", "1")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import numpy as np
+import pytest
 
-from lamina.backends import available  # noqa: E402
+from lamina.backends import available
 
 BACKENDS = available()
 

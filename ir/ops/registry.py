@@ -8,8 +8,8 @@ here by name; nothing else in lamina hard-codes an op's meaning.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from lamina.ir.types import TensorType
 

@@ -67,6 +67,19 @@ class Node(Value):
         return f"<Node {self.op} : {self.type}>"
 
 
+def ancestors(roots: Iterable[Value]) -> set[Node]:
+    """The nodes the values ``roots`` depend on, the root nodes included."""
+    seen: set[Node] = set()
+    stack = [v for v in roots if isinstance(v, Node)]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        stack.extend(v for v in n.inputs if isinstance(v, Node) and v not in seen)
+    return seen
+
+
 def attr_key(v):
     """A hashable key for an attribute value under which NaN equals NaN (and 0.0 differs from
     -0.0): what "the same attribute" means for verification and CSE."""
@@ -138,15 +151,7 @@ class Graph:
 
     def live_nodes(self, roots: Iterable[Value] | None = None) -> set[Node]:
         """The nodes whose values reach ``roots`` (default: outputs and updates)."""
-        live: set[Node] = set()
-        stack = [v for v in (self.roots() if roots is None else roots) if isinstance(v, Node)]
-        while stack:
-            n = stack.pop()
-            if n in live:
-                continue
-            live.add(n)
-            stack.extend(v for v in n.inputs if isinstance(v, Node) and v not in live)
-        return live
+        return ancestors(self.roots() if roots is None else roots)
 
     def to_networkx(self):
         """The dataflow graph as a ``networkx.DiGraph`` (edges from producer to consumer)."""

@@ -12,7 +12,7 @@ from collections import Counter
 
 from lamina.ir.builder import Builder
 from lamina.ir.errors import GradError, LaminaError
-from lamina.ir.graph import Graph, Node, Value
+from lamina.ir.graph import Graph, Node, Value, ancestors
 from lamina.ir.ops.registry import ZERO_GRAD
 from lamina.ir.ops.registry import get as get_op
 from lamina.passes.manager import remark
@@ -110,14 +110,7 @@ def _describe(v: Value) -> str:
 
 def _cone(loss: Value, nodes: list[Node]) -> list[Node]:
     """The nodes ``loss`` depends on (itself included), in graph order."""
-    seen: set[Node] = set()
-    stack = [loss] if isinstance(loss, Node) else []
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        stack.extend(v for v in node.inputs if isinstance(v, Node) and v not in seen)
+    seen = ancestors([loss])
     return [n for n in nodes if n in seen]
 
 

@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from lamina.frontend import ops
+from lamina.frontend.trace import user_loc
 from lamina.ir.builder import Var
 from lamina.ir.errors import LaminaError, ShapeError, TraceError
-
-
-def _user_loc():
-    from lamina.frontend.trace import user_loc
-
-    return user_loc()
 
 
 class Tensor(Var):
@@ -37,7 +33,7 @@ class Tensor(Var):
         raise TraceError(
             f"{what} needs the value of a traced tensor ({self.type}), which is not known "
             "while tracing; compute with lamina ops instead (e.g. lm.where for a branch)",
-            _user_loc())
+            user_loc())
 
     def __bool__(self) -> bool:  # noqa: PLE0304 - it always raises
         self._no_value("Python `if`/`while`/`and`/`or` on a tensor")
@@ -62,7 +58,7 @@ class Tensor(Var):
 
     def __setitem__(self, key, value):
         raise TraceError("tensors are immutable: build a new one (e.g. with lm.where or "
-                         "lm.concatenate) instead of assigning into it", _user_loc())
+                         "lm.concatenate) instead of assigning into it", user_loc())
 
     # --- sequence protocol over the first axis ----------------------------------------------
 
@@ -85,23 +81,15 @@ class Tensor(Var):
         return self.reshape(-1)
 
     def squeeze(self, axis=None):
-        from lamina.frontend import ops
-
         return ops.squeeze(self, axis)
 
     def clip(self, min=None, max=None):
-        from lamina.frontend import ops
-
         return ops.clip(self, min, max)
 
     def var(self, axis=None, keepdims=False):
-        from lamina.frontend import ops
-
         return ops.var(self, axis, keepdims)
 
     def std(self, axis=None, keepdims=False):
-        from lamina.frontend import ops
-
         return ops.std(self, axis, keepdims)
 
     def swapaxes(self, a: int, b: int):
@@ -132,12 +120,12 @@ def index(x: Tensor, key):
             out_shape.append(1)
             continue
         if axis >= x.ndim:
-            raise ShapeError(f"too many indices for a tensor of rank {x.ndim}", _user_loc())
+            raise ShapeError(f"too many indices for a tensor of rank {x.ndim}", user_loc())
         n = x.shape[axis]
         if isinstance(k, slice):
             s, e, st = k.indices(n)
             if st < 0:
-                raise ShapeError("negative slice steps are not supported (yet)", _user_loc())
+                raise ShapeError("negative slice steps are not supported (yet)", user_loc())
             e = max(e, s)
             start.append(s), stop.append(e), step.append(st)
             out_shape.append(len(range(s, e, st)))
@@ -145,12 +133,12 @@ def index(x: Tensor, key):
             i = int(k)
             if not -n <= i < n:
                 raise ShapeError(f"index {i} is out of bounds for axis {axis} with size {n}",
-                                 _user_loc())
+                                 user_loc())
             i %= n
             start.append(i), stop.append(i + 1), step.append(1)
         else:
             raise TraceError(f"unsupported index {k!r} (lamina supports ints, slices, None, "
-                             "... and one integer-array index)", _user_loc())
+                             "... and one integer-array index)", user_loc())
         axis += 1
     for a in range(axis, x.ndim):  # trailing axes not named by the key
         start.append(0), stop.append(x.shape[a]), step.append(1)
@@ -170,7 +158,7 @@ def _is_array_index(k) -> bool:
 def _expand_ellipsis(key: tuple, ndim: int) -> tuple:
     n_ell = sum(1 for k in key if k is Ellipsis)
     if n_ell > 1:
-        raise ShapeError("an index can only have a single ellipsis ('...')", _user_loc())
+        raise ShapeError("an index can only have a single ellipsis ('...')", user_loc())
     if n_ell == 0:
         return key
     used = sum(1 for k in key if k is not None and k is not Ellipsis)
@@ -185,13 +173,13 @@ def _gather(x: Tensor, key: tuple, arrays: list[int]):
                for i, k in enumerate(key) if i not in arrays)
     if len(arrays) != 1 or not full or any(k is None for k in key):
         raise TraceError("lamina supports one integer-array index with ':' on the other axes "
-                         "(x[idx] or x[:, idx]); use lm.take for more", _user_loc())
+                         "(x[idx] or x[:, idx]); use lm.take for more", user_loc())
     idx = key[arrays[0]]
     if isinstance(idx, (np.ndarray, list)):
         idx = np.asarray(idx)
         if idx.dtype == np.bool_:
             raise TraceError("boolean mask indexing gives a data-dependent shape; use "
-                             "lm.where(mask, x, 0) instead", _user_loc())
+                             "lm.where(mask, x, 0) instead", user_loc())
     elif not idx.dtype.is_int:
-        raise LaminaError(f"array indices must be integers, got {idx.type}", _user_loc())
+        raise LaminaError(f"array indices must be integers, got {idx.type}", user_loc())
     return x._call("take", x, idx, axis=arrays[0])

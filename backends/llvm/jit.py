@@ -1,0 +1,195 @@
+"""The LLVM toolchain for the CPU backend: the host target, the O3 pipeline (new pass manager),
+MCJIT engines and the native libraries JIT code may call (libgomp for threads, libm).
+
+Everything llvmlite is imported here, lazily from the rest of lamina (``import lamina`` never
+imports llvmlite).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import time
+from dataclasses import dataclass
+
+import llvmlite
+import llvmlite.binding as llvm
+import llvmlite.ir as ir
+
+from lamina.ir.errors import LaminaError
+
+
+@functools.cache
+def _init() -> None:
+    # NOTE: llvm.initialize() raises in current llvmlite; the native target is enough.
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@dataclass(frozen=True)
+class HostTarget:
+    """What code is generated for: triple, CPU name and feature string (part of cache keys)."""
+
+    triple: str
+    cpu: str
+    features: str
+
+    @property
+    def vector_bits(self) -> int:
+        """Width of the widest float vector registers the features allow."""
+        feats = set(self.features.split(","))
+        if "+avx512f" in feats:
+            return 512
+        if "+avx2" in feats or "+avx" in feats:
+            return 256
+        return 128
+
+    @property
+    def has_fma(self) -> bool:
+        return "+fma" in set(self.features.split(","))
+
+    def key(self) -> str:
+        return f"{self.triple}|{self.cpu}|{self.features}"
+
+
+@functools.cache
+def host() -> HostTarget:
+    _init()
+    return HostTarget(llvm.get_process_triple(), llvm.get_host_cpu_name(),
+                      llvm.get_host_cpu_features().flatten())
+
+
+@functools.cache
+def target_machine():
+    """The TargetMachine for the host CPU at -O3 (JIT and object files alike)."""
+    _init()
+    h = host()
+    target = llvm.Target.from_triple(h.triple)
+    return target.create_target_machine(cpu=h.cpu, features=h.features, opt=3,
+                                        reloc="pic", codemodel="jitdefault")
+
+
+def new_module(name: str) -> ir.Module:
+    """An llvmlite module set up for the host (triple and data layout)."""
+    m = ir.Module(name=name)
+    m.triple = host().triple
+    m.data_layout = str(target_machine().target_data)
+    return m
+
+
+def finalize_text(m: ir.Module) -> str:
+    """The module's LLVM IR text with target-cpu/target-features string attributes attached."""
+    text = str(m)
+    h = host()
+    attrs = (f'attributes #9999 = {{ "target-cpu"="{h.cpu}" "target-features"="{h.features}" '
+             f'"prefer-vector-width"="{h.vector_bits}" "min-legal-vector-width"="0" }}')
+    out = []
+    for line in text.splitlines():
+        if line.startswith("define ") and "#9999" not in line:
+            line = line.replace(" {", " #9999 {", 1) if line.rstrip().endswith("{") else line
+        out.append(line)
+    return "\n".join(out) + "\n" + attrs + "\n"
+
+
+@dataclass
+class Optimized:
+    module: object  # llvm.ModuleRef
+    text_before: str
+    text_after: str
+    seconds_parse: float
+    seconds_opt: float
+
+
+def optimize(text: str, keep_text: bool = False) -> Optimized:
+    """Parse, verify and optimize LLVM IR text at O3 for the host (new pass manager)."""
+    _init()
+    t0 = time.perf_counter()
+    try:
+        mod = llvm.parse_assembly(text)
+        mod.verify()
+    except RuntimeError as e:
+        raise LaminaError(f"generated LLVM IR is invalid (a lamina bug): {e}") from None
+    t1 = time.perf_counter()
+    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    pto.loop_unrolling = True
+    pb = llvm.create_pass_builder(target_machine(), pto)
+    mpm = pb.getModulePassManager()
+    mpm.run(mod, pb)
+    t2 = time.perf_counter()
+    return Optimized(mod, text if keep_text else "", str(mod) if keep_text else "",
+                     t1 - t0, t2 - t1)
+
+
+# --- native libraries -------------------------------------------------------------------------
+
+
+@functools.cache
+def libgomp() -> str | None:
+    """Path of libgomp, loaded for JIT code (GOMP_parallel), or None when unavailable."""
+    _init()
+    for name in ("libgomp.so.1", ctypes.util.find_library("gomp")):
+        if not name:
+            continue
+        try:
+            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
+            llvm.load_library_permanently(name)
+            return name
+        except OSError:
+            continue
+    return None
+
+
+@functools.cache
+def threads() -> int:
+    """Worker threads for parallel kernels: LAMINA_NUM_THREADS, else the usable cores
+    (1 when libgomp is missing)."""
+    if libgomp() is None:
+        return 1
+    raw = os.environ.get("LAMINA_NUM_THREADS", "").strip()
+    if raw:
+        return max(1, int(raw))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def versions() -> dict[str, str]:
+    return {"llvmlite": llvmlite.__version__,
+            "llvm": ".".join(map(str, llvm.llvm_version_info))}
+
+
+class Engine:
+    """An MCJIT engine holding one optimized module (or one object file)."""
+
+    def __init__(self, module=None, object_code: bytes | None = None):
+        _init()
+        libgomp()
+        tm = target_machine()
+        if object_code is not None:
+            # An empty module, then the object file: no LLVM IR is generated or optimized.
+            empty = llvm.parse_assembly(f'target triple = "{host().triple}"')
+            self.ee = llvm.create_mcjit_compiler(empty, tm)
+            self.ee.add_object_file(llvm.ObjectFileRef.from_data(object_code))
+        else:
+            self.ee = llvm.create_mcjit_compiler(module, tm)
+        self.ee.finalize_object()
+        self.module = module
+
+    def address(self, name: str) -> int:
+        addr = self.ee.get_function_address(name)
+        if not addr:
+            raise LaminaError(f"JIT: function {name!r} not found")
+        return addr
+
+
+def emit_object(module) -> bytes:
+    return target_machine().emit_object(module)
+
+
+def emit_assembly(module) -> str:
+    return target_machine().emit_assembly(module)

@@ -71,7 +71,7 @@ class Builder:
         return self.loc_provider() if self.loc_provider else None
 
     def emit(self, op: str, inputs, attrs: dict | None = None, loc: SourceLoc | None = None,
-             type: TensorType | None = None) -> Node:
+             type: TensorType | None = None, region: Graph | None = None) -> Node:
         """Append ``op(inputs) {attrs}``; its type comes from the op's type rule.
 
         Errors from the type rule are re-raised located at the node's source line.
@@ -85,17 +85,22 @@ class Builder:
         try:
             if opdef.arity is not None and len(inputs) != opdef.arity:
                 raise LaminaError(f"{op} takes {opdef.arity} input(s), got {len(inputs)}")
-            if opdef.arity is None and not inputs:
+            if opdef.arity is None and not inputs and not opdef.region:
                 raise LaminaError(f"{op} takes at least one input")
             types = [v.type for v in inputs]
             attrs = opdef.normalize_attrs(types, attrs or {})
-            inferred = opdef.infer(types, attrs)
+            if opdef.region:
+                inferred = opdef.infer(types, attrs, region)
+            elif region is not None:
+                raise LaminaError(f"{op} does not take a region")
+            else:
+                inferred = opdef.infer(types, attrs)
         except LaminaError as e:
             raise e.at(loc) from None
         if type is not None and type != inferred:
             raise LaminaError(f"{op}: declared type {type} but the type rule gives {inferred}",
                               loc)
-        node = Node(op, inputs, attrs, inferred, loc)
+        node = Node(op, inputs, attrs, inferred, loc, region)
         self.nodes.append(node)
         return node
 

@@ -49,19 +49,23 @@ class Param(Value):
 class Node(Value):
     """One operation: ``op(inputs) {attrs} : type``, with the source line that created it.
 
+    A ``kernel`` node (made by fusion) also holds a ``region``: a Graph whose inputs stand for
+    its operands and whose single output is its value.
+
     ``attrs`` holds plain data only (int, float, bool, str, None, DType, tuples of those), so
     nodes print, parse, hash and serialize without surprises.
     """
 
-    __slots__ = ("attrs", "inputs", "loc", "op")
+    __slots__ = ("attrs", "inputs", "loc", "op", "region")
 
     def __init__(self, op: str, inputs: Iterable[Value], attrs: dict, type: TensorType,
-                 loc: SourceLoc | None = None):
+                 loc: SourceLoc | None = None, region: Graph | None = None):
         super().__init__(type)
         self.op = op
         self.inputs = tuple(inputs)
         self.attrs = dict(attrs)
         self.loc = loc
+        self.region = region  # the body of a ``kernel`` node: a Graph over its operands
 
     def __repr__(self) -> str:
         return f"<Node {self.op} : {self.type}>"

@@ -15,6 +15,8 @@ from lamina.ir.ops.registry import get as get_op
 
 def eval_node(node: Node, args: list[np.ndarray]) -> np.ndarray:
     """One node's value from its operands' values, with the dtype and shape of its type."""
+    if node.region is not None:  # a kernel: run its body
+        return interpret(node.region, args)[0][0]
     opdef = get_op(node.op)
     try:
         with np.errstate(all="ignore"):  # inf/nan propagate like IEEE hardware, no warnings

@@ -211,23 +211,57 @@ class _Parser:
             opdef = get_op(op_tok.text)
         except LaminaError as e:
             raise self.fail(op_tok, e.message) from None
+        attrs = {}
+        if opdef.region:  # kernel @name(...) : type { ^(params): ... yield %v }
+            attrs["name"] = self.expect("symbol").text[1:]
         self.expect("punct", "(")
         inputs = [] if self.peek().kind == "punct" and self.peek().text == ")" else self.operands()
         self.expect("punct", ")")
-        attrs = self.attrs() if self.accept("punct", "{") else {}
+        if not opdef.region and self.accept("punct", "{"):
+            attrs = self.attrs()
         self.expect("punct", ":")
         type_tok = self.peek()
         rtype = self.type()
-        loc = self.trailing_loc(type_tok.line)
+        region = None
+        if opdef.region:
+            self.expect("punct", "{")
+            loc = self.trailing_loc(type_tok.line)
+            region = self.region(attrs["name"])
+        else:
+            loc = self.trailing_loc(type_tok.line)
         if "dtype" in opdef.typed_attrs:
             attrs["dtype"] = rtype.dtype
         if "shape" in opdef.typed_attrs:
             attrs["shape"] = rtype.shape
         try:
-            node = b.emit(op_tok.text, inputs, attrs, loc=loc, type=rtype)
+            node = b.emit(op_tok.text, inputs, attrs, loc=loc, type=rtype, region=region)
         except LaminaError as e:
             raise self.fail(op_tok, e.message) from None
         self.define(target.text[1:], node, target)
+
+    def region(self, name: str) -> Graph:
+        """``^(%a: t, ...): <nodes> yield %v }``, in a scope of its own (a region reads only
+        its parameters)."""
+        outer, self.env = self.env, {}
+        b = Builder(name)
+        self.expect("punct", "^")
+        for pname, ptype, tok in self.params():
+            self.define(pname, b.add_input(pname, ptype), tok)
+        self.expect("punct", ":")
+        while True:
+            t = self.peek()
+            if t.kind == "value":
+                self.node(b)
+            elif t.kind == "ident" and t.text == "yield":
+                self.next()
+                outputs = self.operands(end_line=t.line)
+                break
+            else:
+                raise self.fail(t, f"expected a statement or yield in the region of @{name}, "
+                                   f"got {t.text!r}")
+        self.expect("punct", "}")
+        self.env = outer
+        return b.build(outputs)
 
     def attrs(self) -> dict:
         out = {}

@@ -19,7 +19,7 @@ from lamina.ir.errors import SourceLoc
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.registry import get as get_op
 
-LOC_COLUMN = 64  # source comments start here (or after the text, if longer)
+LOC_COLUMN = 64  # source comments start 2 columns after this (or after the text, if longer)
 
 
 def format_attr(v) -> str:
@@ -45,6 +45,8 @@ def format_attr(v) -> str:
 
 def format_attrs(node: Node) -> str:
     shown = [k for k in node.attrs if k not in get_op(node.op).typed_attrs]
+    if node.region is not None:
+        shown = [k for k in shown if k != "name"]  # printed as @name
     if not shown:
         return ""
     return " {" + ", ".join(f"{k}={format_attr(node.attrs[k])}" for k in shown) + "}"
@@ -77,12 +79,40 @@ def format_loc(loc: SourceLoc) -> str:
     return f"{text} ({loc.note})" if loc.note else text
 
 
-def format_node(node: Node, name) -> str:
+def _with_loc(text: str, loc: SourceLoc | None, indent: str) -> str:
+    if loc is None:
+        return text
+    # NOTE: comments line up at one absolute column whatever the nesting depth.
+    return text.ljust(LOC_COLUMN - len(indent)) + f"  # {format_loc(loc)}"
+
+
+def format_node(node: Node, name, indent: str = "") -> str:
+    """One node's line (a kernel node's header line: ``... = kernel @name(...) : t {``)."""
     args = ", ".join(name(v) for v in node.inputs)
-    text = f"{name(node)} = {node.op}({args}){format_attrs(node)} : {node.type}"
-    if node.loc is not None:
-        text = text.ljust(LOC_COLUMN - 2) + f"  # {format_loc(node.loc)}"
-    return text
+    if node.region is not None:
+        text = f"{name(node)} = {node.op} @{node.attrs['name']}({args}) : {node.type} {{"
+    else:
+        text = f"{name(node)} = {node.op}({args}){format_attrs(node)} : {node.type}"
+    return _with_loc(text, node.loc, indent)
+
+
+def _body(graph: Graph, name: Namer, indent: str) -> list[str]:
+    lines = []
+    for n in graph.nodes:
+        lines.append(indent + format_node(n, name, indent))
+        if n.region is not None:
+            lines.extend(_region(n.region, indent + "  "))
+            lines.append(indent + "}")
+    return lines
+
+
+def _region(region: Graph, indent: str) -> list[str]:
+    name = Namer(region)
+    params = ", ".join(f"%{p.name}: {p.type}" for p in region.inputs)
+    lines = [f"{indent}^({params}):"]
+    lines.extend(_body(region, name, indent + "  "))
+    lines.append(f"{indent}  yield {', '.join(name(v) for v in region.outputs)}")
+    return lines
 
 
 def print_graph(graph: Graph, indent: str = "  ") -> str:
@@ -92,8 +122,7 @@ def print_graph(graph: Graph, indent: str = "  ") -> str:
     if graph.state:
         head += " state(" + ", ".join(f"%{p.name}: {p.type}" for p in graph.state) + ")"
     lines = [head + " {"]
-    for n in graph.nodes:
-        lines.append(indent + format_node(n, name))
+    lines.extend(_body(graph, name, indent))
     for p in graph.state:  # updates print in state order
         if p.name in graph.updates:
             lines.append(f"{indent}update %{p.name} = {name(graph.updates[p.name])}")

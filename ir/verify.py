@@ -51,6 +51,13 @@ def verify(graph: Graph, *, allow_grad: bool = True, allow_composite: bool = Tru
             raise fail("grad node left after autodiff", n)
         if not allow_composite and opdef.kind == "composite":
             raise fail(f"composite op {n.op} left after decomposition", n)
+        if n.region is not None:
+            if any(m.region is not None for m in n.region.nodes):
+                raise fail("a kernel inside a kernel", n)
+            try:
+                verify(n.region, allow_grad=False, allow_composite=allow_composite)
+            except VerifyError as e:
+                raise fail(f"in the region of @{n.attrs.get('name')}: {e.message}", n) from None
         for v in n.inputs:
             if v not in defined:
                 raise fail(f"operand {name(v)} is used before it is defined", n)
@@ -59,7 +66,12 @@ def verify(graph: Graph, *, allow_grad: bool = True, allow_composite: bool = Tru
         types = [v.type for v in n.inputs]
         try:
             attrs = opdef.normalize_attrs(types, n.attrs)
-            inferred = opdef.infer(types, attrs)
+            if opdef.region:
+                inferred = opdef.infer(types, attrs, n.region)
+            elif n.region is not None:
+                raise VerifyError(f"{n.op} does not take a region")
+            else:
+                inferred = opdef.infer(types, attrs)
         except LaminaError as e:
             raise fail(e.message, n) from None
         if attrs_key(attrs) != attrs_key(n.attrs):

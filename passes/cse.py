@@ -22,7 +22,7 @@ def eliminate_common_subexpressions(g: Graph) -> Graph:
         operands = tuple(id(v) for v in ins)
         if get_op(node.op).commutative:
             operands = tuple(sorted(operands))
-        key = (node.op, operands, attrs_key(node.attrs), node.type)
+        key = (node.op, operands, attrs_key(node.attrs), node.type, id(node.region))
         prior = seen.get(key)
         if prior is not None:
             merged[node.op] += 1

@@ -36,7 +36,7 @@ def copy_node(b: Builder, n: Node, ins: list[Value]) -> Node:
     if all(a is c for a, c in zip(ins, n.inputs)):
         b.nodes.append(n)
         return n
-    m = Node(n.op, ins, n.attrs, n.type, n.loc)
+    m = Node(n.op, ins, n.attrs, n.type, n.loc, n.region)
     b.nodes.append(m)
     return m
 

@@ -243,10 +243,36 @@ graph @zero_size(%x: f32[0,3], %y: f32[3,0]) {
 }
 """
 
+# Fused kernels: regions in their own scope (names shadow the outer ones), locations on the
+# header line, a kernel reading another kernel's value, a kernel with no operands.
+KERNELS = """
+graph @kernels(%x: f32[4,3], %b: f32[3]) {
+  %0 = kernel @fused_add_relu(%x, %b) : f32[4,3] {                # m.py:3
+    ^(%x: f32[4,3], %b: f32[3]):
+      %0 = add(%x, %b) : f32[4,3]                                 # m.py:3
+      %1 = relu(%0) : f32[4,3]                                    # m.py:3
+      yield %1
+  }
+  %1 = kernel @fused_sum_mul(%0) : f32[4] {
+    ^(%in0: f32[4,3]):
+      %0 = sum(%in0) {axis=[1], keepdims=false} : f32[4]
+      %1 = constant() {value=0.5} : f32[]
+      %2 = mul(%0, %1) : f32[4]                                   # m.py:4 (grad)
+      yield %2
+  }
+  %2 = kernel @fused_iota() : i64[4] {
+    ^():
+      %0 = iota() {axis=0} : i64[4]
+      yield %0
+  }
+  return %1, %2
+}
+"""
+
 ROUNDTRIP_CASES = {
     "every_op": EVERY_OP, "with_grad": WITH_GRAD, "state": STATE, "constants": CONSTANTS,
     "attrs": ATTRS, "empty": EMPTY, "passthrough": PASSTHROUGH, "scalars": SCALARS,
-    "locations": LOCATIONS, "zero_size": ZERO_SIZE,
+    "locations": LOCATIONS, "zero_size": ZERO_SIZE, "kernels": KERNELS,
 }
 
 
@@ -261,7 +287,7 @@ def test_roundtrip_cases_cover_every_registered_op():
 
 
 @pytest.mark.parametrize("name", ["every_op", "state", "constants", "attrs", "scalars",
-                                  "zero_size", "passthrough"])
+                                  "zero_size", "passthrough", "kernels"])
 def test_reparsed_graph_behaves_the_same(name, rng):
     g = roundtrip(ROUNDTRIP_CASES[name])
     assert_same_behaviour(g, parse(print_graph(g)), rng)

@@ -1,6 +1,15 @@
 """The op declarations. Importing this package registers every op in ``registry.REGISTRY``."""
 
-from lamina.ir.ops import elementwise, linalg, nn, reduce, shape, source, special  # noqa: F401
+from lamina.ir.ops import (  # noqa: F401
+    elementwise,
+    kernel,
+    linalg,
+    nn,
+    reduce,
+    shape,
+    source,
+    special,
+)
 from lamina.ir.ops.registry import REGISTRY, ZERO_GRAD, OpDef, all_ops, defop, get
 
 __all__ = ["REGISTRY", "ZERO_GRAD", "OpDef", "all_ops", "defop", "get"]

@@ -22,7 +22,9 @@ from lamina.ir.types import TensorType
 #   random       counter-based random numbers (pure: same key, same numbers)
 #   composite    defined by ``decompose`` into other ops
 #   special      handled by a pass (grad)
-KINDS = ("elementwise", "reduce", "shape", "contract", "source", "random", "composite", "special")
+#   kernel       a fused region (made by passes.fuse), lowered as one unit by a backend
+KINDS = ("elementwise", "reduce", "shape", "contract", "source", "random", "composite", "special",
+         "kernel")
 
 # The value of ``vjp`` for ops whose result is discrete (comparisons, argmax, iota): no
 # cotangent flows through them, so the gradient with respect to their inputs is zero.
@@ -60,6 +62,7 @@ class OpDef:
     float_only: bool = False  # Builder.call turns integer operands into the default float
     typed_attrs: tuple[str, ...] = ()  # attributes the result type shows (not printed twice)
     commutative: bool = False  # op(x, y) == op(y, x): CSE merges both orders
+    region: bool = False  # the node holds a region; infer(types, attrs, region) types it
     lower: dict = field(default_factory=dict)
     doc: str = ""
 

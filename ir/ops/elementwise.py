@@ -70,7 +70,9 @@ _unary("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), doc="hyperboli
 _unary("sigmoid", _sigmoid, lambda g, out, x: (g * out * (1 - out),), doc="1/(1+e**-x)")
 _unary("softplus", _softplus, lambda g, out, x: (g * op.sigmoid(x),), doc="log(1+e**x)")
 _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype),
-       lambda g, out, x: (op.where(x > 0, g, 0.0),), doc="max(x, 0)")
+       # out > 0 exactly where x > 0; using out leaves x to its one user, so fusion can
+       # fold matmul + bias + relu into one kernel.
+       lambda g, out, x: (op.where(out > 0, g, 0.0),), doc="max(x, 0)")
 _unary("erf", _erf, lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * op.exp(-(x * x)),),
        doc="the error function")
 

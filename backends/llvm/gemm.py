@@ -1,0 +1,660 @@
+"""GEMM for the CPU backend: packed panels, a register-blocked FMA micro-kernel, OpenMP threads.
+
+The emitted function (one per dtype, C ABI)::
+
+    void lamina_gemm_<T>(i64 M, i64 N, i64 K,
+                         const T* A, i64 rsA, i64 csA,   // A[i,k] = A[i*rsA + k*csA]
+                         const T* B, i64 rsB, i64 csB,   // B[k,j] = B[k*rsB + j*csB]
+                         T* C, i64 ldc,                  // C[i,j] = C[i*ldc + j] (overwritten)
+                         i64 batch, i64 bsA, i64 bsB, i64 bsC,
+                         epilogue, i8* ctx, i32 nthreads)
+
+computes ``C = A @ B`` for every batch ``b`` (operands offset by ``b*bsA`` etc.; a zero batch
+stride broadcasts). ``epilogue(ctx, b, C, ldc, i0, i1, j0, j1)``, when not null, is called once
+per block of C right after the block's full K sum is stored: the blocks are MR rows x NC columns
+(one row panel of one column block), hot in L1/L2 when the caller's fused elementwise ops run.
+
+Blocking (the BLIS scheme, mirrored for row-major C; the names of the constants are ours):
+
+* Micro-kernel: an MR x NR tile of C lives in MR*NR/VL vector registers (f32: 12 x 32 = 24 zmm
+  accumulators). Each k step loads NR/VL vectors of packed B and broadcasts MR scalars of packed A
+  (folded into the FMA as ``{1toN}`` memory operands), issuing MR*NR/VL independent FMAs: enough
+  to cover the 4-cycle FMA latency on both FMA ports with 7 registers to spare (no spills).
+  Loads per FMA stay below 1, well within the two load ports. The K loop is unrolled by UNROLL.
+* Packing: A is copied into MR-row panels (k-major, MR values per k) and B into NR-column panels
+  (NR values per k), both zero-padded at the edges, so the micro-kernel always runs full tiles
+  with unit-stride, aligned loads. The packers read any (row, column) strides, so a transposed
+  operand is just another stride pair; contiguous B rows are copied with masked vector loads.
+* Cache blocks: KC (k depth of the packed panels) x NC (columns of one packed B block) is sized
+  for L2 (f32: 256 x 512 x 4 B = 512 KiB); a packed A micro-panel (MR x KC = 12 KiB) stays in L1
+  while the micro-kernel sweeps the B block (loop order: ic > pc > jc > ir > jr). MC rows of A are
+  packed per (ic, pc) and per thread.
+* Threads (``GOMP_parallel`` when nthreads > 1, never for tiny problems): by default the threads
+  share each packed B block (each packs part of it, then one barrier; B blocks are double
+  buffered, so one barrier per block suffices) and split the row panels of A, each thread packing
+  its own. When the batch divides among the threads, each thread takes whole matrices instead
+  (no barriers); when M is too small to split, each thread takes a range of column panels.
+* Edge tiles are stored with masked vector stores, full tiles with plain ones; the first K block
+  overwrites C (so K = 0 stores zeros), later ones accumulate into it.
+
+The packing workspace is allocated once and cached in a module global (taken and returned with
+atomic exchanges, so concurrent calls stay safe: a call that finds the cache empty allocates).
+
+For constants and measurements see ``CONFIGS`` and benchmarks/gemm_kernel.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import llvmlite.ir as ir
+
+from lamina.backends.llvm import jit
+
+GEMM_SYMBOL = {"f32": "lamina_gemm_f32", "f64": "lamina_gemm_f64"}
+
+_i1, _i8, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_i8p = _i8.as_pointer()
+_void = ir.VoidType()
+_SCALAR = {"f32": ir.FloatType(), "f64": ir.DoubleType()}
+_BYTES = {"f32": 4, "f64": 8}
+
+
+def _epilogue_type(dtype: str) -> ir.FunctionType:
+    t = _SCALAR[dtype].as_pointer()
+    return ir.FunctionType(_void, [_i8p, _i64, t, _i64, _i64, _i64, _i64, _i64])
+
+
+# The epilogue callback's type, by dtype (it takes a T* like the GEMM itself):
+# void (*)(i8* ctx, i64 b, T* C, i64 ldc, i64 i0, i64 i1, i64 j0, i64 j1)
+EPILOGUE_TYPE = {d: _epilogue_type(d) for d in _SCALAR}
+
+
+def _gemm_type(dtype: str) -> ir.FunctionType:
+    t = _SCALAR[dtype].as_pointer()
+    return ir.FunctionType(_void, [_i64, _i64, _i64, t, _i64, _i64, t, _i64, _i64, t, _i64,
+                                   _i64, _i64, _i64, _i64, EPILOGUE_TYPE[dtype].as_pointer(),
+                                   _i8p, _i32])
+
+
+@dataclass(frozen=True)
+class Config:
+    """Blocking constants for one dtype (see the module docstring)."""
+
+    mr: int        # rows of the register tile
+    nrv: int       # vectors per tile row (NR = nrv * lanes)
+    kc: int        # k depth of packed panels
+    mc: int        # rows of A packed per thread and (ic, pc) step (multiple of mr)
+    nc: int        # columns of one packed B block (multiple of NR)
+    unroll: int = 4          # K-loop unroll of the micro-kernel
+    min_flops: int = 1 << 18  # below this many flops the call stays on one thread
+
+    def lanes(self, dtype: str) -> int:
+        return 64 // _BYTES[dtype]  # zmm: the kernel is written for 512-bit vectors
+
+
+CONFIGS = {
+    "f32": Config(mr=12, nrv=2, kc=256, mc=480, nc=512),
+    "f64": Config(mr=12, nrv=2, kc=256, mc=240, nc=256),
+}
+
+
+# --- small IR helpers -----------------------------------------------------------------------
+
+
+def _c64(v: int) -> ir.Constant:
+    return ir.Constant(_i64, v)
+
+
+@contextmanager
+def _for(b: ir.IRBuilder, start, stop, step=1, name="i"):
+    """``for (i = start; i < stop; i += step)`` (signed); yields i."""
+    fn = b.function
+    pre = b.block
+    head = fn.append_basic_block(f"{name}.head")
+    body = fn.append_basic_block(f"{name}.body")
+    end = fn.append_basic_block(f"{name}.end")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(_i64, name=name)
+    i.add_incoming(start if isinstance(start, ir.Value) else _c64(start), pre)
+    b.cbranch(b.icmp_signed("<", i, stop), body, end)
+    b.position_at_end(body)
+    yield i
+    nxt = b.add(i, step if isinstance(step, ir.Value) else _c64(step))
+    i.add_incoming(nxt, b.block)
+    b.branch(head)
+    b.position_at_end(end)
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _cdiv(b, x, d):
+    d = d if isinstance(d, ir.Value) else _c64(d)
+    return b.sdiv(b.add(x, b.sub(d, _c64(1))), d)
+
+
+def _splat(b, x, vt):
+    v = b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(_i32, 0))
+    return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined),
+                            ir.Constant(ir.VectorType(_i32, vt.count), [0] * vt.count))
+
+
+def _vptr(b, p, off, vt):
+    return b.bitcast(b.gep(p, [off]), vt.as_pointer())
+
+
+def _lane_mask(b, n, lanes):
+    """<lanes x i1>: lane < n."""
+    it = ir.VectorType(_i64, lanes)
+    iota = ir.Constant(it, list(range(lanes)))
+    return b.icmp_signed("<", iota, _splat(b, n, it))
+
+
+def _new_fn(m, name, ret, args, internal=True):
+    fn = ir.Function(m, ir.FunctionType(ret, args), name)
+    if internal:
+        fn.linkage = "internal"
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _intrinsic(m, name, ret, args):
+    if name in m.globals:
+        return m.globals[name]
+    return ir.Function(m, ir.FunctionType(ret, args), name)
+
+
+# --- the pieces --------------------------------------------------------------------------------
+
+
+class _Emitter:
+    def __init__(self, m: ir.Module, dtype: str, cfg: Config):
+        self.m, self.dtype, self.cfg = m, dtype, cfg
+        self.t = _SCALAR[dtype]
+        self.tp = self.t.as_pointer()
+        self.vl = cfg.lanes(dtype)
+        self.vt = ir.VectorType(self.t, self.vl)
+        self.mt = ir.VectorType(_i1, self.vl)
+        self.nr = cfg.nrv * self.vl
+        self.prefix = f"{GEMM_SYMBOL[dtype]}__"
+        sfx = f"v{self.vl}f{_BYTES[dtype] * 8}"
+        vp = self.vt.as_pointer()
+        self.fma = _intrinsic(m, f"llvm.fma.{sfx}", self.vt, [self.vt] * 3)
+        self.mload = _intrinsic(m, f"llvm.masked.load.{sfx}.p0", self.vt,
+                                [vp, _i32, self.mt, self.vt])
+        self.mstore = _intrinsic(m, f"llvm.masked.store.{sfx}.p0", _void,
+                                 [self.vt, vp, _i32, self.mt])
+
+    def zero_v(self):
+        return ir.Constant(self.vt, [0.0] * self.vl)
+
+    # micro-kernel ------------------------------------------------------------------------------
+    def ukernel(self) -> ir.Function:
+        """void uk(i64 kc, T* a, T* b, T* c, i64 ldc, i64 mr, i64 nr, i1 accumulate):
+        C[0:mr, 0:nr] (+)= Apanel(MR x kc) @ Bpanel(kc x NR)."""
+        cfg, vt = self.cfg, self.vt
+        mr_, nrv, u = cfg.mr, cfg.nrv, cfg.unroll
+        fn, b = _new_fn(self.m, self.prefix + "ukernel", _void,
+                        [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1])
+        fn.attributes.add("noinline")
+        kc, pa, pb, pc, ldc, mr, nr, accum = fn.args
+        for a in (pa, pb, pc):
+            a.add_attribute("noalias")
+        entry = b.block
+
+        def k_loop(n_iter, step, acc0, pa0, pb0, name):
+            """n_iter iterations of `step` k's each; returns (acc, pa, pb) after the loop."""
+            pre = b.block
+            head = fn.append_basic_block(name)
+            done = fn.append_basic_block(name + ".done")
+            b.cbranch(b.icmp_signed(">", n_iter, _c64(0)), head, done)
+            b.position_at_end(head)
+            cnt = b.phi(_i64)
+            cnt.add_incoming(n_iter, pre)
+            ap, bp = b.phi(self.tp), b.phi(self.tp)
+            ap.add_incoming(pa0, pre)
+            bp.add_incoming(pb0, pre)
+            acc = [[b.phi(vt) for _ in range(nrv)] for _ in range(mr_)]
+            for r in range(mr_):
+                for v in range(nrv):
+                    acc[r][v].add_incoming(acc0[r][v], pre)
+            cur = [[acc[r][v] for v in range(nrv)] for r in range(mr_)]
+            for s in range(step):
+                bv = [b.load(_vptr(b, bp, _c64(s * self.nr + v * self.vl), vt), align=64)
+                      for v in range(nrv)]
+                for r in range(mr_):
+                    x = _splat(b, b.load(b.gep(ap, [_c64(s * mr_ + r)])), vt)
+                    for v in range(nrv):
+                        cur[r][v] = b.call(self.fma, [x, bv[v], cur[r][v]])
+            ap2 = b.gep(ap, [_c64(step * mr_)])
+            bp2 = b.gep(bp, [_c64(step * self.nr)])
+            cnt2 = b.sub(cnt, _c64(1))
+            cnt.add_incoming(cnt2, b.block)
+            ap.add_incoming(ap2, b.block)
+            bp.add_incoming(bp2, b.block)
+            for r in range(mr_):
+                for v in range(nrv):
+                    acc[r][v].add_incoming(cur[r][v], b.block)
+            b.cbranch(b.icmp_signed(">", cnt2, _c64(0)), head, done)
+            b.position_at_end(done)
+            out_acc = [[b.phi(vt) for _ in range(nrv)] for _ in range(mr_)]
+            for r in range(mr_):
+                for v in range(nrv):
+                    out_acc[r][v].add_incoming(acc0[r][v], pre)
+                    out_acc[r][v].add_incoming(cur[r][v], head)
+            oa, ob = b.phi(self.tp), b.phi(self.tp)
+            oa.add_incoming(pa0, pre)
+            oa.add_incoming(ap2, head)
+            ob.add_incoming(pb0, pre)
+            ob.add_incoming(bp2, head)
+            return out_acc, oa, ob
+
+        zero = [[self.zero_v() for _ in range(nrv)] for _ in range(mr_)]
+        b.position_at_end(entry)
+        acc, pa1, pb1 = k_loop(b.sdiv(kc, _c64(u)), u, zero, pa, pb, "kloop")
+        acc, _, _ = k_loop(b.srem(kc, _c64(u)), 1, acc, pa1, pb1, "krem")
+
+        full = b.and_(b.icmp_signed("==", mr, _c64(mr_)), b.icmp_signed("==", nr, _c64(self.nr)))
+        with b.if_else(full) as (then, other):
+            with then:
+                with b.if_else(accum) as (t2, o2):
+                    with t2:
+                        self._store_full(b, acc, pc, ldc, True)
+                    with o2:
+                        self._store_full(b, acc, pc, ldc, False)
+            with other:
+                self._store_edge(b, fn, acc, pc, ldc, mr, nr, accum)
+        b.ret_void()
+        return fn
+
+    def _store_full(self, b, acc, pc, ldc, accumulate):
+        for r, row in enumerate(acc):
+            base = b.gep(pc, [b.mul(ldc, _c64(r))])
+            for v, x in enumerate(row):
+                p = _vptr(b, base, _c64(v * self.vl), self.vt)
+                if accumulate:
+                    x = b.fadd(x, b.load(p, align=_BYTES[self.dtype]))
+                b.store(x, p, align=_BYTES[self.dtype])
+
+    def _store_edge(self, b, fn, acc, pc, ldc, mr, nr, accum):
+        masks = [_lane_mask(b, b.sub(nr, _c64(v * self.vl)), self.vl)
+                 for v in range(self.cfg.nrv)]
+        al = ir.Constant(_i32, _BYTES[self.dtype])
+        for r, row in enumerate(acc):
+            with b.if_then(b.icmp_signed(">", mr, _c64(r))):
+                base = b.gep(pc, [b.mul(ldc, _c64(r))])
+                for v, x in enumerate(row):
+                    p = _vptr(b, base, _c64(v * self.vl), self.vt)
+                    old = b.call(self.mload, [p, al, masks[v], self.zero_v()])
+                    old = b.select(accum, old, self.zero_v())
+                    b.call(self.mstore, [b.fadd(x, old), p, al, masks[v]])
+
+    # packing -----------------------------------------------------------------------------------
+    def pack(self, which: str) -> ir.Function:
+        """void pack(i64 kc, i64 n, T* src, i64 s_panel, i64 s_k, T* dst): `n` rows of A
+        (which="a", panel width MR) or columns of B (which="b", width NR) into zero-padded
+        panels; element (x, k) of the source is src[x*s_panel + k*s_k]."""
+        w = self.cfg.mr if which == "a" else self.nr
+        fn, b = _new_fn(self.m, self.prefix + "pack_" + which, _void,
+                        [_i64, _i64, self.tp, _i64, _i64, self.tp])
+        kc, n, src, sx, sk, dst = fn.args
+        npanel = _cdiv(b, n, w)
+        with _for(b, _c64(0), npanel, name="p") as p:
+            x0 = b.mul(p, _c64(w))
+            nv = _min(b, b.sub(n, x0), _c64(w))
+            sp = b.gep(src, [b.mul(x0, sx)])
+            dp = b.gep(dst, [b.mul(b.mul(p, _c64(w)), kc)])
+            if which == "b":
+                # Contiguous panel rows (unit column stride): masked vector copies.
+                with b.if_else(b.icmp_signed("==", sx, _c64(1))) as (then, other):
+                    with then:
+                        masks = [_lane_mask(b, b.sub(nv, _c64(v * self.vl)), self.vl)
+                                 for v in range(self.cfg.nrv)]
+                        al = ir.Constant(_i32, _BYTES[self.dtype])
+                        with _for(b, _c64(0), kc, name="k") as k:
+                            s = b.gep(sp, [b.mul(k, sk)])
+                            d = b.gep(dp, [b.mul(k, _c64(w))])
+                            for v in range(self.cfg.nrv):
+                                x = b.call(self.mload, [_vptr(b, s, _c64(v * self.vl), self.vt),
+                                                        al, masks[v], self.zero_v()])
+                                b.store(x, _vptr(b, d, _c64(v * self.vl), self.vt), align=64)
+                    with other:
+                        self._pack_scalar(b, kc, nv, sp, sx, sk, dp, w)
+            else:
+                self._pack_scalar(b, kc, nv, sp, sx, sk, dp, w)
+        b.ret_void()
+        return fn
+
+    def _pack_scalar(self, b, kc, nv, sp, sx, sk, dp, w):
+        """dst[k*w + x] = src[x*sx + k*sk] for x < nv, zero for nv <= x < w. The loop runs along
+        whichever of x/k has the unit source stride (a transposed operand reads contiguously)."""
+        zero = ir.Constant(self.t, 0.0)
+        with b.if_else(b.icmp_signed("==", sk, _c64(1))) as (then, other):
+            with then:  # k contiguous: one source row at a time
+                with _for(b, _c64(0), nv, name="x") as x:
+                    s = b.gep(sp, [b.mul(x, sx)])
+                    with _for(b, _c64(0), kc, name="k") as k:
+                        b.store(b.load(b.gep(s, [k])), b.gep(dp, [b.add(b.mul(k, _c64(w)), x)]))
+            with other:
+                with _for(b, _c64(0), kc, name="k") as k:
+                    s = b.gep(sp, [b.mul(k, sk)])
+                    d = b.gep(dp, [b.mul(k, _c64(w))])
+                    with _for(b, _c64(0), nv, name="x") as x:
+                        b.store(b.load(b.gep(s, [b.mul(x, sx)])), b.gep(d, [x]))
+        with _for(b, nv, _c64(w), name="z") as x:  # zero padding
+            with _for(b, _c64(0), kc, name="kz") as k:
+                b.store(zero, b.gep(dp, [b.add(b.mul(k, _c64(w)), x)]))
+
+    # one matrix ------------------------------------------------------------------------------
+    def matrix(self, uk, pack_a, pack_b, barrier) -> ir.Function:
+        """void mat(M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, bidx, jbase, epi, ctx, t, T,
+        bbuf0, bbuf1, abuf): C = A @ B for one matrix. With T > 1 the T threads of the team
+        call it together: they share the packed B blocks (bbuf0/1 of thread 0) and split the
+        row panels; with T == 1 one thread does it all. jbase offsets the epilogue's columns."""
+        cfg = self.cfg
+        tp, ep = self.tp, EPILOGUE_TYPE[self.dtype].as_pointer()
+        fn, b = _new_fn(self.m, self.prefix + "matrix", _void,
+                        [_i64, _i64, _i64, tp, _i64, _i64, tp, _i64, _i64, tp, _i64,
+                         _i64, _i64, ep, _i8p, _i64, _i64, tp, tp, tp])
+        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, bidx, jbase, epi, ctx, t, T,
+         bb0, bb1, abuf) = fn.args
+        parity = b.alloca(_i64)
+        b.store(_c64(0), parity)
+        multi = b.icmp_signed(">", T, _c64(1))
+        kmax = _min(b, K, _c64(cfg.kc))  # the k loop runs once when K == 0 (stores zeros)
+        kiter = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
+        mcb = b.mul(T, _c64(cfg.mc))
+        has_epi = b.icmp_unsigned("!=", epi, ir.Constant(ep, None))
+        with _for(b, _c64(0), M, mcb, name="ic") as ic:
+            mc = _min(b, b.sub(M, ic), mcb)
+            npm = _cdiv(b, mc, cfg.mr)  # this block's row panels, split among the threads
+            p0 = b.sdiv(b.mul(npm, t), T)
+            p1 = b.sdiv(b.mul(npm, b.add(t, _c64(1))), T)
+            i0 = b.add(ic, b.mul(p0, _c64(cfg.mr)))
+            i1 = _min(b, b.add(ic, b.mul(p1, _c64(cfg.mr))), b.add(ic, mc))
+            rows = b.sub(i1, i0)
+            with _for(b, _c64(0), kiter, _c64(cfg.kc), name="pc") as pc:
+                kc = _min(b, b.sub(K, pc), kmax)
+                first = b.icmp_signed("==", pc, _c64(0))
+                last = b.icmp_signed(">=", b.add(pc, kc), K)
+                call_epi = b.and_(last, has_epi)
+                with b.if_then(b.icmp_signed(">", rows, _c64(0))):
+                    b.call(pack_a, [kc, rows, b.gep(A, [b.add(b.mul(i0, rsA), b.mul(pc, csA))]),
+                                    rsA, csA, abuf])
+                with _for(b, _c64(0), N, _c64(cfg.nc), name="jc") as jc:
+                    nc = _min(b, b.sub(N, jc), _c64(cfg.nc))
+                    par = b.load(parity)
+                    b.store(b.xor(par, _c64(1)), parity)
+                    bb = b.select(b.icmp_signed("==", par, _c64(0)), bb0, bb1)
+                    npn = _cdiv(b, nc, self.nr)  # column panels: packed cooperatively
+                    q0 = b.sdiv(b.mul(npn, t), T)
+                    q1 = b.sdiv(b.mul(npn, b.add(t, _c64(1))), T)
+                    jq0 = b.mul(q0, _c64(self.nr))
+                    ncols = b.sub(_min(b, b.mul(q1, _c64(self.nr)), nc), jq0)
+                    with b.if_then(b.icmp_signed(">", ncols, _c64(0))):
+                        src = b.gep(B, [b.add(b.mul(pc, rsB), b.mul(b.add(jc, jq0), csB))])
+                        b.call(pack_b, [kc, ncols, src, csB, rsB, b.gep(bb, [b.mul(jq0, kc)])])
+                    with b.if_then(multi):
+                        b.call(barrier, [])
+                    with _for(b, i0, i1, _c64(cfg.mr), name="ir") as ir_:
+                        mr = _min(b, b.sub(i1, ir_), _c64(cfg.mr))
+                        ap = b.gep(abuf, [b.mul(b.sub(ir_, i0), kc)])
+                        crow = b.gep(C, [b.add(b.mul(ir_, ldc), jc)])
+                        with _for(b, _c64(0), nc, _c64(self.nr), name="jr") as jr:
+                            nr = _min(b, b.sub(nc, jr), _c64(self.nr))
+                            b.call(uk, [kc, ap, b.gep(bb, [b.mul(jr, kc)]), b.gep(crow, [jr]),
+                                        ldc, mr, nr, b.not_(first)])
+                        with b.if_then(call_epi):
+                            j0 = b.add(jbase, jc)
+                            b.call(epi, [ctx, bidx, b.gep(C, [b.neg(jbase)]), ldc, ir_,
+                                         b.add(ir_, mr), j0, b.add(j0, nc)])
+        with b.if_then(multi):  # the next matrix may reuse bbuf0 at once
+            b.call(barrier, [])
+        b.ret_void()
+        return fn
+
+    # threads and the entry point ---------------------------------------------------------------
+    def per_thread(self) -> int:
+        """Workspace elements per thread: two packed B blocks and one packed A block."""
+        cfg = self.cfg
+        return 2 * cfg.kc * cfg.nc + cfg.mc * cfg.kc
+
+    def fields(self):
+        """The worker's argument struct: the entry's arguments (less nthreads) and the workspace."""
+        return [_i64, _i64, _i64, self.tp, _i64, _i64, self.tp, _i64, _i64, self.tp, _i64,
+                _i64, _i64, _i64, _i64, EPILOGUE_TYPE[self.dtype].as_pointer(), _i8p, self.tp]
+
+    def worker(self, mat) -> ir.Function:
+        """void work(i8* args, i64 t, i64 T): thread t of T's share of the whole call."""
+        cfg = self.cfg
+        fn, b = _new_fn(self.m, self.prefix + "work", _void, [_i8p, _i64, _i64])
+        data, t, T = fn.args
+        fields = self.fields()
+        st = ir.LiteralStructType(fields)
+        sp = b.bitcast(data, st.as_pointer())
+        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC, epi, ctx,
+         ws) = [b.load(b.gep(sp, [ir.Constant(_i32, 0), ir.Constant(_i32, i)]))
+                for i in range(len(fields))]
+        mine = b.gep(ws, [b.mul(t, _c64(self.per_thread()))])
+        shared = (ws, b.gep(ws, [_c64(cfg.kc * cfg.nc)]))
+        own = (mine, b.gep(mine, [_c64(cfg.kc * cfg.nc)]))
+        abuf = b.gep(mine, [_c64(2 * cfg.kc * cfg.nc)])
+
+        def run(bi, tt, TT, j0, ncols, bufs):
+            a = b.gep(A, [b.mul(bi, bsA)])
+            bm = b.gep(B, [b.add(b.mul(bi, bsB), b.mul(j0, csB))])
+            c = b.gep(C, [b.add(b.mul(bi, bsC), j0)])
+            b.call(mat, [M, ncols, K, a, rsA, csA, bm, rsB, csB, c, ldc, bi, j0, epi, ctx,
+                         tt, TT, bufs[0], bufs[1], abuf])
+
+        # Whole matrices per thread when the batch divides evenly (or is large): no barriers.
+        by_batch = b.and_(b.icmp_signed(">=", batch, T),
+                          b.or_(b.icmp_signed("==", b.srem(batch, T), _c64(0)),
+                                b.icmp_signed(">=", batch, b.mul(T, _c64(4)))))
+        # Otherwise split the row panels, unless there are too few of them: then the columns.
+        by_rows = b.icmp_signed(">=", _cdiv(b, M, cfg.mr), b.mul(T, _c64(2)))
+        with b.if_else(by_batch) as (then, other):
+            with then:
+                with _for(b, t, batch, T, name="bt") as bi:
+                    run(bi, _c64(0), _c64(1), _c64(0), N, own)
+            with other:
+                with b.if_else(by_rows) as (t2, o2):
+                    with t2:
+                        with _for(b, _c64(0), batch, name="bm") as bi:
+                            run(bi, t, T, _c64(0), N, shared)
+                    with o2:
+                        npn = _cdiv(b, N, self.nr)
+                        j0 = b.mul(b.sdiv(b.mul(npn, t), T), _c64(self.nr))
+                        j1 = _min(b, b.mul(b.sdiv(b.mul(npn, b.add(t, _c64(1))), T),
+                                           _c64(self.nr)), N)
+                        with b.if_then(b.icmp_signed("<", j0, j1)):
+                            with _for(b, _c64(0), batch, name="bn") as bi:
+                                run(bi, _c64(0), _c64(1), j0, b.sub(j1, j0), own)
+        b.ret_void()
+        return fn
+
+    def entry(self, work) -> ir.Function:
+        cfg, m = self.cfg, self.m
+        fn = ir.Function(m, _gemm_type(self.dtype), GEMM_SYMBOL[self.dtype])
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC, epi, ctx,
+         nthreads) = fn.args
+        done = fn.append_basic_block("done")
+        body = fn.append_basic_block("body")
+        empty = b.or_(b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0))),
+                      b.icmp_signed("<=", batch, _c64(0)))
+        b.cbranch(empty, done, body)
+        b.position_at_end(body)
+        # Threads: as asked (1..64), but one for problems too small to pay for a team.
+        flops = b.mul(b.mul(b.mul(b.mul(M, N), K), batch), _c64(2))
+        nt = b.sext(nthreads, _i64)
+        nt = b.select(b.icmp_signed("<", nt, _c64(1)), _c64(1), _min(b, nt, _c64(64)))
+        nt = b.select(b.icmp_signed("<", flops, _c64(cfg.min_flops)), _c64(1), nt)
+        # Workspace: taken from the module's cache (atomically), grown when too small.
+        need = b.mul(b.mul(nt, _c64(self.per_thread())), _c64(_BYTES[self.dtype]))
+        ws = self.take_workspace(b, need)
+        st = ir.LiteralStructType(self.fields())
+        args = b.alloca(st)
+        for i, v in enumerate([M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC,
+                               epi, ctx, b.bitcast(ws, self.tp)]):
+            b.store(v, b.gep(args, [ir.Constant(_i32, 0), ir.Constant(_i32, i)]))
+        data = b.bitcast(args, _i8p)
+        with b.if_else(b.icmp_signed(">", nt, _c64(1))) as (then, other):
+            with then:
+                b.call(self.gomp(work), [self.trampoline(work), data, b.trunc(nt, _i32),
+                                         ir.Constant(_i32, 0)])
+            with other:
+                b.call(work, [data, _c64(0), _c64(1)])
+        self.give_workspace(b, ws)
+        b.branch(done)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
+
+    def gomp(self, work):
+        fty = ir.FunctionType(_void, [ir.FunctionType(_void, [_i8p]).as_pointer(), _i8p, _i32,
+                                      _i32])
+        return _intrinsic(self.m, "GOMP_parallel", fty.return_type, fty.args)
+
+    def trampoline(self, work):
+        fn, b = _new_fn(self.m, self.prefix + "omp_fn", _void, [_i8p])
+        tid = _intrinsic(self.m, "omp_get_thread_num", _i32, [])
+        nth = _intrinsic(self.m, "omp_get_num_threads", _i32, [])
+        b.call(work, [fn.args[0], b.sext(b.call(tid, []), _i64), b.sext(b.call(nth, []), _i64)])
+        b.ret_void()
+        return fn
+
+    def cache_global(self):
+        name = self.prefix + "ws_cache"
+        if name in self.m.globals:
+            return self.m.globals[name]
+        g = ir.GlobalVariable(self.m, _i8p, name)
+        g.linkage = "internal"
+        g.initializer = ir.Constant(_i8p, None)
+        return g
+
+    def take_workspace(self, b, need):
+        """A 64-byte aligned buffer of at least `need` bytes; its first 64 bytes (before the
+        returned pointer) hold the capacity."""
+        g = self.cache_global()
+        alloc = _intrinsic(self.m, "aligned_alloc", _i8p, [_i64, _i64])
+        free = _intrinsic(self.m, "free", _void, [_i8p])
+        old = b.atomic_rmw("xchg", g, ir.Constant(_i8p, None), "acquire")
+        slot = b.alloca(_i8p)
+        b.store(old, slot)
+        has = b.icmp_unsigned("!=", old, ir.Constant(_i8p, None))
+        cap_ok = b.alloca(_i1)
+        b.store(ir.Constant(_i1, 0), cap_ok)
+        with b.if_then(has):
+            cap = b.load(b.bitcast(old, _i64.as_pointer()))
+            b.store(b.icmp_signed(">=", cap, need), cap_ok)
+        with b.if_then(b.not_(b.load(cap_ok))):
+            with b.if_then(has):
+                b.call(free, [old])
+            size = b.and_(b.add(need, _c64(64 + 63)), _c64(~63))
+            new = b.call(alloc, [_c64(64), size])
+            b.store(need, b.bitcast(new, _i64.as_pointer()))
+            b.store(new, slot)
+        return b.gep(b.load(slot), [_c64(64)])
+
+    def give_workspace(self, b, ws):
+        g = self.cache_global()
+        free = _intrinsic(self.m, "free", _void, [_i8p])
+        old = b.atomic_rmw("xchg", g, b.gep(ws, [_c64(-64)]), "release")
+        with b.if_then(b.icmp_unsigned("!=", old, ir.Constant(_i8p, None))):
+            b.call(free, [old])
+
+
+# --- public API --------------------------------------------------------------------------------
+
+
+def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
+    """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
+    e = _Emitter(module, dtype, cfg or CONFIGS[dtype])
+    barrier = _intrinsic(module, "GOMP_barrier", _void, [])
+    mat = e.matrix(e.ukernel(), e.pack("a"), e.pack("b"), barrier)
+    return e.entry(e.worker(mat))
+
+
+def declare_gemm(module: ir.Module, dtype: str) -> ir.Function:
+    """Declare (not define) the GEMM for dtype in another module, to call it from there."""
+    name = GEMM_SYMBOL[dtype]
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, _gemm_type(dtype), name)
+
+
+class GemmLibrary:
+    """The compiled GEMMs: an engine holding them, their addresses and the object code (for a
+    cache: ``GemmLibrary.from_object(lib.object_code)`` loads it again without compiling)."""
+
+    def __init__(self, engine: jit.Engine, object_code: bytes, seconds: float = 0.0):
+        self.engine, self.object_code, self.seconds = engine, object_code, seconds
+        self.addresses = {d: engine.address(s) for d, s in GEMM_SYMBOL.items()}
+        self._fns = {}
+
+    @classmethod
+    def from_object(cls, object_code: bytes) -> GemmLibrary:
+        return cls(jit.Engine(object_code=object_code), object_code)
+
+    def cfunc(self, dtype: str):
+        """The GEMM as a ctypes function (pointers as integers, the epilogue as an address)."""
+        if dtype not in self._fns:
+            i64, vp = ctypes.c_int64, ctypes.c_void_p
+            proto = ctypes.CFUNCTYPE(None, i64, i64, i64, vp, i64, i64, vp, i64, i64, vp, i64,
+                                     i64, i64, i64, i64, vp, vp, ctypes.c_int32)
+            self._fns[dtype] = proto(self.addresses[dtype])
+        return self._fns[dtype]
+
+    def matmul(self, a, b, out=None, nthreads: int | None = None, epilogue: int = 0,
+               ctx: int = 0):
+        """``a @ b`` for numpy arrays (2-D, or 3-D batches where a batch dimension of 1
+        broadcasts), any strides; a convenience for tests and benchmarks."""
+        import numpy as np
+
+        dtype = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[a.dtype]
+        assert b.dtype == a.dtype
+        a3, b3 = (x if x.ndim == 3 else x[None] for x in (a, b))
+        batch = max(a3.shape[0], b3.shape[0])
+        m, k = a3.shape[1:]
+        n = b3.shape[2]
+        assert b3.shape[1] == k
+        if out is None:
+            out = np.empty((batch, m, n) if a.ndim == 3 or b.ndim == 3 else (m, n), a.dtype)
+        c3 = out if out.ndim == 3 else out[None]
+        assert c3.shape == (batch, m, n) and c3.strides[2] == c3.itemsize
+        es = a.itemsize
+
+        def bs(x):
+            return 0 if x.shape[0] == 1 else x.strides[0] // es
+
+        self.cfunc(dtype)(m, n, k, a3.ctypes.data, a3.strides[1] // es, a3.strides[2] // es,
+                          b3.ctypes.data, b3.strides[1] // es, b3.strides[2] // es,
+                          c3.ctypes.data, c3.strides[1] // es, batch, bs(a3), bs(b3),
+                          c3.strides[0] // es, epilogue or None, ctx or None,
+                          jit.threads() if nthreads is None else nthreads)
+        return out
+
+
+def build_module(configs: dict[str, Config] | None = None) -> ir.Module:
+    """A module holding both GEMMs."""
+    m = jit.new_module("lamina_gemm")
+    for dtype in GEMM_SYMBOL:
+        emit_gemm(m, dtype, (configs or CONFIGS)[dtype])
+    return m
+
+
+def build_library(configs: dict[str, Config] | None = None) -> GemmLibrary:
+    """Compile both GEMMs (O3 for the host) to object code and load it. The result's
+    ``object_code`` may be cached and loaded later with ``GemmLibrary.from_object``."""
+    t0 = time.perf_counter()
+    opt = jit.optimize(jit.finalize_text(build_module(configs)))
+    obj = jit.emit_object(opt.module)
+    lib = GemmLibrary.from_object(obj)
+    lib.seconds = time.perf_counter() - t0
+    return lib

@@ -1,0 +1,265 @@
+"""Machine limits, measured by the benchmark suite itself (nothing here is a spec-sheet number).
+
+    copy bandwidth   a large float32 array copied with numpy (``np.copyto``), on 1 thread and on
+                     N threads (N Python threads, each copying a contiguous slice; numpy releases
+                     the GIL while it copies). GB/s count bytes read + bytes written. Measured at
+                     a large size (beyond the caches) and at a given working-set size (the
+                     memory-bound workloads' own, which may sit partly in a large L3).
+    FMA peak         a tiny LLVM kernel JIT-compiled for the host through llvmlite (lamina's own
+                     toolchain, ``lamina.backends.llvm.jit``): a loop over 12 independent
+                     accumulator chains of ``llvm.fma.v16f32`` (16 lanes x 2 flops each), run on
+                     1 thread and on N threads (N Python threads calling the JIT function through
+                     ctypes, which releases the GIL). The best of a few runs is reported.
+
+``python benchmarks/machine.py [--quick]`` prints the limits alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+CHAINS = 12   # independent accumulator chains (enough to hide FMA latency on 2 FMA ports)
+LANES = 16    # <16 x float>: one AVX-512 register
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or platform's guess)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+# --- copy bandwidth ---------------------------------------------------------------------------
+
+
+def _time_best_median(fn, reps: int) -> tuple[float, float]:
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts)), float(min(ts))
+
+
+def copy_bandwidth(nbytes: int, threads: int = 1, seconds: float = 0.5) -> dict:
+    """GB/s (read + write) of copying ``nbytes`` of float32 with numpy on ``threads`` threads.
+
+    Returns ``{"median": GB/s at the median time, "best": GB/s at the fastest run}``.
+    """
+    n = max(threads * LANES, nbytes // 4)
+    src = np.ones(n, np.float32)
+    dst = np.ones(n, np.float32)  # touched: no page faults in the timed copies
+    if threads == 1:
+        def run():
+            np.copyto(dst, src)
+        pool = None
+    else:
+        bounds = np.linspace(0, n, threads + 1).astype(int)
+        parts = [(dst[lo:hi], src[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        pool = ThreadPoolExecutor(threads)
+
+        def run():
+            for f in [pool.submit(np.copyto, d, s) for d, s in parts]:
+                f.result()
+    try:
+        run()
+        t0 = time.perf_counter()
+        run()
+        once = max(time.perf_counter() - t0, 1e-6)
+        reps = int(min(200, max(5, seconds / once)))
+        med, best = _time_best_median(run, reps)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    moved = 2 * src.nbytes
+    return {"median": moved / med / 1e9, "best": moved / best / 1e9, "bytes": int(src.nbytes),
+            "threads": threads, "reps": reps}
+
+
+# --- FMA peak ---------------------------------------------------------------------------------
+
+
+@functools.cache
+def _fma_kernel():
+    """The JIT-compiled ``float fma_peak(i64 iters, float x, float y)`` (ctypes function), and
+    its engine (kept alive with it)."""
+    import llvmlite.ir as ir
+
+    from lamina.backends.llvm import jit
+
+    m = jit.new_module("fma_peak")
+    f32, i64 = ir.FloatType(), ir.IntType(64)
+    vec = ir.VectorType(f32, LANES)
+    fma = ir.Function(m, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
+    fn = ir.Function(m, ir.FunctionType(f32, [i64, f32, f32]), "fma_peak")
+    n, x, y = fn.args
+    entry, loop, done = (fn.append_basic_block(s) for s in ("entry", "loop", "done"))
+    b = ir.IRBuilder(entry)
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+
+    def splat(s):
+        v = b.insert_element(ir.Constant(vec, ir.Undefined), s, ir.IntType(32)(0))
+        return b.shuffle_vector(v, ir.Constant(vec, ir.Undefined), zeros)
+
+    vx, vy = splat(x), splat(y)
+    b.branch(loop)
+    b.position_at_end(loop)
+    i = b.phi(i64, "i")
+    i.add_incoming(i64(0), entry)
+    accs = []
+    for k in range(CHAINS):
+        acc = b.phi(vec, f"acc{k}")
+        acc.add_incoming(ir.Constant(vec, [float(k + j) for j in range(LANES)]), entry)
+        accs.append(acc)
+    new = [b.call(fma, [acc, vx, vy]) for acc in accs]
+    for acc, nv in zip(accs, new):
+        acc.add_incoming(nv, loop)
+    i2 = b.add(i, i64(1))
+    i.add_incoming(i2, loop)
+    b.cbranch(b.icmp_signed("<", i2, n), loop, done)
+    b.position_at_end(done)
+    total = new[0]
+    for nv in new[1:]:
+        total = b.fadd(total, nv)
+    s = b.extract_element(total, ir.IntType(32)(0))
+    for j in range(1, LANES):
+        s = b.fadd(s, b.extract_element(total, ir.IntType(32)(j)))
+    b.ret(s)
+    opt = jit.optimize(jit.finalize_text(m))
+    engine = jit.Engine(opt.module)
+    cfn = ctypes.CFUNCTYPE(ctypes.c_float, ctypes.c_int64, ctypes.c_float, ctypes.c_float)(
+        engine.address("fma_peak"))
+    return cfn, engine
+
+
+def fma_peak(threads: int = 1, seconds: float = 0.3, tries: int = 3) -> dict:
+    """GFLOP/s of the FMA kernel on ``threads`` threads (best of ``tries`` runs)."""
+    cfn, _ = _fma_kernel()
+    flops_per_iter = CHAINS * LANES * 2
+    cfn(1000, 0.999999, 1e-6)
+    t0 = time.perf_counter()
+    cfn(100_000, 0.999999, 1e-6)
+    per_iter = max(time.perf_counter() - t0, 1e-9) / 100_000
+    iters = max(10_000, int(seconds / per_iter))
+    best = 0.0
+    for _ in range(tries):
+        if threads == 1:
+            t0 = time.perf_counter()
+            cfn(iters, 0.999999, 1e-6)
+            dt = time.perf_counter() - t0
+        else:
+            barrier = threading.Barrier(threads + 1)
+
+            def work():
+                barrier.wait()
+                cfn(iters, 0.999999, 1e-6)
+
+            ts = [threading.Thread(target=work) for _ in range(threads)]
+            for t in ts:
+                t.start()
+            barrier.wait()
+            t0 = time.perf_counter()
+            for t in ts:
+                t.join()
+            dt = time.perf_counter() - t0
+        best = max(best, threads * iters * flops_per_iter / dt / 1e9)
+    return {"gflops": best, "threads": threads, "iters": iters}
+
+
+# --- all of it --------------------------------------------------------------------------------
+
+
+def measure(threads: int, working_set_bytes: int, quick: bool = False) -> dict:
+    """Every limit, as a JSON-able dict. ``working_set_bytes``: bytes moved by one call of the
+    memory-bound workloads (read + write); the copy at that size moves the same bytes."""
+    secs = 0.05 if quick else 0.5
+    large = (16 if quick else 512) * 2**20
+    ws = max(working_set_bytes // 2, 4096)
+    out = {"cpu": cpu_name(), "cores": usable_cores(), "threads": threads,
+           "python": platform.python_version(), "numpy": np.__version__,
+           "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    out["copy_large_bytes"] = large
+    out["copy_working_set_bytes"] = ws
+    out["copy_large_1t"] = copy_bandwidth(large, 1, secs)
+    out["copy_large_nt"] = copy_bandwidth(large, threads, secs) if threads > 1 \
+        else out["copy_large_1t"]
+    out["copy_ws_1t"] = copy_bandwidth(ws, 1, secs)
+    out["copy_ws_nt"] = copy_bandwidth(ws, threads, secs) if threads > 1 else out["copy_ws_1t"]
+    try:
+        out["fma_1t"] = fma_peak(1, 0.03 if quick else 0.3, 2 if quick else 3)
+        out["fma_nt"] = fma_peak(threads, 0.03 if quick else 0.3, 2 if quick else 3) \
+            if threads > 1 else out["fma_1t"]
+    except Exception as e:  # llvmlite missing or broken: report, do not fail the suite
+        out["fma_error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
+def peak_gflops(limits: dict) -> float | None:
+    """The N-thread FMA peak (GFLOP/s), or None if it could not be measured."""
+    return limits["fma_nt"]["gflops"] if "fma_nt" in limits else None
+
+
+def copy_gbs(limits: dict) -> float:
+    """The N-thread copy bandwidth at the workloads' working-set size (median, GB/s)."""
+    return limits["copy_ws_nt"]["median"]
+
+
+def format_limits(limits: dict) -> str:
+    mib = 2**20
+    lines = [f"machine: {limits['cpu']}, {limits['cores']} usable cores, benchmarks on "
+             f"{limits['threads']} thread(s); python {limits['python']}, numpy {limits['numpy']}"]
+    if limits.get("loadavg_1min") is not None:
+        note = "  (other processes are busy: numbers are noisy)" \
+            if limits["loadavg_1min"] > 0.5 else ""
+        lines.append(f"load average (1 min) at start: {limits['loadavg_1min']:.2f}{note}")
+    t = limits["threads"]
+    for key, label in (("large", f"{limits['copy_large_bytes'] // mib} MiB"),
+                       ("ws", f"{limits['copy_working_set_bytes'] / mib:g} MiB (working set)")):
+        one, many = limits[f"copy_{key}_1t"], limits[f"copy_{key}_nt"]
+        lines.append(f"copy bandwidth, {label}, read+write: 1 thread {one['median']:.1f} GB/s "
+                     f"(best {one['best']:.1f}); {t} threads {many['median']:.1f} GB/s "
+                     f"(best {many['best']:.1f})")
+    if "fma_1t" in limits:
+        lines.append(f"FMA peak (LLVM JIT, {CHAINS} chains of fma.v{LANES}f32): 1 thread "
+                     f"{limits['fma_1t']['gflops']:.1f} GFLOP/s; {t} threads "
+                     f"{limits['fma_nt']['gflops']:.1f} GFLOP/s")
+    else:
+        lines.append(f"FMA peak: not measured ({limits.get('fma_error')})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Measure copy bandwidth and FMA peak.")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=usable_cores())
+    ap.add_argument("--working-set-mib", type=float, default=32.0)
+    args = ap.parse_args(argv)
+    print(format_limits(measure(args.threads, int(args.working_set_mib * 2**20), args.quick)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

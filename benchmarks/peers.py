@@ -1,0 +1,298 @@
+"""Peer implementations of the benchmark workloads: numpy, PyTorch eager, ``torch.compile`` and
+JAX ``jax.jit`` (CPU).
+
+Every peer gets the same numpy inputs (``run.py`` allocates them once) and builds a
+:class:`Runner` per workload: ``call()`` runs the workload once and returns when the result is
+ready (JAX: ``block_until_ready``); ``fetch(out)`` turns what ``call`` returned into numpy arrays
+for the correctness check. Device copies (``torch.from_numpy``, ``jax.device_put``) and parameter
+copies are made in ``build``, outside the timed region. A peer whose library is not installed
+reports ``available = False`` and a note; nothing imports torch or jax unless that peer is asked
+for.
+
+Workloads and their inputs (dicts of numpy arrays; ``run.py`` documents the sizes):
+
+    gelu       x (R, C), a (C,), b (C,)          y = gelu_tanh(x * a + b)
+    softmax    x (R, C)                          softmax over each row
+    layernorm  x (R, C), g (C,), b (C,), eps     (x - mean) / sqrt(var + eps) * g + b, per row
+    matmul     a (M, K), b (K, N)                a @ b
+    mlp_step   x (B, D), y (B,) int64, params [w1, b1, w2, b2, w3, b3] (w: (in, out)), lr
+               one SGD step of relu MLP + mean cross-entropy; ``call`` returns the loss and
+               updates the peer's own copy of the parameters; ``fetch`` gives [loss, *params].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+GELU_C = math.sqrt(2.0 / math.pi)
+WORKLOADS = ("gelu", "softmax", "layernorm", "matmul", "mlp_step")
+
+
+@dataclass
+class Runner:
+    """One workload on one implementation, ready to time."""
+
+    call: Callable[[], Any]                         # one run, synchronized
+    fetch: Callable[[Any], list[np.ndarray]]        # call's result -> numpy arrays (checks)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- numpy: also the float64 reference ----------------------------------------------------------
+
+
+def np_gelu(x, a, b):
+    u = x * a + b
+    return 0.5 * u * (1.0 + np.tanh(GELU_C * (u + 0.044715 * u * u * u)))
+
+
+def np_softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def np_layernorm(x, g, b, eps):
+    mu = x.mean(axis=-1, keepdims=True)
+    d = x - mu
+    var = (d * d).mean(axis=-1, keepdims=True)
+    return d / np.sqrt(var + eps) * g + b
+
+
+def np_mlp_step(params: list[np.ndarray], x, y, lr: float) -> float:
+    """One SGD step, hand-written forward and backward; updates ``params`` in place and returns
+    the loss (of the parameters before the update). Works in any float dtype."""
+    layers = [(params[i], params[i + 1]) for i in range(0, len(params), 2)]
+    acts, pre = [x], []
+    h = x
+    for k, (w, b) in enumerate(layers):
+        z = h @ w + b
+        if k < len(layers) - 1:
+            pre.append(z)
+            h = np.maximum(z, 0)
+            acts.append(h)
+        else:
+            logits = z
+    rows = np.arange(len(y))
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    s = e.sum(axis=1, keepdims=True)
+    loss = -(z[rows, y] - np.log(s[:, 0])).mean()
+    dz = e / s
+    dz[rows, y] -= 1
+    dz /= len(y)
+    grads = []
+    for k in range(len(layers) - 1, -1, -1):
+        w, _ = layers[k]
+        grads.append((acts[k].T @ dz, dz.sum(axis=0)))
+        if k > 0:
+            dz = (dz @ w.T) * (pre[k - 1] > 0)
+    for (w, b), (gw, gb) in zip(layers, reversed(grads)):
+        w -= lr * gw
+        b -= lr * gb
+    return loss
+
+
+class Peer:
+    """Base: ``name``, ``available``, ``note``, ``version``; ``build(workload, inputs)``."""
+
+    name = "?"
+    available = True
+    note = ""
+    version = ""
+
+    def build(self, workload: str, inputs: dict) -> Runner:
+        return getattr(self, workload)(**inputs)
+
+
+class NumpyPeer(Peer):
+    name = "numpy"
+
+    def __init__(self, threads: int):
+        self.version = np.__version__
+
+    def gelu(self, x, a, b):
+        return Runner(lambda: np_gelu(x, a, b), lambda out: [out])
+
+    def softmax(self, x):
+        return Runner(lambda: np_softmax(x), lambda out: [out])
+
+    def layernorm(self, x, g, b, eps):
+        return Runner(lambda: np_layernorm(x, g, b, eps), lambda out: [out])
+
+    def matmul(self, a, b):
+        return Runner(lambda: a @ b, lambda out: [out])
+
+    def mlp_step(self, x, y, params, lr):
+        own = [p.copy() for p in params]
+        return Runner(lambda: np_mlp_step(own, x, y, lr),
+                      lambda loss: [np.asarray(loss, np.float32), *own])
+
+
+# --- PyTorch ------------------------------------------------------------------------------------
+
+
+class TorchPeer(Peer):
+    """PyTorch eager, or ``torch.compile(mode=...)`` when ``mode`` is given (``"default"`` is
+    torch.compile's default mode)."""
+
+    def __init__(self, threads: int, mode: str | None = None):
+        self.mode = mode
+        self.name = "torch" if mode is None else (
+            "torch.compile" if mode == "default" else f"torch.compile[{mode}]")
+        try:
+            import torch
+        except ImportError as e:
+            self.available, self.note = False, f"not installed ({e.name})"
+            return
+        self.torch = torch
+        torch.set_num_threads(threads)
+        self.version = torch.__version__
+
+    def _fn(self, fn):
+        if self.mode is None:
+            return fn
+        kwargs = {} if self.mode == "default" else {"mode": self.mode}
+        return self.torch.compile(fn, **kwargs)
+
+    def _t(self, a):
+        return self.torch.from_numpy(np.ascontiguousarray(a))
+
+    def _simple(self, fn, *arrays):
+        f = self._fn(fn)
+        ts = [self._t(a) for a in arrays]
+
+        def call():
+            with self.torch.inference_mode():
+                return f(*ts)
+
+        return Runner(call, lambda out: [out.numpy()])
+
+    def gelu(self, x, a, b):
+        F = self.torch.nn.functional
+        return self._simple(lambda x, a, b: F.gelu(x * a + b, approximate="tanh"), x, a, b)
+
+    def softmax(self, x):
+        return self._simple(lambda x: self.torch.softmax(x, dim=-1), x)
+
+    def layernorm(self, x, g, b, eps):
+        F = self.torch.nn.functional
+        return self._simple(lambda x, g, b: F.layer_norm(x, (x.shape[-1],), g, b, eps), x, g, b)
+
+    def matmul(self, a, b):
+        return self._simple(lambda a, b: a @ b, a, b)
+
+    def mlp_step(self, x, y, params, lr):
+        torch = self.torch
+        F = torch.nn.functional
+        ps = [torch.tensor(p, requires_grad=True) for p in params]
+        opt = torch.optim.SGD(ps, lr=lr)
+        tx, ty = self._t(x), self._t(y)
+
+        def step(x, y):
+            h = x
+            for k in range(0, len(ps) - 2, 2):
+                h = torch.relu(h @ ps[k] + ps[k + 1])
+            loss = F.cross_entropy(h @ ps[-2] + ps[-1], y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+
+        f = self._fn(step)
+        return Runner(lambda: f(tx, ty),
+                      lambda loss: [loss.detach().numpy(), *(p.detach().numpy() for p in ps)])
+
+
+# --- JAX ----------------------------------------------------------------------------------------
+
+
+class JaxPeer(Peer):
+    name = "jax.jit"
+
+    def __init__(self, threads: int):
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as e:
+            self.available, self.note = False, f"not installed ({e.name})"
+            return
+        self.jax, self.jnp = jax, jnp
+        self.version = jax.__version__
+        self.device = jax.devices("cpu")[0]
+
+    def _put(self, a):
+        return self.jax.device_put(a, self.device)
+
+    def _simple(self, fn, *arrays):
+        f = self.jax.jit(fn)
+        xs = [self._put(a) for a in arrays]
+        return Runner(lambda: f(*xs).block_until_ready(), lambda out: [np.asarray(out)])
+
+    def gelu(self, x, a, b):
+        jax = self.jax
+        return self._simple(lambda x, a, b: jax.nn.gelu(x * a + b, approximate=True), x, a, b)
+
+    def softmax(self, x):
+        return self._simple(lambda x: self.jax.nn.softmax(x, axis=-1), x)
+
+    def layernorm(self, x, g, b, eps):
+        jnp = self.jnp
+
+        def ln(x, g, b):
+            mu = jnp.mean(x, axis=-1, keepdims=True)
+            d = x - mu
+            var = jnp.mean(d * d, axis=-1, keepdims=True)
+            return d * self.jax.lax.rsqrt(var + eps) * g + b
+
+        return self._simple(ln, x, g, b)
+
+    def matmul(self, a, b):
+        return self._simple(lambda a, b: a @ b, a, b)
+
+    def mlp_step(self, x, y, params, lr):
+        jax, jnp = self.jax, self.jnp
+
+        def loss_fn(ps, x, y):
+            h = x
+            for k in range(0, len(ps) - 2, 2):
+                h = jax.nn.relu(h @ ps[k] + ps[k + 1])
+            logp = jax.nn.log_softmax(h @ ps[-2] + ps[-1], axis=-1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+        def step(ps, x, y):
+            loss, grads = jax.value_and_grad(loss_fn)(ps, x, y)
+            return [p - lr * g for p, g in zip(ps, grads)], loss
+
+        f = jax.jit(step, donate_argnums=(0,))
+        state = [[self._put(p.copy()) for p in params]]
+        tx, ty = self._put(x), self._put(y.astype(np.int32))
+
+        def call():
+            state[0], loss = f(state[0], tx, ty)
+            return jax.block_until_ready(loss), jax.block_until_ready(state[0])
+
+        return Runner(call, lambda out: [np.asarray(out[0]), *(np.asarray(p) for p in out[1])])
+
+
+# --- registry -----------------------------------------------------------------------------------
+
+ALL = ("numpy", "torch", "torch.compile", "torch.compile[max-autotune-no-cudagraphs]", "jax.jit")
+
+
+def make(name: str, threads: int) -> Peer:
+    """The peer called ``name`` (one of ``ALL``); it may report ``available = False``."""
+    if name == "numpy":
+        return NumpyPeer(threads)
+    if name == "torch":
+        return TorchPeer(threads)
+    if name == "torch.compile":
+        return TorchPeer(threads, "default")
+    if name.startswith("torch.compile[") and name.endswith("]"):
+        return TorchPeer(threads, name[len("torch.compile["):-1])
+    if name == "jax.jit":
+        return JaxPeer(threads)
+    raise ValueError(f"unknown peer {name!r}; known: {', '.join(ALL)}")

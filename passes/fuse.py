@@ -1,0 +1,364 @@
+"""Fusion: group the graph into ``kernel`` nodes, each lowered by a backend as one loop nest
+(or one GEMM), so intermediate values stay in registers instead of memory.
+
+Groups grow from consumers to producers (reverse graph order). Every materialized value roots a
+group; the group then pulls in a producer when all of that producer's users are already inside
+(so no value is needed outside, and no cycle between kernels can form), or clones it when it is
+a cheap index operation (broadcast, reshape, transpose, ...). What a group may hold:
+
+    loop    elementwise and shape ops over the root's shape (a producer smaller than the root
+            joins only if cheap: a broadcast would repeat its work)
+    reduce  reductions over the same axes of the same shape, with their producers and the
+            consumers of their results: several reductions (softmax: max, then sum) and
+            full-shape consumers need the reduced axes to be the trailing ones (a row program)
+    gemm    one matmul, the transposes/reshapes of its operands (strided views, no copy) and an
+            elementwise epilogue over its result (bias, activation, residual, optimizer update)
+    opaque  scatter_add, alone
+
+Every boundary is explained in the pass remarks (``LAMINA_DUMP`` writes them into the dump).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from lamina.ir.builder import Builder
+from lamina.ir.graph import Graph, Node, Param, Value
+from lamina.ir.ops.reduce import keep_shape, reduced_shape
+from lamina.ir.ops.registry import get as get_op
+from lamina.ir.ops.source import is_splat
+from lamina.passes.manager import remark
+
+# Index arithmetic only: cloned into every kernel that reads them instead of materialized.
+CHEAP = {"broadcast", "reshape", "transpose", "slice", "iota", "cast"}
+REDUCTIONS = {"sum", "max", "min", "argmax"}
+# Operand producers a GEMM reads through strides instead of a copy.
+VIEWS = {"transpose", "reshape", "broadcast"}
+
+
+def category(n: Node) -> str:
+    if n.op == "matmul":
+        return "matmul"
+    if n.op in REDUCTIONS:
+        return "reduce"
+    if n.op == "scatter_add" or n.op == "kernel":
+        return "opaque"
+    if n.op == "constant":
+        return "constant"
+    return "map"  # elementwise, shape, iota, random, take
+
+
+class Group:
+    """A kernel under construction."""
+
+    def __init__(self, root: Node):
+        self.root = root
+        self.members: set[Node] = {root}
+        self.clones: set[Node] = set()  # cheap members that stay available to other groups
+        self.inputs: list[Value] = []
+        self.matmul: Node | None = root if root.op == "matmul" else None
+        self.domain = root.shape  # the iteration space of loop kernels and epilogues
+        self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
+        self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque"}.get(
+            category(root), "loop")
+        if self.kind == "reduce":
+            self.reduce = (root.inputs[0].shape, _axes(root))
+
+    def row_class(self, shape) -> bool:
+        d, axes = self.reduce
+        return shape in (keep_shape(d, axes), reduced_shape(d, axes, False))
+
+
+def _axes(n: Node) -> tuple[int, ...]:
+    a = n.attrs["axis"]
+    if a is None:  # argmax over the flattened tensor
+        return tuple(range(len(n.inputs[0].shape)))
+    return a if isinstance(a, tuple) else (a,)
+
+
+def _trailing(shape, axes) -> bool:
+    return tuple(axes) == tuple(range(len(shape) - len(axes), len(shape)))
+
+
+def _size(shape) -> int:
+    return math.prod(shape)
+
+
+def _varies_on_leading_axes(shape, domain) -> bool:
+    """``shape`` broadcast to ``domain`` only along trailing axes ([N,1] or [N] into [N,C]):
+    computed in an outer loop, it stays loop-invariant in the inner ones (hoisted by LLVM)."""
+    n = len(domain)
+    for k in range(n + 1):
+        head = tuple(domain[:k])
+        if tuple(shape) in (head, head + (1,) * (n - k)):
+            return True
+    return False
+
+
+class Fuser:
+    def __init__(self, g: Graph):
+        self.g = g
+        self.users = g.users()
+        self.why: Counter = Counter()  # boundary reasons, for the remarks
+
+    def decline(self, p: Node, reason: str) -> bool:
+        self.why[f"{p.op} not fused: {reason}"] += 1
+        return False
+
+    # --- may group G take producer p? -------------------------------------------------------
+
+    def absorbable(self, G: Group, p: Node) -> bool:
+        cat = category(p)
+        if cat in ("opaque", "constant") or G.kind == "opaque":
+            return self.decline(p, "scatter_add and non-splat constants are kernels of their own")
+        if cat == "matmul":
+            return self.take_matmul(G, p)
+        if cat == "reduce":
+            return self.take_reduction(G, p)
+        return self.take_map(G, p)
+
+    def take_map(self, G: Group, p: Node) -> bool:
+        if G.kind == "gemm":
+            if G.matmul in self.users_of(p):  # an operand of the matmul: only strided views
+                return self.is_view_chain(p) or self.decline(
+                    p, "a matmul reads its operands through strides; this producer is "
+                       "computed, so it is materialized")
+            if p.shape != G.domain and p.op not in CHEAP:
+                return self.decline(p, "the epilogue runs over the matmul's output shape")
+            return True
+        if G.kind == "reduce":
+            d, axes = G.reduce
+            if p.shape == d or G.row_class(p.shape) or p.op in CHEAP:
+                return True
+            return self.decline(p, f"its shape {list(p.shape)} fits neither the rows of "
+                                   f"{list(d)} nor their reduced shape")
+        if (_size(p.shape) < _size(G.domain) and p.op not in CHEAP
+                and not _varies_on_leading_axes(p.shape, G.domain)):
+            times = _size(G.domain) // max(1, _size(p.shape))
+            return self.decline(p, f"it would be recomputed {times}x (its result is broadcast "
+                                   "along a leading axis)")
+        return True
+
+    def take_reduction(self, G: Group, p: Node) -> bool:
+        d, axes = p.inputs[0].shape, _axes(p)
+        if G.kind == "gemm":
+            return self.decline(p, "a reduction does not fuse into a matmul epilogue")
+        if G.kind == "reduce":
+            if G.reduce != (d, axes):
+                return self.decline(p, f"it reduces axes {list(axes)} of {list(d)}, the kernel "
+                                       f"axes {list(G.reduce[1])} of {list(G.reduce[0])}")
+            if not _trailing(d, axes):
+                return self.decline(p, "two reductions in one kernel need the reduced axes last")
+            return True
+        # a loop group becoming a reduce group: every member must fit the rows
+        probe = Group.__new__(Group)
+        probe.reduce = (d, axes)
+        full = [m for m in G.members if m.shape == d and m.op not in CHEAP]
+        for m in G.members:
+            if not (m.shape == d or probe.row_class(m.shape) or m.op in CHEAP):
+                return self.decline(p, f"its consumer {m.op} has shape {list(m.shape)}, "
+                                       f"neither rows of {list(d)} nor reduced")
+        if full and not _trailing(d, axes):
+            return self.decline(p, "a full-shape consumer of a reduction over leading axes "
+                                   "needs the result before the reduction is done")
+        G.kind, G.reduce = "reduce", (d, axes)
+        return True
+
+    def take_matmul(self, G: Group, p: Node) -> bool:
+        if G.kind != "loop":
+            return self.decline(p, f"a {G.kind} kernel cannot hold a matmul")
+        if p.shape != G.domain:
+            return self.decline(p, "the epilogue's shape differs from the matmul's")
+        for m in G.members:
+            if m in G.clones or m.op in CHEAP:
+                continue
+            if get_op(m.op).kind != "elementwise" or m.shape != G.domain:
+                return self.decline(p, f"{m.op} after it is not an elementwise epilogue")
+        G.kind, G.matmul = "gemm", p
+        return True
+
+    def row_clonable(self, G: Group, p: Node) -> bool:
+        """A row program recomputes a row-shaped producer that others use too (rather than
+        reading it back from memory): softmax's max and exp(x - max) in both the forward and
+        the backward kernel. Rows are memory-bound, so the recompute is cheaper."""
+        if G.kind != "reduce" or not _trailing(*G.reduce) or category(p) not in ("map", "reduce"):
+            return False
+        d, axes = G.reduce
+        if category(p) == "reduce":
+            return (p.inputs[0].shape, _axes(p)) == (d, axes)
+        return p.shape == d or G.row_class(p.shape)
+
+    def is_view_chain(self, p: Node) -> bool:
+        while isinstance(p, Node) and p.op in VIEWS:
+            if p.op == "reshape" and not _contiguous_reshape(p):
+                return False
+            p = p.inputs[0]
+        return not isinstance(p, Node) or p.op != "constant" or not is_splat(p)
+
+    def users_of(self, p: Node) -> list[Node]:
+        return self.users.get(p, [])
+
+    # --- growing and building ---------------------------------------------------------------
+
+    def grow(self, G: Group, needed: set[Node]) -> None:
+        pending = True
+        while pending:
+            pending = False
+            for m in list(G.members):
+                for p in m.inputs:
+                    if not isinstance(p, Node) or p in G.members:
+                        continue
+                    if p.op == "constant" and is_splat(p):
+                        G.members.add(p)
+                        G.clones.add(p)
+                        continue
+                    users = self.users_of(p)
+                    # NOTE: a user that is a clone is computed elsewhere too, so p would still
+                    # be needed there: only users owned by this group let p in.
+                    if p not in needed and all(u in G.members and u not in G.clones
+                                               for u in users):
+                        if self.absorbable(G, p):
+                            G.members.add(p)
+                            pending = True
+                    elif (p.op in CHEAP or self.row_clonable(G, p)) and self.absorbable(G, p):
+                        G.members.add(p)
+                        G.clones.add(p)
+                        pending = True
+        # A clone whose users are all owned by this group needs no copy elsewhere (unless
+        # another group already asked for it); owning one may let the next go too.
+        changed = True
+        while changed:
+            changed = False
+            for c in list(G.clones):
+                users = self.users_of(c)
+                if c not in needed and all(u in G.members and u not in G.clones
+                                           for u in users):
+                    G.clones.discard(c)
+                    changed = True
+        for m in G.members:
+            for p in m.inputs:
+                if p not in G.members and isinstance(p, Node):
+                    needed.add(p)
+
+    def run(self) -> Graph:
+        g = self.g
+        needed: set[Node] = {v for v in g.roots() if isinstance(v, Node)}
+        groups: dict[Node, Group] = {}
+        owned: set[Node] = set()  # members of some group (not clones)
+        for n in reversed(g.nodes):
+            if n not in needed or n in owned:
+                continue
+            if n.op == "constant":
+                continue  # literals stay top-level (splats are cloned into kernels)
+            G = Group(n)
+            self.grow(G, needed)
+            groups[n] = G
+            owned |= G.members - G.clones
+        return self.build(groups)
+
+    def build(self, groups: dict[Node, Group]) -> Graph:
+        g = self.g
+        b = Builder(g.name)
+        b.inputs, b.state = list(g.inputs), list(g.state)
+        env: dict[Value, Value] = {p: p for p in g.params}
+        names: Counter = Counter()
+        kinds: Counter = Counter()
+        for n in g.nodes:
+            G = groups.get(n)
+            if G is None:
+                if n.op == "constant":  # literals (and splats still read at top level)
+                    env[n] = b.emit("constant", (), n.attrs, loc=n.loc)
+                continue
+            region, operands = _region(G, g)
+            name = kernel_name(G, names)
+            kinds[G.kind] += 1
+            env[n] = b.emit("kernel", [env[v] for v in operands], {"name": name}, loc=n.loc,
+                            region=region)
+            remark(f"@{name}: {describe(G)}")
+        for reason, k in sorted(self.why.items()):
+            remark(f"boundary ({k}x): {reason}")
+        remark("kernels: " + ", ".join(f"{k} {kind}" for kind, k in sorted(kinds.items())))
+        out = g.replace(nodes=b.nodes, outputs=[env[v] for v in g.outputs],
+                        updates={k: env[v] for k, v in g.updates.items()})
+        from lamina.passes.dce import eliminate_dead_code
+
+        return eliminate_dead_code(out)
+
+
+def _contiguous_reshape(n: Node) -> bool:
+    """A reshape GEMM packing can read as a strided view of its (contiguous) input."""
+    src = n.inputs[0]
+    return not isinstance(src, Node) or src.op not in VIEWS
+
+
+def _region(G: Group, g: Graph) -> tuple[Graph, list[Value]]:
+    """The kernel body: members in graph order over parameters for everything else."""
+    order = [m for m in g.nodes if m in G.members]
+    operands: list[Value] = []
+    rb = Builder("region")
+    env: dict[Value, Value] = {}
+    used_names: set[str] = set()
+    for m in order:
+        for v in m.inputs:
+            if v in env or v in G.members:
+                continue
+            name = v.name if isinstance(v, Param) else f"in{len(operands)}"
+            while name in used_names:
+                name += "_"
+            used_names.add(name)
+            env[v] = rb.add_input(name, v.type)
+            operands.append(v)
+        env[m] = rb.emit(m.op, [env[v] for v in m.inputs], m.attrs, loc=m.loc)
+    return rb.build([env[G.root]]), operands
+
+
+def kernel_name(G: Group, used: Counter) -> str:
+    """``fused_<ops>`` after the ops it holds (as Inductor names kernels), made unique."""
+    seen: list[str] = []
+    for m in _in_order(G):
+        if m.op != "constant" and m.op not in seen:
+            seen.append(m.op)
+    base = "fused_" + "_".join(seen[:5]) + ("_etc" if len(seen) > 5 else "")
+    used[base] += 1
+    return base if used[base] == 1 else f"{base}_{used[base] - 1}"
+
+
+def _in_order(G: Group) -> list[Node]:
+    """Members from producers to the root (a topological order of the group)."""
+    out, seen = [], set()
+
+    def visit(n):
+        if n in seen or n not in G.members:
+            return
+        seen.add(n)
+        for v in n.inputs:
+            if isinstance(v, Node):
+                visit(v)
+        out.append(n)
+
+    visit(G.root)
+    return out
+
+
+def describe(G: Group) -> str:
+    ops = [m.op for m in _in_order(G) if m.op != "constant"]
+    if G.kind == "gemm":
+        epi = [o for o in ops if o not in ("matmul",) and o not in VIEWS]
+        views = [o for o in ops if o in VIEWS]
+        text = "gemm"
+        if views:
+            text += f" reading {', '.join(views)} operands as strided views"
+        return text + (f", epilogue {', '.join(epi)}" if epi else "")
+    if G.kind == "reduce":
+        d, axes = G.reduce
+        style = "row program" if _trailing(d, axes) else "accumulation"
+        return f"reduce over axes {list(axes)} of {list(d)} ({style}): {', '.join(ops)}"
+    return f"{G.kind} over {list(G.domain)}: {', '.join(ops)}"
+
+
+def fuse(g: Graph) -> Graph:
+    """Group every op of ``g`` into kernels (see the module docstring)."""
+    if any(n.region is not None for n in g.nodes):
+        return g  # already fused
+    return Fuser(g).run()

@@ -128,7 +128,7 @@ class Fuser:
                 return self.decline(p, "the epilogue runs over the matmul's output shape")
             return True
         if G.kind == "reduce":
-            d, axes = G.reduce
+            d, _ = G.reduce
             if p.shape == d or G.row_class(p.shape) or p.op in CHEAP:
                 return True
             return self.decline(p, f"its shape {list(p.shape)} fits neither the rows of "

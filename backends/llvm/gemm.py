@@ -589,12 +589,19 @@ def declare_gemm(module: ir.Module, dtype: str) -> ir.Function:
     return ir.Function(module, _gemm_type(dtype), name)
 
 
+# Engines are never freed: jit.Engine hands the shared cached TargetMachine to MCJIT, which takes
+# ownership of it and frees it with the engine, after which any later compile crashes. Keeping
+# every GemmLibrary's engine alive avoids that (a few hundred KiB each; built rarely).
+_KEEP_ALIVE: list = []
+
+
 class GemmLibrary:
     """The compiled GEMMs: an engine holding them, their addresses and the object code (for a
     cache: ``GemmLibrary.from_object(lib.object_code)`` loads it again without compiling)."""
 
     def __init__(self, engine: jit.Engine, object_code: bytes, seconds: float = 0.0):
         self.engine, self.object_code, self.seconds = engine, object_code, seconds
+        _KEEP_ALIVE.append(engine)
         self.addresses = {d: engine.address(s) for d, s in GEMM_SYMBOL.items()}
         self._fns = {}
 
@@ -627,7 +634,7 @@ class GemmLibrary:
         if out is None:
             out = np.empty((batch, m, n) if a.ndim == 3 or b.ndim == 3 else (m, n), a.dtype)
         c3 = out if out.ndim == 3 else out[None]
-        assert c3.shape == (batch, m, n) and c3.strides[2] == c3.itemsize
+        assert c3.shape == (batch, m, n) and (c3.strides[2] == c3.itemsize or c3.size == 0)
         es = a.itemsize
 
         def bs(x):

@@ -88,7 +88,11 @@ def finalize_text(m: ir.Module) -> str:
     out = []
     for line in text.splitlines():
         if line.startswith("define ") and "#9999" not in line:
-            line = line.replace(" {", " #9999 {", 1) if line.rstrip().endswith("{") else line
+            # llvmlite prints the opening brace on the next line (or at the end of this one)
+            if line.rstrip().endswith("{"):
+                line = line.rstrip()[:-1].rstrip() + " #9999 {"
+            else:
+                line = line.rstrip() + " #9999"
         out.append(line)
     return "\n".join(out) + "\n" + attrs + "\n"
 

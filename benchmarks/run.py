@@ -1,0 +1,684 @@
+"""lamina's benchmark suite: every available lamina backend against numpy, PyTorch eager,
+torch.compile and JAX jit (CPU), on the same inputs, in the same process and run.
+
+    python benchmarks/run.py [--quick] [--only NAME...] [--json out.json]
+                             [--peers NAME...] [--backends NAME...] [--threads N]
+                             [--seconds S] [--wait-idle S]
+
+Workloads (``--only`` names; ``--quick`` shrinks every size to a tiny one):
+
+    gelu        gelu_tanh(x * a + b), x float32 (4096, 1024) = 4,194,304 elements; a and b are
+                per-column vectors (1024,) broadcast over the rows. GB/s: an ideal fused kernel
+                reads x, a, b once and writes y once.
+    softmax     softmax over each row of a float32 (4096, 1024) matrix. GB/s: read x, write y.
+    layernorm   (x - mean) / sqrt(var + 1e-5) * g + b over each row of (4096, 1024), g and b
+                (1024,) vectors; lamina's version uses mean, var as mean(x*x) - mean^2, rsqrt.
+                GB/s: read x, g, b, write y.
+    matmul512   float32 512x512 @ 512x512. GFLOP/s = 2*M*N*K / time.
+    matmul1024  the same at 1024.
+    mlp_step    one training step of a 784-512-512-10 ReLU MLP on a batch of 256, cross-entropy
+                with integer labels, plain SGD lr=0.01: forward, backward and the in-place update
+                (JAX: a functional update with donate_argnums). GFLOP/s counts the matmuls
+                (forward, weight gradients, input gradients of the 2nd and 3rd layer).
+    compile     compile time of the lamina MLP train step (and of torch.compile and jax.jit, for
+                scale): a fresh process runs the step; compile time = first call minus a plain
+                (steady-state) call. Cold: a new empty cache directory (LAMINA_CACHE_DIR,
+                TORCHINDUCTOR_CACHE_DIR, JAX_COMPILATION_CACHE_DIR); warm: a second fresh process
+                with the same directory.
+
+Method: inputs are allocated once, outside the timed region; every implementation is first
+checked against a float64 numpy reference (a failed check is reported and not timed); then each
+runs warm-up calls and ``reps`` timed calls (``time.perf_counter`` around one synchronized call),
+interleaved in rounds across implementations so that background load hits all of them alike.
+Median and min are reported; throughput and ratios use the median. Every library runs on the
+same number of threads (``--threads``, default: the usable cores). ``vs best peer`` is
+``time / time of the fastest peer`` (> 1: slower than the best peer). ``bg cpu`` is the CPU time
+other processes used while that implementation was timed, in cores: this machine may be shared,
+and numbers taken with a busy neighbour are noisy (``--wait-idle S`` waits up to S seconds for a
+quiet machine before each workload).
+
+Exit status: 0 when every implementation that ran agrees with the reference and no lamina
+backend failed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import machine  # noqa: E402  (benchmarks/ is not a package: its modules sit next to this one)
+import peers  # noqa: E402
+from peers import Runner  # noqa: E402
+
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+               "LAMINA_NUM_THREADS")
+WORKLOAD_NAMES = ("gelu", "softmax", "layernorm", "matmul512", "matmul1024", "mlp_step",
+                  "compile")
+COMPILING_PEERS = ("torch.compile", "torch.compile[max-autotune-no-cudagraphs]", "jax.jit")
+LR = 0.01
+EPS = 1e-5
+
+
+# --- sizes and inputs ---------------------------------------------------------------------------
+
+
+def sizes(quick: bool) -> dict:
+    if quick:
+        return {"rows": 64, "cols": 256, "matmul512": 48, "matmul1024": 96,
+                "mlp": (16, (64, 32, 32, 10))}
+    return {"rows": 4096, "cols": 1024, "matmul512": 512, "matmul1024": 1024,
+            "mlp": (256, (784, 512, 512, 10))}
+
+
+def mlp_inputs(quick: bool, seed: int = 0) -> dict:
+    """The MLP step's batch, labels and initial parameters (PyTorch-style uniform init)."""
+    rng = np.random.default_rng(seed)
+    batch, dims = sizes(quick)["mlp"]
+    params = []
+    for a, b in itertools.pairwise(dims):
+        bound = np.float32(1.0 / math.sqrt(a))
+        params.append(rng.uniform(-bound, bound, (a, b)).astype(np.float32))
+        params.append(rng.uniform(-bound, bound, (b,)).astype(np.float32))
+    x = rng.standard_normal((batch, dims[0]), dtype=np.float32)
+    y = rng.integers(0, dims[-1], batch).astype(np.int64)
+    return {"x": x, "y": y, "params": params, "lr": LR}
+
+
+def mlp_flops(inputs: dict) -> float:
+    batch = inputs["x"].shape[0]
+    ws = inputs["params"][0::2]
+    fwd = sum(2 * batch * w.shape[0] * w.shape[1] for w in ws)
+    dinput = sum(2 * batch * w.shape[0] * w.shape[1] for w in ws[1:])
+    return 2 * fwd + dinput  # forward + weight gradients + input gradients (not of layer 1)
+
+
+@dataclass
+class Workload:
+    name: str
+    peer_method: str         # the peers.py method (and lamina builder) that runs it
+    title: str
+    inputs: dict
+    unit: str                # "GB/s" or "GFLOP/s"
+    amount: float            # bytes moved or flops per call
+    limit: str               # "copy" or "fma"
+    tol: float               # largest normalized error accepted (see check())
+    reference: list = field(default_factory=list)
+
+
+def make_workload(name: str, quick: bool, seed: int = 0) -> Workload:
+    """The workload ``name`` with its inputs (float32, fixed seed) and float64 reference."""
+    s = sizes(quick)
+    rng = np.random.default_rng(seed)
+    r, c = s["rows"], s["cols"]
+    f4 = 4
+    if name == "gelu":
+        inputs = {"x": rng.standard_normal((r, c), dtype=np.float32),
+                  "a": rng.uniform(0.5, 1.5, c).astype(np.float32),
+                  "b": rng.uniform(-0.5, 0.5, c).astype(np.float32)}
+        wl = Workload(name, "gelu", f"gelu_tanh(x*a+b) {r}x{c}", inputs, "GB/s",
+                      (2 * r * c + 2 * c) * f4, "copy", 1e-5)
+    elif name == "softmax":
+        inputs = {"x": rng.standard_normal((r, c), dtype=np.float32)}
+        wl = Workload(name, "softmax", f"softmax rows {r}x{c}", inputs, "GB/s", 2 * r * c * f4,
+                      "copy", 1e-5)
+    elif name == "layernorm":
+        inputs = {"x": rng.standard_normal((r, c), dtype=np.float32) * 2 + 0.5,
+                  "g": rng.uniform(0.5, 1.5, c).astype(np.float32),
+                  "b": rng.uniform(-0.5, 0.5, c).astype(np.float32), "eps": EPS}
+        wl = Workload(name, "layernorm", f"layernorm rows {r}x{c}", inputs, "GB/s",
+                      (2 * r * c + 2 * c) * f4, "copy", 1e-5)
+    elif name in ("matmul512", "matmul1024"):
+        n = s[name]
+        inputs = {"a": rng.standard_normal((n, n), dtype=np.float32),
+                  "b": rng.standard_normal((n, n), dtype=np.float32)}
+        wl = Workload(name, "matmul", f"matmul {n}^3", inputs, "GFLOP/s", 2.0 * n ** 3, "fma",
+                      1e-5)
+    elif name == "mlp_step":
+        inputs = mlp_inputs(quick, seed)
+        batch, dims = s["mlp"]
+        wl = Workload(name, "mlp_step", f"mlp step b{batch} {'-'.join(map(str, dims))}", inputs,
+                      "GFLOP/s", mlp_flops(inputs), "fma", 1e-3)
+    else:
+        raise ValueError(f"unknown workload {name!r}")
+    wl.reference = reference(wl)
+    return wl
+
+
+def reference(wl: Workload) -> list[np.ndarray]:
+    """The float64 result of the numpy versions (for the MLP: loss and updated parameters)."""
+    f8 = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32
+              else v) for k, v in wl.inputs.items()}
+    if wl.peer_method == "mlp_step":
+        params = [p.astype(np.float64) for p in wl.inputs["params"]]
+        loss = peers.np_mlp_step(params, f8["x"], wl.inputs["y"], LR)
+        return [np.asarray(loss), *params]
+    fn = {"gelu": peers.np_gelu, "softmax": peers.np_softmax, "layernorm": peers.np_layernorm,
+          "matmul": lambda a, b: a @ b}[wl.peer_method]
+    return [fn(**f8)]
+
+
+def check(wl: Workload, got: list[np.ndarray]) -> float:
+    """Normalized error against the reference: max |got - ref| / max |ref| per array; for the
+    MLP step, the parameters' error is measured relative to the size of the reference update
+    (``max |p - p_ref| / max |p_ref - p_initial|``), the loss relative to the loss."""
+    ref = wl.reference
+    if len(got) != len(ref):
+        return math.inf
+    errs = []
+    for i, (g, r) in enumerate(zip(got, ref)):
+        g = np.asarray(g, np.float64)
+        if g.shape != r.shape:
+            return math.inf
+        if wl.peer_method == "mlp_step" and i > 0:
+            scale = np.abs(r - wl.inputs["params"][i - 1]).max()
+        else:
+            scale = np.abs(r).max()
+        errs.append(float(np.abs(g - r).max() / max(scale, 1e-30)))
+    return max(errs)
+
+
+# --- lamina -------------------------------------------------------------------------------------
+
+
+def lamina_runner(wl: Workload, backend: str) -> Runner:
+    """The workload written with lamina's public API, compiled for ``backend``."""
+    import lamina as lm
+    from lamina import nn, optim
+
+    inp = wl.inputs
+    if wl.peer_method == "mlp_step":
+        class MLP(nn.Module):
+            def __init__(self, dims):
+                self.layers = [nn.Linear(a, b) for a, b in itertools.pairwise(dims)]
+
+            def __call__(self, x):
+                for layer in self.layers[:-1]:
+                    x = lm.relu(layer(x))
+                return self.layers[-1](x)
+
+        dims = [inp["params"][0].shape[0]] + [w.shape[1] for w in inp["params"][0::2]]
+        model = MLP(dims)
+        model.load_state_dict(dict(zip((k for k, _ in model.named_parameters()),
+                                       inp["params"])))
+        opt = optim.SGD(model.parameters(), lr=inp["lr"])
+
+        @lm.compile(backend=backend)
+        def train_step(x, y):
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.minimize(loss)
+            return loss
+
+        x, y = inp["x"], inp["y"]
+        return Runner(lambda: train_step(x, y),
+                      lambda loss: [np.asarray(loss), *model.state_dict().values()])
+
+    if wl.peer_method == "gelu":
+        def fn(x, a, b):
+            return lm.gelu(x * a + b)
+        args = (inp["x"], inp["a"], inp["b"])
+    elif wl.peer_method == "softmax":
+        def fn(x):
+            return lm.softmax(x, axis=-1)
+        args = (inp["x"],)
+    elif wl.peer_method == "layernorm":
+        eps = inp["eps"]
+
+        def fn(x, g, b):
+            mu = x.mean(axis=-1, keepdims=True)
+            var = (x * x).mean(axis=-1, keepdims=True) - mu * mu
+            return (x - mu) * lm.rsqrt(var + eps) * g + b
+        args = (inp["x"], inp["g"], inp["b"])
+    elif wl.peer_method == "matmul":
+        def fn(a, b):
+            return a @ b
+        args = (inp["a"], inp["b"])
+    else:
+        raise ValueError(wl.peer_method)
+    f = lm.compile(fn, backend=backend, name=wl.name)
+    return Runner(lambda: f(*args), lambda out: [np.asarray(out)])
+
+
+def lamina_backends() -> list[str]:
+    from lamina import backends
+
+    return list(backends.available())
+
+
+# --- background load ----------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU time used by *other* processes (in cores) between ``start`` and ``stop``: busy time of
+    all CPUs from /proc/stat (steal included) minus this process's own CPU time."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.wall = self.foreign = 0.0
+        self._t = None
+
+    def _sample(self):
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(v) - v[3] - v[4]) / self.hz
+        t = os.times()
+        return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system
+
+    def start(self):
+        self._t = self._sample()
+
+    def stop(self):
+        end = self._sample()
+        if self._t is None or end is None:
+            return
+        self.wall += end[0] - self._t[0]
+        self.foreign += max(0.0, (end[1] - self._t[1]) - (end[2] - self._t[2]))
+        self._t = None
+
+    @property
+    def cores(self) -> float | None:
+        return self.foreign / self.wall if self.wall > 0 else None
+
+
+def wait_idle(max_seconds: float, threshold: float = 0.25) -> float:
+    """Wait (up to ``max_seconds``) until other processes use less than ``threshold`` cores
+    over one second; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_seconds:
+        m = CpuMeter()
+        m.start()
+        time.sleep(1.0)
+        m.stop()
+        if m.cores is None or m.cores < threshold:
+            break
+    return time.perf_counter() - start
+
+
+# --- running one workload -----------------------------------------------------------------------
+
+
+@dataclass
+class Impl:
+    name: str
+    kind: str                 # "lamina" or "peer"
+    build: object             # Workload -> Runner
+    version: str = ""
+
+
+def timing_plan(quick: bool, seconds: float | None) -> dict:
+    if quick:
+        return {"warmup": 1, "seconds": seconds or 0.02, "min_reps": 3, "max_reps": 20,
+                "rounds": 1}
+    return {"warmup": 2, "seconds": seconds or 2.0, "min_reps": 10, "max_reps": 300, "rounds": 5}
+
+
+def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]:
+    """Check every implementation, then time the ones that passed (interleaved rounds)."""
+    rows, runners = [], {}
+    for impl in impls:
+        row = {"workload": wl.name, "title": wl.title, "impl": impl.name, "kind": impl.kind,
+               "version": impl.version, "unit": wl.unit, "amount": wl.amount, "tol": wl.tol,
+               "status": "ok", "note": ""}
+        rows.append(row)
+        try:
+            runner = impl.build(wl)
+            t0 = time.perf_counter()
+            out = runner.call()
+            row["first_call_s"] = time.perf_counter() - t0
+            row["err"] = check(wl, runner.fetch(out))
+            if runner.notes:
+                row["note"] = "; ".join(runner.notes)
+        except Exception as e:  # an implementation that fails is reported, the suite goes on
+            row["status"], row["note"] = "error", f"{type(e).__name__}: {e}".splitlines()[0]
+            log(f"  {impl.name}: {row['note']}")
+            continue
+        if not row["err"] <= wl.tol:
+            row["status"] = "mismatch"
+            row["note"] = f"error {row['err']:.2e} > tolerance {wl.tol:.0e}; not timed"
+            log(f"  {impl.name}: MISMATCH {row['note']}")
+            continue
+        runners[impl.name] = (runner, row)
+
+    # warm-up and a per-call estimate
+    est = {}
+    for name, (runner, row) in list(runners.items()):
+        try:
+            for _ in range(plan["warmup"]):
+                runner.call()
+            t0 = time.perf_counter()
+            runner.call()
+            est[name] = max(time.perf_counter() - t0, 1e-7)
+        except Exception as e:
+            row["status"], row["note"] = "error", f"{type(e).__name__}: {e}".splitlines()[0]
+            del runners[name]
+    reps = {n: int(min(plan["max_reps"], max(plan["min_reps"], plan["seconds"] / est[n])))
+            for n in runners}
+    times = {n: [] for n in runners}
+    meters = {n: CpuMeter() for n in runners}
+    gc.collect()
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for rnd in range(plan["rounds"]):
+            for name, (runner, _) in runners.items():
+                k = math.ceil(reps[name] / plan["rounds"])
+                ts = times[name]
+                meters[name].start()
+                for _ in range(k):
+                    t0 = time.perf_counter()
+                    runner.call()
+                    ts.append(time.perf_counter() - t0)
+                meters[name].stop()
+    finally:
+        if gc_was:
+            gc.enable()
+    for name, (_, row) in runners.items():
+        ts = np.array(times[name])
+        row.update(median_s=float(np.median(ts)), min_s=float(ts.min()), reps=len(ts),
+                   bg_cpu=meters[name].cores)
+        row["throughput"] = wl.amount / row["median_s"] / 1e9
+        row["throughput_best"] = wl.amount / row["min_s"] / 1e9
+    return rows
+
+
+def add_ratios(rows: list[dict], limits: dict) -> None:
+    """Ratio to the fastest peer of the same workload, and fraction of the machine limit."""
+    peak, copy = machine.peak_gflops(limits), machine.copy_gbs(limits)
+    for wl_name in dict.fromkeys(r["workload"] for r in rows):
+        group = [r for r in rows if r["workload"] == wl_name]
+        timed_peers = [r for r in group if r["kind"] == "peer" and "median_s" in r]
+        best = min(timed_peers, key=lambda r: r["median_s"]) if timed_peers else None
+        for r in group:
+            if "median_s" not in r:
+                continue
+            if best is not None:
+                r["best_peer"] = best["impl"]
+                r["vs_best_peer"] = r["median_s"] / best["median_s"]
+            lim = copy if r["unit"] == "GB/s" else peak
+            r["frac_limit"] = r["throughput"] / lim if lim else None
+
+
+# --- compile time (fresh processes) -------------------------------------------------------------
+
+
+def probe(impl: str, quick: bool, threads: int) -> dict:
+    """In a fresh process: build the MLP step on ``impl``, time its first calls and plain ones."""
+    wl = Workload("mlp_step", "mlp_step", "", mlp_inputs(quick), "", 0, "", 0)
+    t_import = time.perf_counter()
+    if impl.startswith("lamina:"):
+        runner = lamina_runner(wl, impl.split(":", 1)[1])
+    else:
+        runner = peers.make(impl, threads).build("mlp_step", wl.inputs)
+    t_build = time.perf_counter() - t_import
+    calls = []
+    for _ in range(3 if quick else 8):
+        t0 = time.perf_counter()
+        runner.call()
+        calls.append(time.perf_counter() - t0)
+    plain = float(np.median(calls[2:])) if len(calls) > 2 else calls[-1]
+    return {"impl": impl, "build_s": t_build, "calls_s": calls, "plain_s": plain,
+            "compile_s": calls[0] - plain, "second_call_extra_s": calls[1] - plain}
+
+
+def run_probe(impl: str, cache_dir: str, quick: bool, threads: int, log) -> dict:
+    env = dict(os.environ)
+    env.update(LAMINA_CACHE_DIR=cache_dir,
+               TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"),
+               JAX_COMPILATION_CACHE_DIR=os.path.join(cache_dir, "jax"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    cmd = [sys.executable, os.path.abspath(__file__), "--probe", impl, "--threads", str(threads)]
+    if quick:
+        cmd.append("--quick")
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    except subprocess.TimeoutExpired:
+        return {"impl": impl, "error": "timed out after 900 s"}
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("PROBE "):
+            return json.loads(line[len("PROBE "):])
+    tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    log(f"  compile probe {impl} failed (exit {p.returncode}): {tail}")
+    return {"impl": impl, "error": tail}
+
+
+def run_compile(impl_names: list[str], quick: bool, threads: int, log) -> list[dict]:
+    rows = []
+    for impl in impl_names:
+        with tempfile.TemporaryDirectory(prefix="lamina-bench-cache-") as d:
+            cold = run_probe(impl, d, quick, threads, log)
+            warm = run_probe(impl, d, quick, threads, log) if "error" not in cold else cold
+        name = impl.split(":", 1)[1] if impl.startswith("lamina:") else impl
+        row = {"impl": f"lamina[{name}]" if impl.startswith("lamina:") else impl,
+               "kind": "lamina" if impl.startswith("lamina:") else "peer", "cold": cold,
+               "warm": warm, "status": "error" if "error" in cold or "error" in warm else "ok"}
+        rows.append(row)
+    ok_peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]
+    for key in ("cold", "warm"):
+        if ok_peers:
+            best = min(ok_peers, key=lambda r: r[key]["compile_s"])
+            for r in rows:
+                if r["status"] == "ok":
+                    r[f"{key}_vs_best_peer"] = r[key]["compile_s"] / max(
+                        best[key]["compile_s"], 1e-9)
+                    r[f"{key}_best_peer"] = best["impl"]
+    return rows
+
+
+# --- output -------------------------------------------------------------------------------------
+
+
+def _fmt(v, spec: str, missing: str = "-") -> str:
+    return missing if v is None else format(v, spec)
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["workload", "implementation", "median ms", "min ms", "throughput", "% limit",
+            "vs best peer", "max err", "1st call s", "bg cpu", "note"]
+    body = []
+    last = None
+    for r in rows:
+        title = r["title"] if r["title"] != last else ""
+        last = r["title"]
+        timed = "median_s" in r
+        frac = r.get("frac_limit")
+        body.append([
+            title, r["impl"],
+            _fmt(r.get("median_s") and r["median_s"] * 1e3, ".3f"),
+            _fmt(r.get("min_s") and r["min_s"] * 1e3, ".3f"),
+            f"{r['throughput']:.1f} {r['unit']}" if timed else "-",
+            _fmt(frac and frac * 100, ".1f"),
+            _fmt(r.get("vs_best_peer"), ".2f") + ("x" if r.get("vs_best_peer") else ""),
+            _fmt(r.get("err"), ".1e"),
+            _fmt(r.get("first_call_s"), ".3f"),
+            _fmt(r.get("bg_cpu"), ".2f"),
+            r["status"].upper() + (": " if r["note"] else "") + r["note"]
+            if r["status"] != "ok" else r["note"],
+        ])
+    return _align(head, body, right={2, 3, 4, 5, 6, 7, 8, 9})
+
+
+def format_compile(rows: list[dict]) -> str:
+    head = ["implementation", "cold s", "warm s", "plain step ms", "cold vs best peer",
+            "warm vs best peer", "note"]
+    body = []
+    for r in rows:
+        if r["status"] != "ok":
+            body.append([r["impl"], "-", "-", "-", "-", "-",
+                         "ERROR: " + (r["cold"].get("error") or r["warm"].get("error", ""))])
+            continue
+        c, w = r["cold"], r["warm"]
+        extra = max(c["second_call_extra_s"], w["second_call_extra_s"])
+        note = f"2nd call +{extra:.3f} s" if extra > 0.1 * max(c["compile_s"], 1e-3) \
+            and extra > 0.01 else ""
+        body.append([r["impl"], f"{c['compile_s']:.3f}", f"{w['compile_s']:.3f}",
+                     f"{w['plain_s'] * 1e3:.2f}",
+                     _fmt(r.get("cold_vs_best_peer"), ".2f") + "x" * ("cold_vs_best_peer" in r),
+                     _fmt(r.get("warm_vs_best_peer"), ".2f") + "x" * ("warm_vs_best_peer" in r),
+                     note])
+    return _align(head, body, right={1, 2, 3, 4, 5})
+
+
+def _align(head, body, right) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+
+    def line(cells):
+        out = [(str(c).rjust(w) if i in right else str(c).ljust(w))
+               for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(out).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(head), sep] + [line(b) for b in body])
+
+
+LEGEND = """\
+median/min ms: wall time of one synchronized call (inputs allocated beforehand).
+throughput: GB/s = bytes an ideal fused kernel reads + writes, per median time; GFLOP/s =
+  matmul flops per median time. % limit: of the measured copy bandwidth at the working-set size
+  (memory-bound rows) or of the measured FMA peak (GFLOP/s rows), both on the benchmark threads.
+vs best peer: time / time of the fastest peer in this run (> 1: slower; < 1: faster).
+max err: max |result - float64 numpy reference| / max |reference| (MLP: parameters relative to
+  the size of the reference update). 1st call s: includes compilation where there is one (in
+  this process; torch.compile may reuse its on-disk cache from earlier runs). bg cpu: cores used
+  by other processes while this row was timed."""
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="\n".join(__doc__.splitlines()[1:]))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes, few repetitions")
+    ap.add_argument("--only", nargs="+", choices=WORKLOAD_NAMES, metavar="NAME",
+                    help=f"workloads to run: {', '.join(WORKLOAD_NAMES)}")
+    ap.add_argument("--json", metavar="PATH", help="write every number to this JSON file")
+    ap.add_argument("--peers", nargs="+", default=list(peers.ALL), metavar="PEER",
+                    help=f"peers to include (default all): {', '.join(peers.ALL)}")
+    ap.add_argument("--backends", nargs="+", metavar="BACKEND",
+                    help="lamina backends (default: every available one)")
+    ap.add_argument("--threads", type=int, default=machine.usable_cores(),
+                    help="threads for every library (default: the usable cores)")
+    ap.add_argument("--seconds", type=float, help="timed seconds per implementation and "
+                    "workload (default 2, --quick 0.02)")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                    help="before each workload, wait up to S seconds for other processes to "
+                    "go quiet")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one compile-time probe
+    return ap.parse_args(argv)
+
+
+def set_thread_env(threads: int) -> bool:
+    """Set every library's thread count in the environment; True if anything changed (the
+    process must then re-execute itself: BLAS reads these when numpy is imported)."""
+    changed = False
+    for var in THREAD_VARS:
+        if os.environ.get(var) != str(threads):
+            os.environ[var] = str(threads)
+            changed = True
+    if threads < machine.usable_cores():
+        flags = "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=" + str(threads)
+        if flags not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flags).strip()
+            changed = True
+    return changed
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.probe:
+        print("PROBE " + json.dumps(probe(args.probe, args.quick, args.threads)), flush=True)
+        return 0
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    names = list(args.only or WORKLOAD_NAMES)
+    backends = args.backends or lamina_backends()
+    impls, peer_info = [], {}
+    import lamina
+
+    for be in backends:
+        impls.append(Impl(f"lamina[{be}]", "lamina",
+                          lambda wl, be=be: lamina_runner(wl, be), lamina.__version__))
+    for pname in args.peers:
+        p = peers.make(pname, args.threads)
+        peer_info[pname] = {"available": p.available, "version": p.version, "note": p.note}
+        if not p.available:
+            log(f"peer {pname} skipped: {p.note}")
+            continue
+        impls.append(Impl(pname, "peer", lambda wl, p=p: p.build(wl.peer_method, wl.inputs),
+                          p.version))
+
+    mem_names = [n for n in names if n in ("gelu", "softmax", "layernorm")]
+    ws = make_workload(mem_names[0], args.quick).amount if mem_names else \
+        2 * 4 * sizes(args.quick)["rows"] * sizes(args.quick)["cols"]
+    log("measuring machine limits ...")
+    limits = machine.measure(args.threads, int(ws), args.quick)
+    print(machine.format_limits(limits))
+    print(f"lamina {lamina.__version__}, backends: {', '.join(backends)}; peers: " + ", ".join(
+        f"{k} {v['version']}" if v["available"] else f"{k} (skipped: {v['note']})"
+        for k, v in peer_info.items()))
+    print(flush=True)
+
+    plan = timing_plan(args.quick, args.seconds)
+    rows, compile_rows, waited = [], [], {}
+    for name in names:
+        if args.wait_idle > 0:
+            waited[name] = wait_idle(args.wait_idle)
+        if name == "compile":
+            log("compile: fresh processes, cold then warm cache ...")
+            targets = [f"lamina:{be}" for be in backends] + [
+                p for p in args.peers if p in COMPILING_PEERS and peer_info[p]["available"]]
+            compile_rows = run_compile(targets, args.quick, args.threads, log)
+            continue
+        wl = make_workload(name, args.quick)
+        log(f"{wl.title}: checking and timing {len(impls)} implementations ...")
+        rows.extend(run_workload(wl, impls, plan, log))
+    add_ratios(rows, limits)
+
+    if rows:
+        print(format_table(rows))
+        print()
+        print(LEGEND)
+    if compile_rows:
+        print()
+        print("compile time, MLP train step: fresh process, first call minus a plain step, "
+              "seconds (cold: empty cache dir; warm: same dir, second process)")
+        print(format_compile(compile_rows))
+    failed = [r for r in rows if r["status"] == "mismatch"
+              or (r["kind"] == "lamina" and r["status"] == "error")]
+    failed += [r for r in compile_rows if r["kind"] == "lamina" and r["status"] != "ok"]
+    if args.json:
+        report = {"machine": limits, "lamina_version": lamina.__version__,
+                  "backends": backends, "peers": peer_info, "threads": args.threads,
+                  "quick": args.quick, "plan": plan, "waited_idle_s": waited,
+                  "rows": rows, "compile": compile_rows,
+                  "ok": not failed}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=float)
+        log(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    _args = parse_args(sys.argv[1:])
+    if set_thread_env(_args.threads):
+        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]])
+    sys.exit(main())

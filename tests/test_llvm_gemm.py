@@ -1,0 +1,250 @@
+"""The CPU backend's GEMM (backends/llvm/gemm.py) against a float64 numpy reference: edge shapes,
+strided and transposed operands, batches with broadcasting, threads, the epilogue callback."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+
+pytest.importorskip("llvmlite")
+
+from lamina.backends.llvm import gemm, jit  # noqa: E402
+
+DTYPES = {"f32": np.float32, "f64": np.float64}
+
+# Epilogues in LLVM IR (opaque pointers), one per dtype T:
+#   bias_relu: C[i, j] = max(C[i, j] + bias[j], 0), ctx = bias
+#   record:    counts[b, i, j] += 1 and snap[b, i, j] = C[i, j], ctx = i64[4] =
+#              {counts (i32*), snap (T*), batch stride of counts/snap, row stride of counts/snap}
+_EPILOGUES = """
+define void @bias_relu_{d}(ptr %ctx, i64 %b, ptr %c, i64 %ldc, i64 %i0, i64 %i1, i64 %j0,
+                          i64 %j1) {{
+entry:
+  br label %rows
+rows:
+  %i = phi i64 [ %i0, %entry ], [ %i.next, %rows.end ]
+  %rowok = icmp slt i64 %i, %i1
+  br i1 %rowok, label %cols, label %done
+cols:
+  %j = phi i64 [ %j0, %rows ], [ %j.next, %cols ]
+  %ij = mul i64 %i, %ldc
+  %k = add i64 %ij, %j
+  %pc = getelementptr {t}, ptr %c, i64 %k
+  %x = load {t}, ptr %pc
+  %pb = getelementptr {t}, ptr %ctx, i64 %j
+  %bias = load {t}, ptr %pb
+  %y = fadd {t} %x, %bias
+  %pos = fcmp ogt {t} %y, 0.0
+  %z = select i1 %pos, {t} %y, {t} 0.0
+  store {t} %z, ptr %pc
+  %j.next = add i64 %j, 1
+  %more = icmp slt i64 %j.next, %j1
+  br i1 %more, label %cols, label %rows.end
+rows.end:
+  %i.next = add i64 %i, 1
+  br label %rows
+done:
+  ret void
+}}
+
+define void @record_{d}(ptr %ctx, i64 %b, ptr %c, i64 %ldc, i64 %i0, i64 %i1, i64 %j0,
+                       i64 %j1) {{
+entry:
+  %counts = load ptr, ptr %ctx
+  %p1 = getelementptr i64, ptr %ctx, i64 1
+  %snap = load ptr, ptr %p1
+  %p2 = getelementptr i64, ptr %ctx, i64 2
+  %bs = load i64, ptr %p2
+  %p3 = getelementptr i64, ptr %ctx, i64 3
+  %rs = load i64, ptr %p3
+  %base = mul i64 %b, %bs
+  br label %rows
+rows:
+  %i = phi i64 [ %i0, %entry ], [ %i.next, %rows.end ]
+  %rowok = icmp slt i64 %i, %i1
+  br i1 %rowok, label %cols, label %done
+cols:
+  %j = phi i64 [ %j0, %rows ], [ %j.next, %cols ]
+  %ij = mul i64 %i, %ldc
+  %k = add i64 %ij, %j
+  %pc = getelementptr {t}, ptr %c, i64 %k
+  %x = load {t}, ptr %pc
+  %irs = mul i64 %i, %rs
+  %o1 = add i64 %base, %irs
+  %o = add i64 %o1, %j
+  %pn = getelementptr i32, ptr %counts, i64 %o
+  %n = load i32, ptr %pn
+  %n1 = add i32 %n, 1
+  store i32 %n1, ptr %pn
+  %ps = getelementptr {t}, ptr %snap, i64 %o
+  store {t} %x, ptr %ps
+  %j.next = add i64 %j, 1
+  %more = icmp slt i64 %j.next, %j1
+  br i1 %more, label %cols, label %rows.end
+rows.end:
+  %i.next = add i64 %i, 1
+  br label %rows
+done:
+  ret void
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def lib():
+    return gemm.build_library()
+
+
+@pytest.fixture(scope="module")
+def epilogues():
+    """Addresses of the test epilogues, by (name, dtype)."""
+    text = "".join(_EPILOGUES.format(d=d, t="float" if d == "f32" else "double")
+                   for d in DTYPES)
+    text = f'target triple = "{jit.host().triple}"\n' + text
+    eng = jit.Engine(jit.optimize(text).module)
+    gemm._KEEP_ALIVE.append(eng)  # see the note there: freeing an Engine breaks later compiles
+    return {(n, d): eng.address(f"{n}_{d}") for n in ("bias_relu", "record") for d in DTYPES}
+
+
+def reference(a, b):
+    return np.matmul(a.astype(np.float64), b.astype(np.float64))
+
+
+def check(c, a, b, dtype, extra=None):
+    """|c - ref| <= 4 sqrt(K) eps (|A| @ |B|), elementwise.
+
+    Rounding errors of a K-term dot product are bounded by ~K eps sum|a b| in the worst case and
+    grow like sqrt(K) eps sum|a b| for independent rounding errors (the blocked FMA sum here
+    only lowers that); 4 covers the spread of that estimate and the final rounding to `dtype`,
+    while one wrong, missing or doubled product of size ~sum|a b| / K is still well above it.
+    """
+    k = a.shape[-1]
+    eps = np.finfo(dtype).eps
+    ref = reference(a, b) if extra is None else extra(reference(a, b))
+    scale = np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
+    tol = 4 * np.sqrt(max(k, 1)) * eps * scale + np.finfo(dtype).tiny
+    np.testing.assert_array_less(np.abs(c.astype(np.float64) - ref), tol + 0 * ref)
+
+
+SHAPES = [
+    (1, 1, 1), (37, 53, 71), (5, 7, 0), (1, 300, 200), (300, 1, 200), (1000, 3, 17),
+    (3, 1000, 17), (5, 40, 9), (40, 5, 9), (13, 33, 1), (50, 70, 257), (12, 32, 16),
+    (24, 64, 513), (130, 600, 300), (500, 40, 30), (1100, 45, 20), (20, 2000, 40),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shapes(lib, dtype, nthreads, shape, rng):
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((m, k)).astype(dt)
+    b = rng.standard_normal((k, n)).astype(dt)
+    c = np.full((m, n), np.nan, dt)  # every element must be overwritten (zeros when K = 0)
+    lib.matmul(a, b, out=c, nthreads=nthreads)
+    check(c, a, b, dt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty(lib, dtype):
+    dt = DTYPES[dtype]
+    for m, n in ((0, 5), (5, 0), (0, 0)):
+        c = np.zeros((m, n), dt)
+        lib.matmul(np.ones((m, 3), dt), np.ones((3, n), dt), out=c, nthreads=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("layout", ["at", "bt", "both", "step", "neg", "ldc"])
+def test_strides(lib, dtype, nthreads, layout, rng):
+    m, n, k = 70, 90, 300
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((m, k)).astype(dt)
+    b = rng.standard_normal((k, n)).astype(dt)
+    out = np.full((m, n), np.nan, dt)
+    if layout in ("at", "both"):
+        a = np.ascontiguousarray(a.T).T  # column-major: rsA = 1
+    if layout in ("bt", "both"):
+        b = np.ascontiguousarray(b.T).T  # rsB = 1
+    if layout == "step":  # neither stride is 1
+        a = rng.standard_normal((2 * m, 3 * k)).astype(dt)[::2, ::3]
+        b = rng.standard_normal((3 * k, 2 * n)).astype(dt)[::3, ::2]
+    if layout == "neg":
+        a, b = a[::-1, ::-1], b[:, ::-1]
+    if layout == "ldc":  # C inside a wider array
+        out = np.full((m, n + 19), np.nan, dt)[:, 5:5 + n]
+    lib.matmul(a, b, out=out, nthreads=nthreads)
+    check(out, a, b, dt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2, 3])
+@pytest.mark.parametrize("batch,bcast", [(2, ""), (3, "a"), (3, "b"), (9, ""), (1, "")])
+def test_batch(lib, dtype, nthreads, batch, bcast, rng):
+    m, n, k = 45, 70, 40
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((1 if bcast == "a" else batch, m, k)).astype(dt)
+    b = rng.standard_normal((1 if bcast == "b" else batch, k, n)).astype(dt)
+    c = np.full((batch, m, n), np.nan, dt)
+    lib.matmul(a, b, out=c, nthreads=nthreads)
+    check(c, np.broadcast_to(a, (batch, m, k)), np.broadcast_to(b, (batch, k, n)), dt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(37, 53, 71), (130, 600, 300), (8, 1000, 30), (9, 4, 0)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_epilogue_bias_relu(lib, epilogues, dtype, nthreads, shape, rng):
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((m, k)).astype(dt)
+    b = rng.standard_normal((k, n)).astype(dt)
+    bias = rng.standard_normal(n).astype(dt)
+    c = np.full((m, n), np.nan, dt)
+    lib.matmul(a, b, out=c, nthreads=nthreads, epilogue=epilogues["bias_relu", dtype],
+               ctx=bias.ctypes.data)
+    relu = (lambda r: np.maximum(r + bias, 0.0))
+    # relu(x + bias) moves x by at most |bias| rounding (<= eps |bias|): covered by scale + 1.
+    check(c, a, b, dt, extra=relu) if k else np.testing.assert_array_equal(c, relu(0 * c))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("batch,shape", [(1, (200, 700, 600)), (3, (37, 53, 71)),
+                                         (4, (60, 90, 20)), (2, (8, 1500, 30)),
+                                         (2, (9, 4, 0))])
+def test_epilogue_once_after_full_sum(lib, epilogues, dtype, nthreads, batch, shape, rng):
+    """Each element is passed to the epilogue exactly once, and already holds its full sum."""
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((batch, m, k)).astype(dt)
+    b = rng.standard_normal((1, k, n)).astype(dt)
+    c = np.full((batch, m, n), np.nan, dt)
+    counts = np.zeros((batch, m, n), np.int32)
+    snap = np.full((batch, m, n), np.nan, dt)
+    ctx = np.array([counts.ctypes.data, snap.ctypes.data, m * n, n], np.int64)
+    lib.matmul(a, b, out=c, nthreads=nthreads, epilogue=epilogues["record", dtype],
+               ctx=ctx.ctypes.data)
+    np.testing.assert_array_equal(counts, 1)
+    np.testing.assert_array_equal(snap, c)
+    check(c, a, np.broadcast_to(b, (batch, k, n)), dt)
+
+
+def test_raw_call_and_declare(lib):
+    """The C ABI as documented, called with raw pointers; declare_gemm matches emit_gemm."""
+    m, n, k = 3, 4, 5
+    a = np.arange(m * k, dtype=np.float32).reshape(m, k)
+    b = np.arange(k * n, dtype=np.float32).reshape(k, n)
+    c = np.zeros((m, n), np.float32)
+    lib.cfunc("f32")(m, n, k, a.ctypes.data, k, 1, b.ctypes.data, n, 1, c.ctypes.data, n,
+                     1, 0, 0, 0, None, None, 1)
+    np.testing.assert_array_equal(c, a @ b)
+    mod = jit.new_module("caller")
+    decl = gemm.declare_gemm(mod, "f32")
+    assert decl.is_declaration and decl.name == gemm.GEMM_SYMBOL["f32"]
+    defined = gemm.emit_gemm(jit.new_module("x"), "f32")
+    assert str(decl.function_type) == str(defined.function_type)
+    assert ctypes.sizeof(ctypes.c_void_p) == 8

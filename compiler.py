@@ -87,11 +87,12 @@ class CompiledFunction:
         start = time.perf_counter()
         fn, names = self._traceable(args)
         traced = trace_function(fn, types, self.name, names)
-        graph, stages = PassManager(self.passes).run(traced.graph)
-        verify(graph, allow_grad=False, allow_composite=False)
         be = get_backend(self.backend)
-        exe = Executable(graph, be.compile(graph), graph.variables, traced.out_tree,
-                         self.backend, stages)
+        pm = PassManager(self.passes + list(be.passes))
+        graph, stages = pm.run(traced.graph)
+        verify(graph, allow_grad=False, allow_composite=False)
+        program = be.compile(graph, dump_dir=pm.dump_dir, first_index=len(stages))
+        exe = Executable(graph, program, graph.variables, traced.out_tree, self.backend, stages)
         msg = f"compiled {self.name} for ({_format_types(names, types)}) on {self.backend} " \
               f"in {(time.perf_counter() - start) * 1e3:.1f} ms: {reason}"
         self.compile_log.append(msg)

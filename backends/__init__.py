@@ -4,8 +4,9 @@
     llvm    CPU code through llvmlite (the CPU backend issue)
     triton  GPU kernels through Triton (the GPU backend issue)
 
-A backend module exposes ``backend``, an object with ``name``, ``compile(graph) -> Program``,
-and ``save_program``/``load_program`` for artifacts. Modules are imported on first use, so
+A backend module exposes ``backend``, an object with ``name``, ``passes`` (run after the
+default pipeline, e.g. fusion), ``compile(graph) -> Program`` and ``save_program``/
+``load_program`` for artifacts. Modules are imported on first use, so
 ``import lamina`` never imports llvmlite or triton.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph
 
-_MODULES = {"numpy": "lamina.backends.numpy"}
+_MODULES = {"numpy": "lamina.backends.numpy", "llvm": "lamina.backends.llvm"}
 
 
 class Program(Protocol):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import os
 import platform
 import sys
@@ -76,7 +77,7 @@ def copy_bandwidth(nbytes: int, threads: int = 1, seconds: float = 0.5) -> dict:
         pool = None
     else:
         bounds = np.linspace(0, n, threads + 1).astype(int)
-        parts = [(dst[lo:hi], src[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        parts = [(dst[lo:hi], src[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
         pool = ThreadPoolExecutor(threads)
 
         def run():
@@ -104,7 +105,7 @@ def copy_bandwidth(nbytes: int, threads: int = 1, seconds: float = 0.5) -> dict:
 def _fma_kernel():
     """The JIT-compiled ``float fma_peak(i64 iters, float x, float y)`` (ctypes function), and
     its engine (kept alive with it)."""
-    import llvmlite.ir as ir
+    from llvmlite import ir
 
     from lamina.backends.llvm import jit
 
@@ -171,7 +172,7 @@ def fma_peak(threads: int = 1, seconds: float = 0.3, tries: int = 3) -> dict:
         else:
             barrier = threading.Barrier(threads + 1)
 
-            def work():
+            def work(barrier=barrier):
                 barrier.wait()
                 cfn(iters, 0.999999, 1e-6)
 
@@ -187,6 +188,58 @@ def fma_peak(threads: int = 1, seconds: float = 0.3, tries: int = 3) -> dict:
     return {"gflops": best, "threads": threads, "iters": iters}
 
 
+# --- background load --------------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU time used by *other* processes (in cores) between ``start`` and ``stop``: busy time of
+    all CPUs from /proc/stat (steal included) minus this process's own CPU time."""
+
+    def __init__(self):
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.wall = self.foreign = 0.0
+        self._t = None
+
+    def _sample(self):
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        busy = (sum(v) - v[3] - v[4]) / self.hz
+        t = os.times()
+        return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system
+
+    def start(self):
+        self._t = self._sample()
+
+    def stop(self):
+        end = self._sample()
+        if self._t is None or end is None:
+            return
+        self.wall += end[0] - self._t[0]
+        self.foreign += max(0.0, (end[1] - self._t[1]) - (end[2] - self._t[2]))
+        self._t = None
+
+    @property
+    def cores(self) -> float | None:
+        return self.foreign / self.wall if self.wall > 0 else None
+
+
+def wait_idle(max_seconds: float, threshold: float = 0.25) -> float:
+    """Wait (up to ``max_seconds``) until other processes use less than ``threshold`` cores
+    over one second; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_seconds:
+        m = CpuMeter()
+        m.start()
+        time.sleep(1.0)
+        m.stop()
+        if m.cores is None or m.cores < threshold:
+            break
+    return time.perf_counter() - start
+
+
 # --- all of it --------------------------------------------------------------------------------
 
 
@@ -199,6 +252,11 @@ def measure(threads: int, working_set_bytes: int, quick: bool = False) -> dict:
     out = {"cpu": cpu_name(), "cores": usable_cores(), "threads": threads,
            "python": platform.python_version(), "numpy": np.__version__,
            "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    meter = CpuMeter()
+    meter.start()
+    time.sleep(0.1 if quick else 1.0)
+    meter.stop()
+    out["bg_cpu_at_start"] = meter.cores
     out["copy_large_bytes"] = large
     out["copy_working_set_bytes"] = ws
     out["copy_large_1t"] = copy_bandwidth(large, 1, secs)
@@ -210,32 +268,39 @@ def measure(threads: int, working_set_bytes: int, quick: bool = False) -> dict:
         out["fma_1t"] = fma_peak(1, 0.03 if quick else 0.3, 2 if quick else 3)
         out["fma_nt"] = fma_peak(threads, 0.03 if quick else 0.3, 2 if quick else 3) \
             if threads > 1 else out["fma_1t"]
-    except Exception as e:  # llvmlite missing or broken: report, do not fail the suite
+    except Exception as e:  # noqa: BLE001 - llvmlite missing or broken: report it, go on
         out["fma_error"] = f"{type(e).__name__}: {e}"
     return out
 
 
 def peak_gflops(limits: dict) -> float | None:
-    """The N-thread FMA peak (GFLOP/s), or None if it could not be measured."""
-    return limits["fma_nt"]["gflops"] if "fma_nt" in limits else None
+    """The FMA peak (GFLOP/s): the better of the 1-thread and N-thread runs (None if it could
+    not be measured)."""
+    if "fma_1t" not in limits:
+        return None
+    return max(limits["fma_1t"]["gflops"], limits["fma_nt"]["gflops"])
 
 
 def copy_gbs(limits: dict) -> float:
-    """The N-thread copy bandwidth at the workloads' working-set size (median, GB/s)."""
-    return limits["copy_ws_nt"]["median"]
+    """The copy bandwidth at the workloads' working-set size (GB/s, median): the better of the
+    1-thread and N-thread copies."""
+    return max(limits["copy_ws_1t"]["median"], limits["copy_ws_nt"]["median"])
 
 
 def format_limits(limits: dict) -> str:
     mib = 2**20
-    lines = [f"machine: {limits['cpu']}, {limits['cores']} usable cores, benchmarks on "
-             f"{limits['threads']} thread(s); python {limits['python']}, numpy {limits['numpy']}"]
-    if limits.get("loadavg_1min") is not None:
-        note = "  (other processes are busy: numbers are noisy)" \
-            if limits["loadavg_1min"] > 0.5 else ""
-        lines.append(f"load average (1 min) at start: {limits['loadavg_1min']:.2f}{note}")
+    lines = [(f"machine: {limits['cpu']}, {limits['cores']} usable cores, benchmarks on "
+              f"{limits['threads']} thread(s); python {limits['python']}, "
+              f"numpy {limits['numpy']}")]
+    bg = limits.get("bg_cpu_at_start")
+    if bg is not None:
+        note = "  (the machine is busy: numbers are noisy)" if bg > 0.25 else ""
+        lines.append(f"other processes at start: {bg:.2f} cores busy; load average (1 min) "
+                     f"{limits['loadavg_1min']:.2f}{note}")
     t = limits["threads"]
+    ws_mib = limits["copy_working_set_bytes"] / mib
     for key, label in (("large", f"{limits['copy_large_bytes'] // mib} MiB"),
-                       ("ws", f"{limits['copy_working_set_bytes'] / mib:g} MiB (working set)")):
+                       ("ws", f"{ws_mib:.3g} MiB (the workloads' size)")):
         one, many = limits[f"copy_{key}_1t"], limits[f"copy_{key}_nt"]
         lines.append(f"copy bandwidth, {label}, read+write: 1 thread {one['median']:.1f} GB/s "
                      f"(best {one['best']:.1f}); {t} threads {many['median']:.1f} GB/s "
@@ -246,6 +311,9 @@ def format_limits(limits: dict) -> str:
                      f"{limits['fma_nt']['gflops']:.1f} GFLOP/s")
     else:
         lines.append(f"FMA peak: not measured ({limits.get('fma_error')})")
+    peak = peak_gflops(limits)
+    lines.append(f"limits used for '% limit': copy {copy_gbs(limits):.1f} GB/s, FMA peak "
+                 + (f"{peak:.1f} GFLOP/s" if peak else "unknown"))
     return "\n".join(lines)
 
 

@@ -129,7 +129,7 @@ class NumpyPeer(Peer):
     def mlp_step(self, x, y, params, lr):
         own = [p.copy() for p in params]
         return Runner(lambda: np_mlp_step(own, x, y, lr),
-                      lambda loss: [np.asarray(loss, np.float32), *own])
+                      lambda loss: [np.asarray(loss, np.float32), *(p.copy() for p in own)])
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -204,7 +204,8 @@ class TorchPeer(Peer):
 
         f = self._fn(step)
         return Runner(lambda: f(tx, ty),
-                      lambda loss: [loss.detach().numpy(), *(p.detach().numpy() for p in ps)])
+                      lambda loss: [loss.detach().numpy().copy(),
+                                    *(p.detach().numpy().copy() for p in ps)])
 
 
 # --- JAX ----------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class JaxPeer(Peer):
             state[0], loss = f(state[0], tx, ty)
             return jax.block_until_ready(loss), jax.block_until_ready(state[0])
 
-        return Runner(call, lambda out: [np.asarray(out[0]), *(np.asarray(p) for p in out[1])])
+        return Runner(call, lambda out: [np.array(out[0]), *(np.array(p) for p in out[1])])
 
 
 # --- registry -----------------------------------------------------------------------------------

@@ -59,9 +59,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import machine  # noqa: E402  (benchmarks/ is not a package: its modules sit next to this one)
-import peers  # noqa: E402
-from peers import Runner  # noqa: E402
+import machine  # benchmarks/ is not a package: its modules sit next to this one
+import peers
+from peers import Runner
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "LAMINA_NUM_THREADS")
@@ -257,58 +257,6 @@ def lamina_backends() -> list[str]:
     return list(backends.available())
 
 
-# --- background load ----------------------------------------------------------------------------
-
-
-class CpuMeter:
-    """CPU time used by *other* processes (in cores) between ``start`` and ``stop``: busy time of
-    all CPUs from /proc/stat (steal included) minus this process's own CPU time."""
-
-    def __init__(self):
-        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.wall = self.foreign = 0.0
-        self._t = None
-
-    def _sample(self):
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        busy = (sum(v) - v[3] - v[4]) / self.hz
-        t = os.times()
-        return time.perf_counter(), busy, t.user + t.system + t.children_user + t.children_system
-
-    def start(self):
-        self._t = self._sample()
-
-    def stop(self):
-        end = self._sample()
-        if self._t is None or end is None:
-            return
-        self.wall += end[0] - self._t[0]
-        self.foreign += max(0.0, (end[1] - self._t[1]) - (end[2] - self._t[2]))
-        self._t = None
-
-    @property
-    def cores(self) -> float | None:
-        return self.foreign / self.wall if self.wall > 0 else None
-
-
-def wait_idle(max_seconds: float, threshold: float = 0.25) -> float:
-    """Wait (up to ``max_seconds``) until other processes use less than ``threshold`` cores
-    over one second; returns the seconds waited."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_seconds:
-        m = CpuMeter()
-        m.start()
-        time.sleep(1.0)
-        m.stop()
-        if m.cores is None or m.cores < threshold:
-            break
-    return time.perf_counter() - start
-
-
 # --- running one workload -----------------------------------------------------------------------
 
 
@@ -343,7 +291,7 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
             row["err"] = check(wl, runner.fetch(out))
             if runner.notes:
                 row["note"] = "; ".join(runner.notes)
-        except Exception as e:  # an implementation that fails is reported, the suite goes on
+        except Exception as e:  # noqa: BLE001 - a failing implementation is reported
             row["status"], row["note"] = "error", f"{type(e).__name__}: {e}".splitlines()[0]
             log(f"  {impl.name}: {row['note']}")
             continue
@@ -363,13 +311,13 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
             t0 = time.perf_counter()
             runner.call()
             est[name] = max(time.perf_counter() - t0, 1e-7)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported in the table
             row["status"], row["note"] = "error", f"{type(e).__name__}: {e}".splitlines()[0]
             del runners[name]
     reps = {n: int(min(plan["max_reps"], max(plan["min_reps"], plan["seconds"] / est[n])))
             for n in runners}
     times = {n: [] for n in runners}
-    meters = {n: CpuMeter() for n in runners}
+    meters = {n: machine.CpuMeter() for n in runners}
     gc.collect()
     gc_was = gc.isenabled()
     gc.disable()
@@ -446,7 +394,7 @@ def run_probe(impl: str, cache_dir: str, quick: bool, threads: int, log) -> dict
     if quick:
         cmd.append("--quick")
     try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
         return {"impl": impl, "error": "timed out after 900 s"}
     for line in reversed(p.stdout.splitlines()):
@@ -641,7 +589,7 @@ def main(argv=None) -> int:
     rows, compile_rows, waited = [], [], {}
     for name in names:
         if args.wait_idle > 0:
-            waited[name] = wait_idle(args.wait_idle)
+            waited[name] = machine.wait_idle(args.wait_idle)
         if name == "compile":
             log("compile: fresh processes, cold then warm cache ...")
             targets = [f"lamina:{be}" for be in backends] + [

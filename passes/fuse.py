@@ -58,6 +58,7 @@ class Group:
         self.clones: set[Node] = set()  # cheap members that stay available to other groups
         self.inputs: list[Value] = []
         self.matmul: Node | None = root if root.op == "matmul" else None
+        self.operand_side: set[Node] = set()  # views between a buffer and the matmul
         self.domain = root.shape  # the iteration space of loop kernels and epilogues
         self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
         self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque"}.get(
@@ -68,6 +69,13 @@ class Group:
     def row_class(self, shape) -> bool:
         d, axes = self.reduce
         return shape in (keep_shape(d, axes), reduced_shape(d, axes, False))
+
+    def row_reshape(self, n: Node) -> bool:
+        """The kernel's result may be a reshape of the per-row result (same element count):
+        it is stored through the flat index. Shape ops elsewhere could read another row's."""
+        d, axes = self.reduce
+        return (n is self.root and n.op == "reshape"
+                and _size(n.shape) == _size(reduced_shape(d, axes, False)))
 
 
 def _axes(n: Node) -> tuple[int, ...]:
@@ -120,16 +128,21 @@ class Fuser:
 
     def take_map(self, G: Group, p: Node) -> bool:
         if G.kind == "gemm":
-            if G.matmul in self.users_of(p):  # an operand of the matmul: only strided views
-                return self.is_view_chain(p) or self.decline(
-                    p, "a matmul reads its operands through strides; this producer is "
-                       "computed, so it is materialized")
+            users = self.users_of(p)
+            if any(u is G.matmul or u in G.operand_side for u in users):
+                # an operand of the matmul: only strided views of a buffer
+                if self.is_view(p) and all(u is G.matmul or u in G.operand_side
+                                           for u in users if u in G.members):
+                    G.operand_side.add(p)
+                    return True
+                return self.decline(p, "a matmul reads its operands through strides; this "
+                                       "producer is computed, so it is materialized")
             if p.shape != G.domain and p.op not in CHEAP:
                 return self.decline(p, "the epilogue runs over the matmul's output shape")
             return True
         if G.kind == "reduce":
             d, _ = G.reduce
-            if p.shape == d or G.row_class(p.shape) or p.op in CHEAP:
+            if p.shape == d or G.row_class(p.shape) or G.row_reshape(p):
                 return True
             return self.decline(p, f"its shape {list(p.shape)} fits neither the rows of "
                                    f"{list(d)} nor their reduced shape")
@@ -155,8 +168,10 @@ class Fuser:
         probe = Group.__new__(Group)
         probe.reduce = (d, axes)
         full = [m for m in G.members if m.shape == d and m.op not in CHEAP]
+        probe.root = G.root
         for m in G.members:
-            if not (m.shape == d or probe.row_class(m.shape) or m.op in CHEAP):
+            if not (m.shape == d or probe.row_class(m.shape) or probe.row_reshape(m)
+                    or (m in G.clones and m.op in CHEAP)):
                 return self.decline(p, f"its consumer {m.op} has shape {list(m.shape)}, "
                                        f"neither rows of {list(d)} nor reduced")
         if full and not _trailing(d, axes):
@@ -189,12 +204,13 @@ class Fuser:
             return (p.inputs[0].shape, _axes(p)) == (d, axes)
         return p.shape == d or G.row_class(p.shape)
 
-    def is_view_chain(self, p: Node) -> bool:
-        while isinstance(p, Node) and p.op in VIEWS:
-            if p.op == "reshape" and not _contiguous_reshape(p):
-                return False
-            p = p.inputs[0]
-        return not isinstance(p, Node) or p.op != "constant" or not is_splat(p)
+    @staticmethod
+    def is_view(p: Node) -> bool:
+        """A view GEMM packing can read through strides (a reshape only of a buffer)."""
+        if p.op not in VIEWS or (p.op == "reshape" and not _contiguous_reshape(p)):
+            return False
+        src = p.inputs[0]
+        return not (isinstance(src, Node) and src.op == "constant" and is_splat(src))
 
     def users_of(self, p: Node) -> list[Node]:
         return self.users.get(p, [])
@@ -357,8 +373,12 @@ def describe(G: Group) -> str:
     return f"{G.kind} over {list(G.domain)}: {', '.join(ops)}"
 
 
-def fuse(g: Graph) -> Graph:
+def fuse_kernels(g: Graph) -> Graph:
     """Group every op of ``g`` into kernels (see the module docstring)."""
     if any(n.region is not None for n in g.nodes):
         return g  # already fused
     return Fuser(g).run()
+
+
+fuse_kernels.pass_name = "fused"
+fuse = fuse_kernels

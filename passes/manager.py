@@ -69,13 +69,13 @@ class PassManager:
     ['traced', 'dce']
     """
 
-    def __init__(self, passes: list[Pass], dump_extra: Callable | None = None):
+    def __init__(self, passes: list[Pass]):
         self.passes = list(passes)
-        self.dump_extra = dump_extra
+        self.dump_dir: str | None = None  # set by run() when LAMINA_DUMP is on
 
     def run(self, graph: Graph, first_stage: str = "traced") -> tuple[Graph, list[Stage]]:
         stages = [Stage(first_stage, graph)]
-        dump_dir = _dump_dir(graph.name) if config.dump else None
+        dump_dir = self.dump_dir = _dump_dir(graph.name) if config.dump else None
         self._after(stages[0], 0, dump_dir)
         counts: dict[str, int] = {}
         for i, p in enumerate(self.passes, start=1):

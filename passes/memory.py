@@ -97,8 +97,13 @@ def element_aligned_reads(kernel: Node, operand: int) -> bool:
     return all(get_op(n.op).kind == "elementwise" for n in region.nodes if param in n.inputs)
 
 
-def plan_memory(g: Graph) -> MemoryPlan:
-    """Plan the storage of a fused graph (top level: kernel and constant nodes)."""
+def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
+    """Plan the storage of a fused graph (top level: kernel and constant nodes).
+
+    ``scratch_need(kernel, in_place) -> bytes`` (from the backend) asks for temporary memory a
+    kernel uses while it runs (e.g. a GEMM accumulating before its epilogue overwrites one of
+    its operands); it lives in the arena during that kernel only.
+    """
     schedule = list(g.nodes)
     position = {n: i for i, n in enumerate(schedule)}
     location: dict[Value, Location] = {}
@@ -123,7 +128,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
     for n in schedule:
         for v in n.inputs:
             users.setdefault(v, []).append(n)
-    in_place, copies, scratch_for = [], [], []
+    in_place, copies = [], []
+    written_over: set[Node] = set()  # kernels writing over one of their own operands
     state_index = {p.name: i for i, p in enumerate(g.state)}
     for name, v in g.updates.items():
         s = g.state[state_index[name]]
@@ -145,9 +151,8 @@ def plan_memory(g: Graph) -> MemoryPlan:
             continue
         location[v] = Location("state", state_index[name], nbytes=v.type.nbytes)
         in_place.append(name)
-        if operands and any(n.op in ("matmul", "sum", "max", "min", "argmax")
-                            for n in v.region.nodes):
-            scratch_for.append(v)  # accumulates before the epilogue reads the old value
+        if operands:
+            written_over.add(v)
 
     # Everything else: the arena, with reuse after the last use.
     last_use: dict[Value, int] = {}
@@ -193,10 +198,11 @@ def plan_memory(g: Graph) -> MemoryPlan:
     for n in schedule:
         i = position[n]
         release(i)  # results last read before this kernel
-        if n in scratch_for:
-            off = allocate(n.type.nbytes)
-            scratch[n] = Location("arena", offset=off, nbytes=n.type.nbytes)
-            live.append((i, off, _aligned(n.type.nbytes)))
+        need = scratch_need(n, n in written_over) if scratch_need and n.op == "kernel" else 0
+        if need:
+            off = allocate(need)
+            scratch[n] = Location("arena", offset=off, nbytes=need)
+            live.append((i, off, _aligned(need)))
         if n in location:
             continue
         off = allocate(n.type.nbytes)

@@ -298,57 +298,99 @@ class _Emitter:
     def pack(self, which: str) -> ir.Function:
         """void pack(i64 kc, i64 n, T* src, i64 s_panel, i64 s_k, T* dst): `n` rows of A
         (which="a", panel width MR) or columns of B (which="b", width NR) into zero-padded
-        panels; element (x, k) of the source is src[x*s_panel + k*s_k]."""
+        panels: dst[p*W*kc + k*W + x] = src[(p*W + x)*s_panel + k*s_k]. Three paths:
+        s_panel == 1 (row-major B, column-major A): masked vector copies along whole source
+        rows; s_k == 1 (row-major A, transposed B): VL x VL in-register transposes; any other
+        strides: scalar copies."""
         w = self.cfg.mr if which == "a" else self.nr
         fn, b = _new_fn(self.m, self.prefix + "pack_" + which, _void,
                         [_i64, _i64, self.tp, _i64, _i64, self.tp])
+        fn.attributes.add("noinline")
         kc, n, src, sx, sk, dst = fn.args
         npanel = _cdiv(b, n, w)
-        with _for(b, _c64(0), npanel, name="p") as p:
-            x0 = b.mul(p, _c64(w))
-            nv = _min(b, b.sub(n, x0), _c64(w))
-            sp = b.gep(src, [b.mul(x0, sx)])
-            dp = b.gep(dst, [b.mul(b.mul(p, _c64(w)), kc)])
-            if which == "b":
-                # Contiguous panel rows (unit column stride): masked vector copies.
-                with b.if_else(b.icmp_signed("==", sx, _c64(1))) as (then, other):
-                    with then:
-                        masks = [_lane_mask(b, b.sub(nv, _c64(v * self.vl)), self.vl)
-                                 for v in range(self.cfg.nrv)]
-                        al = ir.Constant(_i32, _BYTES[self.dtype])
-                        with _for(b, _c64(0), kc, name="k") as k:
-                            s = b.gep(sp, [b.mul(k, sk)])
-                            d = b.gep(dp, [b.mul(k, _c64(w))])
-                            for v in range(self.cfg.nrv):
-                                x = b.call(self.mload, [_vptr(b, s, _c64(v * self.vl), self.vt),
-                                                        al, masks[v], self.zero_v()])
-                                b.store(x, _vptr(b, d, _c64(v * self.vl), self.vt), align=64)
-                    with other:
-                        self._pack_scalar(b, kc, nv, sp, sx, sk, dp, w)
-            else:
-                self._pack_scalar(b, kc, nv, sp, sx, sk, dp, w)
+        with b.if_else(b.icmp_signed("==", sx, _c64(1))) as (then, other):
+            with then:
+                self._pack_copy(b, kc, n, npanel, src, sk, dst, w)
+            with other:
+                with _for(b, _c64(0), npanel, name="p") as p:
+                    x0 = b.mul(p, _c64(w))
+                    nv = _min(b, b.sub(n, x0), _c64(w))
+                    sp = b.gep(src, [b.mul(x0, sx)])
+                    dp = b.gep(dst, [b.mul(x0, kc)])
+                    fast = b.and_(b.icmp_signed("==", sk, _c64(1)),
+                                  b.icmp_signed("==", nv, _c64(w)))
+                    with b.if_else(fast) as (t2, o2):
+                        with t2:
+                            self._pack_transpose(b, kc, sp, sx, dp, w)
+                        with o2:
+                            self._pack_scalar(b, _c64(0), kc, nv, sp, sx, sk, dp, w)
         b.ret_void()
         return fn
 
-    def _pack_scalar(self, b, kc, nv, sp, sx, sk, dp, w):
-        """dst[k*w + x] = src[x*sx + k*sk] for x < nv, zero for nv <= x < w. The loop runs along
-        whichever of x/k has the unit source stride (a transposed operand reads contiguously)."""
+    def _pack_copy(self, b, kc, n, npanel, src, sk, dst, w):
+        """Unit panel stride: for each k, the source row's n values go to the panels in vector
+        pieces (masked at the end of the row and to the panel width)."""
+        al = ir.Constant(_i32, _BYTES[self.dtype])
+        nvec = -(-w // self.vl)
+        with _for(b, _c64(0), kc, name="k") as k:
+            s = b.gep(src, [b.mul(k, sk)])
+            d = b.gep(dst, [b.mul(k, _c64(w))])
+            with _for(b, _c64(0), npanel, name="p") as p:
+                x0 = b.mul(p, _c64(w))
+                sp = b.gep(s, [x0])
+                dp = b.gep(d, [b.mul(x0, kc)])
+                for v in range(nvec):
+                    off = _c64(v * self.vl)
+                    ld = _lane_mask(b, b.sub(b.sub(n, x0), off), self.vl)
+                    x = b.call(self.mload, [_vptr(b, sp, off, self.vt), al, ld, self.zero_v()])
+                    dv = _vptr(b, dp, off, self.vt)
+                    if w - v * self.vl >= self.vl:
+                        b.store(x, dv, align=_BYTES[self.dtype])
+                    else:
+                        st = _lane_mask(b, _c64(w - v * self.vl), self.vl)
+                        b.call(self.mstore, [x, dv, al, st])
+
+    def _pack_transpose(self, b, kc, sp, sx, dp, w):
+        """A full panel whose source rows are contiguous along k: VL k's at a time, each group
+        of VL rows is loaded as VL vectors and transposed in registers (log2 VL rounds of
+        interleaves), then each k's values are stored; the k tail is copied by scalars."""
+        vl, vt = self.vl, self.vt
+        al = ir.Constant(_i32, _BYTES[self.dtype])
+        kmain = b.mul(b.sdiv(kc, _c64(vl)), _c64(vl))
+        lo = ir.Constant(ir.VectorType(_i32, vl), [j // 2 + (j % 2) * vl for j in range(vl)])
+        hi = ir.Constant(ir.VectorType(_i32, vl),
+                         [vl // 2 + j // 2 + (j % 2) * vl for j in range(vl)])
+        with _for(b, _c64(0), kmain, vl, name="kt") as k0:
+            for g in range(0, w, vl):
+                rows = [b.load(_vptr(b, sp, b.add(b.mul(_c64(g + r), sx), k0), vt),
+                               align=_BYTES[self.dtype]) if g + r < w else self.zero_v()
+                        for r in range(vl)]
+                for _ in range(vl.bit_length() - 1):
+                    nxt = []
+                    for i in range(vl // 2):
+                        x, y = rows[i], rows[i + vl // 2]
+                        nxt += [b.shuffle_vector(x, y, lo), b.shuffle_vector(x, y, hi)]
+                    rows = nxt
+                width = min(vl, w - g)
+                st = _lane_mask(b, _c64(width), vl)
+                for j in range(vl):  # rows[j] holds k = k0 + j
+                    d = _vptr(b, dp, b.add(b.mul(b.add(k0, _c64(j)), _c64(w)), _c64(g)), vt)
+                    if width == vl:
+                        b.store(rows[j], d, align=_BYTES[self.dtype])
+                    else:
+                        b.call(self.mstore, [rows[j], d, al, st])
+        self._pack_scalar(b, kmain, kc, _c64(w), sp, sx, _c64(1), dp, w)
+
+    def _pack_scalar(self, b, k0, k1, nv, sp, sx, sk, dp, w):
+        """dst[k*w + x] = src[x*sx + k*sk] for k0 <= k < k1 and x < nv, zero for nv <= x < w."""
         zero = ir.Constant(self.t, 0.0)
-        with b.if_else(b.icmp_signed("==", sk, _c64(1))) as (then, other):
-            with then:  # k contiguous: one source row at a time
-                with _for(b, _c64(0), nv, name="x") as x:
-                    s = b.gep(sp, [b.mul(x, sx)])
-                    with _for(b, _c64(0), kc, name="k") as k:
-                        b.store(b.load(b.gep(s, [k])), b.gep(dp, [b.add(b.mul(k, _c64(w)), x)]))
-            with other:
-                with _for(b, _c64(0), kc, name="k") as k:
-                    s = b.gep(sp, [b.mul(k, sk)])
-                    d = b.gep(dp, [b.mul(k, _c64(w))])
-                    with _for(b, _c64(0), nv, name="x") as x:
-                        b.store(b.load(b.gep(s, [b.mul(x, sx)])), b.gep(d, [x]))
-        with _for(b, nv, _c64(w), name="z") as x:  # zero padding
-            with _for(b, _c64(0), kc, name="kz") as k:
-                b.store(zero, b.gep(dp, [b.add(b.mul(k, _c64(w)), x)]))
+        with _for(b, k0, k1, name="k") as k:
+            s = b.gep(sp, [b.mul(k, sk)])
+            d = b.gep(dp, [b.mul(k, _c64(w))])
+            with _for(b, _c64(0), nv, name="x") as x:
+                b.store(b.load(b.gep(s, [b.mul(x, sx)])), b.gep(d, [x]))
+            with _for(b, nv, _c64(w), name="z") as x:  # zero padding
+                b.store(zero, b.gep(d, [x]))
 
     # one matrix ------------------------------------------------------------------------------
     def matrix(self, uk, pack_a, pack_b, barrier) -> ir.Function:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import llvmlite
 import llvmlite.binding as llvm
-import llvmlite.ir as ir
+from llvmlite import ir
 
 from lamina.ir.errors import LaminaError
 
@@ -61,14 +61,23 @@ def host() -> HostTarget:
                       llvm.get_host_cpu_features().flatten())
 
 
-@functools.cache
-def target_machine():
-    """The TargetMachine for the host CPU at -O3 (JIT and object files alike)."""
+def new_target_machine():
+    """A fresh TargetMachine for the host CPU at -O3."""
     _init()
     h = host()
     target = llvm.Target.from_triple(h.triple)
     return target.create_target_machine(cpu=h.cpu, features=h.features, opt=3,
                                         reloc="pic", codemodel="jitdefault")
+
+
+@functools.cache
+def target_machine():
+    """The shared TargetMachine for optimizing and emitting object code.
+
+    NOTE: never hand this one to an execution engine: MCJIT takes ownership of its target
+    machine and frees it with the engine (``Engine`` makes its own).
+    """
+    return new_target_machine()
 
 
 def new_module(name: str) -> ir.Module:
@@ -173,7 +182,7 @@ class Engine:
     def __init__(self, module=None, object_code: bytes | None = None):
         _init()
         libgomp()
-        tm = target_machine()
+        tm = new_target_machine()  # owned (and freed) by the engine
         if object_code is not None:
             # An empty module, then the object file: no LLVM IR is generated or optimized.
             empty = llvm.parse_assembly(f'target triple = "{host().triple}"')

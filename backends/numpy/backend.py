@@ -37,8 +37,10 @@ class NumpyProgram:
 
 class NumpyBackend:
     name = "numpy"
+    passes = ()  # the reference runs the unfused graph
 
-    def compile(self, graph: Graph) -> NumpyProgram:
+    def compile(self, graph: Graph, dump_dir: str | None = None,
+                first_index: int = 0) -> NumpyProgram:
         return NumpyProgram(graph)
 
     def save_program(self, program: NumpyProgram) -> dict[str, bytes]:

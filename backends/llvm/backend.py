@@ -1,0 +1,140 @@
+"""The CPU backend object: fuse -> plan memory -> LLVM IR -> O3 -> object code -> MCJIT.
+
+Compiled objects are cached on disk (``cache.py``); the shared GEMM library is compiled once per
+machine and cached the same way. Artifacts carry both object files, so loading one runs no
+LLVM code generation or optimization at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+from llvmlite import binding as llvm
+
+from lamina.backends.llvm import cache as cache_mod
+from lamina.backends.llvm import gemm, jit
+from lamina.backends.llvm.codegen import CODEGEN_VERSION, Codegen
+from lamina.backends.llvm.kernels import scratch_need
+from lamina.backends.llvm.program import LLVMProgram
+from lamina.ir.errors import ArtifactError
+from lamina.ir.graph import Graph
+from lamina.ir.printer import print_graph
+from lamina.passes.fuse import fuse_kernels
+from lamina.passes.manager import write_atomic
+from lamina.passes.memory import plan_memory
+
+STATS = {"compiled": 0, "cache_hits": 0, "loaded": 0}
+
+
+def _lamina_version() -> str:
+    from lamina import __version__
+
+    return __version__
+
+
+def versions() -> dict[str, str]:
+    return {**jit.versions(), "lamina": _lamina_version(), "codegen": CODEGEN_VERSION}
+
+
+class GemmLib:
+    """The GEMM library loaded into this process (from the cache when possible)."""
+
+    def __init__(self, lib: gemm.GemmLibrary):
+        self.lib = lib
+        for dtype, name in gemm.GEMM_SYMBOL.items():
+            llvm.add_symbol(name, lib.addresses[dtype])
+
+
+@functools.cache
+def gemm_library() -> GemmLib:
+    with open(gemm.__file__, "rb") as f:  # any change to the GEMM's source recompiles it
+        source = f.read().decode()
+    parts = cache_mod.key_parts(source, "gemm", versions(), jit.host().key())
+    c = cache_mod.Cache()
+    obj = c.get("lamina_gemm", parts)
+    if obj is not None:
+        return GemmLib(gemm.GemmLibrary.from_object(obj))
+    lib = gemm.build_library()
+    c.put("lamina_gemm", parts, lib.object_code)
+    return GemmLib(lib)
+
+
+def gemm_library_from(object_code: bytes) -> GemmLib:
+    return GemmLib(gemm.GemmLibrary.from_object(object_code))
+
+
+class LLVMBackend:
+    name = "llvm"
+    passes = (fuse_kernels,)
+
+    def __init__(self):
+        self.cache = None
+        self.last_compile: dict = {}
+
+    def compile(self, graph: Graph, dump_dir: str | None = None, first_index: int = 0):
+        t0 = time.perf_counter()
+        plan = plan_memory(graph, scratch_need)
+        lib = gemm_library()
+        ir_text = print_graph(graph)
+        parts = cache_mod.key_parts(ir_text, "graph", versions(), jit.host().key())
+        cache = cache_mod.Cache()
+        obj = None if dump_dir else cache.get(graph.name, parts)
+        info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
+        if obj is None:
+            module = Codegen(graph, plan, graph.name).build()
+            text = jit.finalize_text(module)
+            opt = jit.optimize(text, keep_text=bool(dump_dir))
+            obj = jit.emit_object(opt.module)
+            info.update(parse_s=opt.seconds_parse, optimize_s=opt.seconds_opt)
+            STATS["compiled"] += 1
+            if dump_dir:
+                k = first_index
+                write_atomic(os.path.join(dump_dir, f"{k:02d}_memory_plan.txt"), plan.text())
+                write_atomic(os.path.join(dump_dir, f"{k + 1:02d}_llvm_pre_opt.ll"),
+                             opt.text_before)
+                write_atomic(os.path.join(dump_dir, f"{k + 2:02d}_llvm_opt.ll"), opt.text_after)
+                write_atomic(os.path.join(dump_dir, f"{k + 3:02d}_llvm.s"),
+                             jit.emit_assembly(opt.module))
+            cache.put(graph.name, parts, obj)
+        else:
+            STATS["cache_hits"] += 1
+        program = LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, (lib,))
+        info["seconds"] = time.perf_counter() - t0
+        self.last_compile = info
+        program.compile_info = info
+        return program
+
+    # --- artifacts --------------------------------------------------------------------------
+
+    def save_program(self, program: LLVMProgram) -> dict[str, bytes]:
+        target = {"host": jit.host().key(), "cpu": jit.host().cpu, **versions()}
+        return {"kernels.o": program.object_code,
+                "gemm.o": gemm_library().lib.object_code,
+                "target.json": json.dumps(target).encode()}
+
+    def load_program(self, graph: Graph, files: dict[str, bytes]) -> LLVMProgram:
+        try:
+            target = json.loads(files["target.json"])
+            obj, gemm_obj = files["kernels.o"], files["gemm.o"]
+        except (KeyError, ValueError) as e:
+            raise ArtifactError(f"llvm artifact without its object code ({e})") from None
+        here = {"host": jit.host().key(), **versions()}
+        if target.get("host") != here["host"]:
+            raise ArtifactError(f"the artifact was compiled for another CPU ({target.get('cpu')} "
+                                f"with other features); this machine is {jit.host().cpu}: "
+                                "recompile it here from the source")
+        for key in ("codegen", "lamina"):
+            if target.get(key) != here[key]:
+                raise ArtifactError(f"the artifact was compiled by lamina {target.get('lamina')} "
+                                    f"(code generator {target.get('codegen')}); this is "
+                                    f"{here['lamina']} ({here['codegen']}): recompile it")
+        lib = gemm_library_from(gemm_obj)
+        plan = plan_memory(graph, scratch_need)
+        STATS["loaded"] += 1
+        return LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, (lib,))
+
+
+backend = LLVMBackend()

@@ -1,0 +1,187 @@
+"""The LLVM module for one fused, planned graph: one function per kernel, OpenMP wrappers for
+the parallel ones, and the entry point that runs the whole step in one call.
+
+    i32 lamina_entry(i8** bufs, i32 nthreads)
+
+``bufs`` holds one pointer per input, per state variable, per output (in graph order) and one
+for the arena; literal constants are globals of the module. The entry resets the error flag,
+runs every kernel in schedule order (``GOMP_parallel`` for large ones), copies state updates
+that could not be written in place, and returns the flag (nonzero: an index was out of range).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from lamina.backends.llvm import jit
+from lamina.backends.llvm import lower as L
+from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
+from lamina.ir.graph import Graph, Node, Value
+from lamina.ir.ops.source import constant_array
+from lamina.passes.memory import MemoryPlan
+
+I8P = L.I8.as_pointer()
+I32, I64 = L.I32, L.I64
+ENTRY = "lamina_entry"
+PARALLEL_MIN_WORK = 1 << 15  # elements: below this, threads cost more than they save
+CODEGEN_VERSION = "1"  # part of cache keys: bump when generated code changes meaning
+
+
+@dataclass
+class Slots:
+    """Positions in ``bufs``."""
+
+    n_inputs: int
+    n_state: int
+    n_outputs: int
+
+    def input(self, i: int) -> int:
+        return i
+
+    def state(self, i: int) -> int:
+        return self.n_inputs + i
+
+    def output(self, i: int) -> int:
+        return self.n_inputs + self.n_state + i
+
+    @property
+    def arena(self) -> int:
+        return self.n_inputs + self.n_state + self.n_outputs
+
+    @property
+    def count(self) -> int:
+        return self.arena + 1
+
+
+class Codegen:
+    def __init__(self, graph: Graph, plan: MemoryPlan, name: str = "lamina"):
+        self.graph = graph
+        self.plan = plan
+        self.module = jit.new_module(name)
+        self.slots = Slots(len(graph.inputs), len(graph.state), len(graph.outputs))
+        self.error_flag = ir.GlobalVariable(self.module, I32, "lamina_error")
+        self.error_flag.initializer = ir.Constant(I32, 0)
+        self.error_flag.linkage = "internal"
+        self.literals: dict[Node, ir.GlobalVariable] = {}
+        self.kernels: list[tuple[Node, KernelFn]] = []
+        self.names: set[str] = set()
+
+    # --- where values live ------------------------------------------------------------------
+
+    def pointer(self, b: ir.IRBuilder, bufs: ir.Value, v: Value) -> ir.Value:
+        """An i8* to the storage of top-level value ``v``."""
+        loc = self.plan.location[v]
+        if loc.kind == "literal":
+            return b.bitcast(self.literal(v), I8P)
+        slot = {"input": self.slots.input, "state": self.slots.state,
+                "output": self.slots.output}.get(loc.kind)
+        if slot is not None:
+            return b.load(b.gep(bufs, [ir.Constant(I64, slot(loc.index))]))
+        arena = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.arena)]))
+        return b.gep(arena, [ir.Constant(I64, loc.offset)])
+
+    def scratch_pointer(self, b: ir.IRBuilder, bufs: ir.Value, node: Node) -> ir.Value | None:
+        loc = self.plan.scratch.get(node)
+        if loc is None:
+            return None
+        arena = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.arena)]))
+        return b.gep(arena, [ir.Constant(I64, loc.offset)])
+
+    def literal(self, node: Node) -> ir.GlobalVariable:
+        g = self.literals.get(node)
+        if g is None:
+            arr = constant_array(node.attrs["value"], node.dtype, node.shape).reshape(-1)
+            t = L.storage_type(node.dtype)
+            values = arr.astype(np.uint8) if node.dtype.is_bool else arr
+            init = ir.Constant(ir.ArrayType(t, arr.size),
+                               [ir.Constant(t, x) for x in values.tolist()])
+            g = ir.GlobalVariable(self.module, init.type, f"lit{len(self.literals)}")
+            g.initializer = init
+            g.global_constant = True
+            g.linkage = "internal"
+            g.align = 64
+            self.literals[node] = g
+        return g
+
+    # --- the module -------------------------------------------------------------------------
+
+    def kernel_name(self, node: Node) -> str:
+        base = node.attrs["name"]
+        name, k = base, 1
+        while name in self.names:
+            name = f"{base}.{k}"
+            k += 1
+        self.names.add(name)
+        return name
+
+    def build(self) -> ir.Module:
+        for n in self.plan.schedule:
+            if n.op == "kernel":
+                ke = KernelEmitter(self, n, self.kernel_name(n))
+                self.kernels.append((n, ke.emit()))
+        self.emit_entry()
+        return self.module
+
+    def parallel_wrapper(self, fn: ir.Function, k: KernelFn) -> ir.Function:
+        """void k.par(i8* data): this thread's share of [0, extent); data = bufs."""
+        w = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I8P]), k.name + ".par")
+        w.linkage = "internal"
+        b = ir.IRBuilder(w.append_basic_block("entry"))
+        tnum = L.intrinsic(self.module, "omp_get_thread_num", I32, [])
+        tcount = L.intrinsic(self.module, "omp_get_num_threads", I32, [])
+        t = b.sext(b.call(tnum, []), I64)
+        nt = b.sext(b.call(tcount, []), I64)
+        extent = ir.Constant(I64, k.extent)
+        # chunks rounded to 16 iterations: whole vectors, no false sharing of small rows
+        chunk = b.udiv(b.add(extent, b.sub(nt, ir.Constant(I64, 1))), nt)
+        chunk = b.and_(b.add(chunk, ir.Constant(I64, 15)), ir.Constant(I64, ~15))
+        lo = b.mul(t, chunk)
+        hi = b.add(lo, chunk)
+        lo = b.select(b.icmp_signed(">", lo, extent), extent, lo)
+        hi = b.select(b.icmp_signed(">", hi, extent), extent, hi)
+        bufs = b.bitcast(w.args[0], I8P.as_pointer())
+        b.call(fn, [bufs, lo, hi, ir.Constant(I32, 1)])
+        b.ret_void()
+        return w
+
+    def emit_entry(self) -> None:
+        m = self.module
+        entry = ir.Function(m, ir.FunctionType(I32, [I8P.as_pointer(), I32]), ENTRY)
+        bufs, nthreads = entry.args
+        b = ir.IRBuilder(entry.append_basic_block("entry"))
+        b.store(ir.Constant(I32, 0), self.error_flag)
+        gomp = None
+        for node, k in self.kernels:
+            fn = m.globals[k.name]
+            parallel = (k.kind != "gemm" and k.extent > 1 and k.work >= PARALLEL_MIN_WORK)
+            if not parallel:
+                b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent), nthreads])
+                continue
+            if gomp is None:
+                gomp = L.intrinsic(m, "GOMP_parallel", ir.VoidType(),
+                                   [ir.FunctionType(ir.VoidType(), [I8P]).as_pointer(), I8P,
+                                    I32, I32])
+            w = self.parallel_wrapper(fn, k)
+            many = b.icmp_signed(">", nthreads, ir.Constant(I32, 1))
+            with b.if_else(many) as (threaded, serial):
+                with threaded:
+                    b.call(gomp, [w, b.bitcast(bufs, I8P), nthreads, ir.Constant(I32, 0)])
+                with serial:
+                    b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent),
+                                ir.Constant(I32, 1)])
+        memcpy = None
+        for v, state_name in self.plan.copies:
+            if not (isinstance(v, Node) and v.op == "kernel"):
+                continue  # parameters and literals are copied by the runtime
+            if memcpy is None:
+                memcpy = L.intrinsic(m, "llvm.memcpy.p0.p0.i64", ir.VoidType(),
+                                     [I8P, I8P, I64, L.I1])
+            index = [p.name for p in self.graph.state].index(state_name)
+            dst = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.state(index))]))
+            b.call(memcpy, [dst, self.pointer(b, bufs, v), ir.Constant(I64, v.type.nbytes),
+                            ir.Constant(L.I1, 0)])
+        b.ret(b.load(self.error_flag))
+

@@ -1,0 +1,200 @@
+"""GEMM kernels: a kernel holding one matmul calls the shared GEMM (``gemm.py``).
+
+The matmul's operands are region parameters seen through transposes, reshapes and broadcasts:
+those become (row stride, column stride, batch stride) of the GEMM call, so a transposed
+operand is never copied. The kernel's other ops (bias, activation, mask, optimizer update)
+become an epilogue function the GEMM calls on each finished block of C, while it is hot in
+cache. Integer matmuls (rare; not a GEMM's job) get a plain loop nest.
+"""
+
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from lamina.backends.llvm import gemm
+from lamina.backends.llvm import lower as L
+from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
+from lamina.ir.graph import Node, Param
+
+I64, I32, I8 = L.I64, L.I32, L.I8
+I8P = I8.as_pointer()
+CTX = ir.LiteralStructType([I8P.as_pointer(), I64])  # (bufs, batch offset)
+
+
+def resolve_view(v) -> tuple[Param, tuple[int, ...], tuple[int, ...]]:
+    """(parameter, shape, element strides) of a value built from a parameter by views."""
+    if isinstance(v, Param):
+        return v, v.shape, strides_of(v.shape)
+    p, shape, st = resolve_view(v.inputs[0])
+    if v.op == "transpose":
+        perm = v.attrs["perm"]
+        return p, tuple(shape[k] for k in perm), tuple(st[k] for k in perm)
+    if v.op == "reshape":
+        if tuple(st) != strides_of(shape):
+            raise AssertionError("fusion only lets reshapes of contiguous operands into GEMMs")
+        return p, v.shape, strides_of(v.shape)
+    if v.op == "broadcast":
+        lead = len(v.shape) - len(shape)
+        new = [0] * lead + [0 if d == 1 and t != 1 else s
+                            for d, t, s in zip(shape, v.shape[lead:], st)]
+        return p, v.shape, tuple(new)
+    raise AssertionError(f"{v.op} is not a view")
+
+
+def _batch_strides(shape, strides, batch_shape) -> list[int]:
+    """The operand's strides along the output's batch axes (0 where it broadcasts)."""
+    nb, own = len(batch_shape), len(shape) - 2
+    out = []
+    for k in range(nb):
+        j = k - (nb - own)
+        out.append(0 if j < 0 or shape[j] == 1 else strides[j])
+    return out
+
+
+def _uniform(bs: list[int], batch_shape) -> int | None:
+    """One stride for the flattened batch index, if the operand's batch strides allow it."""
+    if all(s == 0 for s in bs):
+        return 0
+    if not bs:
+        return 0
+    step = bs[-1]
+    for k in range(len(bs)):
+        if bs[k] != step * math.prod(batch_shape[k + 1:]):
+            return None
+    return step
+
+
+def emit_gemm_kernel(ke) -> tuple[int, int]:
+    """Fill ``ke.fn`` (a KernelEmitter's function) with the GEMM call; return (extent, work)."""
+    region = ke.region
+    (mm,) = [n for n in region.nodes if n.op == "matmul"]
+    if not mm.dtype.is_float:
+        return _integer_matmul(ke, mm)
+    b = ke.b
+    dtype = {32: "f32", 64: "f64"}[mm.dtype.bits]
+    fn = gemm.declare_gemm(ke.cg.module, dtype)
+    pa, sha, sta = resolve_view(mm.inputs[0])
+    pb, shb, stb = resolve_view(mm.inputs[1])
+    M, K = sha[-2], sha[-1]
+    N = shb[-1]
+    batch_shape = mm.shape[:-2]
+    nbatch = math.prod(batch_shape)
+    ba = _batch_strides(sha, sta, batch_shape)
+    bb = _batch_strides(shb, stb, batch_shape)
+    ptrs = ke.operand_pointers()
+    out = ke.output_pointer()
+    scratch = ke.cg.scratch_pointer(b, ke.bufs, ke.node)
+    has_epilogue = region.outputs[0] is not mm
+    c = ke.typed(scratch, mm.dtype) if scratch is not None else out
+    epi = _epilogue(ke, mm, dtype, batch_shape, N) if has_epilogue else None
+    epi_arg = epi if epi is not None else ir.Constant(gemm.EPILOGUE_TYPE[dtype].as_pointer(),
+                                                      None)
+    ctx = ke.alloca(CTX)
+    b.store(ke.bufs, b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+
+    def call(a_ptr, b_ptr, c_ptr, count, bsa, bsb, base):
+        b.store(base, b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+        b.call(fn, [_c(M), _c(N), _c(K), a_ptr, _c(sta[-2]), _c(sta[-1]),
+                    b_ptr, _c(stb[-2]), _c(stb[-1]), c_ptr, _c(N),
+                    count, _c(bsa), _c(bsb), _c(M * N), epi_arg, b.bitcast(ctx, I8P),
+                    ke.nthreads])
+
+    ua, ub = _uniform(ba, batch_shape), _uniform(bb, batch_shape)
+    if ua is not None and ub is not None:
+        call(ptrs[pa], ptrs[pb], c, _c(max(nbatch, 1)), ua, ub, _c(0))
+    else:  # batch strides that do not flatten: one call per matrix
+        em = Emitter(ke.cx, region, ptrs, ke.cg.error_flag, ke.loops)
+        ke._em = em
+
+        def one(idx):
+            off_a = _dot(b, idx, ba)
+            off_b = _dot(b, idx, bb)
+            flat = em.linear(idx, batch_shape)
+            off_c = b.mul(flat, _c(M * N))
+            call(b.gep(ptrs[pa], [off_a]), b.gep(ptrs[pb], [off_b]), b.gep(c, [off_c]),
+                 _c(1), 0, 0, flat)
+
+        ke.nest(batch_shape, one, None)
+    return 1, 2 * max(nbatch, 1) * M * N * K
+
+
+def _c(v: int) -> ir.Constant:
+    return ir.Constant(I64, v)
+
+
+def _dot(b, idx, strides):
+    out = _c(0)
+    for i, s in zip(idx, strides):
+        if s:
+            out = b.add(out, b.mul(i, _c(s)))
+    return out
+
+
+def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
+    """void epi(ctx, b, C, ldc, i0, i1, j0, j1): the kernel's ops after the matmul, on a block
+    of C (C points at matrix b; the block is rows [i0, i1) x columns [j0, j1))."""
+    cg = ke.cg
+    ty = gemm.EPILOGUE_TYPE[dtype]
+    fn = ir.Function(cg.module, ty, ke.name + ".epilogue")
+    fn.linkage = "internal"
+    ctx, bi, cptr, _ldc, i0, i1, j0, j1 = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cx = L.Ctx(b, cg.module)
+    st = b.bitcast(ctx, CTX.as_pointer())
+    bufs = b.load(b.gep(st, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+    base = b.load(b.gep(st, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+    region, root = ke.region, ke.region.outputs[0]
+    ptrs = {}
+    for p, v in zip(region.inputs, ke.node.inputs):
+        ptrs[p] = b.bitcast(cg.pointer(b, bufs, v), L.storage_type(p.dtype).as_pointer())
+    out = b.bitcast(cg.pointer(b, bufs, ke.node), L.storage_type(ke.node.dtype).as_pointer())
+    loops = Loops(fn)
+    em = Emitter(cx, region, ptrs, cg.error_flag, loops)
+    nb = len(batch_shape)
+    em.fixed[mm] = (cptr, (0,) * nb + (N, 1), None)  # the matmul's value: C of this batch
+    flat = b.add(bi, base)
+    bidx = em.delinear(flat, batch_shape) if nb else []
+    with loops.range(b, i0, i1, "ei") as i:
+        em.push()
+        with loops.range(b, j0, j1, "ej") as j:
+            em.push()
+            idx = list(bidx) + [i, j]
+            em.store(out, em.linear(idx, root.shape), em.value(root, idx), root.dtype)
+            em.pop()
+        em.pop()
+    b.ret_void()
+    return fn
+
+
+def _integer_matmul(ke, mm: Node) -> tuple[int, int]:
+    """A plain loop nest for integer matmuls (and their epilogues)."""
+    em = ke._em = ke.emitter()
+    b = ke.b
+    a_v, b_v = mm.inputs
+    K = a_v.shape[-1]
+    shape = mm.shape
+    region = ke.region
+    root = region.outputs[0]
+    out = ke.output_pointer()
+    t = L.compute_type(mm.dtype)
+
+    def body(idx):
+        acc = ke.alloca(t)
+        b.store(ir.Constant(t, 0), acc)
+        with ke.loops.range(b, _c(0), _c(K), "k") as k:
+            em.push()
+            ia = em.bidx(a_v.shape[:-2] + (1, 1), shape[:-2] + (1, 1), idx)[:-2]
+            ib = em.bidx(b_v.shape[:-2] + (1, 1), shape[:-2] + (1, 1), idx)[:-2]
+            x = em.value(a_v, list(ia) + [idx[-2], k])
+            y = em.value(b_v, list(ib) + [k, idx[-1]])
+            b.store(b.add(b.load(acc), b.mul(x, y)), acc)
+            em.pop()
+        em.fixed[mm] = b.load(acc)
+        em.store(out, em.linear(idx, root.shape), em.value(root, idx), root.dtype)
+        em.fixed.pop(mm)
+
+    ke.nest(shape, body, ke.par_axis(shape))
+    par = ke.par_axis(shape)
+    return (shape[par] if par is not None else 1), math.prod(shape) * K

@@ -1,0 +1,435 @@
+"""LLVM functions for fused kernels: the loop structure of each kind of kernel.
+
+Every kernel becomes ``void k(i8** bufs, i64 lo, i64 hi, i32 nthreads)`` that computes its
+share ``[lo, hi)`` of a parallel axis (``extent`` in total), so the entry function can call it
+directly or hand it to OpenMP threads. Kinds (``classify``):
+
+    flat        elementwise only, every operand full-size or scalar: one loop over the elements
+    loop        elementwise and shape ops: a loop nest over the result's shape
+    row         reductions over the same axes (trailing ones in practice): per row, one inner
+                loop per reduction, then one writing the result (softmax, layernorm, NLL)
+    accumulate  one reduction over leading axes (a column sum): sweep the input in memory order,
+                accumulating into the result, then apply what follows the reduction
+    gemm        the shared GEMM (``gemm.py``) with the kernel's other ops as its epilogue
+    scatter     scatter_add (sequential)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from lamina.backends.llvm import lower as L
+from lamina.backends.llvm.emitter import Emitter, Loops
+from lamina.ir.graph import Node, Param
+from lamina.ir.ops.reduce import keep_shape, reduced_shape
+from lamina.ir.ops.registry import get as get_op
+
+I8P = L.I8.as_pointer()
+I64, I32 = L.I64, L.I32
+REDUCTIONS = ("sum", "max", "min", "argmax")
+KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [I8P.as_pointer(), I64, I64, I32])
+
+
+def axes_of(r: Node) -> tuple[int, ...]:
+    a = r.attrs["axis"]
+    if a is None:
+        return tuple(range(len(r.inputs[0].shape)))
+    return a if isinstance(a, tuple) else (a,)
+
+
+def _trailing(shape, axes) -> bool:
+    return tuple(axes) == tuple(range(len(shape) - len(axes), len(shape)))
+
+
+def classify(kernel: Node) -> str:
+    region = kernel.region
+    ops = [n.op for n in region.nodes]
+    if "matmul" in ops:
+        return "gemm"
+    if "scatter_add" in ops:
+        return "scatter"
+    reductions = [n for n in region.nodes if n.op in REDUCTIONS]
+    root = region.outputs[0]
+    if reductions:
+        r = reductions[0]
+        d, axes = r.inputs[0].shape, axes_of(r)
+        kept = len(axes) < len(d)
+        if (len(reductions) == 1 and r.op != "argmax" and kept and not _trailing(d, axes)
+                and root.shape != d):
+            return "accumulate"
+        return "row"
+    if all(get_op(n.op).kind in ("elementwise", "random") or n.op == "constant"
+           for n in region.nodes) and all(
+            math.prod(p.shape) in (1, math.prod(root.shape)) for p in region.inputs):
+        # random draws depend on the multi-index only through the flat index: flat is fine
+        return "flat"
+    return "loop"
+
+
+def scratch_need(kernel: Node, in_place: bool) -> int:
+    """Bytes of scratch memory a kernel needs besides its output (0: none).
+
+    A GEMM with an epilogue that writes over one of its own operands (an in-place optimizer
+    update) accumulates into scratch first; an accumulating reduction does so unless its result
+    is the reduction itself, in the output's own storage.
+    """
+    kind = classify(kernel)
+    region = kernel.region
+    root = region.outputs[0]
+    if kind == "gemm":
+        return kernel.type.nbytes if in_place and root.op != "matmul" else 0
+    if kind == "accumulate":
+        (r,) = [n for n in region.nodes if n.op in REDUCTIONS]
+        if root is r and not in_place:
+            return 0
+        return math.prod(r.shape) * r.dtype.itemsize
+    return 0
+
+
+@dataclass
+class KernelFn:
+    name: str
+    kind: str
+    extent: int  # size of the parallel axis
+    work: int  # elements touched: decides whether threads pay off
+
+
+class KernelEmitter:
+    """Emits the function of one kernel node into ``cg.module`` (a ``codegen.Codegen``)."""
+
+    def __init__(self, cg, node: Node, name: str):
+        self.cg = cg
+        self.node = node
+        self.region = node.region
+        self.root = self.region.outputs[0]
+        self.name = name
+        self.kind = classify(node)
+        self.fn = ir.Function(cg.module, KERNEL_TYPE, name)
+        self.fn.linkage = "internal"
+        self.bufs, self.lo, self.hi, self.nthreads = self.fn.args
+        self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
+        self.loops = Loops(self.fn)
+        self.cx = L.Ctx(self.b, cg.module)
+
+    # --- pointers ---------------------------------------------------------------------------
+
+    def typed(self, ptr: ir.Value, dtype) -> ir.Value:
+        return self.b.bitcast(ptr, L.storage_type(dtype).as_pointer())
+
+    def operand_pointers(self) -> dict[Param, ir.Value]:
+        out = {}
+        for p, v in zip(self.region.inputs, self.node.inputs):
+            out[p] = self.typed(self.cg.pointer(self.b, self.bufs, v), p.dtype)
+        return out
+
+    def output_pointer(self) -> ir.Value:
+        return self.typed(self.cg.pointer(self.b, self.bufs, self.node), self.node.dtype)
+
+    def emitter(self) -> Emitter:
+        return Emitter(self.cx, self.region, self.operand_pointers(), self.cg.error_flag,
+                       self.loops)
+
+    def finish(self) -> None:
+        self.b.ret_void()
+
+    # --- dispatch ---------------------------------------------------------------------------
+
+    def emit(self) -> KernelFn:
+        extent, work = getattr(self, f"emit_{self.kind}")()
+        self.finish()
+        return KernelFn(self.name, self.kind, extent, work)
+
+    def nest(self, shape, body, par_axis: int | None, fixed=None):
+        """Loops over ``shape`` (axis ``par_axis`` limited to [lo, hi)); ``body(idx)``."""
+        em_idx: list = [None] * len(shape)
+        fixed = fixed or {}
+
+        def level(k):
+            if k == len(shape):
+                body(list(em_idx))
+                return
+            if k in fixed:
+                em_idx[k] = fixed[k]
+                level(k + 1)
+                return
+            if shape[k] == 1:
+                em_idx[k] = ir.Constant(I64, 0)
+                level(k + 1)
+                return
+            lo, hi = (self.lo, self.hi) if k == par_axis else (ir.Constant(I64, 0),
+                                                               ir.Constant(I64, shape[k]))
+            with self.loops.range(self.b, lo, hi, f"a{k}_") as i:
+                em_idx[k] = i
+                self._em.push()
+                level(k + 1)
+                self._em.pop()
+
+        level(0)
+
+    @staticmethod
+    def par_axis(shape) -> int | None:
+        for k, d in enumerate(shape):
+            if d > 1:
+                return k
+        return None
+
+    # --- flat and loop ----------------------------------------------------------------------
+
+    def emit_flat(self):
+        em = self._em = self.emitter()
+        n = math.prod(self.root.shape)
+        out = self.output_pointer()
+        region = self.region
+
+        # View every full-size value as 1-D and every scalar as 0-D.
+        def flat_shape(v):
+            return (n,) if math.prod(v.shape) == n and n != 1 else ()
+
+        shapes = {v: flat_shape(v) for v in list(region.inputs) + list(region.nodes)}
+        em.flat_shapes = shapes
+        with self.loops.range(self.b, self.lo, self.hi, "e") as i:
+            em.push()
+            idx = [i] if shapes[self.root] else []
+            em.store(out, i if shapes[self.root] else ir.Constant(I64, 0),
+                     em.value(self.root, idx), self.root.dtype)
+            em.pop()
+        return (max(1, n)), n
+
+    def emit_loop(self):
+        em = self._em = self.emitter()
+        shape = self.root.shape
+        out = self.output_pointer()
+        par = self.par_axis(shape)
+
+        def body(idx):
+            em.store(out, em.linear(idx, shape), em.value(self.root, idx), self.root.dtype)
+
+        self.nest(shape, body, par)
+        return (shape[par] if par is not None else 1), math.prod(shape)
+
+    # --- reductions -------------------------------------------------------------------------
+
+    def reductions(self) -> list[Node]:
+        return [n for n in self.region.nodes if n.op in REDUCTIONS]
+
+    def emit_row(self):
+        em = self._em = self.emitter()
+        reds = self.reductions()
+        d, axes = reds[0].inputs[0].shape, axes_of(reds[0])
+        kept = [k for k in range(len(d)) if k not in axes]
+        out = self.output_pointer()
+        root = self.root
+        par = next((k for k in kept if d[k] > 1), None)
+        outer_shape = tuple(d[k] if k in kept else 1 for k in range(len(d)))
+
+        def row(idx_outer):
+            for r in reds:
+                self.reduce_stage(em, r, idx_outer, axes)
+            if root.shape == d and root not in reds:  # a full-shape result: one more sweep
+                def write(idx):
+                    em.store(out, em.linear(idx, d), em.value(root, idx), root.dtype)
+
+                self.nest(d, write, None, fixed={k: idx_outer[k] for k in kept})
+            else:
+                ridx = _row_index(em, idx_outer, d, axes, root.shape)
+                em.store(out, em.linear(ridx, root.shape), em.value(root, ridx), root.dtype)
+            for r in reds:
+                em.fixed.pop(r, None)
+
+        self.nest(outer_shape, row, par)
+        return (d[par] if par is not None else 1), math.prod(d)
+
+    def reduce_stage(self, em: Emitter, r: Node, idx_outer, axes) -> None:
+        """One reduction over the inner axes of the current row; its value becomes fixed."""
+        b = self.b
+        x = r.inputs[0]
+        d = x.shape
+        acc_t = L.compute_type(r.dtype) if r.op != "argmax" else L.compute_type(x.dtype)
+        acc = self.alloca(acc_t)
+        b.store(_identity(r, x), acc)
+        best = None
+        if r.op == "argmax":
+            best = self.alloca(I64)
+            b.store(ir.Constant(I64, 0), best)
+        kept = {k: idx_outer[k] for k in range(len(d)) if k not in axes}
+
+        def body(idx):
+            v = em.value(x, idx)
+            if r.op == "sum" and r.dtype is not x.dtype:
+                v = L.convert(b, v, x.dtype, r.dtype)
+            cur = b.load(acc)
+            if r.op == "argmax":
+                flat = _flat_over(em, idx, d, axes)
+                better = _argmax_better(b, v, cur)
+                b.store(b.select(better, v, cur), acc)
+                b.store(b.select(better, flat, b.load(best)), best)
+            else:
+                b.store(_combine(self.cx, r.op, cur, v), acc)
+
+        self.nest(d, body, None, fixed=kept)
+        em.fixed[r] = b.load(best) if r.op == "argmax" else b.load(acc)
+
+    def alloca(self, t: ir.Type) -> ir.Value:
+        """A stack slot in the entry block (mem2reg turns it into registers)."""
+        with self.b.goto_block(self.fn.entry_basic_block):
+            entry = self.fn.entry_basic_block
+            if entry.instructions:
+                self.b.position_before(entry.instructions[0])
+            return self.b.alloca(t)
+
+    def emit_accumulate(self):
+        em = self._em = self.emitter()
+        b = self.b
+        (r,) = self.reductions()
+        x = r.inputs[0]
+        d, axes = x.shape, axes_of(r)
+        kept = [k for k in range(len(d)) if k not in axes]
+        red = reduced_shape(d, axes, False)
+        par_d = next((k for k in kept if d[k] > 1), None)
+        scratch = self.cg.scratch_pointer(b, self.bufs, self.node)
+        root = self.root
+        acc = self.typed(scratch, r.dtype) if scratch is not None else self.output_pointer()
+        out = self.output_pointer()
+        par_red = kept.index(par_d) if par_d is not None else None
+
+        def red_index(idx):
+            return [idx[k] for k in kept]
+
+        # 1. identity
+        def init(kidx):
+            em.store(acc, em.linear(kidx, red), _identity(r, x), r.dtype)
+
+        self.nest(red, init, par_red)
+
+        # 2. sweep the input in memory order
+        def body(idx):
+            v = em.value(x, idx)
+            if r.op == "sum" and r.dtype is not x.dtype:
+                v = L.convert(b, v, x.dtype, r.dtype)
+            at = em.linear(red_index(idx), red)
+            em.store(acc, at, _combine(self.cx, r.op, em.load(acc, at, r.dtype), v), r.dtype)
+
+        self.nest(d, body, par_d)
+
+        # 3. what follows the reduction, per kept element
+        if root is not r or acc is not out:
+            def finish(kidx):
+                em.fixed[r] = em.load(acc, em.linear(kidx, red), r.dtype)
+                ridx = _row_index(em, _full_from_kept(kidx, d, kept), d, axes, root.shape)
+                em.store(out, em.linear(ridx, root.shape), em.value(root, ridx), root.dtype)
+                em.fixed.pop(r, None)
+
+            self.nest(red, finish, par_red)
+        return (d[par_d] if par_d is not None else 1), math.prod(d)
+
+    # --- scatter_add ------------------------------------------------------------------------
+
+    def emit_scatter(self):
+        em = self._em = self.emitter()
+        b = self.b
+        (s,) = [n for n in self.region.nodes if n.op == "scatter_add"]
+        g, idx_t = s.inputs
+        a, size = s.attrs["axis"], s.attrs["size"]
+        out = self.output_pointer()
+        if s is not self.root:
+            raise AssertionError("scatter_add kernels hold only the scatter")
+        shape = s.shape
+        zero = L.const(s.dtype, 0)
+        self.nest(shape, lambda i: em.store(out, em.linear(i, shape), zero, s.dtype), None)
+        k = len(idx_t.shape)
+
+        def body(i):
+            raw = em.value(idx_t, i[a:a + k])
+            j = raw if raw.type == I64 else b.sext(raw, I64)
+            j = b.select(b.icmp_signed("<", j, ir.Constant(I64, 0)),
+                         b.add(j, ir.Constant(I64, size)), j)
+            bad = b.or_(b.icmp_signed("<", j, ir.Constant(I64, 0)),
+                        b.icmp_signed(">=", j, ir.Constant(I64, size)))
+            flag = b.load(self.cg.error_flag)
+            b.store(b.select(bad, ir.Constant(I32, 1), flag), self.cg.error_flag)
+            j = em._clamp(j, size)
+            target = list(i[:a]) + [j] + list(i[a + k:])
+            at = em.linear(target, shape)
+            cur = em.load(out, at, s.dtype)
+            em.store(out, at, L.LOWER["add"](self.cx, s, cur, em.value(g, i)), s.dtype)
+
+        self.lo, self.hi = ir.Constant(I64, 0), ir.Constant(I64, 1)
+        self.nest(g.shape, body, None)
+        return 1, math.prod(g.shape)
+
+    # --- gemm -------------------------------------------------------------------------------
+
+    def emit_gemm(self):
+        from lamina.backends.llvm.gemm_call import emit_gemm_kernel
+
+        return emit_gemm_kernel(self)
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def _identity(r: Node, x) -> ir.Constant:
+    t = L.compute_type(r.dtype if r.op != "argmax" else x.dtype)
+    if r.op == "sum":
+        return ir.Constant(t, 0.0 if isinstance(t, (ir.FloatType, ir.DoubleType)) else 0)
+    big = r.op in ("min",)
+    if isinstance(t, (ir.FloatType, ir.DoubleType)):
+        return ir.Constant(t, math.inf if big else -math.inf)
+    if t == L.I1:
+        return ir.Constant(t, 1 if big else 0)
+    bits = t.width
+    return ir.Constant(t, (1 << (bits - 1)) - 1 if big else -(1 << (bits - 1)))
+
+
+def _combine(cx: L.Ctx, op: str, acc, v):
+    b = cx.b
+    fl = isinstance(acc.type, (ir.FloatType, ir.DoubleType))
+    if op == "sum":
+        # reassoc lets the vectorizer reorder the sum (a tree of partial sums: no worse than
+        # numpy's pairwise summation in accuracy)
+        return b.fadd(acc, v, flags=("reassoc",)) if fl else b.add(acc, v)
+    if fl:
+        return cx.call("maximum" if op == "max" else "minimum", acc, v)
+    if acc.type == L.I1:
+        return b.or_(acc, v) if op == "max" else b.and_(acc, v)
+    return b.select(b.icmp_signed(">" if op == "max" else "<", v, acc), v, acc)
+
+
+def _argmax_better(b, v, cur):
+    if isinstance(v.type, (ir.FloatType, ir.DoubleType)):
+        # numpy: the first NaN wins, then the first maximum
+        is_nan = b.fcmp_unordered("uno", v, v)
+        cur_nan = b.fcmp_unordered("uno", cur, cur)
+        return b.or_(b.fcmp_ordered(">", v, cur), b.and_(is_nan, b.not_(cur_nan)))
+    if v.type == L.I1:
+        return b.icmp_unsigned(">", v, cur)
+    return b.icmp_signed(">", v, cur)
+
+
+def _flat_over(em: Emitter, idx, shape, axes) -> ir.Value:
+    """The flat position of ``idx`` among the reduced axes (what argmax returns)."""
+    sub_shape = [shape[k] for k in axes]
+    return em.linear([idx[k] for k in axes], sub_shape)
+
+
+def _row_index(em: Emitter, idx_full, d, axes, shape):
+    """The index into a per-row value of ``shape`` (keepdims, reduced, or a reshape of the
+    reduced shape: then through the flat index) for the row at ``idx_full``."""
+    if tuple(shape) == tuple(keep_shape(d, axes)):
+        return [ir.Constant(I64, 0) if k in axes else idx_full[k] for k in range(len(d))]
+    red = reduced_shape(d, axes, False)
+    kept = [idx_full[k] for k in range(len(d)) if k not in axes]
+    if tuple(shape) == tuple(red):
+        return kept
+    if math.prod(shape) == math.prod(red):
+        return em.delinear(em.linear(kept, red), shape)
+    raise AssertionError(f"{shape} is not a per-row shape of {d} over {axes}")
+
+
+def _full_from_kept(kidx, d, kept):
+    it = iter(kidx)
+    return [next(it) if k in kept else ir.Constant(I64, 0) for k in range(len(d))]
+

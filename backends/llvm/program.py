@@ -1,0 +1,101 @@
+"""A compiled graph ready to call: one foreign call into ``lamina_entry`` per step.
+
+The pointer table (inputs, state, outputs, arena) is allocated once; a call fills in the input
+and output pointers, calls the entry, and performs the few copies that need no kernel (an
+output that is an input, a state set to a literal). State updates happen inside the call, in
+place, so ``updates`` comes back empty.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from lamina.backends.llvm import jit
+from lamina.backends.llvm.codegen import ENTRY, Slots
+from lamina.ir.errors import LaminaError
+from lamina.ir.graph import Graph, Node, Param
+from lamina.ir.ops.source import constant_array
+from lamina.passes.memory import MemoryPlan
+
+_ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)
+
+
+class LLVMProgram:
+    def __init__(self, graph: Graph, plan: MemoryPlan, engine: jit.Engine, object_code: bytes,
+                 libraries: tuple = ()):
+        self.graph = graph
+        self.plan = plan
+        self.engine = engine
+        self.object_code = object_code
+        self.libraries = libraries  # engines whose symbols the code calls (kept alive)
+        self.entry = _ENTRY_TYPE(engine.address(ENTRY))
+        self.slots = Slots(len(graph.inputs), len(graph.state), len(graph.outputs))
+        self.table = (ctypes.c_void_p * self.slots.count)()
+        self.arena = _aligned_empty(plan.arena_bytes)
+        self.table[self.slots.arena] = self.arena.ctypes.data
+        self.state_names = [p.name for p in graph.state]
+        self.threads = jit.threads()
+        self.written = []  # outputs written by kernels: (index, shape, numpy dtype)
+        self.copied = []  # other outputs: (index, how)
+        for k, v in enumerate(graph.outputs):
+            loc = plan.location.get(v)
+            if isinstance(v, Node) and loc is not None and loc.kind == "output" and \
+                    loc.index == k:
+                self.written.append((k, v.shape, v.dtype.np))
+            else:
+                self.copied.append((k, v))
+        self.state_copies = [(v, s) for v, s in plan.copies
+                             if not (isinstance(v, Node) and v.op == "kernel")]
+
+    def __call__(self, inputs, state):
+        table, slots = self.table, self.slots
+        keep = []
+        for i, a in enumerate(inputs):
+            a = np.ascontiguousarray(a)
+            keep.append(a)
+            table[slots.input(i)] = a.ctypes.data
+        for i, name in enumerate(self.state_names):
+            table[slots.state(i)] = state[name].ctypes.data
+        outs: list = [None] * len(self.graph.outputs)
+        for k, shape, dtype in self.written:
+            out = np.empty(shape, dtype)
+            outs[k] = out
+            table[slots.output(k)] = out.ctypes.data
+        # NOTE: the step updates state in place, so whatever reads a state variable's old value
+        # directly (an output, a copy into other state) takes a snapshot before the call.
+        early = {}
+        for k, v in self.copied:
+            if isinstance(v, Param) and v.kind == "state":
+                early[k] = state[v.name].copy()
+        sources = [(state[v.name].copy() if isinstance(v, Param) and v.kind == "state" else None,
+                    v, s) for v, s in self.state_copies]
+        status = self.entry(ctypes.addressof(table), self.threads)
+        if status:
+            raise LaminaError("an index passed to take or scatter_add was out of range "
+                              "(the compiled step found it; numpy would raise IndexError)")
+        for k, v in self.copied:
+            outs[k] = early[k] if k in early else self._source(v, keep, state, outs)
+        for snapshot, v, s in sources:
+            src = snapshot if snapshot is not None else self._source(v, keep, state, outs)
+            np.copyto(state[s], src)
+        return outs, {}
+
+    def _source(self, v, inputs, state, outs):
+        if isinstance(v, Param):
+            return inputs[self.graph.inputs.index(v)] if v.kind == "input" else state[v.name]
+        if v.op == "constant":
+            return constant_array(v.attrs["value"], v.dtype, v.shape)
+        loc = self.plan.location[v]
+        if loc.kind == "output":
+            return outs[loc.index]
+        if loc.kind == "state":
+            return state[self.state_names[loc.index]]
+        raise AssertionError(f"output value lives in {loc}")
+
+
+def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
+    raw = np.empty(nbytes + align, np.uint8)
+    start = (-raw.ctypes.data) % align
+    return raw[start:start + nbytes]

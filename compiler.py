@@ -26,7 +26,7 @@ from lamina.passes import DEFAULT, PassManager
 from lamina.runtime import artifact
 from lamina.runtime.executable import Executable, signature_key
 
-DEFAULT_BACKEND = "numpy"
+DEFAULT_BACKEND = "llvm"  # the CPU backend; "numpy" is the reference interpreter
 MAX_VARIANTS_BEFORE_WARNING = 8
 
 

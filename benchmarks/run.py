@@ -22,7 +22,7 @@ Workloads (``--only`` names; ``--quick`` shrinks every size to a tiny one):
                 (forward, weight gradients, input gradients of the 2nd and 3rd layer).
     compile     compile time of the lamina MLP train step (and of torch.compile and jax.jit, for
                 scale): a fresh process runs the step; compile time = first call minus a plain
-                (steady-state) call. Cold: a new empty cache directory (LAMINA_CACHE_DIR,
+                (steady-state) call, the fastest of the 3rd to 10th calls. Cold: a new empty cache directory (LAMINA_CACHE_DIR,
                 TORCHINDUCTOR_CACHE_DIR, JAX_COMPILATION_CACHE_DIR); warm: a second fresh process
                 with the same directory.
 
@@ -30,7 +30,7 @@ Method: inputs are allocated once, outside the timed region; every implementatio
 checked against a float64 numpy reference (a failed check is reported and not timed); then each
 runs warm-up calls and ``reps`` timed calls (``time.perf_counter`` around one synchronized call),
 interleaved in rounds across implementations so that background load hits all of them alike.
-Median and min are reported; throughput and ratios use the median. Every library runs on the
+Median and min are reported; throughput uses the median, ratios both. Every library runs on the
 same number of threads (``--threads``, default: the usable cores). ``vs best peer`` is
 ``time / time of the fastest peer`` (> 1: slower than the best peer). ``bg cpu`` is the CPU time
 other processes used while that implementation was timed, in cores: this machine may be shared,
@@ -357,6 +357,8 @@ def add_ratios(rows: list[dict], limits: dict) -> None:
             if best is not None:
                 r["best_peer"] = best["impl"]
                 r["vs_best_peer"] = r["median_s"] / best["median_s"]
+                best_min = min(p["min_s"] for p in timed_peers)
+                r["vs_best_peer_min"] = r["min_s"] / best_min
             lim = copy if r["unit"] == "GB/s" else peak
             r["frac_limit"] = r["throughput"] / lim if lim else None
 
@@ -374,11 +376,11 @@ def probe(impl: str, quick: bool, threads: int) -> dict:
         runner = peers.make(impl, threads).build("mlp_step", wl.inputs)
     t_build = time.perf_counter() - t_import
     calls = []
-    for _ in range(3 if quick else 8):
+    for _ in range(4 if quick else 10):
         t0 = time.perf_counter()
         runner.call()
         calls.append(time.perf_counter() - t0)
-    plain = float(np.median(calls[2:])) if len(calls) > 2 else calls[-1]
+    plain = min(calls[2:])  # the steady state: background noise only ever adds time
     return {"impl": impl, "build_s": t_build, "calls_s": calls, "plain_s": plain,
             "compile_s": calls[0] - plain, "second_call_extra_s": calls[1] - plain}
 
@@ -437,7 +439,7 @@ def _fmt(v, spec: str, missing: str = "-") -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ["workload", "implementation", "median ms", "min ms", "throughput", "% limit",
-            "vs best peer", "max err", "1st call s", "bg cpu", "note"]
+            "vs best peer", "(by min)", "max err", "1st call s", "bg cpu", "note"]
     body = []
     last = None
     for r in rows:
@@ -452,13 +454,14 @@ def format_table(rows: list[dict]) -> str:
             f"{r['throughput']:.1f} {r['unit']}" if timed else "-",
             _fmt(frac and frac * 100, ".1f"),
             _fmt(r.get("vs_best_peer"), ".2f") + ("x" if r.get("vs_best_peer") else ""),
+            _fmt(r.get("vs_best_peer_min"), ".2f") + ("x" if r.get("vs_best_peer_min") else ""),
             _fmt(r.get("err"), ".1e"),
             _fmt(r.get("first_call_s"), ".3f"),
             _fmt(r.get("bg_cpu"), ".2f"),
             r["status"].upper() + (": " if r["note"] else "") + r["note"]
             if r["status"] != "ok" else r["note"],
         ])
-    return _align(head, body, right={2, 3, 4, 5, 6, 7, 8, 9})
+    return _align(head, body, right={2, 3, 4, 5, 6, 7, 8, 9, 10})
 
 
 def format_compile(rows: list[dict]) -> str:
@@ -498,12 +501,14 @@ LEGEND = """\
 median/min ms: wall time of one synchronized call (inputs allocated beforehand).
 throughput: GB/s = bytes an ideal fused kernel reads + writes, per median time; GFLOP/s =
   matmul flops per median time. % limit: of the measured copy bandwidth at the working-set size
-  (memory-bound rows) or of the measured FMA peak (GFLOP/s rows), both on the benchmark threads.
-vs best peer: time / time of the fastest peer in this run (> 1: slower; < 1: faster).
+  (GB/s rows) or of the measured FMA peak (GFLOP/s rows): see 'limits used' above.
+vs best peer: median time / median time of the fastest peer in this run (> 1: slower; < 1:
+  faster); (by min): the same with the fastest times, less sensitive to background load.
 max err: max |result - float64 numpy reference| / max |reference| (MLP: parameters relative to
-  the size of the reference update). 1st call s: includes compilation where there is one (in
-  this process; torch.compile may reuse its on-disk cache from earlier runs). bg cpu: cores used
-  by other processes while this row was timed."""
+  the size of the reference update).
+1st call s: includes compilation where there is one (in this process; lamina and torch.compile
+  may reuse their on-disk caches from earlier runs).
+bg cpu: cores used by other processes while this row was timed (high: a noisy row)."""
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -577,6 +582,10 @@ def main(argv=None) -> int:
     mem_names = [n for n in names if n in ("gelu", "softmax", "layernorm")]
     ws = make_workload(mem_names[0], args.quick).amount if mem_names else \
         2 * 4 * sizes(args.quick)["rows"] * sizes(args.quick)["cols"]
+    waited = {}
+    if args.wait_idle > 0:
+        log(f"waiting up to {args.wait_idle:g} s for other processes to go quiet ...")
+        waited["machine"] = machine.wait_idle(args.wait_idle)
     log("measuring machine limits ...")
     limits = machine.measure(args.threads, int(ws), args.quick)
     print(machine.format_limits(limits))
@@ -586,7 +595,7 @@ def main(argv=None) -> int:
     print(flush=True)
 
     plan = timing_plan(args.quick, args.seconds)
-    rows, compile_rows, waited = [], [], {}
+    rows, compile_rows = [], []
     for name in names:
         if args.wait_idle > 0:
             waited[name] = machine.wait_idle(args.wait_idle)
@@ -607,8 +616,9 @@ def main(argv=None) -> int:
         print(LEGEND)
     if compile_rows:
         print()
-        print("compile time, MLP train step: fresh process, first call minus a plain step, "
-              "seconds (cold: empty cache dir; warm: same dir, second process)")
+        print("compile time of the MLP train step, seconds: in a fresh process, the first call "
+              "minus a plain step\n(cold: empty cache directory; warm: a second process, same "
+              "directory)")
         print(format_compile(compile_rows))
     failed = [r for r in rows if r["status"] == "mismatch"
               or (r["kind"] == "lamina" and r["status"] == "error")]

@@ -1,6 +1,6 @@
 """Logistic regression on sklearn's breast-cancer data set (binary classification) with lamina.
 
-    python examples/logistic_regression.py [--backend numpy] [--epochs 100]
+    python examples/logistic_regression.py [--backend llvm|numpy] [--epochs 100]
 
 A linear model, sigmoid cross-entropy from logits, SGD with momentum; prints held-out accuracy.
 """
@@ -20,7 +20,7 @@ from lamina import nn, optim
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--backend", default="llvm")
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=0.05)

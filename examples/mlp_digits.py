@@ -1,6 +1,6 @@
 """Train an MLP on sklearn's handwritten digits (8x8 images, 10 classes) with lamina.
 
-    python examples/mlp_digits.py [--backend numpy] [--epochs 40]
+    python examples/mlp_digits.py [--backend llvm|numpy] [--epochs 40]
 
 The whole training step (forward, cross-entropy, backward, Adam update) is one compiled graph;
 parameters and Adam's moments stay resident between steps. Prints held-out accuracy.
@@ -43,7 +43,7 @@ def load_data(seed: int):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--backend", default="llvm")
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)

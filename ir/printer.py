@@ -86,43 +86,45 @@ def _with_loc(text: str, loc: SourceLoc | None, indent: str) -> str:
     return text.ljust(LOC_COLUMN - len(indent)) + f"  # {format_loc(loc)}"
 
 
-def format_node(node: Node, name, indent: str = "") -> str:
+def format_node(node: Node, name, indent: str = "", locations: bool = True) -> str:
     """One node's line (a kernel node's header line: ``... = kernel @name(...) : t {``)."""
     args = ", ".join(name(v) for v in node.inputs)
     if node.region is not None:
         text = f"{name(node)} = {node.op} @{node.attrs['name']}({args}) : {node.type} {{"
     else:
         text = f"{name(node)} = {node.op}({args}){format_attrs(node)} : {node.type}"
-    return _with_loc(text, node.loc, indent)
+    return _with_loc(text, node.loc if locations else None, indent)
 
 
-def _body(graph: Graph, name: Namer, indent: str) -> list[str]:
+def _body(graph: Graph, name: Namer, indent: str, locations: bool) -> list[str]:
     lines = []
     for n in graph.nodes:
-        lines.append(indent + format_node(n, name, indent))
+        lines.append(indent + format_node(n, name, indent, locations))
         if n.region is not None:
-            lines.extend(_region(n.region, indent + "  "))
+            lines.extend(_region(n.region, indent + "  ", locations))
             lines.append(indent + "}")
     return lines
 
 
-def _region(region: Graph, indent: str) -> list[str]:
+def _region(region: Graph, indent: str, locations: bool) -> list[str]:
     name = Namer(region)
     params = ", ".join(f"%{p.name}: {p.type}" for p in region.inputs)
     lines = [f"{indent}^({params}):"]
-    lines.extend(_body(region, name, indent + "  "))
+    lines.extend(_body(region, name, indent + "  ", locations))
     lines.append(f"{indent}  yield {', '.join(name(v) for v in region.outputs)}")
     return lines
 
 
-def print_graph(graph: Graph, indent: str = "  ") -> str:
+def print_graph(graph: Graph, indent: str = "  ", locations: bool = True) -> str:
+    """The text form of ``graph``; ``locations=False`` leaves out the source comments (what
+    the compile cache keys on: moving code does not change what it computes)."""
     name = Namer(graph)
     sig = ", ".join(f"%{p.name}: {p.type}" for p in graph.inputs)
     head = f"graph @{graph.name}({sig})"
     if graph.state:
         head += " state(" + ", ".join(f"%{p.name}: {p.type}" for p in graph.state) + ")"
     lines = [head + " {"]
-    lines.extend(_body(graph, name, indent))
+    lines.extend(_body(graph, name, indent, locations))
     for p in graph.state:  # updates print in state order
         if p.name in graph.updates:
             lines.append(f"{indent}update %{p.name} = {name(graph.updates[p.name])}")

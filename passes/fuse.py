@@ -109,9 +109,10 @@ class Fuser:
         self.g = g
         self.users = g.users()
         self.why: Counter = Counter()  # boundary reasons, for the remarks
+        self.reasons: dict[Node, str] = {}  # why a producer stayed out of the current group
 
     def decline(self, p: Node, reason: str) -> bool:
-        self.why[f"{p.op} not fused: {reason}"] += 1
+        self.reasons[p] = reason
         return False
 
     # --- may group G take producer p? -------------------------------------------------------
@@ -171,7 +172,7 @@ class Fuser:
         probe.root = G.root
         for m in G.members:
             if not (m.shape == d or probe.row_class(m.shape) or probe.row_reshape(m)
-                    or (m in G.clones and m.op in CHEAP)):
+                    or (m in G.clones and (m.op in CHEAP or m.op == "constant"))):
                 return self.decline(p, f"its consumer {m.op} has shape {list(m.shape)}, "
                                        f"neither rows of {list(d)} nor reduced")
         if full and not _trailing(d, axes):
@@ -252,10 +253,19 @@ class Fuser:
                                            for u in users):
                     G.clones.discard(c)
                     changed = True
-        for m in G.members:
-            for p in m.inputs:
-                if p not in G.members and isinstance(p, Node):
-                    needed.add(p)
+        boundary = {p for m in G.members for p in m.inputs
+                    if isinstance(p, Node) and p not in G.members}
+        for p in boundary:
+            needed.add(p)
+            if p.op == "constant":
+                continue
+            reason = self.reasons.get(p)
+            if reason is None:
+                outside = [u for u in self.users_of(p) if u not in G.members or u in G.clones]
+                reason = (f"its result is also used by {len(outside)} op(s) in other kernels, "
+                          "so it is computed once and stored")
+            self.why[f"{p.op} not fused into the {G.root.op} kernel: {reason}"] += 1
+        self.reasons.clear()
 
     def run(self) -> Graph:
         g = self.g

@@ -83,18 +83,52 @@ class MemoryPlan:
         return "\n".join(lines) + "\n"
 
 
+RISKY = ("take", "scatter_add")  # ops that can stop a step midway (an index out of range)
+
+
 def element_aligned_reads(kernel: Node, operand: int) -> bool:
-    """Does ``kernel`` read operand ``operand`` only at the element it writes (so it may write
-    its result over that operand)? True when the operand has the result's type and only
-    elementwise ops read it (in a reduction kernel: row-program reductions read whole rows
-    before the row is written, so they count as aligned too)."""
+    """May ``kernel`` write its result over operand ``operand``? Only if every op between that
+    operand and the result keeps element positions: elementwise ops over the operand's shape,
+    or row-program reductions of rows of that shape (a row is read whole before it is
+    written). Kernels that may stop on a bad index never write in place."""
     region = kernel.region
     param = region.inputs[operand]
-    if param.type != kernel.type:
+    if param.type != kernel.type or any(n.op in RISKY for n in region.nodes):
         return False
-    # NOTE: a GEMM or an accumulation writes partial results into its output before the
-    # epilogue reads the operand; plan_memory gives those kernels a scratch buffer.
-    return all(get_op(n.op).kind == "elementwise" for n in region.nodes if param in n.inputs)
+    reached = {param}
+    for n in region.nodes:
+        if not any(v in reached for v in n.inputs):
+            continue
+        reached.add(n)
+        kind = get_op(n.op).kind
+        if kind == "elementwise" and n.shape == param.shape:
+            continue
+        if kind == "reduce" and n.inputs[0].shape == param.shape and _trailing_axes(n):
+            continue
+        rows = _row_shapes(region)
+        if kind == "elementwise" and n.shape in rows and all(
+                v not in reached or v.shape == param.shape or v.shape in rows for v in n.inputs):
+            continue  # per-row values computed from the rows (the row program's stages)
+        return False
+    return True
+
+
+def _trailing_axes(n: Node) -> bool:
+    a = n.attrs.get("axis")
+    nd = len(n.inputs[0].shape)
+    axes = tuple(range(nd)) if a is None else (a if isinstance(a, tuple) else (a,))
+    return tuple(axes) == tuple(range(nd - len(axes), nd))
+
+
+def _row_shapes(region: Graph) -> set:
+    from lamina.ir.ops.reduce import keep_shape, reduced_shape
+
+    out = set()
+    for n in region.nodes:
+        if get_op(n.op).kind == "reduce" and n.op != "argmax":
+            d, a = n.inputs[0].shape, n.attrs["axis"]
+            out |= {keep_shape(d, a), reduced_shape(d, a, False)}
+    return out
 
 
 def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
@@ -129,6 +163,9 @@ def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
         for v in n.inputs:
             users.setdefault(v, []).append(n)
     in_place, copies = [], []
+    risky = [position[n] for n in schedule
+             if n.region is not None and any(m.op in RISKY for m in n.region.nodes)]
+    last_risky = max(risky, default=-1)
     written_over: set[Node] = set()  # kernels writing over one of their own operands
     state_index = {p.name: i for i, p in enumerate(g.state)}
     for name, v in g.updates.items():
@@ -141,6 +178,11 @@ def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
         at = position[v]
         readers = [u for u in users.get(s, []) if u is not v]
         late = [u for u in readers if position[u] > at]
+        if at < last_risky:  # a later kernel may still fail: the old state must survive it
+            notes.append(f"%{name} is not updated in place: a later kernel can stop the step "
+                         "(an index out of range) and the state must then stay unchanged")
+            copies.append((v, name))
+            continue
         operands = [i for i, x in enumerate(v.inputs) if x is s]
         aligned = all(element_aligned_reads(v, i) for i in operands)
         if late or not aligned:

@@ -21,13 +21,20 @@ from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.source import constant_array
-from lamina.passes.memory import MemoryPlan
+from lamina.passes.memory import RISKY, MemoryPlan
 
 I8P = L.I8.as_pointer()
 I32, I64 = L.I32, L.I64
 ENTRY = "lamina_entry"
 PARALLEL_MIN_WORK = 1 << 15  # elements: below this, threads cost more than they save
 CODEGEN_VERSION = "1"  # part of cache keys: bump when generated code changes meaning
+
+
+def error_sites(graph: Graph) -> list[Node]:
+    """The ops that can find an index out of range, in a fixed order: site k sets the error
+    flag to k + 1, and the runtime maps it back to the op's source line."""
+    return [m for n in graph.nodes if n.region is not None for m in n.region.nodes
+            if m.op in RISKY]
 
 
 @dataclass
@@ -68,6 +75,7 @@ class Codegen:
         self.literals: dict[Node, ir.GlobalVariable] = {}
         self.kernels: list[tuple[Node, KernelFn]] = []
         self.names: set[str] = set()
+        self.error_codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
 
     # --- where values live ------------------------------------------------------------------
 
@@ -153,25 +161,38 @@ class Codegen:
         bufs, nthreads = entry.args
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         b.store(ir.Constant(I32, 0), self.error_flag)
-        gomp = None
         for node, k in self.kernels:
-            fn = m.globals[k.name]
-            parallel = (k.kind != "gemm" and k.extent > 1 and k.work >= PARALLEL_MIN_WORK)
-            if not parallel:
-                b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent), nthreads])
-                continue
-            if gomp is None:
-                gomp = L.intrinsic(m, "GOMP_parallel", ir.VoidType(),
-                                   [ir.FunctionType(ir.VoidType(), [I8P]).as_pointer(), I8P,
-                                    I32, I32])
-            w = self.parallel_wrapper(fn, k)
-            many = b.icmp_signed(">", nthreads, ir.Constant(I32, 1))
-            with b.if_else(many) as (threaded, serial):
-                with threaded:
-                    b.call(gomp, [w, b.bitcast(bufs, I8P), nthreads, ir.Constant(I32, 0)])
-                with serial:
-                    b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent),
-                                ir.Constant(I32, 1)])
+            self.call_kernel(b, node, k, bufs, nthreads)
+            if any(x.op in RISKY for x in node.region.nodes):
+                # stop at once: later kernels would write state the failed step must not touch
+                flag = b.load(self.error_flag)
+                with b.if_then(b.icmp_signed("!=", flag, ir.Constant(I32, 0))):
+                    b.ret(flag)
+        self.emit_copies(b, bufs)
+        b.ret(b.load(self.error_flag))
+
+    def call_kernel(self, b, node: Node, k: KernelFn, bufs, nthreads) -> None:
+        """Call a kernel over its whole extent: directly, or split over OpenMP threads."""
+        m = self.module
+        fn = m.globals[k.name]
+        parallel = (k.kind != "gemm" and k.extent > 1 and k.work >= PARALLEL_MIN_WORK)
+        if not parallel:
+            b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent), nthreads])
+            return
+        gomp = L.intrinsic(m, "GOMP_parallel", ir.VoidType(),
+                           [ir.FunctionType(ir.VoidType(), [I8P]).as_pointer(), I8P, I32, I32])
+        w = self.parallel_wrapper(fn, k)
+        many = b.icmp_signed(">", nthreads, ir.Constant(I32, 1))
+        with b.if_else(many) as (threaded, serial):
+            with threaded:
+                b.call(gomp, [w, b.bitcast(bufs, I8P), nthreads, ir.Constant(I32, 0)])
+            with serial:
+                b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent),
+                            ir.Constant(I32, 1)])
+
+    def emit_copies(self, b, bufs) -> None:
+        """State updates that could not be written in place: copied after the last kernel."""
+        m = self.module
         memcpy = None
         for v, state_name in self.plan.copies:
             if not (isinstance(v, Node) and v.op == "kernel"):
@@ -183,5 +204,4 @@ class Codegen:
             dst = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.state(index))]))
             b.call(memcpy, [dst, self.pointer(b, bufs, v), ir.Constant(I64, v.type.nbytes),
                             ir.Constant(L.I1, 0)])
-        b.ret(b.load(self.error_flag))
 

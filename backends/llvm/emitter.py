@@ -76,12 +76,13 @@ class Emitter:
     """Evaluates a region's nodes at indices, emitting code into ``b``."""
 
     def __init__(self, cx: L.Ctx, region: Graph, pointers: dict[Param, ir.Value],
-                 error_flag: ir.GlobalVariable, loops: Loops):
+                 error_flag: ir.GlobalVariable, loops: Loops, error_codes: dict | None = None):
         self.cx = cx
         self.b = cx.b
         self.region = region
         self.pointers = pointers  # region parameter -> typed pointer to its storage
         self.error_flag = error_flag
+        self.error_codes = error_codes or {}  # id(node) -> the code its failure reports
         self.loops = loops
         self.scopes: list[dict] = [{}]
         self.fixed: dict[Node, object] = {}  # node -> ir.Value, or (pointer, strides, offset)
@@ -253,6 +254,12 @@ class Emitter:
             src.append(self._clamp(j, size))
         return b.select(valid, self.value(x, src), L.const(n.dtype, 0))
 
+    def flag_error(self, bad: ir.Value, n: Node) -> None:
+        """Record ``n``'s error code when ``bad`` (the step stops after this kernel)."""
+        b = self.b
+        code = ir.Constant(I32, self.error_codes.get(id(n), 1))
+        b.store(b.select(bad, code, b.load(self.error_flag)), self.error_flag)
+
     def _clamp(self, j, size: int):
         b = self.b
         j = b.select(b.icmp_signed("<", j, self.c64(0)), self.c64(0), j)
@@ -287,8 +294,7 @@ class Emitter:
         i = b.select(b.icmp_signed("<", i, self.c64(0)), b.add(i, size), i)  # numpy wraps once
         bad = b.or_(b.icmp_signed("<", i, self.c64(0)), b.icmp_signed(">=", i, size))
         # Out-of-range indices raise in numpy: flag the error, read a safe element meanwhile.
-        flag = b.load(self.error_flag)
-        b.store(b.select(bad, ir.Constant(I32, 1), flag), self.error_flag)
+        self.flag_error(bad, n)
         i = self._clamp(i, x.shape[a])
         return self.value(x, list(idx[:a]) + [i] + list(idx[a + k:]))
 

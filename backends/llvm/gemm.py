@@ -90,16 +90,35 @@ class Config:
     mc: int        # rows of A packed per thread and (ic, pc) step (multiple of mr)
     nc: int        # columns of one packed B block (multiple of NR)
     unroll: int = 4          # K-loop unroll of the micro-kernel
+    share_b: bool = True     # threads split rows and share packed B blocks (else: own copies)
+    pf_b: int = 0            # prefetch packed B this many k steps ahead (0: off)
+    pf_c: bool = False       # prefetch the C tile before the K loop
     min_flops: int = 1 << 18  # below this many flops the call stays on one thread
+    vbits: int = 512         # vector register width the tile is sized for
+
+    def __post_init__(self):
+        assert self.mc % self.mr == 0 and self.unroll >= 1 and self.kc >= 1
 
     def lanes(self, dtype: str) -> int:
-        return 64 // _BYTES[dtype]  # zmm: the kernel is written for 512-bit vectors
+        return self.vbits // (8 * _BYTES[dtype])
 
 
+# By the host's vector width, then dtype. 512: AVX-512 (32 zmm: 24 accumulators, measured on
+# the target machine); 256/128 (16 ymm/xmm: 12 accumulators) keep other x86-64 hosts correct
+# and reasonable, untuned.
 CONFIGS = {
-    "f32": Config(mr=12, nrv=2, kc=256, mc=480, nc=512),
-    "f64": Config(mr=12, nrv=2, kc=256, mc=240, nc=256),
+    512: {"f32": Config(mr=12, nrv=2, kc=256, mc=480, nc=512),
+          "f64": Config(mr=12, nrv=2, kc=256, mc=240, nc=256)},
+    256: {"f32": Config(mr=6, nrv=2, kc=256, mc=240, nc=512, vbits=256),
+          "f64": Config(mr=6, nrv=2, kc=256, mc=240, nc=256, vbits=256)},
+    128: {"f32": Config(mr=6, nrv=2, kc=256, mc=240, nc=256, vbits=128),
+          "f64": Config(mr=6, nrv=2, kc=256, mc=240, nc=128, vbits=128)},
 }
+
+
+def default_config(dtype: str) -> Config:
+    """The blocking used for `dtype` on this host."""
+    return CONFIGS[jit.host().vector_bits][dtype]
 
 
 # --- small IR helpers -----------------------------------------------------------------------
@@ -189,6 +208,11 @@ class _Emitter:
                                 [vp, _i32, self.mt, self.vt])
         self.mstore = _intrinsic(m, f"llvm.masked.store.{sfx}.p0", _void,
                                  [self.vt, vp, _i32, self.mt])
+        self.prefetch = _intrinsic(m, "llvm.prefetch.p0", _void, [_i8p, _i32, _i32, _i32])
+
+    def prefetch_line(self, b, p, write=False, locality=3):
+        b.call(self.prefetch, [b.bitcast(p, _i8p), ir.Constant(_i32, int(write)),
+                               ir.Constant(_i32, locality), ir.Constant(_i32, 1)])
 
     def zero_v(self):
         return ir.Constant(self.vt, [0.0] * self.vl)
@@ -225,6 +249,10 @@ class _Emitter:
                     acc[r][v].add_incoming(acc0[r][v], pre)
             cur = [[acc[r][v] for v in range(nrv)] for r in range(mr_)]
             for s in range(step):
+                if cfg.pf_b:
+                    for ln in range(0, self.nr * _BYTES[self.dtype], 64):
+                        off = (s + cfg.pf_b) * self.nr + ln // _BYTES[self.dtype]
+                        self.prefetch_line(b, b.gep(bp, [_c64(off)]))
                 bv = [b.load(_vptr(b, bp, _c64(s * self.nr + v * self.vl), vt), align=64)
                       for v in range(nrv)]
                 for r in range(mr_):
@@ -256,6 +284,11 @@ class _Emitter:
 
         zero = [[self.zero_v() for _ in range(nrv)] for _ in range(mr_)]
         b.position_at_end(entry)
+        if cfg.pf_c:
+            for r in range(mr_):
+                row = b.gep(pc, [b.mul(ldc, _c64(r))])
+                for ln in range(0, self.nr * _BYTES[self.dtype], 64):
+                    self.prefetch_line(b, b.gep(row, [_c64(ln // _BYTES[self.dtype])]), True)
         acc, pa1, pb1 = k_loop(b.sdiv(kc, _c64(u)), u, zero, pa, pb, "kloop")
         acc, _, _ = k_loop(b.srem(kc, _c64(u)), 1, acc, pa1, pb1, "krem")
 
@@ -394,23 +427,28 @@ class _Emitter:
 
     # one matrix ------------------------------------------------------------------------------
     def matrix(self, uk, pack_a, pack_b, barrier) -> ir.Function:
-        """void mat(M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, bidx, jbase, epi, ctx, t, T,
-        bbuf0, bbuf1, abuf): C = A @ B for one matrix. With T > 1 the T threads of the team
-        call it together: they share the packed B blocks (bbuf0/1 of thread 0) and split the
-        row panels; with T == 1 one thread does it all. jbase offsets the epilogue's columns."""
+        """void mat(M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi,
+        ctx, t, T, bbuf0, bbuf1, abuf): C = A @ B for one matrix (or a block of one: the
+        epilogue gets batch bidx's C at cbase and rows/columns offset by ibase/jbase). With
+        T > 1 the T threads of the team call it together: they share the packed B blocks
+        (bbuf0/1 of thread 0) and split the row panels; with T == 1 one thread does it all."""
         cfg = self.cfg
         tp, ep = self.tp, EPILOGUE_TYPE[self.dtype].as_pointer()
         fn, b = _new_fn(self.m, self.prefix + "matrix", _void,
                         [_i64, _i64, _i64, tp, _i64, _i64, tp, _i64, _i64, tp, _i64,
-                         _i64, _i64, ep, _i8p, _i64, _i64, tp, tp, tp])
-        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, bidx, jbase, epi, ctx, t, T,
+                         tp, _i64, _i64, _i64, ep, _i8p, _i64, _i64, tp, tp, tp])
+        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi, ctx, t, T,
          bb0, bb1, abuf) = fn.args
         parity = b.alloca(_i64)
         b.store(_c64(0), parity)
         multi = b.icmp_signed(">", T, _c64(1))
-        kmax = _min(b, K, _c64(cfg.kc))  # the k loop runs once when K == 0 (stores zeros)
-        kiter = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
-        mcb = b.mul(T, _c64(cfg.mc))
+        # Blocks of equal size (no thin last block): K in steps of at most KC (one step of 0
+        # when K == 0, which stores zeros), M in steps of at most T*MC rows (whole panels).
+        kpos = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
+        kstep = _cdiv(b, kpos, _cdiv(b, kpos, cfg.kc))
+        mpos = b.select(b.icmp_signed(">", M, _c64(0)), M, _c64(1))
+        mcb = _cdiv(b, mpos, _cdiv(b, mpos, b.mul(T, _c64(cfg.mc))))
+        mcb = b.mul(_cdiv(b, mcb, cfg.mr), _c64(cfg.mr))
         has_epi = b.icmp_unsigned("!=", epi, ir.Constant(ep, None))
         with _for(b, _c64(0), M, mcb, name="ic") as ic:
             mc = _min(b, b.sub(M, ic), mcb)
@@ -420,8 +458,8 @@ class _Emitter:
             i0 = b.add(ic, b.mul(p0, _c64(cfg.mr)))
             i1 = _min(b, b.add(ic, b.mul(p1, _c64(cfg.mr))), b.add(ic, mc))
             rows = b.sub(i1, i0)
-            with _for(b, _c64(0), kiter, _c64(cfg.kc), name="pc") as pc:
-                kc = _min(b, b.sub(K, pc), kmax)
+            with _for(b, _c64(0), kpos, kstep, name="pc") as pc:
+                kc = _min(b, b.sub(K, pc), kstep)
                 first = b.icmp_signed("==", pc, _c64(0))
                 last = b.icmp_signed(">=", b.add(pc, kc), K)
                 call_epi = b.and_(last, has_epi)
@@ -453,8 +491,9 @@ class _Emitter:
                                         ldc, mr, nr, b.not_(first)])
                         with b.if_then(call_epi):
                             j0 = b.add(jbase, jc)
-                            b.call(epi, [ctx, bidx, b.gep(C, [b.neg(jbase)]), ldc, ir_,
-                                         b.add(ir_, mr), j0, b.add(j0, nc)])
+                            i0e = b.add(ibase, ir_)
+                            b.call(epi, [ctx, bidx, cbase, ldc, i0e, b.add(i0e, mr), j0,
+                                         b.add(j0, nc)])
         with b.if_then(multi):  # the next matrix may reuse bbuf0 at once
             b.call(barrier, [])
         b.ret_void()
@@ -487,12 +526,21 @@ class _Emitter:
         own = (mine, b.gep(mine, [_c64(cfg.kc * cfg.nc)]))
         abuf = b.gep(mine, [_c64(2 * cfg.kc * cfg.nc)])
 
-        def run(bi, tt, TT, j0, ncols, bufs):
-            a = b.gep(A, [b.mul(bi, bsA)])
+        def run(bi, tt, TT, bufs, i0=_c64(0), i1=M, j0=_c64(0), j1=N):
+            """C[i0:i1, j0:j1] of batch bi."""
+            a = b.gep(A, [b.add(b.mul(bi, bsA), b.mul(i0, rsA))])
             bm = b.gep(B, [b.add(b.mul(bi, bsB), b.mul(j0, csB))])
-            c = b.gep(C, [b.add(b.mul(bi, bsC), j0)])
-            b.call(mat, [M, ncols, K, a, rsA, csA, bm, rsB, csB, c, ldc, bi, j0, epi, ctx,
-                         tt, TT, bufs[0], bufs[1], abuf])
+            cb = b.gep(C, [b.mul(bi, bsC)])
+            c = b.gep(cb, [b.add(b.mul(i0, ldc), j0)])
+            b.call(mat, [b.sub(i1, i0), b.sub(j1, j0), K, a, rsA, csA, bm, rsB, csB, c, ldc, cb,
+                         bi, i0, j0, epi, ctx, tt, TT, bufs[0], bufs[1], abuf])
+
+        def split(n, unit):
+            """Thread t's share [x0, x1) of n, in whole units."""
+            nu = _cdiv(b, n, unit)
+            x0 = b.mul(b.sdiv(b.mul(nu, t), T), _c64(unit))
+            x1 = _min(b, b.mul(b.sdiv(b.mul(nu, b.add(t, _c64(1))), T), _c64(unit)), n)
+            return x0, x1
 
         # Whole matrices per thread when the batch divides evenly (or is large): no barriers.
         by_batch = b.and_(b.icmp_signed(">=", batch, T),
@@ -503,20 +551,23 @@ class _Emitter:
         with b.if_else(by_batch) as (then, other):
             with then:
                 with _for(b, t, batch, T, name="bt") as bi:
-                    run(bi, _c64(0), _c64(1), _c64(0), N, own)
+                    run(bi, _c64(0), _c64(1), own)
             with other:
                 with b.if_else(by_rows) as (t2, o2):
                     with t2:
-                        with _for(b, _c64(0), batch, name="bm") as bi:
-                            run(bi, t, T, _c64(0), N, shared)
+                        if cfg.share_b:
+                            with _for(b, _c64(0), batch, name="bm") as bi:
+                                run(bi, t, T, shared)
+                        else:
+                            i0, i1 = split(M, cfg.mr)
+                            with b.if_then(b.icmp_signed("<", i0, i1)):
+                                with _for(b, _c64(0), batch, name="bm") as bi:
+                                    run(bi, _c64(0), _c64(1), own, i0=i0, i1=i1)
                     with o2:
-                        npn = _cdiv(b, N, self.nr)
-                        j0 = b.mul(b.sdiv(b.mul(npn, t), T), _c64(self.nr))
-                        j1 = _min(b, b.mul(b.sdiv(b.mul(npn, b.add(t, _c64(1))), T),
-                                           _c64(self.nr)), N)
+                        j0, j1 = split(N, self.nr)
                         with b.if_then(b.icmp_signed("<", j0, j1)):
                             with _for(b, _c64(0), batch, name="bn") as bi:
-                                run(bi, _c64(0), _c64(1), j0, b.sub(j1, j0), own)
+                                run(bi, _c64(0), _c64(1), own, j0=j0, j1=j1)
         b.ret_void()
         return fn
 
@@ -617,7 +668,7 @@ class _Emitter:
 
 def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
     """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
-    e = _Emitter(module, dtype, cfg or CONFIGS[dtype])
+    e = _Emitter(module, dtype, cfg or default_config(dtype))
     barrier = _intrinsic(module, "GOMP_barrier", _void, [])
     mat = e.matrix(e.ukernel(), e.pack("a"), e.pack("b"), barrier)
     return e.entry(e.worker(mat))
@@ -694,7 +745,7 @@ def build_module(configs: dict[str, Config] | None = None) -> ir.Module:
     """A module holding both GEMMs."""
     m = jit.new_module("lamina_gemm")
     for dtype in GEMM_SYMBOL:
-        emit_gemm(m, dtype, (configs or CONFIGS)[dtype])
+        emit_gemm(m, dtype, (configs or {}).get(dtype))
     return m
 
 

@@ -105,7 +105,7 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
     if ua is not None and ub is not None:
         call(ptrs[pa], ptrs[pb], c, _c(max(nbatch, 1)), ua, ub, _c(0))
     else:  # batch strides that do not flatten: one call per matrix
-        em = Emitter(ke.cx, region, ptrs, ke.cg.error_flag, ke.loops)
+        em = ke.emitter()
         ke._em = em
 
         def one(idx):
@@ -151,7 +151,7 @@ def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
         ptrs[p] = b.bitcast(cg.pointer(b, bufs, v), L.storage_type(p.dtype).as_pointer())
     out = b.bitcast(cg.pointer(b, bufs, ke.node), L.storage_type(ke.node.dtype).as_pointer())
     loops = Loops(fn)
-    em = Emitter(cx, region, ptrs, cg.error_flag, loops)
+    em = Emitter(cx, region, ptrs, cg.error_flag, loops, cg.error_codes)
     nb = len(batch_shape)
     em.fixed[mm] = (cptr, (0,) * nb + (N, 1), None)  # the matmul's value: C of this batch
     flat = b.add(bi, base)

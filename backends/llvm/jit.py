@@ -106,6 +106,11 @@ def finalize_text(m: ir.Module) -> str:
     return "\n".join(out) + "\n" + attrs + "\n"
 
 
+# How often this process ran each expensive LLVM step (tests use it to prove a cache hit or a
+# loaded artifact generated and optimized nothing).
+STATS = {"optimize": 0, "emit_object": 0}
+
+
 @dataclass
 class Optimized:
     module: object  # llvm.ModuleRef
@@ -132,6 +137,7 @@ def optimize(text: str, keep_text: bool = False) -> Optimized:
     pb = llvm.create_pass_builder(target_machine(), pto)
     mpm = pb.getModulePassManager()
     mpm.run(mod, pb)
+    STATS["optimize"] += 1
     t2 = time.perf_counter()
     return Optimized(mod, text if keep_text else "", str(mod) if keep_text else "",
                      t1 - t0, t2 - t1)
@@ -201,6 +207,7 @@ class Engine:
 
 
 def emit_object(module) -> bytes:
+    STATS["emit_object"] += 1
     return target_machine().emit_object(module)
 
 

@@ -130,7 +130,7 @@ class KernelEmitter:
 
     def emitter(self) -> Emitter:
         return Emitter(self.cx, self.region, self.operand_pointers(), self.cg.error_flag,
-                       self.loops)
+                       self.loops, self.cg.error_codes)
 
     def finish(self) -> None:
         self.b.ret_void()
@@ -348,8 +348,7 @@ class KernelEmitter:
                          b.add(j, ir.Constant(I64, size)), j)
             bad = b.or_(b.icmp_signed("<", j, ir.Constant(I64, 0)),
                         b.icmp_signed(">=", j, ir.Constant(I64, size)))
-            flag = b.load(self.cg.error_flag)
-            b.store(b.select(bad, ir.Constant(I32, 1), flag), self.cg.error_flag)
+            em.flag_error(bad, s)
             j = em._clamp(j, size)
             target = list(i[:a]) + [j] + list(i[a + k:])
             at = em.linear(target, shape)

@@ -69,10 +69,10 @@ from __future__ import annotations
 import math
 import struct
 
-import llvmlite.ir as ir
+from llvmlite import ir
 
-__all__ = ["exp", "log", "log1p", "tanh", "sigmoid", "softplus", "erf", "pow", "sqrt",
-           "rsqrt", "derive_coefficients"]
+__all__ = ["derive_coefficients", "erf", "exp", "log", "log1p", "pow", "rsqrt", "sigmoid",
+           "softplus", "sqrt", "tanh"]
 
 # --- coefficient tables (lowest degree first; produced by derive_coefficients()) ---------------
 
@@ -150,7 +150,6 @@ class _E:
             self.f64, bits = True, 64
         else:
             raise TypeError(f"mathlib: expected float/double (or a vector of them), got {ty}")
-        self.ibits = bits
         self.mant = 52 if self.f64 else 23
         self.bias = 1023 if self.f64 else 127
         ity = ir.IntType(bits)
@@ -271,7 +270,8 @@ class _E:
 # --- float32 kernels ---------------------------------------------------------------------------
 
 
-def _exp32(e: _E, x):
+def _exp32(e: _E, x, with_lo: bool = False):
+    """e^x; with_lo: also the rounding error of the result's last step, e^x ~= y + lo."""
     xc = e.max_k(e.min_k(x, _EXP_MAX), _EXP_MIN)
     n = e.rint(e.mul(xc, e.k(_LOG2E)))
     r = e.fma(n, e.k(-_EXP_LN2_HI), xc)
@@ -280,9 +280,12 @@ def _exp32(e: _E, x):
     p = e.add(e.k(1.0), t)
     ni = e.b.fptosi(n, e.ity)
     n1 = e.b.ashr(ni, e.ki(1))
-    n2 = e.b.sub(ni, n1)
-    y = e.mul(e.mul(p, e.pow2(n1)), e.pow2(n2))
-    return e.sel(e.uno(x), x, y)
+    s1, s2 = e.pow2(n1), e.pow2(e.b.sub(ni, n1))
+    y = e.sel(e.uno(x), x, e.mul(e.mul(p, s1), s2))
+    if not with_lo:
+        return y
+    err = e.add(e.sub(e.k(1.0), p), t)            # Fast2Sum: 1 + t = p + err exactly
+    return y, e.mul(e.mul(err, s1), s2)
 
 
 def _log_split(e: _E, u, sqrt_half_bits: int):
@@ -317,12 +320,14 @@ def _log32(e: _E, x):
     return e.sel(e.ult(x, e.k(0.0)), e.k(_NAN), r)
 
 
-def _log1p32_core(e: _E, x):
-    """log1p(x) for finite x > -1 (garbage-free NaN for NaN)."""
+def _log1p32_core(e: _E, x, x_lo=None):
+    """log1p(x + x_lo) for finite x > -1 (x_lo: a tiny low part); NaN gives NaN."""
     one = e.k(1.0)
     u = e.add(one, x)
     bb = e.sub(u, one)
     d = e.add(e.sub(one, e.sub(u, bb)), e.sub(x, bb))   # TwoSum: 1 + x = u + d exactly
+    if x_lo is not None:
+        d = e.add(d, x_lo)
     ef, f = _log_split(e, u, _SQRT_HALF_BITS32)
     return _log32_combine(e, ef, f, e.div(d, u))
 
@@ -339,26 +344,56 @@ def _tanh32(e: _E, x):
     a = e.fabs(x)
     a2 = e.mul(a, a)
     small = e.fma(e.mul(a, a2), e.poly(a2, TANH_P), a)
-    big = e.sub(e.k(1.0), e.div(e.k(2.0), e.add(_exp32(e, e.add(a, a)), e.k(1.0))))
+    # 1 - 2/(E + 1) with E = e^(2|x|) as a double-float (|x| > 9.5 rounds to 1 anyway)
+    ac = e.sel(e.ogt(a, e.k(9.5)), e.k(9.5), a)                  # NaN stays NaN
+    one, two = e.k(1.0), e.k(2.0)
+    ex, ex_lo = _exp32(e, e.add(ac, ac), with_lo=True)
+    d = e.add(ex, one)
+    de = e.add(e.add(e.sub(ex, d), one), ex_lo)                 # Fast2Sum, ex >= 1
+    rcp = e.div(one, d)
+    q = e.mul(two, rcp)
+    c = e.mul(e.fma(e.neg(q), de, e.fma(e.neg(q), d, two)), rcp)  # 2/(E + 1) ~= q + c
+    t = e.sub(one, q)
+    big = e.add(t, e.sub(e.sub(e.sub(one, t), q), c))          # Fast2Sum error of 1 - q
     return e.copysign(e.sel(e.olt(a, e.k(TANH_T)), small, big), x)
 
 
+def _sigmoid_from(e: _E, x, ex, ex_lo=None):
+    """sigmoid(x) from E = ex (+ ex_lo) = e^-|x| in [0, 1]: 1/(1 + E) for x >= 0, E/(1 + E)
+    for x < 0, with the rounding errors of 1 + E and of the division corrected."""
+    neg = e.olt(x, e.k(0.0))
+    one = e.k(1.0)
+    num = e.sel(neg, ex, one)
+    d = e.add(one, ex)
+    de = e.add(e.sub(one, d), ex)                               # Fast2Sum: 1 + ex = d + de
+    rcp = e.div(one, d)
+    q = e.mul(num, rcp)
+    rem = e.fma(e.neg(q), d, num)                               # num - q*d, exact
+    if ex_lo is not None:
+        de = e.add(de, ex_lo)
+        rem = e.add(rem, e.sel(neg, ex_lo, e.k(0.0)))
+    # (num + num_lo)/(d + de) = q + (rem - q*de)/d to first order
+    return e.fma(e.fma(e.neg(q), de, rem), rcp, q)
+
+
 def _sigmoid32(e: _E, x):
-    ex = _exp32(e, e.neg(e.fabs(x)))
-    num = e.sel(e.olt(x, e.k(0.0)), ex, e.k(1.0))
-    return e.div(num, e.add(e.k(1.0), ex))
+    ex, ex_lo = _exp32(e, e.neg(e.fabs(x)), with_lo=True)
+    return _sigmoid_from(e, x, ex, ex_lo)
 
 
 def _softplus32(e: _E, x):
-    ex = _exp32(e, e.neg(e.fabs(x)))
-    return e.add(e.sel(e.ogt(x, e.k(0.0)), x, e.k(0.0)), _log1p32_core(e, ex))
+    ex, ex_lo = _exp32(e, e.neg(e.fabs(x)), with_lo=True)
+    return e.add(e.sel(e.ogt(x, e.k(0.0)), x, e.k(0.0)), _log1p32_core(e, ex, ex_lo))
 
 
 def _erf32(e: _E, x):
     a = e.fabs(x)
     small = e.fma(a, e.poly(e.mul(a, a), ERF_S), a)
     ac = e.sel(e.ogt(a, e.k(ERF_CLAMP)), e.k(ERF_CLAMP), a)      # NaN stays NaN
-    big = e.sub(e.k(1.0), _exp32(e, e.poly(ac, ERF_L)))
+    ex, ex_lo = _exp32(e, e.poly(ac, ERF_L), with_lo=True)      # erfc(|x|), < 0.21
+    one = e.k(1.0)
+    t = e.sub(one, ex)
+    big = e.add(t, e.sub(e.sub(e.sub(one, t), ex), ex_lo))      # Fast2Sum error of 1 - ex
     return e.copysign(e.sel(e.olt(a, e.k(ERF_T)), small, big), x)
 
 
@@ -388,9 +423,10 @@ def _pow32(e: _E, x, y):
     yi = b.fptosi(e.sel(small_y, y, e.k(0.0)), e.ity)
     odd = b.and_(small_y, b.icmp_signed("!=", b.and_(yi, e.ki(1)), e.ki(0)))
     odd = b.and_(odd, e.oeq(e.rint(y), y))
-    xneg = e.olt(x, e.k(0.0))
-    res = e.sel(b.and_(xneg, odd), e.neg(res), res)
-    bad = b.and_(b.and_(xneg, e.ogt(x, e.k(-_INF))), e.une(e.rint(y), y))
+    signbit = b.icmp_signed("<", e.bits(x), e.ki(0))            # includes -0.0
+    res = e.sel(b.and_(signbit, odd), e.neg(res), res)
+    xneg = b.and_(e.olt(x, e.k(0.0)), e.ogt(x, e.k(-_INF)))
+    bad = b.and_(xneg, e.une(e.rint(y), y))
     res = e.sel(bad, e.k(_NAN), res)
     one = b.or_(e.oeq(x, e.k(1.0)), e.oeq(y, e.k(0.0)))
     one = b.or_(one, b.and_(e.oeq(x, e.k(-1.0)), e.oeq(ay, e.k(_INF))))
@@ -401,9 +437,7 @@ def _pow32(e: _E, x, y):
 
 
 def _sigmoid64(e: _E, x):
-    ex = e.intrinsic("exp", e.neg(e.fabs(x)))
-    num = e.sel(e.olt(x, e.k(0.0)), ex, e.k(1.0))
-    return e.div(num, e.add(e.k(1.0), ex))
+    return _sigmoid_from(e, x, e.intrinsic("exp", e.neg(e.fabs(x))))
 
 
 def _softplus64(e: _E, x):
@@ -499,51 +533,56 @@ def _minimax(f, powers, a: float, b: float, weight, n: int = 4000, iters: int = 
     return tuple(float(v) for v in best[1]), float(best[0])
 
 
-def derive_coefficients(iters: int = 1500) -> dict[str, tuple[tuple[float, ...], float]]:
-    """Re-derive every polynomial table: name -> (coefficients lowest first, max weighted
-    error of the float64 fit). Needs numpy only; takes a few seconds."""
+def _fit_specs():
+    """name -> (target g, powers, a, b, weight w): the fit makes sum c_k x^powers_k ~= g(x) on
+    [a, b] minimizing max |w(x) * error|, w chosen so that this is the error of the function."""
     import numpy as np
 
-    erf_ = np.vectorize(math.erf)
-    erfc_ = np.vectorize(math.erfc)
+    erf_, erfc_ = np.vectorize(math.erf), np.vectorize(math.erfc)
 
     def nz(v):
         return np.where(v == 0, 1.0, v)
 
-    def log1p_q(f):  # (log1p(f) - f) / f^2, -1/2 + f/3 at 0
+    def exp_q(r):  # (e^r - 1 - r) / r^2
+        return np.where(np.abs(r) < 1e-4, 0.5 + r / 6 + r * r / 24, (np.expm1(r) - r) / nz(r * r))
+
+    def log_q(f):  # (log1p(f) - f) / f^2
         return np.where(np.abs(f) < 1e-5, -0.5 + f / 3, (np.log1p(f) - f) / nz(f * f))
 
-    def log1p_w(f):  # f^2 / log1p(f): relative error of log1p
+    def log_w(f):  # f^2 / log1p(f): relative error of log1p(f)
         return np.where(f == 0, 0.0, f * f / nz(np.log1p(f)))
-
-    lo, hi = math.sqrt(0.5) - 1, math.sqrt(2.0) - 1
-    out = {}
-    out["EXP_Q"] = _minimax(
-        lambda r: np.where(np.abs(r) < 1e-4, 0.5 + r / 6 + r * r / 24,
-                           (np.expm1(r) - r) / nz(r * r)),
-        range(5), -0.35, 0.35, lambda r: r * r / np.exp(r), iters=iters)
-    out["LOG_Q"] = _minimax(log1p_q, range(9), lo, hi, log1p_w, iters=iters)
 
     def tanh_p(u):  # (tanh(x) - x) / x^3 with u = x^2
         x = np.sqrt(u)
         return np.where(u < 1e-6, -1 / 3 + 2 * u / 15, (np.tanh(x) - x) / nz(x ** 3))
 
-    out["TANH_P"] = _minimax(tanh_p, range(6), 0.0, TANH_T ** 2,
-                             lambda u: u * np.sqrt(u) / nz(np.tanh(np.sqrt(u))), iters=iters)
-
     def erf_s(u):  # erf(x)/x - 1 with u = x^2
         x = np.sqrt(u)
         return np.where(u < 1e-10, 2 / math.sqrt(math.pi) * (1 - u / 3) - 1, erf_(x) / nz(x) - 1)
 
-    out["ERF_S"] = _minimax(erf_s, range(7), 0.0, ERF_T ** 2,
-                            lambda u: np.sqrt(u) / nz(erf_(np.sqrt(u))), iters=iters)
-    out["ERF_L"] = _minimax(lambda x: np.log(erfc_(x)), range(7), ERF_T, ERF_CLAMP, erfc_,
-                            iters=iters)
-    out["POW_LOG_Q"] = _minimax(log1p_q, range(13), lo, hi, log1p_w, iters=iters)
-    out["POW_EXP2"] = _minimax(
-        lambda r: np.where(r == 0, _LN2, np.expm1(r * _LN2) / nz(r)),
-        range(8), -0.5, 0.5, lambda r: np.abs(r) / 2.0 ** r, iters=iters)
-    return out
+    def exp2_e(r):  # (2^r - 1) / r
+        return np.where(r == 0, _LN2, np.expm1(r * _LN2) / nz(r))
+
+    lo, hi = math.sqrt(0.5) - 1, math.sqrt(2.0) - 1
+    return {
+        "EXP_Q": (exp_q, range(5), -0.35, 0.35, lambda r: r * r / np.exp(r)),
+        "LOG_Q": (log_q, range(9), lo, hi, log_w),
+        "TANH_P": (tanh_p, range(6), 0.0, TANH_T ** 2,
+                   lambda u: u * np.sqrt(u) / nz(np.tanh(np.sqrt(u)))),
+        "ERF_S": (erf_s, range(7), 0.0, ERF_T ** 2,
+                  lambda u: np.sqrt(u) / nz(erf_(np.sqrt(u)))),
+        "ERF_L": (lambda x: np.log(erfc_(x)), range(7), ERF_T, ERF_CLAMP, erfc_),
+        "POW_LOG_Q": (log_q, range(13), lo, hi, log_w),
+        "POW_EXP2": (exp2_e, range(8), -0.5, 0.5, lambda r: np.abs(r) / 2.0 ** r),
+    }
+
+
+def derive_coefficients(names=None, iters: int = 1500) -> dict:
+    """Re-derive the polynomial tables (all, or those in ``names``): name -> (coefficients,
+    lowest degree first, and the max weighted error of the float64 fit). Needs numpy only; all
+    of them take a few seconds."""
+    return {name: _minimax(*spec, iters=iters) for name, spec in _fit_specs().items()
+            if names is None or name in names}
 
 
 if __name__ == "__main__":  # pragma: no cover - developer tool

@@ -13,7 +13,7 @@ import ctypes
 import numpy as np
 
 from lamina.backends.llvm import jit
-from lamina.backends.llvm.codegen import ENTRY, Slots
+from lamina.backends.llvm.codegen import ENTRY, Slots, error_sites
 from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param
 from lamina.ir.ops.source import constant_array
@@ -73,14 +73,21 @@ class LLVMProgram:
                     v, s) for v, s in self.state_copies]
         status = self.entry(ctypes.addressof(table), self.threads)
         if status:
-            raise LaminaError("an index passed to take or scatter_add was out of range "
-                              "(the compiled step found it; numpy would raise IndexError)")
+            raise self.index_error(status)
         for k, v in self.copied:
             outs[k] = early[k] if k in early else self._source(v, keep, state, outs)
         for snapshot, v, s in sources:
             src = snapshot if snapshot is not None else self._source(v, keep, state, outs)
             np.copyto(state[s], src)
         return outs, {}
+
+    def index_error(self, status: int) -> LaminaError:
+        sites = error_sites(self.graph)
+        site = sites[status - 1] if 0 < status <= len(sites) else None
+        what = site.op if site is not None else "take or scatter_add"
+        return LaminaError(f"{what}: an index is out of range (numpy would raise IndexError); "
+                           "the step stopped before changing any state",
+                           site.loc if site is not None else None)
 
     def _source(self, v, inputs, state, outs):
         if isinstance(v, Param):

@@ -78,7 +78,7 @@ class LLVMBackend:
         t0 = time.perf_counter()
         plan = plan_memory(graph, scratch_need)
         lib = gemm_library()
-        ir_text = print_graph(graph)
+        ir_text = print_graph(graph, locations=False)  # moving the source keeps the key
         parts = cache_mod.key_parts(ir_text, "graph", versions(), jit.host().key())
         cache = cache_mod.Cache()
         obj = None if dump_dir else cache.get(graph.name, parts)

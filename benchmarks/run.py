@@ -281,6 +281,7 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
     for impl in impls:
         row = {"workload": wl.name, "title": wl.title, "impl": impl.name, "kind": impl.kind,
                "version": impl.version, "unit": wl.unit, "amount": wl.amount, "tol": wl.tol,
+               "limit": wl.limit,
                "status": "ok", "note": ""}
         rows.append(row)
         try:
@@ -322,7 +323,7 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        for rnd in range(plan["rounds"]):
+        for _ in range(plan["rounds"]):
             for name, (runner, _) in runners.items():
                 k = math.ceil(reps[name] / plan["rounds"])
                 ts = times[name]
@@ -359,7 +360,7 @@ def add_ratios(rows: list[dict], limits: dict) -> None:
                 r["vs_best_peer"] = r["median_s"] / best["median_s"]
                 best_min = min(p["min_s"] for p in timed_peers)
                 r["vs_best_peer_min"] = r["min_s"] / best_min
-            lim = copy if r["unit"] == "GB/s" else peak
+            lim = copy if r["limit"] == "copy" else peak
             r["frac_limit"] = r["throughput"] / lim if lim else None
 
 

@@ -209,8 +209,15 @@ def _loss(x, w):
     return (lm.gelu(x @ w) * 2.0).mean()
 
 
+def test_llvm_adds_the_fused_stage():
+    f = lm.compile(lm.grad(_loss, argnums=1), backend="llvm")
+    f.lower(lm.TensorType((2, 3)), lm.TensorType((3, 4)))
+    assert f.stages()[-2:] == ["dce", "fused"]
+    assert "kernel @fused_" in f.ir("fused")
+
+
 def test_compile_stages_and_ir():
-    f = lm.compile(lm.grad(_loss, argnums=1))
+    f = lm.compile(lm.grad(_loss, argnums=1), backend="numpy")
     x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
     w = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
     g = f(x, w)
@@ -258,9 +265,14 @@ def test_lamina_dump_environment_variable(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert abs(float(proc.stdout) - 2.0) < 1e-6
     folder = tmp_path / "dumps" / "dumped.0"
-    files = sorted(p.name for p in folder.iterdir())
+    everything = sorted(p.name for p in folder.iterdir())
+    files = [f for f in everything if f.endswith(".lir")]
     assert files == ["00_traced.lir", "01_decompose.lir", "02_autodiff.lir", "03_simplify.lir",
-                     "04_fold_constants.lir", "05_cse.lir", "06_simplify.2.lir", "07_dce.lir"]
+                     "04_fold_constants.lir", "05_cse.lir", "06_simplify.2.lir", "07_dce.lir",
+                     "08_fused.lir"]
+    # the default (llvm) backend adds its plan, the LLVM IR before/after O3 and the assembly
+    assert everything[len(files):] == ["09_memory_plan.txt", "10_llvm_pre_opt.ll",
+                                       "11_llvm_opt.ll", "12_llvm.s"]
     for i, name in enumerate(files):
         text = (folder / name).read_text()
         assert text.startswith(f"# ---- after {i:02d} {name[3:-4]} (")

@@ -82,8 +82,9 @@ def main() -> None:
         lib.matmul(a, b, out=c, nthreads=args.threads)
         err = np.abs(c - a.astype(np.float64) @ b).max() / np.abs(a @ b).max()
         assert err < 1e-4, err
-        t_np, f_np = measure(lambda: a @ b, reps)
-        t_la, f_la = measure(lambda: lib.matmul(a, b, out=c, nthreads=args.threads), reps)
+        t_np, f_np = measure(lambda a=a, b=b: a @ b, reps)
+        t_la, f_la = measure(lambda a=a, b=b, c=c: lib.matmul(a, b, out=c, nthreads=args.threads),
+                             reps)
         gf = 2 * n**3 / 1e9
         name = f"{n}^3 {np.dtype(dt).name}"
         print(f"{name:>12} {gf / t_np:9.1f} {gf / t_la:9.1f} {t_np / t_la:6.2f}"

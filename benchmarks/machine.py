@@ -9,7 +9,10 @@
                      toolchain, ``lamina.backends.llvm.jit``): a loop over 12 independent
                      accumulator chains of ``llvm.fma.v16f32`` (16 lanes x 2 flops each), run on
                      1 thread and on N threads (N Python threads calling the JIT function through
-                     ctypes, which releases the GIL). The best of a few runs is reported.
+                     ctypes, which releases the GIL). The best of a few runs is reported, per
+                     wall second and per second of the threads' own CPU time.
+    background load  ``CpuMeter``: the CPU time other processes use (from /proc/stat, minus this
+                     process's own), in cores; ``wait_idle`` waits for a quiet machine.
 
 ``python benchmarks/machine.py [--quick]`` prints the limits alone.
 """

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("llvmlite")
 
-from lamina.backends.llvm import gemm, jit  # noqa: E402
+from lamina.backends.llvm import gemm, jit
 
 DTYPES = {"f32": np.float32, "f64": np.float64}
 

@@ -50,7 +50,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import llvmlite.ir as ir
+from llvmlite import ir
 
 from lamina.backends.llvm import jit
 
@@ -294,12 +294,11 @@ class _Emitter:
 
         full = b.and_(b.icmp_signed("==", mr, _c64(mr_)), b.icmp_signed("==", nr, _c64(self.nr)))
         with b.if_else(full) as (then, other):
-            with then:
-                with b.if_else(accum) as (t2, o2):
-                    with t2:
-                        self._store_full(b, acc, pc, ldc, True)
-                    with o2:
-                        self._store_full(b, acc, pc, ldc, False)
+            with then, b.if_else(accum) as (t2, o2):
+                with t2:
+                    self._store_full(b, acc, pc, ldc, True)
+                with o2:
+                    self._store_full(b, acc, pc, ldc, False)
             with other:
                 self._store_edge(b, fn, acc, pc, ldc, mr, nr, accum)
         b.ret_void()
@@ -344,44 +343,57 @@ class _Emitter:
         with b.if_else(b.icmp_signed("==", sx, _c64(1))) as (then, other):
             with then:
                 self._pack_copy(b, kc, n, npanel, src, sk, dst, w)
-            with other:
-                with _for(b, _c64(0), npanel, name="p") as p:
-                    x0 = b.mul(p, _c64(w))
-                    nv = _min(b, b.sub(n, x0), _c64(w))
-                    sp = b.gep(src, [b.mul(x0, sx)])
-                    dp = b.gep(dst, [b.mul(x0, kc)])
-                    fast = b.and_(b.icmp_signed("==", sk, _c64(1)),
-                                  b.icmp_signed("==", nv, _c64(w)))
-                    with b.if_else(fast) as (t2, o2):
-                        with t2:
-                            self._pack_transpose(b, kc, sp, sx, dp, w)
-                        with o2:
-                            self._pack_scalar(b, _c64(0), kc, nv, sp, sx, sk, dp, w)
+            with other, _for(b, _c64(0), npanel, name="p") as p:
+                x0 = b.mul(p, _c64(w))
+                nv = _min(b, b.sub(n, x0), _c64(w))
+                sp = b.gep(src, [b.mul(x0, sx)])
+                dp = b.gep(dst, [b.mul(x0, kc)])
+                fast = b.and_(b.icmp_signed("==", sk, _c64(1)),
+                              b.icmp_signed("==", nv, _c64(w)))
+                with b.if_else(fast) as (t2, o2):
+                    with t2:
+                        self._pack_transpose(b, kc, sp, sx, dp, w)
+                    with o2:
+                        self._pack_scalar(b, _c64(0), kc, nv, sp, sx, sk, dp, w)
         b.ret_void()
         return fn
 
     def _pack_copy(self, b, kc, n, npanel, src, sk, dst, w):
-        """Unit panel stride: for each k, the source row's n values go to the panels in vector
-        pieces (masked at the end of the row and to the panel width)."""
+        """Unit panel stride: the source rows (one per k) are contiguous. Groups of panels
+        spanning ~8 vectors are filled one k at a time: a few contiguous loads per source row,
+        stores into a few panel streams. Only the last, partial panel uses masked loads."""
         al = ir.Constant(_i32, _BYTES[self.dtype])
         nvec = -(-w // self.vl)
-        with _for(b, _c64(0), kc, name="k") as k:
-            s = b.gep(src, [b.mul(k, sk)])
-            d = b.gep(dst, [b.mul(k, _c64(w))])
-            with _for(b, _c64(0), npanel, name="p") as p:
-                x0 = b.mul(p, _c64(w))
-                sp = b.gep(s, [x0])
-                dp = b.gep(d, [b.mul(x0, kc)])
-                for v in range(nvec):
-                    off = _c64(v * self.vl)
-                    ld = _lane_mask(b, b.sub(b.sub(n, x0), off), self.vl)
-                    x = b.call(self.mload, [_vptr(b, sp, off, self.vt), al, ld, self.zero_v()])
-                    dv = _vptr(b, dp, off, self.vt)
-                    if w - v * self.vl >= self.vl:
-                        b.store(x, dv, align=_BYTES[self.dtype])
-                    else:
-                        st = _lane_mask(b, _c64(w - v * self.vl), self.vl)
-                        b.call(self.mstore, [x, dv, al, st])
+        group = max(1, 8 * self.vl // w)
+        with _for(b, _c64(0), npanel, group, name="pg") as pg:
+            p1 = _min(b, b.add(pg, _c64(group)), npanel)
+            with _for(b, _c64(0), kc, name="k") as k:
+                s = b.gep(src, [b.mul(k, sk)])
+                d = b.gep(dst, [b.mul(k, _c64(w))])
+                with _for(b, pg, p1, name="p") as p:
+                    x0 = b.mul(p, _c64(w))
+                    sp = b.gep(s, [x0])
+                    dp = b.gep(d, [b.mul(x0, kc)])
+                    full = b.icmp_signed("<=", b.add(x0, _c64(w)), n)
+                    with b.if_else(full) as (then, other):
+                        for masked, blk in ((False, then), (True, other)):
+                            with blk:
+                                for v in range(nvec):
+                                    off = _c64(v * self.vl)
+                                    sv = _vptr(b, sp, off, self.vt)
+                                    if masked or w - v * self.vl < self.vl:
+                                        ld = _lane_mask(b, b.sub(b.sub(n, x0), off), self.vl)
+                                        if not masked:
+                                            ld = _lane_mask(b, _c64(w - v * self.vl), self.vl)
+                                        x = b.call(self.mload, [sv, al, ld, self.zero_v()])
+                                    else:
+                                        x = b.load(sv, align=_BYTES[self.dtype])
+                                    dv = _vptr(b, dp, off, self.vt)
+                                    if w - v * self.vl >= self.vl:
+                                        b.store(x, dv, align=_BYTES[self.dtype])
+                                    else:
+                                        st = _lane_mask(b, _c64(w - v * self.vl), self.vl)
+                                        b.call(self.mstore, [x, dv, al, st])
 
     def _pack_transpose(self, b, kc, sp, sx, dp, w):
         """A full panel whose source rows are contiguous along k: VL k's at a time, each group
@@ -526,7 +538,9 @@ class _Emitter:
         own = (mine, b.gep(mine, [_c64(cfg.kc * cfg.nc)]))
         abuf = b.gep(mine, [_c64(2 * cfg.kc * cfg.nc)])
 
-        def run(bi, tt, TT, bufs, i0=_c64(0), i1=M, j0=_c64(0), j1=N):
+        zero = _c64(0)
+
+        def run(bi, tt, TT, bufs, i0=zero, i1=M, j0=zero, j1=N):
             """C[i0:i1, j0:j1] of batch bi."""
             a = b.gep(A, [b.add(b.mul(bi, bsA), b.mul(i0, rsA))])
             bm = b.gep(B, [b.add(b.mul(bi, bsB), b.mul(j0, csB))])
@@ -549,25 +563,23 @@ class _Emitter:
         # Otherwise split the row panels, unless there are too few of them: then the columns.
         by_rows = b.icmp_signed(">=", _cdiv(b, M, cfg.mr), b.mul(T, _c64(2)))
         with b.if_else(by_batch) as (then, other):
-            with then:
-                with _for(b, t, batch, T, name="bt") as bi:
-                    run(bi, _c64(0), _c64(1), own)
-            with other:
-                with b.if_else(by_rows) as (t2, o2):
-                    with t2:
-                        if cfg.share_b:
-                            with _for(b, _c64(0), batch, name="bm") as bi:
-                                run(bi, t, T, shared)
-                        else:
-                            i0, i1 = split(M, cfg.mr)
-                            with b.if_then(b.icmp_signed("<", i0, i1)):
-                                with _for(b, _c64(0), batch, name="bm") as bi:
-                                    run(bi, _c64(0), _c64(1), own, i0=i0, i1=i1)
-                    with o2:
-                        j0, j1 = split(N, self.nr)
-                        with b.if_then(b.icmp_signed("<", j0, j1)):
-                            with _for(b, _c64(0), batch, name="bn") as bi:
-                                run(bi, _c64(0), _c64(1), own, j0=j0, j1=j1)
+            with then, _for(b, t, batch, T, name="bt") as bi:
+                run(bi, _c64(0), _c64(1), own)
+            with other, b.if_else(by_rows) as (t2, o2):
+                with t2:
+                    if cfg.share_b:
+                        with _for(b, _c64(0), batch, name="bm") as bi:
+                            run(bi, t, T, shared)
+                    else:
+                        i0, i1 = split(M, cfg.mr)
+                        with (b.if_then(b.icmp_signed("<", i0, i1)),
+                              _for(b, _c64(0), batch, name="bm") as bi):
+                            run(bi, _c64(0), _c64(1), own, i0=i0, i1=i1)
+                with o2:
+                    j0, j1 = split(N, self.nr)
+                    with (b.if_then(b.icmp_signed("<", j0, j1)),
+                          _for(b, _c64(0), batch, name="bn") as bi):
+                        run(bi, _c64(0), _c64(1), own, j0=j0, j1=j1)
         b.ret_void()
         return fn
 

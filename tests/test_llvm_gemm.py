@@ -4,6 +4,7 @@ strided and transposed operands, batches with broadcasting, threads, the epilogu
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 
 import numpy as np
 import pytest
@@ -94,6 +95,14 @@ done:
 
 @pytest.fixture(scope="module")
 def lib():
+    """The GEMMs with threads even for tiny problems (the default keeps those on one thread),
+    so that every shape here runs the threaded paths when nthreads > 1."""
+    return gemm.build_library({d: dataclasses.replace(gemm.default_config(d), min_flops=0)
+                               for d in DTYPES})
+
+
+@pytest.fixture(scope="module")
+def default_lib():
     return gemm.build_library()
 
 
@@ -113,19 +122,21 @@ def reference(a, b):
 
 
 def check(c, a, b, dtype, extra=None):
-    """|c - ref| <= 4 sqrt(K) eps (|A| @ |B|), elementwise.
+    """|c - ref| <= 4 sqrt(K) eps (|A| @ |B|) + eps |ref|, elementwise (ref in float64, after
+    the `extra` elementwise function when given).
 
     Rounding errors of a K-term dot product are bounded by ~K eps sum|a b| in the worst case and
-    grow like sqrt(K) eps sum|a b| for independent rounding errors (the blocked FMA sum here
-    only lowers that); 4 covers the spread of that estimate and the final rounding to `dtype`,
-    while one wrong, missing or doubled product of size ~sum|a b| / K is still well above it.
+    grow like sqrt(K) eps sum|a b| for independent rounding errors (the blocked FMA sums here
+    only lower that); the factor 4 covers the spread of that estimate. eps |ref| covers the
+    final rounding of each stored value (and of an epilogue's one extra operation). One wrong,
+    missing or doubled product, of size ~sum|a b| / K, is still well above the bound.
     """
     k = a.shape[-1]
     eps = np.finfo(dtype).eps
     ref = reference(a, b) if extra is None else extra(reference(a, b))
     scale = np.matmul(np.abs(a).astype(np.float64), np.abs(b).astype(np.float64))
-    tol = 4 * np.sqrt(max(k, 1)) * eps * scale + np.finfo(dtype).tiny
-    np.testing.assert_array_less(np.abs(c.astype(np.float64) - ref), tol + 0 * ref)
+    tol = 4 * np.sqrt(max(k, 1)) * eps * scale + eps * np.abs(ref) + np.finfo(dtype).tiny
+    np.testing.assert_array_less(np.abs(c.astype(np.float64) - ref), tol)
 
 
 SHAPES = [
@@ -174,10 +185,14 @@ def test_strides(lib, dtype, nthreads, layout, rng):
         b = rng.standard_normal((3 * k, 2 * n)).astype(dt)[::3, ::2]
     if layout == "neg":
         a, b = a[::-1, ::-1], b[:, ::-1]
-    if layout == "ldc":  # C inside a wider array
-        out = np.full((m, n + 19), np.nan, dt)[:, 5:5 + n]
+    wide = np.full((m + 1, n + 19), np.nan, dt)
+    if layout == "ldc":  # C inside a wider array: what is around it must stay untouched
+        out = wide[:m, 5:5 + n]
     lib.matmul(a, b, out=out, nthreads=nthreads)
     check(out, a, b, dt)
+    if layout == "ldc":
+        assert np.isnan(wide[:, :5]).all() and np.isnan(wide[:, 5 + n:]).all()
+        assert np.isnan(wide[m]).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -206,9 +221,7 @@ def test_epilogue_bias_relu(lib, epilogues, dtype, nthreads, shape, rng):
     c = np.full((m, n), np.nan, dt)
     lib.matmul(a, b, out=c, nthreads=nthreads, epilogue=epilogues["bias_relu", dtype],
                ctx=bias.ctypes.data)
-    relu = (lambda r: np.maximum(r + bias, 0.0))
-    # relu(x + bias) moves x by at most |bias| rounding (<= eps |bias|): covered by scale + 1.
-    check(c, a, b, dt, extra=relu) if k else np.testing.assert_array_equal(c, relu(0 * c))
+    check(c, a, b, dt, extra=lambda r: np.maximum(r + bias, 0.0))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -233,6 +246,17 @@ def test_epilogue_once_after_full_sum(lib, epilogues, dtype, nthreads, batch, sh
     check(c, a, np.broadcast_to(b, (batch, k, n)), dt)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 5, 7), (64, 64, 64), (300, 200, 100)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_default_library(default_lib, dtype, shape, rng):
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((m, k)).astype(dt)
+    b = rng.standard_normal((k, n)).astype(dt)
+    check(default_lib.matmul(a, b, nthreads=2), a, b, dt)
+
+
 def test_raw_call_and_declare(lib):
     """The C ABI as documented, called with raw pointers; declare_gemm matches emit_gemm."""
     m, n, k = 3, 4, 5
@@ -248,3 +272,72 @@ def test_raw_call_and_declare(lib):
     defined = gemm.emit_gemm(jit.new_module("x"), "f32")
     assert str(decl.function_type) == str(defined.function_type)
     assert ctypes.sizeof(ctypes.c_void_p) == 8
+
+
+def _flush_against_guard(x):
+    """A copy of `x` (same strides) whose last byte ends where a PROT_NONE page begins, so any
+    read or write past the end crashes the test instead of passing silently."""
+    import mmap
+
+    page = mmap.PAGESIZE
+    span = sum((n - 1) * s for s, n in zip(x.strides, x.shape)) + x.itemsize
+    npages = -(-span // page) + 1
+    buf = mmap.mmap(-1, npages * page)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(base + (npages - 1) * page, page, 0) == 0  # PROT_NONE
+    start = (npages - 1) * page - span
+    y = np.ndarray(x.shape, x.dtype, buffer=buf, offset=start, strides=x.strides)
+    y[...] = x
+    _GUARDED.append(buf)
+    return y
+
+
+_GUARDED: list = []
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("shape", [(37, 53, 71), (13, 33, 17), (1, 45, 3), (50, 1, 20)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["rows", "cols"])
+def test_stays_in_bounds(lib, dtype, nthreads, shape, layout, rng):
+    """A, B and C end right before an inaccessible page: edge tiles and packers must not read
+    (or write) past the last element, in either memory order of the operands."""
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((m, k)).astype(dt)
+    b = rng.standard_normal((k, n)).astype(dt)
+    if layout == "cols":
+        a, b = np.asfortranarray(a), np.asfortranarray(b)
+    a, b = _flush_against_guard(a), _flush_against_guard(b)
+    c = _flush_against_guard(np.full((m, n), np.nan, dt))
+    lib.matmul(a, b, out=c, nthreads=nthreads)
+    check(c, a, b, dt)
+
+
+def test_concurrent_calls(lib, rng):
+    """Calls from several threads at once (ctypes drops the GIL) each get their own
+    workspace: the cached one goes to one caller, the others allocate."""
+    import threading
+
+    cases = []
+    for i in range(4):
+        m, n, k = 60 + 7 * i, 90 - 5 * i, 200 + 13 * i
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        cases.append((a, b, [np.full((m, n), np.nan, np.float32) for _ in range(20)]))
+
+    def work(a, b, outs):
+        for c in outs:
+            lib.matmul(a, b, out=c, nthreads=2)
+
+    threads = [threading.Thread(target=work, args=case) for case in cases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b, outs in cases:
+        for c in outs:
+            check(c, a, b, np.float32)

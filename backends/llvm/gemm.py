@@ -11,36 +11,49 @@ The emitted function (one per dtype, C ABI)::
 
 computes ``C = A @ B`` for every batch ``b`` (operands offset by ``b*bsA`` etc.; a zero batch
 stride broadcasts). ``epilogue(ctx, b, C, ldc, i0, i1, j0, j1)``, when not null, is called once
-per block of C right after the block's full K sum is stored: the blocks are MR rows x NC columns
-(one row panel of one column block), hot in L1/L2 when the caller's fused elementwise ops run.
+per block of C right after the block's full K sum is stored, with C pointing at batch b's matrix:
+the blocks are MR rows x NC columns (one row panel of one column block, 12 x 384 for f32 on
+AVX-512), hot in L1/L2 when the caller's fused elementwise ops run. Blocks of different threads
+may be processed concurrently; each element belongs to exactly one block.
 
-Blocking (the BLIS scheme, mirrored for row-major C; the names of the constants are ours):
+Blocking (the BLIS scheme, mirrored for row-major C):
 
-* Micro-kernel: an MR x NR tile of C lives in MR*NR/VL vector registers (f32: 12 x 32 = 24 zmm
-  accumulators). Each k step loads NR/VL vectors of packed B and broadcasts MR scalars of packed A
-  (folded into the FMA as ``{1toN}`` memory operands), issuing MR*NR/VL independent FMAs: enough
-  to cover the 4-cycle FMA latency on both FMA ports with 7 registers to spare (no spills).
-  Loads per FMA stay below 1, well within the two load ports. The K loop is unrolled by UNROLL.
-* Packing: A is copied into MR-row panels (k-major, MR values per k) and B into NR-column panels
-  (NR values per k), both zero-padded at the edges, so the micro-kernel always runs full tiles
-  with unit-stride, aligned loads. The packers read any (row, column) strides, so a transposed
-  operand is just another stride pair; contiguous B rows are copied with masked vector loads.
-* Cache blocks: KC (k depth of the packed panels) x NC (columns of one packed B block) is sized
-  for L2 (f32: 256 x 512 x 4 B = 512 KiB); a packed A micro-panel (MR x KC = 12 KiB) stays in L1
-  while the micro-kernel sweeps the B block (loop order: ic > pc > jc > ir > jr). MC rows of A are
-  packed per (ic, pc) and per thread.
-* Threads (``GOMP_parallel`` when nthreads > 1, never for tiny problems): by default the threads
-  share each packed B block (each packs part of it, then one barrier; B blocks are double
-  buffered, so one barrier per block suffices) and split the row panels of A, each thread packing
-  its own. When the batch divides among the threads, each thread takes whole matrices instead
-  (no barriers); when M is too small to split, each thread takes a range of column panels.
-* Edge tiles are stored with masked vector stores, full tiles with plain ones; the first K block
-  overwrites C (so K = 0 stores zeros), later ones accumulate into it.
+* Micro-kernel: an MR x NR tile of C lives in MR*NR/VL vector registers (f32 on AVX-512:
+  12 x 32 = 24 zmm accumulators, f64: 12 x 16). Each k step loads NR/VL vectors of packed B and
+  broadcasts MR scalars of packed A, issuing MR*NR/VL independent FMAs (``llvm.fma``): enough to
+  cover the 4-cycle FMA latency on both FMA ports, with registers to spare for the B vectors and
+  a broadcast (no spills), and 14 loads per 24 FMAs, within the two load ports. The K loop is
+  unrolled by 4. Measured with all data in L1 it runs at ~90% of a pure-FMA loop; 14x32, 8x48,
+  6x64 and 10x32 tiles measured the same within noise. The C tile is prefetched for writing
+  when the kernel starts (+1-4%); prefetching packed B ahead gained nothing.
+* Packing: A is copied into MR-row panels (k-major: MR values per k) and B into NR-column panels
+  (NR values per k), zero-padded at the edges, so the micro-kernel always runs full tiles with
+  unit-stride aligned loads (edge tiles are stored with masked stores). The packers take any
+  (row, column) strides, so a transposed operand costs nothing extra: a source with unit stride
+  across the panel (row-major B, column-major A) is copied with vector loads, one with unit
+  stride along k (row-major A, column-major B) is transposed VL x VL in registers, anything
+  else is copied element by element.
+* Cache blocks (loop order ic > pc > jc > ir > jr): a packed B block of KC x NC (f32: 384 x 384,
+  576 KiB) stays in L2 while the micro-kernel sweeps it once per MR-row panel of A; the A
+  micro-panel (MR x KC, 18 KiB) stays in L1 across the NC/NR micro-kernel calls that reuse it.
+  MC (rows of A packed per pc step) is large (1536) so that B is packed only once per call for
+  M <= MC per thread: repacking B per smaller M block cost more than streaming packed A from
+  L3. K and M are cut into equal blocks (K = 400 runs as 2 x 200, not 384 + 16). The first K
+  block overwrites C (so K = 0 stores zeros), later ones add to it.
+* Threads (``GOMP_parallel`` when nthreads > 1 and the call has >= 4 MFLOP; smaller calls were
+  slower threaded): the threads never wait for each other. Each takes whole matrices of the
+  batch when the batch divides among them (or is large), else a range of row panels (when
+  M >= N) or of column panels of every matrix, packing its own copy of the other operand. A
+  variant sharing each packed B block between the threads (one barrier per block) measured the
+  same on a quiet machine, slower for small matrices, and collapsed when another process held a
+  core (a descheduled thread stalls the barrier).
+* Epilogue: called for each MR-row x NC-column block right after its last K block is stored.
 
-The packing workspace is allocated once and cached in a module global (taken and returned with
-atomic exchanges, so concurrent calls stay safe: a call that finds the cache empty allocates).
+The packing workspace (per thread: one B block and one A block) is allocated once and cached in
+a module global, taken and returned with atomic exchanges: concurrent calls stay safe (a call
+that finds the cache empty allocates its own).
 
-For constants and measurements see ``CONFIGS`` and benchmarks/gemm_kernel.py.
+Constants: ``CONFIGS``; measurements: benchmarks/gemm_kernel.py.
 """
 
 from __future__ import annotations
@@ -90,10 +103,8 @@ class Config:
     mc: int        # rows of A packed per thread and (ic, pc) step (multiple of mr)
     nc: int        # columns of one packed B block (multiple of NR)
     unroll: int = 4          # K-loop unroll of the micro-kernel
-    share_b: bool = True     # threads split rows and share packed B blocks (else: own copies)
-    pf_b: int = 0            # prefetch packed B this many k steps ahead (0: off)
-    pf_c: bool = False       # prefetch the C tile before the K loop
-    min_flops: int = 1 << 18  # below this many flops the call stays on one thread
+    pf_c: bool = True        # prefetch the C tile (for writing) before the K loop
+    min_flops: int = 1 << 22  # below this many flops the call stays on one thread
     vbits: int = 512         # vector register width the tile is sized for
 
     def __post_init__(self):
@@ -107,8 +118,8 @@ class Config:
 # the target machine); 256/128 (16 ymm/xmm: 12 accumulators) keep other x86-64 hosts correct
 # and reasonable, untuned.
 CONFIGS = {
-    512: {"f32": Config(mr=12, nrv=2, kc=256, mc=480, nc=512),
-          "f64": Config(mr=12, nrv=2, kc=256, mc=240, nc=256)},
+    512: {"f32": Config(mr=12, nrv=2, kc=384, mc=1536, nc=384),
+          "f64": Config(mr=12, nrv=2, kc=256, mc=768, nc=256)},
     256: {"f32": Config(mr=6, nrv=2, kc=256, mc=240, nc=512, vbits=256),
           "f64": Config(mr=6, nrv=2, kc=256, mc=240, nc=256, vbits=256)},
     128: {"f32": Config(mr=6, nrv=2, kc=256, mc=240, nc=256, vbits=128),
@@ -249,10 +260,6 @@ class _Emitter:
                     acc[r][v].add_incoming(acc0[r][v], pre)
             cur = [[acc[r][v] for v in range(nrv)] for r in range(mr_)]
             for s in range(step):
-                if cfg.pf_b:
-                    for ln in range(0, self.nr * _BYTES[self.dtype], 64):
-                        off = (s + cfg.pf_b) * self.nr + ln // _BYTES[self.dtype]
-                        self.prefetch_line(b, b.gep(bp, [_c64(off)]))
                 bv = [b.load(_vptr(b, bp, _c64(s * self.nr + v * self.vl), vt), align=64)
                       for v in range(nrv)]
                 for r in range(mr_):
@@ -362,8 +369,6 @@ class _Emitter:
         """Unit panel stride: the source rows (one per k) are contiguous. Groups of panels
         spanning ~8 vectors are filled one k at a time: a few contiguous loads per source row,
         stores into a few panel streams. Only the last, partial panel uses masked loads."""
-        al = ir.Constant(_i32, _BYTES[self.dtype])
-        nvec = -(-w // self.vl)
         group = max(1, 8 * self.vl // w)
         with _for(b, _c64(0), npanel, group, name="pg") as pg:
             p1 = _min(b, b.add(pg, _c64(group)), npanel)
@@ -376,24 +381,30 @@ class _Emitter:
                     dp = b.gep(d, [b.mul(x0, kc)])
                     full = b.icmp_signed("<=", b.add(x0, _c64(w)), n)
                     with b.if_else(full) as (then, other):
-                        for masked, blk in ((False, then), (True, other)):
+                        for partial, blk in ((False, then), (True, other)):
                             with blk:
-                                for v in range(nvec):
-                                    off = _c64(v * self.vl)
-                                    sv = _vptr(b, sp, off, self.vt)
-                                    if masked or w - v * self.vl < self.vl:
-                                        ld = _lane_mask(b, b.sub(b.sub(n, x0), off), self.vl)
-                                        if not masked:
-                                            ld = _lane_mask(b, _c64(w - v * self.vl), self.vl)
-                                        x = b.call(self.mload, [sv, al, ld, self.zero_v()])
-                                    else:
-                                        x = b.load(sv, align=_BYTES[self.dtype])
-                                    dv = _vptr(b, dp, off, self.vt)
-                                    if w - v * self.vl >= self.vl:
-                                        b.store(x, dv, align=_BYTES[self.dtype])
-                                    else:
-                                        st = _lane_mask(b, _c64(w - v * self.vl), self.vl)
-                                        b.call(self.mstore, [x, dv, al, st])
+                                self._copy_panel_row(b, sp, dp, b.sub(n, x0), w, partial)
+
+    def _copy_panel_row(self, b, sp, dp, avail, w, partial):
+        """dst[0:w] = src[0:w], in vector pieces; with `partial`, only the first `avail` source
+        values exist and the rest of the row is zero-filled."""
+        al = ir.Constant(_i32, _BYTES[self.dtype])
+        for v in range(-(-w // self.vl)):
+            off = _c64(v * self.vl)
+            width = min(self.vl, w - v * self.vl)  # lanes of this piece inside the panel
+            sv, dv = _vptr(b, sp, off, self.vt), _vptr(b, dp, off, self.vt)
+            if partial or width < self.vl:
+                lim = _c64(width)
+                if partial:
+                    lim = _min(b, b.sub(avail, off), lim)
+                x = b.call(self.mload, [sv, al, _lane_mask(b, lim, self.vl), self.zero_v()])
+            else:
+                x = b.load(sv, align=_BYTES[self.dtype])
+            if width == self.vl:
+                b.store(x, dv, align=_BYTES[self.dtype])
+            else:
+                st = _lane_mask(b, _c64(width), self.vl)
+                b.call(self.mstore, [x, dv, al, st])
 
     def _pack_transpose(self, b, kc, sp, sx, dp, w):
         """A full panel whose source rows are contiguous along k: VL k's at a time, each group
@@ -438,84 +449,58 @@ class _Emitter:
                 b.store(zero, b.gep(d, [x]))
 
     # one matrix ------------------------------------------------------------------------------
-    def matrix(self, uk, pack_a, pack_b, barrier) -> ir.Function:
+    def matrix(self, uk, pack_a, pack_b) -> ir.Function:
         """void mat(M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi,
-        ctx, t, T, bbuf0, bbuf1, abuf): C = A @ B for one matrix (or a block of one: the
-        epilogue gets batch bidx's C at cbase and rows/columns offset by ibase/jbase). With
-        T > 1 the T threads of the team call it together: they share the packed B blocks
-        (bbuf0/1 of thread 0) and split the row panels; with T == 1 one thread does it all."""
+        ctx, bbuf, abuf): C = A @ B on one thread, for one matrix or a block of one (the
+        epilogue gets batch bidx's C at cbase, rows and columns offset by ibase and jbase)."""
         cfg = self.cfg
         tp, ep = self.tp, EPILOGUE_TYPE[self.dtype].as_pointer()
         fn, b = _new_fn(self.m, self.prefix + "matrix", _void,
                         [_i64, _i64, _i64, tp, _i64, _i64, tp, _i64, _i64, tp, _i64,
-                         tp, _i64, _i64, _i64, ep, _i8p, _i64, _i64, tp, tp, tp])
-        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi, ctx, t, T,
-         bb0, bb1, abuf) = fn.args
-        parity = b.alloca(_i64)
-        b.store(_c64(0), parity)
-        multi = b.icmp_signed(">", T, _c64(1))
+                         tp, _i64, _i64, _i64, ep, _i8p, tp, tp])
+        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi, ctx,
+         bbuf, abuf) = fn.args
         # Blocks of equal size (no thin last block): K in steps of at most KC (one step of 0
-        # when K == 0, which stores zeros), M in steps of at most T*MC rows (whole panels).
+        # when K == 0, which stores zeros), M in steps of at most MC rows (whole panels).
         kpos = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
         kstep = _cdiv(b, kpos, _cdiv(b, kpos, cfg.kc))
         mpos = b.select(b.icmp_signed(">", M, _c64(0)), M, _c64(1))
-        mcb = _cdiv(b, mpos, _cdiv(b, mpos, b.mul(T, _c64(cfg.mc))))
-        mcb = b.mul(_cdiv(b, mcb, cfg.mr), _c64(cfg.mr))
+        mstep = _cdiv(b, mpos, _cdiv(b, mpos, cfg.mc))
+        mstep = b.mul(_cdiv(b, mstep, cfg.mr), _c64(cfg.mr))
         has_epi = b.icmp_unsigned("!=", epi, ir.Constant(ep, None))
-        with _for(b, _c64(0), M, mcb, name="ic") as ic:
-            mc = _min(b, b.sub(M, ic), mcb)
-            npm = _cdiv(b, mc, cfg.mr)  # this block's row panels, split among the threads
-            p0 = b.sdiv(b.mul(npm, t), T)
-            p1 = b.sdiv(b.mul(npm, b.add(t, _c64(1))), T)
-            i0 = b.add(ic, b.mul(p0, _c64(cfg.mr)))
-            i1 = _min(b, b.add(ic, b.mul(p1, _c64(cfg.mr))), b.add(ic, mc))
-            rows = b.sub(i1, i0)
+        with _for(b, _c64(0), M, mstep, name="ic") as ic:
+            mc = _min(b, b.sub(M, ic), mstep)
             with _for(b, _c64(0), kpos, kstep, name="pc") as pc:
                 kc = _min(b, b.sub(K, pc), kstep)
                 first = b.icmp_signed("==", pc, _c64(0))
-                last = b.icmp_signed(">=", b.add(pc, kc), K)
-                call_epi = b.and_(last, has_epi)
-                with b.if_then(b.icmp_signed(">", rows, _c64(0))):
-                    b.call(pack_a, [kc, rows, b.gep(A, [b.add(b.mul(i0, rsA), b.mul(pc, csA))]),
-                                    rsA, csA, abuf])
+                call_epi = b.and_(b.icmp_signed(">=", b.add(pc, kc), K), has_epi)
+                b.call(pack_a, [kc, mc, b.gep(A, [b.add(b.mul(ic, rsA), b.mul(pc, csA))]),
+                                rsA, csA, abuf])
                 with _for(b, _c64(0), N, _c64(cfg.nc), name="jc") as jc:
                     nc = _min(b, b.sub(N, jc), _c64(cfg.nc))
-                    par = b.load(parity)
-                    b.store(b.xor(par, _c64(1)), parity)
-                    bb = b.select(b.icmp_signed("==", par, _c64(0)), bb0, bb1)
-                    npn = _cdiv(b, nc, self.nr)  # column panels: packed cooperatively
-                    q0 = b.sdiv(b.mul(npn, t), T)
-                    q1 = b.sdiv(b.mul(npn, b.add(t, _c64(1))), T)
-                    jq0 = b.mul(q0, _c64(self.nr))
-                    ncols = b.sub(_min(b, b.mul(q1, _c64(self.nr)), nc), jq0)
-                    with b.if_then(b.icmp_signed(">", ncols, _c64(0))):
-                        src = b.gep(B, [b.add(b.mul(pc, rsB), b.mul(b.add(jc, jq0), csB))])
-                        b.call(pack_b, [kc, ncols, src, csB, rsB, b.gep(bb, [b.mul(jq0, kc)])])
-                    with b.if_then(multi):
-                        b.call(barrier, [])
-                    with _for(b, i0, i1, _c64(cfg.mr), name="ir") as ir_:
-                        mr = _min(b, b.sub(i1, ir_), _c64(cfg.mr))
-                        ap = b.gep(abuf, [b.mul(b.sub(ir_, i0), kc)])
+                    src = b.gep(B, [b.add(b.mul(pc, rsB), b.mul(jc, csB))])
+                    b.call(pack_b, [kc, nc, src, csB, rsB, bbuf])
+                    with _for(b, ic, b.add(ic, mc), _c64(cfg.mr), name="ir") as ir_:
+                        mr = _min(b, b.sub(b.add(ic, mc), ir_), _c64(cfg.mr))
+                        ap = b.gep(abuf, [b.mul(b.sub(ir_, ic), kc)])
                         crow = b.gep(C, [b.add(b.mul(ir_, ldc), jc)])
                         with _for(b, _c64(0), nc, _c64(self.nr), name="jr") as jr:
                             nr = _min(b, b.sub(nc, jr), _c64(self.nr))
-                            b.call(uk, [kc, ap, b.gep(bb, [b.mul(jr, kc)]), b.gep(crow, [jr]),
-                                        ldc, mr, nr, b.not_(first)])
+                            b.call(uk, [kc, ap, b.gep(bbuf, [b.mul(jr, kc)]),
+                                        b.gep(crow, [jr]), ldc, mr, nr, b.not_(first)])
                         with b.if_then(call_epi):
+                            i0 = b.add(ibase, ir_)
                             j0 = b.add(jbase, jc)
-                            i0e = b.add(ibase, ir_)
-                            b.call(epi, [ctx, bidx, cbase, ldc, i0e, b.add(i0e, mr), j0,
+                            b.call(epi, [ctx, bidx, cbase, ldc, i0, b.add(i0, mr), j0,
                                          b.add(j0, nc)])
-        with b.if_then(multi):  # the next matrix may reuse bbuf0 at once
-            b.call(barrier, [])
         b.ret_void()
         return fn
 
     # threads and the entry point ---------------------------------------------------------------
     def per_thread(self) -> int:
-        """Workspace elements per thread: two packed B blocks and one packed A block."""
+        """Workspace elements per thread: one packed B block and one packed A block."""
         cfg = self.cfg
-        return 2 * cfg.kc * cfg.nc + cfg.mc * cfg.kc
+        return cfg.kc * cfg.nc + cfg.mc * cfg.kc
 
     def fields(self):
         """The worker's argument struct: the entry's arguments (less nthreads) and the workspace."""
@@ -523,31 +508,31 @@ class _Emitter:
                 _i64, _i64, _i64, _i64, EPILOGUE_TYPE[self.dtype].as_pointer(), _i8p, self.tp]
 
     def worker(self, mat) -> ir.Function:
-        """void work(i8* args, i64 t, i64 T): thread t of T's share of the whole call."""
+        """void work(i8* args, i64 t, i64 T): thread t of T's share of the whole call. The
+        threads never wait for each other: each takes whole matrices of the batch when there
+        are enough, else a range of row panels or of column panels of every matrix, whichever
+        duplicates less packing (each thread packs the whole of the operand it does not
+        split: B for a row split, A for a column split)."""
         cfg = self.cfg
         fn, b = _new_fn(self.m, self.prefix + "work", _void, [_i8p, _i64, _i64])
         data, t, T = fn.args
         fields = self.fields()
-        st = ir.LiteralStructType(fields)
-        sp = b.bitcast(data, st.as_pointer())
+        sp = b.bitcast(data, ir.LiteralStructType(fields).as_pointer())
         (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC, epi, ctx,
          ws) = [b.load(b.gep(sp, [ir.Constant(_i32, 0), ir.Constant(_i32, i)]))
                 for i in range(len(fields))]
-        mine = b.gep(ws, [b.mul(t, _c64(self.per_thread()))])
-        shared = (ws, b.gep(ws, [_c64(cfg.kc * cfg.nc)]))
-        own = (mine, b.gep(mine, [_c64(cfg.kc * cfg.nc)]))
-        abuf = b.gep(mine, [_c64(2 * cfg.kc * cfg.nc)])
-
+        bbuf = b.gep(ws, [b.mul(t, _c64(self.per_thread()))])
+        abuf = b.gep(bbuf, [_c64(cfg.kc * cfg.nc)])
         zero = _c64(0)
 
-        def run(bi, tt, TT, bufs, i0=zero, i1=M, j0=zero, j1=N):
+        def run(bi, i0=zero, i1=M, j0=zero, j1=N):
             """C[i0:i1, j0:j1] of batch bi."""
             a = b.gep(A, [b.add(b.mul(bi, bsA), b.mul(i0, rsA))])
             bm = b.gep(B, [b.add(b.mul(bi, bsB), b.mul(j0, csB))])
             cb = b.gep(C, [b.mul(bi, bsC)])
             c = b.gep(cb, [b.add(b.mul(i0, ldc), j0)])
             b.call(mat, [b.sub(i1, i0), b.sub(j1, j0), K, a, rsA, csA, bm, rsB, csB, c, ldc, cb,
-                         bi, i0, j0, epi, ctx, tt, TT, bufs[0], bufs[1], abuf])
+                         bi, i0, j0, epi, ctx, bbuf, abuf])
 
         def split(n, unit):
             """Thread t's share [x0, x1) of n, in whole units."""
@@ -556,30 +541,26 @@ class _Emitter:
             x1 = _min(b, b.mul(b.sdiv(b.mul(nu, b.add(t, _c64(1))), T), _c64(unit)), n)
             return x0, x1
 
-        # Whole matrices per thread when the batch divides evenly (or is large): no barriers.
         by_batch = b.and_(b.icmp_signed(">=", batch, T),
                           b.or_(b.icmp_signed("==", b.srem(batch, T), _c64(0)),
                                 b.icmp_signed(">=", batch, b.mul(T, _c64(4)))))
-        # Otherwise split the row panels, unless there are too few of them: then the columns.
-        by_rows = b.icmp_signed(">=", _cdiv(b, M, cfg.mr), b.mul(T, _c64(2)))
+        rows_ok = b.icmp_signed(">=", _cdiv(b, M, cfg.mr), T)
+        cols_ok = b.icmp_signed(">=", _cdiv(b, N, self.nr), T)
+        by_rows = b.and_(rows_ok, b.or_(b.icmp_signed("<=", N, M), b.not_(cols_ok)))
         with b.if_else(by_batch) as (then, other):
             with then, _for(b, t, batch, T, name="bt") as bi:
-                run(bi, _c64(0), _c64(1), own)
+                run(bi)
             with other, b.if_else(by_rows) as (t2, o2):
                 with t2:
-                    if cfg.share_b:
-                        with _for(b, _c64(0), batch, name="bm") as bi:
-                            run(bi, t, T, shared)
-                    else:
-                        i0, i1 = split(M, cfg.mr)
-                        with (b.if_then(b.icmp_signed("<", i0, i1)),
-                              _for(b, _c64(0), batch, name="bm") as bi):
-                            run(bi, _c64(0), _c64(1), own, i0=i0, i1=i1)
+                    i0, i1 = split(M, cfg.mr)
+                    with (b.if_then(b.icmp_signed("<", i0, i1)),
+                          _for(b, _c64(0), batch, name="bm") as bi):
+                        run(bi, i0=i0, i1=i1)
                 with o2:
                     j0, j1 = split(N, self.nr)
                     with (b.if_then(b.icmp_signed("<", j0, j1)),
                           _for(b, _c64(0), batch, name="bn") as bi):
-                        run(bi, _c64(0), _c64(1), own, j0=j0, j1=j1)
+                        run(bi, j0=j0, j1=j1)
         b.ret_void()
         return fn
 
@@ -611,8 +592,8 @@ class _Emitter:
         data = b.bitcast(args, _i8p)
         with b.if_else(b.icmp_signed(">", nt, _c64(1))) as (then, other):
             with then:
-                b.call(self.gomp(work), [self.trampoline(work), data, b.trunc(nt, _i32),
-                                         ir.Constant(_i32, 0)])
+                b.call(self.gomp(), [self.trampoline(work), data, b.trunc(nt, _i32),
+                                     ir.Constant(_i32, 0)])
             with other:
                 b.call(work, [data, _c64(0), _c64(1)])
         self.give_workspace(b, ws)
@@ -621,7 +602,7 @@ class _Emitter:
         b.ret_void()
         return fn
 
-    def gomp(self, work):
+    def gomp(self):
         fty = ir.FunctionType(_void, [ir.FunctionType(_void, [_i8p]).as_pointer(), _i8p, _i32,
                                       _i32])
         return _intrinsic(self.m, "GOMP_parallel", fty.return_type, fty.args)
@@ -681,8 +662,7 @@ class _Emitter:
 def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
     """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
     e = _Emitter(module, dtype, cfg or default_config(dtype))
-    barrier = _intrinsic(module, "GOMP_barrier", _void, [])
-    mat = e.matrix(e.ukernel(), e.pack("a"), e.pack("b"), barrier)
+    mat = e.matrix(e.ukernel(), e.pack("a"), e.pack("b"))
     return e.entry(e.worker(mat))
 
 
@@ -723,33 +703,40 @@ class GemmLibrary:
             self._fns[dtype] = proto(self.addresses[dtype])
         return self._fns[dtype]
 
+    def call_args(self, a, b, out, nthreads: int | None = None, epilogue: int = 0,
+                  ctx: int = 0) -> tuple:
+        """(function, arguments) computing ``out = a @ b`` for numpy arrays: 2-D, or 3-D
+        batches where a batch dimension of 1 broadcasts; any strides for a and b, unit column
+        stride for out. Calling ``fn(*args)`` again repeats it (for benchmarks)."""
+        a3, b3, c3 = (x if x.ndim == 3 else x[None] for x in (a, b, out))
+        batch, m, n = c3.shape
+        k = a3.shape[2]
+        assert a.dtype == b.dtype == out.dtype and a3.shape[1:] == (m, k)
+        assert b3.shape[1:] == (k, n) and a3.shape[0] in (1, batch) and b3.shape[0] in (1, batch)
+        assert c3.strides[2] == c3.itemsize or c3.size == 0
+        es = a.itemsize
+        sa, sb, sc = ([s // es for s in x.strides] for x in (a3, b3, c3))
+        if a3.shape[0] == 1:
+            sa[0] = 0
+        if b3.shape[0] == 1:
+            sb[0] = 0
+        fn = self.cfunc("f32" if es == 4 else "f64")
+        return fn, (m, n, k, a3.ctypes.data, sa[1], sa[2], b3.ctypes.data, sb[1], sb[2],
+                    c3.ctypes.data, sc[1], batch, sa[0], sb[0], sc[0], epilogue or None,
+                    ctx or None, jit.threads() if nthreads is None else nthreads)
+
     def matmul(self, a, b, out=None, nthreads: int | None = None, epilogue: int = 0,
                ctx: int = 0):
-        """``a @ b`` for numpy arrays (2-D, or 3-D batches where a batch dimension of 1
-        broadcasts), any strides; a convenience for tests and benchmarks."""
-        import numpy as np
-
-        dtype = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}[a.dtype]
-        assert b.dtype == a.dtype
-        a3, b3 = (x if x.ndim == 3 else x[None] for x in (a, b))
-        batch = max(a3.shape[0], b3.shape[0])
-        m, k = a3.shape[1:]
-        n = b3.shape[2]
-        assert b3.shape[1] == k
+        """``a @ b`` into `out` (allocated when None); see call_args. For tests and
+        benchmarks: lamina's generated code calls the GEMM symbol directly."""
         if out is None:
-            out = np.empty((batch, m, n) if a.ndim == 3 or b.ndim == 3 else (m, n), a.dtype)
-        c3 = out if out.ndim == 3 else out[None]
-        assert c3.shape == (batch, m, n) and (c3.strides[2] == c3.itemsize or c3.size == 0)
-        es = a.itemsize
+            import numpy as np
 
-        def bs(x):
-            return 0 if x.shape[0] == 1 else x.strides[0] // es
-
-        self.cfunc(dtype)(m, n, k, a3.ctypes.data, a3.strides[1] // es, a3.strides[2] // es,
-                          b3.ctypes.data, b3.strides[1] // es, b3.strides[2] // es,
-                          c3.ctypes.data, c3.strides[1] // es, batch, bs(a3), bs(b3),
-                          c3.strides[0] // es, epilogue or None, ctx or None,
-                          jit.threads() if nthreads is None else nthreads)
+            batch = max(a.shape[0] if a.ndim == 3 else 1, b.shape[0] if b.ndim == 3 else 1)
+            shape = (a.shape[-2], b.shape[-1])
+            out = np.empty((batch, *shape) if max(a.ndim, b.ndim) == 3 else shape, a.dtype)
+        fn, args = self.call_args(a, b, out, nthreads, epilogue, ctx)
+        fn(*args)
         return out
 
 

@@ -339,7 +339,7 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
     for name, (_, row) in runners.items():
         ts = np.array(times[name])
         row.update(median_s=float(np.median(ts)), min_s=float(ts.min()), reps=len(ts),
-                   bg_cpu=meters[name].cores)
+                   bg_cpu=meters[name].cores, times_s=[float(t) for t in ts])
         row["throughput"] = wl.amount / row["median_s"] / 1e9
         row["throughput_best"] = wl.amount / row["min_s"] / 1e9
     return rows
@@ -396,13 +396,16 @@ def run_probe(impl: str, cache_dir: str, quick: bool, threads: int, log) -> dict
     cmd = [sys.executable, os.path.abspath(__file__), "--probe", impl, "--threads", str(threads)]
     if quick:
         cmd.append("--quick")
+    meter = machine.CpuMeter()
+    meter.start()
     try:
         p = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
         return {"impl": impl, "error": "timed out after 900 s"}
+    meter.stop()
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("PROBE "):
-            return json.loads(line[len("PROBE "):])
+            return dict(json.loads(line[len("PROBE "):]), bg_cpu=meter.cores)
     tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
     log(f"  compile probe {impl} failed (exit {p.returncode}): {tail}")
     return {"impl": impl, "error": tail}
@@ -467,11 +470,11 @@ def format_table(rows: list[dict]) -> str:
 
 def format_compile(rows: list[dict]) -> str:
     head = ["implementation", "cold s", "warm s", "plain step ms", "cold vs best peer",
-            "warm vs best peer", "note"]
+            "warm vs best peer", "bg cpu", "note"]
     body = []
     for r in rows:
         if r["status"] != "ok":
-            body.append([r["impl"], "-", "-", "-", "-", "-",
+            body.append([r["impl"], "-", "-", "-", "-", "-", "-",
                          "ERROR: " + (r["cold"].get("error") or r["warm"].get("error", ""))])
             continue
         c, w = r["cold"], r["warm"]
@@ -482,8 +485,8 @@ def format_compile(rows: list[dict]) -> str:
                      f"{w['plain_s'] * 1e3:.2f}",
                      _fmt(r.get("cold_vs_best_peer"), ".2f") + "x" * ("cold_vs_best_peer" in r),
                      _fmt(r.get("warm_vs_best_peer"), ".2f") + "x" * ("warm_vs_best_peer" in r),
-                     note])
-    return _align(head, body, right={1, 2, 3, 4, 5})
+                     _fmt(max((x.get("bg_cpu") or 0.0) for x in (c, w)), ".2f"), note])
+    return _align(head, body, right={1, 2, 3, 4, 5, 6})
 
 
 def _align(head, body, right) -> str:
@@ -588,12 +591,7 @@ def main(argv=None) -> int:
         log(f"waiting up to {args.wait_idle:g} s for other processes to go quiet ...")
         waited["machine"] = machine.wait_idle(args.wait_idle)
     log("measuring machine limits ...")
-    limits = machine.measure(args.threads, int(ws), args.quick)
-    print(machine.format_limits(limits))
-    print(f"lamina {lamina.__version__}, backends: {', '.join(backends)}; peers: " + ", ".join(
-        f"{k} {v['version']}" if v["available"] else f"{k} (skipped: {v['note']})"
-        for k, v in peer_info.items()))
-    print(flush=True)
+    first_limits = machine.measure(args.threads, int(ws), args.quick)
 
     plan = timing_plan(args.quick, args.seconds)
     rows, compile_rows = [], []
@@ -609,7 +607,18 @@ def main(argv=None) -> int:
         wl = make_workload(name, args.quick)
         log(f"{wl.title}: checking and timing {len(impls)} implementations ...")
         rows.extend(run_workload(wl, impls, plan, log))
+    if args.wait_idle > 0:
+        waited["machine_end"] = machine.wait_idle(args.wait_idle)
+    log("measuring machine limits again ...")
+    limits = machine.best_of(first_limits,
+                             machine.measure(args.threads, int(ws), args.quick))
     add_ratios(rows, limits)
+
+    print(machine.format_limits(limits))
+    print(f"lamina {lamina.__version__}, backends: {', '.join(backends)}; peers: " + ", ".join(
+        f"{k} {v['version']}" if v["available"] else f"{k} (skipped: {v['note']})"
+        for k, v in peer_info.items()))
+    print()
 
     if rows:
         print(format_table(rows))

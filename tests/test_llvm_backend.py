@@ -223,7 +223,7 @@ def test_cache_directory_holds_only_complete_entries(cache_runs):
         meta = json.loads((directory / (o[:-2] + ".json")).read_text())
         assert meta["sha256"] == hashlib.sha256((directory / o).read_bytes()).hexdigest()
     index = json.loads((directory / "index.json").read_text())
-    assert {"warm", "lamina_gemm"} <= set(index)
+    assert "warm" in index and any(k.startswith("lamina_gemm_") for k in index)
 
 
 def test_cache_miss_names_the_part_of_the_key_that_changed(tmp_path):

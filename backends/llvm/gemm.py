@@ -687,7 +687,8 @@ class GemmLibrary:
     def __init__(self, engine: jit.Engine, object_code: bytes, seconds: float = 0.0):
         self.engine, self.object_code, self.seconds = engine, object_code, seconds
         _KEEP_ALIVE.append(engine)
-        self.addresses = {d: engine.address(s) for d, s in GEMM_SYMBOL.items()}
+        self.addresses = {d: engine.address(s) for d, s in GEMM_SYMBOL.items()
+                          if engine.has(s)}
         self._fns = {}
 
     @classmethod
@@ -740,19 +741,21 @@ class GemmLibrary:
         return out
 
 
-def build_module(configs: dict[str, Config] | None = None) -> ir.Module:
-    """A module holding both GEMMs."""
+def build_module(configs: dict[str, Config] | None = None,
+                 dtypes: tuple[str, ...] = tuple(GEMM_SYMBOL)) -> ir.Module:
+    """A module holding the GEMMs of ``dtypes`` (both by default)."""
     m = jit.new_module("lamina_gemm")
-    for dtype in GEMM_SYMBOL:
+    for dtype in dtypes:
         emit_gemm(m, dtype, (configs or {}).get(dtype))
     return m
 
 
-def build_library(configs: dict[str, Config] | None = None) -> GemmLibrary:
-    """Compile both GEMMs (O3 for the host) to object code and load it. The result's
-    ``object_code`` may be cached and loaded later with ``GemmLibrary.from_object``."""
+def build_library(configs: dict[str, Config] | None = None,
+                  dtypes: tuple[str, ...] = tuple(GEMM_SYMBOL)) -> GemmLibrary:
+    """Compile the GEMMs of ``dtypes`` (O3 for the host) to object code and load it. The
+    result's ``object_code`` may be cached and loaded later with ``GemmLibrary.from_object``."""
     t0 = time.perf_counter()
-    opt = jit.optimize(jit.finalize_text(build_module(configs)))
+    opt = jit.optimize(jit.finalize_text(build_module(configs, dtypes)))
     obj = jit.emit_object(opt.module)
     lib = GemmLibrary.from_object(obj)
     lib.seconds = time.perf_counter() - t0

@@ -199,6 +199,9 @@ class Engine:
         self.ee.finalize_object()
         self.module = module
 
+    def has(self, name: str) -> bool:
+        return bool(self.ee.get_function_address(name))
+
     def address(self, name: str) -> int:
         addr = self.ee.get_function_address(name)
         if not addr:

@@ -40,30 +40,38 @@ def versions() -> dict[str, str]:
 
 
 class GemmLib:
-    """The GEMM library loaded into this process (from the cache when possible)."""
+    """One dtype's GEMM loaded into this process; its symbol is registered for JIT code."""
 
-    def __init__(self, lib: gemm.GemmLibrary):
+    def __init__(self, lib: gemm.GemmLibrary, dtype: str):
         self.lib = lib
-        for dtype, name in gemm.GEMM_SYMBOL.items():
-            llvm.add_symbol(name, lib.addresses[dtype])
+        self.dtype = dtype
+        llvm.add_symbol(gemm.GEMM_SYMBOL[dtype], lib.addresses[dtype])
 
 
 @functools.cache
-def gemm_library() -> GemmLib:
+def gemm_library(dtype: str) -> GemmLib:
+    """The GEMM for ``dtype`` ("f32"/"f64"): from the disk cache, or compiled (once per
+    machine and lamina version; about a quarter second)."""
     with open(gemm.__file__, "rb") as f:  # any change to the GEMM's source recompiles it
         source = f.read().decode()
-    parts = cache_mod.key_parts(source, "gemm", versions(), jit.host().key())
+    parts = cache_mod.key_parts(source, f"gemm-{dtype}", versions(), jit.host().key())
     c = cache_mod.Cache()
-    obj = c.get("lamina_gemm", parts)
+    obj = c.get(f"lamina_gemm_{dtype}", parts)
     if obj is not None:
-        return GemmLib(gemm.GemmLibrary.from_object(obj))
-    lib = gemm.build_library()
-    c.put("lamina_gemm", parts, lib.object_code)
-    return GemmLib(lib)
+        return GemmLib(gemm.GemmLibrary.from_object(obj), dtype)
+    lib = gemm.build_library(dtypes=(dtype,))
+    c.put(f"lamina_gemm_{dtype}", parts, lib.object_code)
+    return GemmLib(lib, dtype)
 
 
-def gemm_library_from(object_code: bytes) -> GemmLib:
-    return GemmLib(gemm.GemmLibrary.from_object(object_code))
+def gemm_dtypes(graph: Graph) -> list[str]:
+    """The GEMMs a fused graph calls."""
+    out = set()
+    for n in graph.nodes:
+        for m in (n.region.nodes if n.region is not None else ()):
+            if m.op == "matmul" and m.dtype.is_float:
+                out.add({32: "f32", 64: "f64"}[m.dtype.bits])
+    return sorted(out)
 
 
 class LLVMBackend:
@@ -77,7 +85,7 @@ class LLVMBackend:
     def compile(self, graph: Graph, dump_dir: str | None = None, first_index: int = 0):
         t0 = time.perf_counter()
         plan = plan_memory(graph, scratch_need)
-        lib = gemm_library()
+        libs = tuple(gemm_library(d) for d in gemm_dtypes(graph))
         ir_text = print_graph(graph, locations=False)  # moving the source keeps the key
         parts = cache_mod.key_parts(ir_text, "graph", versions(), jit.host().key())
         cache = cache_mod.Cache()
@@ -101,7 +109,7 @@ class LLVMBackend:
             cache.put(graph.name, parts, obj)
         else:
             STATS["cache_hits"] += 1
-        program = LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, (lib,))
+        program = LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, libs)
         info["seconds"] = time.perf_counter() - t0
         self.last_compile = info
         program.compile_info = info
@@ -111,14 +119,15 @@ class LLVMBackend:
 
     def save_program(self, program: LLVMProgram) -> dict[str, bytes]:
         target = {"host": jit.host().key(), "cpu": jit.host().cpu, **versions()}
-        return {"kernels.o": program.object_code,
-                "gemm.o": gemm_library().lib.object_code,
-                "target.json": json.dumps(target).encode()}
+        files = {"kernels.o": program.object_code, "target.json": json.dumps(target).encode()}
+        for lib in program.libraries:
+            files[f"gemm.{lib.dtype}.o"] = lib.lib.object_code
+        return files
 
     def load_program(self, graph: Graph, files: dict[str, bytes]) -> LLVMProgram:
         try:
             target = json.loads(files["target.json"])
-            obj, gemm_obj = files["kernels.o"], files["gemm.o"]
+            obj = files["kernels.o"]
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"llvm artifact without its object code ({e})") from None
         here = {"host": jit.host().key(), **versions()}
@@ -131,10 +140,15 @@ class LLVMBackend:
                 raise ArtifactError(f"the artifact was compiled by lamina {target.get('lamina')} "
                                     f"(code generator {target.get('codegen')}); this is "
                                     f"{here['lamina']} ({here['codegen']}): recompile it")
-        lib = gemm_library_from(gemm_obj)
+        libs = []
+        for d in gemm_dtypes(graph):
+            blob = files.get(f"gemm.{d}.o")
+            if blob is None:
+                raise ArtifactError(f"llvm artifact without its {d} GEMM object")
+            libs.append(GemmLib(gemm.GemmLibrary.from_object(blob), d))
         plan = plan_memory(graph, scratch_need)
         STATS["loaded"] += 1
-        return LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, (lib,))
+        return LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, tuple(libs))
 
 
 backend = LLVMBackend()

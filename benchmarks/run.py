@@ -31,7 +31,7 @@ checked against a float64 numpy reference (a failed check is reported and not ti
 runs warm-up calls and ``reps`` timed calls (``time.perf_counter`` around one synchronized call),
 interleaved in rounds across implementations so that background load hits all of them alike.
 Median and min are reported; throughput uses the median, ratios both. Every library runs on the
-same number of threads (``--threads``, default: the usable cores). ``vs best peer`` is
+same number of threads (``--threads``, default: the usable cores). ``t / best peer`` is
 ``time / time of the fastest peer`` (> 1: slower than the best peer). ``bg cpu`` is the CPU time
 other processes used while that implementation was timed, in cores: this machine may be shared,
 and numbers taken with a busy neighbour are noisy (``--wait-idle S`` waits up to S seconds for a
@@ -443,7 +443,7 @@ def _fmt(v, spec: str, missing: str = "-") -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = ["workload", "implementation", "median ms", "min ms", "throughput", "% limit",
-            "vs best peer", "(by min)", "max err", "1st call s", "bg cpu", "note"]
+            "t / best peer", "(by min)", "max err", "1st call s", "bg cpu", "note"]
     body = []
     last = None
     for r in rows:
@@ -469,8 +469,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def format_compile(rows: list[dict]) -> str:
-    head = ["implementation", "cold s", "warm s", "plain step ms", "cold vs best peer",
-            "warm vs best peer", "bg cpu", "note"]
+    head = ["implementation", "cold s", "warm s", "plain step ms", "cold / best peer",
+            "warm / best peer", "bg cpu", "note"]
     body = []
     for r in rows:
         if r["status"] != "ok":
@@ -506,7 +506,7 @@ median/min ms: wall time of one synchronized call (inputs allocated beforehand).
 throughput: GB/s = bytes an ideal fused kernel reads + writes, per median time; GFLOP/s =
   matmul flops per median time. % limit: of the measured copy bandwidth at the working-set size
   (GB/s rows) or of the measured FMA peak (GFLOP/s rows): see 'limits used' above.
-vs best peer: median time / median time of the fastest peer in this run (> 1: slower; < 1:
+t / best peer: median time / median time of the fastest peer in this run (> 1: slower; < 1:
   faster); (by min): the same with the fastest times, less sensitive to background load.
 max err: max |result - float64 numpy reference| / max |reference| (MLP: parameters relative to
   the size of the reference update).

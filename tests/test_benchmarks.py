@@ -58,7 +58,7 @@ def test_quick_suite_table_and_json(tmp_path):
     assert comp["cold"]["calls_s"][0] > 0 and comp["warm"]["calls_s"][0] > 0
 
     table = p.stdout
-    assert "vs best peer" in table and "cold s" in table
+    assert "t / best peer" in table and "cold s" in table
     for title in {r["title"] for r in rows.values()}:
         assert title in table
     assert table.count("lamina[numpy]") == len(TIMED) + 1

@@ -122,6 +122,18 @@ def div_one(b, n, ins):
     return _same(n, ins[0]) if _splat(ins[1]) == 1 else None
 
 
+def div_by_broadcast(b, n, ins):
+    # x / y -> x * (1 / y) when y is broadcast (fewer elements than x): one division per y,
+    # not per element (XLA does the same; the result may differ from x / y in the last bit)
+    x, y = ins
+    if not n.dtype.is_float or y.type.size >= x.type.size or _splat(y) is not None:
+        return None
+    if n.type != x.type:
+        return None
+    one = b.constant(1.0, y.dtype)
+    return b.emit("mul", (x, b.emit("div", (one, y))))
+
+
 def neg_neg(b, n, ins):
     # -(-x) -> x
     x = ins[0]
@@ -169,7 +181,7 @@ simplify_rules = {
     "add": [add_zero],
     "sub": [sub_zero],
     "mul": [mul_one, mul_minus_one],
-    "div": [div_one],
+    "div": [div_one, div_by_broadcast],
     "neg": [neg_neg],
     "pow": [pow_constant],
     "where": [where_same],

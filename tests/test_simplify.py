@@ -222,6 +222,21 @@ SIMPLIFY_CASES = {
           return %x
         }
     """, True),
+    # a division by a broadcast value: one reciprocal per row, then multiplications
+    # (not bit-exact: x * (1/y) can differ from x / y in the last place)
+    "div_by_broadcast": ("div_by_broadcast", """
+        graph @f(%x: f32[4,3], %s: f32[4,1]) {
+          %0 = div(%x, %s) : f32[4,3]
+          return %0
+        }
+    """, """
+        graph @f(%x: f32[4,3], %s: f32[4,1]) {
+          %0 = constant() {value=1.0} : f32[]
+          %1 = div(%0, %s) : f32[4,1]
+          %2 = mul(%x, %1) : f32[4,3]
+          return %2
+        }
+    """, False),
     "neg_neg": ("neg_neg", """
         graph @f(%x: f32[3]) {
           %0 = neg(%x) : f32[3]
@@ -333,6 +348,13 @@ def test_simplify_remarks_count_each_rule():
 
 # Each graph must come out of simplify unchanged.
 SIMPLIFY_MUST_NOT_FIRE = {
+    # a division by a same-shaped value (no broadcast: no fewer divisions) or of integers
+    "div_same_shape": """
+        graph @f(%x: f32[4,3], %y: f32[4,3]) {
+          %0 = div(%x, %y) : f32[4,3]
+          return %0
+        }
+    """,
     # x + 0 where the zero broadcasts x to a bigger shape: the result is not x
     "add_zero_broadcasting": """
         graph @f(%x: f32[3]) {

@@ -91,6 +91,13 @@ class Codegen:
         arena = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.arena)]))
         return b.gep(arena, [ir.Constant(I64, loc.offset)])
 
+    def writes_over_operand(self, node: Node) -> bool:
+        """Does ``node`` write its result into the storage of one of its operands?"""
+        out = self.plan.location.get(node)
+        return out is not None and any(
+            (loc := self.plan.location.get(v)) is not None and loc.kind == out.kind
+            and loc.kind != "arena" and loc.index == out.index for v in node.inputs)
+
     def scratch_pointer(self, b: ir.IRBuilder, bufs: ir.Value, node: Node) -> ir.Value | None:
         loc = self.plan.scratch.get(node)
         if loc is None:

@@ -225,9 +225,15 @@ class KernelEmitter:
         par = next((k for k in kept if d[k] > 1), None)
         outer_shape = tuple(d[k] if k in kept else 1 for k in range(len(d)))
 
+        stash = self.stash_candidate(reds, d)
+        stash_at = next((r for r in reds if stash in _cone(r.inputs[0])), None)
+
         def row(idx_outer):
             for r in reds:
-                self.reduce_stage(em, r, idx_outer, axes)
+                self.reduce_stage(em, r, idx_outer, axes, stash if r is stash_at else None,
+                                  out)
+                if r is stash_at:  # later sweeps read it back instead of recomputing it
+                    em.fixed[stash] = (out, _strides(d), None)
             if root.shape == d and root not in reds:  # a full-shape result: one more sweep
                 def write(idx):
                     em.store(out, em.linear(idx, d), em.value(root, idx), root.dtype)
@@ -238,12 +244,32 @@ class KernelEmitter:
                 em.store(out, em.linear(ridx, root.shape), em.value(root, ridx), root.dtype)
             for r in reds:
                 em.fixed.pop(r, None)
+            em.fixed.pop(stash, None)
 
         self.nest(outer_shape, row, par)
         return (d[par] if par is not None else 1), math.prod(d)
 
-    def reduce_stage(self, em: Emitter, r: Node, idx_outer, axes) -> None:
-        """One reduction over the inner axes of the current row; its value becomes fixed."""
+    def stash_candidate(self, reds, d) -> Node | None:
+        """A full-row value that is expensive (it has a transcendental in it) and needed both by
+        a reduction sweep and by the output sweep: the reduction sweep stores it into the output
+        row, the output sweep reads it back (softmax computes each exp once). Not when the
+        output overwrites one of the kernel's own operands."""
+        root = self.root
+        if root.shape != d or root in reds or self.cg.writes_over_operand(self.node):
+            return None
+        needed_late = _cone(root)
+        best = None
+        for n in self.region.nodes:
+            if (n.shape == d and n.dtype is root.dtype and n in needed_late and n is not root
+                    and n not in reds and any(n in _cone(r.inputs[0]) for r in reds)
+                    and any(getattr(m, "op", None) in EXPENSIVE for m in _cone(n))):
+                best = n  # the latest one captures the most work
+        return best
+
+    def reduce_stage(self, em: Emitter, r: Node, idx_outer, axes, stash=None,
+                     out=None) -> None:
+        """One reduction over the inner axes of the current row; its value becomes fixed.
+        ``stash`` (a node of the row) is stored into ``out`` on the way."""
         b = self.b
         x = r.inputs[0]
         d = x.shape
@@ -258,6 +284,8 @@ class KernelEmitter:
 
         def body(idx):
             v = em.value(x, idx)
+            if stash is not None:
+                em.store(out, em.linear(idx, d), em.value(stash, idx), stash.dtype)
             if r.op == "sum" and r.dtype is not x.dtype:
                 v = L.convert(b, v, x.dtype, r.dtype)
             cur = b.load(acc)
@@ -368,6 +396,30 @@ class KernelEmitter:
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+
+# ops worth storing rather than recomputing (a transcendental each)
+EXPENSIVE = ("exp", "log", "tanh", "sigmoid", "softplus", "erf", "pow", "sqrt", "rsqrt", "div")
+
+
+def _cone(v) -> set:
+    """The region values ``v`` depends on (itself included), not looking through reductions
+    (their values are computed once per row)."""
+    seen, stack = set(), [v]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if isinstance(n, Node) and (n is v or n.op not in REDUCTIONS):
+            stack.extend(n.inputs)
+    return seen
+
+
+def _strides(shape):
+    from lamina.backends.llvm.emitter import strides_of
+
+    return strides_of(shape)
 
 
 def _identity(r: Node, x) -> ir.Constant:

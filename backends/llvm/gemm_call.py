@@ -20,7 +20,6 @@ from lamina.ir.graph import Node, Param
 
 I64, I32, I8 = L.I64, L.I32, L.I8
 I8P = I8.as_pointer()
-CTX = ir.LiteralStructType([I8P.as_pointer(), I64])  # (bufs, batch offset)
 
 
 def resolve_view(v) -> tuple[Param, tuple[int, ...], tuple[int, ...]]:
@@ -85,17 +84,21 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
     bb = _batch_strides(shb, stb, batch_shape)
     ptrs = ke.operand_pointers()
     out = ke.output_pointer()
-    scratch = ke.cg.scratch_pointer(b, ke.bufs, ke.node)
+    scratch = ke.scratch_pointer()
     has_epilogue = region.outputs[0] is not mm
     c = ke.typed(scratch, mm.dtype) if scratch is not None else out
     epi = _epilogue(ke, mm, dtype, batch_shape, N) if has_epilogue else None
     epi_arg = epi if epi is not None else ir.Constant(gemm.EPILOGUE_TYPE[dtype].as_pointer(),
                                                       None)
-    ctx = ke.alloca(CTX)
-    b.store(ke.bufs, b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+    # The epilogue's context: the kernel's pointers (operands, output) and the batch offset.
+    ctx_type = _ctx_type(len(ke.ptrs))
+    ctx = ke.alloca(ctx_type)
+    for k, p in enumerate(ke.ptrs):
+        b.store(b.bitcast(p, I8P), b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
+    base_at = b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, len(ke.ptrs))])
 
     def call(a_ptr, b_ptr, c_ptr, count, bsa, bsb, base):
-        b.store(base, b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+        b.store(base, base_at)
         b.call(fn, [_c(M), _c(N), _c(K), a_ptr, _c(sta[-2]), _c(sta[-1]),
                     b_ptr, _c(stb[-2]), _c(stb[-1]), c_ptr, _c(N),
                     count, _c(bsa), _c(bsb), _c(M * N), epi_arg, b.bitcast(ctx, I8P),
@@ -132,29 +135,59 @@ def _dot(b, idx, strides):
     return out
 
 
+def _ctx_type(n: int) -> ir.LiteralStructType:
+    return ir.LiteralStructType([I8P] * n + [I64])
+
+
 def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
     """void epi(ctx, b, C, ldc, i0, i1, j0, j1): the kernel's ops after the matmul, on a block
-    of C (C points at matrix b; the block is rows [i0, i1) x columns [j0, j1))."""
+    of C (C points at matrix b; the block is rows [i0, i1) x columns [j0, j1)). It unpacks the
+    context and calls a body that takes typed pointers, marked noalias like the kernel's."""
     cg = ke.cg
     ty = gemm.EPILOGUE_TYPE[dtype]
+    values = ke.values  # the kernel's operands, then its output
+    ptr_types = [L.storage_type(v.dtype).as_pointer() for v in values]
+    c_type = L.storage_type(mm.dtype).as_pointer()
+    body = ir.Function(cg.module, ir.FunctionType(ir.VoidType(), ptr_types + [
+        c_type, I64, I64, I64, I64, I64]), ke.name + ".epilogue.body")
+    body.linkage = "internal"
+    for k in range(len(values)):
+        for attr in ke.fn.args[k].attributes:
+            body.args[k].add_attribute(attr)
+    c_arg = body.args[len(values)]
+    if ke.has_scratch:  # C is its own buffer (else C is the output itself)
+        c_arg.add_attribute("noalias")
+    _epilogue_body(ke, body, mm, batch_shape, N)
+
     fn = ir.Function(cg.module, ty, ke.name + ".epilogue")
     fn.linkage = "internal"
     ctx, bi, cptr, _ldc, i0, i1, j0, j1 = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    cx = L.Ctx(b, cg.module)
-    st = b.bitcast(ctx, CTX.as_pointer())
-    bufs = b.load(b.gep(st, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
-    base = b.load(b.gep(st, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+    st = b.bitcast(ctx, _ctx_type(len(ke.ptrs)).as_pointer())
+
+    def field(k):
+        return b.load(b.gep(st, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
+
+    ptrs = [b.bitcast(field(k), t) for k, t in enumerate(ptr_types)]
+    base = field(len(ke.ptrs))
+    b.call(body, ptrs + [cptr, b.add(bi, base), i0, i1, j0, j1])
+    b.ret_void()
+    return fn
+
+
+def _epilogue_body(ke, fn: ir.Function, mm: Node, batch_shape, N: int) -> None:
+    cg = ke.cg
     region, root = ke.region, ke.region.outputs[0]
-    ptrs = {}
-    for p, v in zip(region.inputs, ke.node.inputs):
-        ptrs[p] = b.bitcast(cg.pointer(b, bufs, v), L.storage_type(p.dtype).as_pointer())
-    out = b.bitcast(cg.pointer(b, bufs, ke.node), L.storage_type(ke.node.dtype).as_pointer())
+    n_in = len(ke.node.inputs)
+    *ptrs, cptr, flat, i0, i1, j0, j1 = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    cx = L.Ctx(b, cg.module)
     loops = Loops(fn)
-    em = Emitter(cx, region, ptrs, cg.error_flag, loops, cg.error_codes)
+    em = Emitter(cx, region, dict(zip(region.inputs, ptrs[:n_in])), cg.error_flag, loops,
+                 cg.error_codes)
+    out = ptrs[n_in]
     nb = len(batch_shape)
     em.fixed[mm] = (cptr, (0,) * nb + (N, 1), None)  # the matmul's value: C of this batch
-    flat = b.add(bi, base)
     bidx = em.delinear(flat, batch_shape) if nb else []
     with loops.range(b, i0, i1, "ei") as i:
         em.push()
@@ -165,7 +198,6 @@ def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
             em.pop()
         em.pop()
     b.ret_void()
-    return fn
 
 
 def _integer_matmul(ke, mm: Node) -> tuple[int, int]:

@@ -107,12 +107,33 @@ class KernelEmitter:
         self.root = self.region.outputs[0]
         self.name = name
         self.kind = classify(node)
-        self.fn = ir.Function(cg.module, KERNEL_TYPE, name)
+        # The body takes typed pointers (operands, output, scratch) so that LLVM knows which
+        # ones cannot alias (noalias): no runtime overlap checks, no scalar fallback loops.
+        # ``name`` itself is a small loader from the buffer table (see ``finish``).
+        self.values = list(node.inputs) + [node]
+        types = [L.storage_type(v.dtype).as_pointer() for v in self.values]
+        self.has_scratch = node in cg.plan.scratch
+        if self.has_scratch:
+            types.append(L.I8.as_pointer())
+        self.fn = ir.Function(cg.module, ir.FunctionType(ir.VoidType(), types + [I64, I64, I32]),
+                              name + ".body")
         self.fn.linkage = "internal"
-        self.bufs, self.lo, self.hi, self.nthreads = self.fn.args
+        self._mark_noalias(len(types))
+        *ptrs, self.lo, self.hi, self.nthreads = self.fn.args
+        self.ptrs = ptrs
         self.b = ir.IRBuilder(self.fn.append_basic_block("entry"))
         self.loops = Loops(self.fn)
         self.cx = L.Ctx(self.b, cg.module)
+
+    def _mark_noalias(self, count: int) -> None:
+        locs = [self.cg.plan.location.get(v) for v in self.values]
+        if self.has_scratch:
+            locs.append(self.cg.plan.scratch[self.node])
+        for i in range(count):
+            a = self.fn.args[i]
+            if locs[i] is not None and all(
+                    j == i or not _may_overlap(locs[i], locs[j]) for j in range(count)):
+                a.add_attribute("noalias")
 
     # --- pointers ---------------------------------------------------------------------------
 
@@ -120,13 +141,13 @@ class KernelEmitter:
         return self.b.bitcast(ptr, L.storage_type(dtype).as_pointer())
 
     def operand_pointers(self) -> dict[Param, ir.Value]:
-        out = {}
-        for p, v in zip(self.region.inputs, self.node.inputs):
-            out[p] = self.typed(self.cg.pointer(self.b, self.bufs, v), p.dtype)
-        return out
+        return dict(zip(self.region.inputs, self.ptrs))
 
     def output_pointer(self) -> ir.Value:
-        return self.typed(self.cg.pointer(self.b, self.bufs, self.node), self.node.dtype)
+        return self.ptrs[len(self.node.inputs)]
+
+    def scratch_pointer(self) -> ir.Value | None:
+        return self.ptrs[-1] if self.has_scratch else None
 
     def emitter(self) -> Emitter:
         return Emitter(self.cx, self.region, self.operand_pointers(), self.cg.error_flag,
@@ -134,6 +155,17 @@ class KernelEmitter:
 
     def finish(self) -> None:
         self.b.ret_void()
+        # the loader: void name(i8** bufs, i64 lo, i64 hi, i32 nthreads)
+        w = ir.Function(self.cg.module, KERNEL_TYPE, self.name)
+        w.linkage = "internal"
+        bufs, lo, hi, nt = w.args
+        b = ir.IRBuilder(w.append_basic_block("entry"))
+        args = [b.bitcast(self.cg.pointer(b, bufs, v), L.storage_type(v.dtype).as_pointer())
+                for v in self.values]
+        if self.has_scratch:
+            args.append(self.cg.scratch_pointer(b, bufs, self.node))
+        b.call(self.fn, args + [lo, hi, nt])
+        b.ret_void()
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -317,7 +349,7 @@ class KernelEmitter:
         kept = [k for k in range(len(d)) if k not in axes]
         red = reduced_shape(d, axes, False)
         par_d = next((k for k in kept if d[k] > 1), None)
-        scratch = self.cg.scratch_pointer(b, self.bufs, self.node)
+        scratch = self.scratch_pointer()
         root = self.root
         acc = self.typed(scratch, r.dtype) if scratch is not None else self.output_pointer()
         out = self.output_pointer()
@@ -396,6 +428,15 @@ class KernelEmitter:
 
 
 # --- small helpers ----------------------------------------------------------------------------
+
+
+def _may_overlap(a, b) -> bool:
+    """Could two storage locations share bytes? (arena ranges by offset, slots by index)"""
+    if a.kind != b.kind or a.kind == "literal":
+        return a.kind == b.kind == "literal" and False
+    if a.kind == "arena":
+        return a.offset < b.offset + max(b.nbytes, 1) and b.offset < a.offset + max(a.nbytes, 1)
+    return a.index == b.index
 
 
 # ops worth storing rather than recomputing (a transcendental each)

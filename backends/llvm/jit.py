@@ -26,6 +26,9 @@ def _init() -> None:
     # NOTE: llvm.initialize() raises in current llvmlite; the native target is enough.
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
+    # A second, narrower vector loop for remainders: more code (compile time) than it saves on
+    # kernels whose inner extents are mostly multiples of the vector width.
+    llvm.set_option("", "--enable-epilogue-vectorization=false")
 
 
 @dataclass(frozen=True)

@@ -755,7 +755,8 @@ def build_library(configs: dict[str, Config] | None = None,
     """Compile the GEMMs of ``dtypes`` (O3 for the host) to object code and load it. The
     result's ``object_code`` may be cached and loaded later with ``GemmLibrary.from_object``."""
     t0 = time.perf_counter()
-    opt = jit.optimize(jit.finalize_text(build_module(configs, dtypes)))
+    # hand-vectorized and hand-unrolled: LLVM's loop passes only add compile time
+    opt = jit.optimize(jit.finalize_text(build_module(configs, dtypes)), loops=False)
     obj = jit.emit_object(opt.module)
     lib = GemmLibrary.from_object(obj)
     lib.seconds = time.perf_counter() - t0

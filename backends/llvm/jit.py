@@ -123,8 +123,12 @@ class Optimized:
     seconds_opt: float
 
 
-def optimize(text: str, keep_text: bool = False) -> Optimized:
-    """Parse, verify and optimize LLVM IR text at O3 for the host (new pass manager)."""
+def optimize(text: str, keep_text: bool = False, loops: bool = True) -> Optimized:
+    """Parse, verify and optimize LLVM IR text at O3 for the host (new pass manager).
+
+    ``loops=False`` skips loop vectorization and unrolling: for code that is vectorized and
+    unrolled by hand already (the GEMM), where they cost compile time and gain nothing.
+    """
     _init()
     t0 = time.perf_counter()
     try:
@@ -134,9 +138,9 @@ def optimize(text: str, keep_text: bool = False) -> Optimized:
         raise LaminaError(f"generated LLVM IR is invalid (a lamina bug): {e}") from None
     t1 = time.perf_counter()
     pto = llvm.create_pipeline_tuning_options(speed_level=3)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pto.loop_unrolling = True
+    pto.loop_vectorization = loops
+    pto.slp_vectorization = loops
+    pto.loop_unrolling = loops
     pb = llvm.create_pass_builder(target_machine(), pto)
     mpm = pb.getModulePassManager()
     mpm.run(mod, pb)

@@ -566,3 +566,29 @@ def test_random_fused_graphs_match_the_interpreter(chunk):
             assert_close(a, b, err_msg=f"seed {seed}, output {k}")
         for name, v in want_up.items():
             assert_close(state[name], v, err_msg=f"seed {seed}, state {name}")
+
+
+def test_profile_table_names_every_kernel_and_leaves_the_state_alone():
+    w = nn.Parameter(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w")
+    opt = optim.SGD([w], lr=0.5)
+
+    @lm.compile(backend="llvm")
+    def step(x):
+        loss = lm.softmax(x @ w).sum()
+        opt.minimize(loss)
+        return loss
+
+    x = np.ones((2, 3), np.float32)
+    before = w.numpy()
+    table = step.profile(x, repeat=5)
+    assert np.array_equal(w.numpy(), before)  # the profiled run used copies of the state
+    for k in step._last.graph.nodes:
+        if k.op == "kernel":
+            assert f"@{k.attrs['name']}"[:42] in table
+    assert "total per call" in table and "gemm" in table
+
+
+def test_profile_needs_the_llvm_backend():
+    f = lm.compile(lambda x: x + 1.0, backend="numpy")
+    with pytest.raises(lm.LaminaError, match="llvm"):
+        f.profile(np.ones(3, np.float32))

@@ -64,9 +64,11 @@ class Slots:
 
 
 class Codegen:
-    def __init__(self, graph: Graph, plan: MemoryPlan, name: str = "lamina"):
+    def __init__(self, graph: Graph, plan: MemoryPlan, name: str = "lamina",
+                 profile: bool = False):
         self.graph = graph
         self.plan = plan
+        self.profile = profile  # time every kernel call (cycles) into the global lamina_prof
         self.module = jit.new_module(name)
         self.slots = Slots(len(graph.inputs), len(graph.state), len(graph.outputs))
         self.error_flag = ir.GlobalVariable(self.module, I32, "lamina_error")
@@ -168,8 +170,16 @@ class Codegen:
         bufs, nthreads = entry.args
         b = ir.IRBuilder(entry.append_basic_block("entry"))
         b.store(ir.Constant(I32, 0), self.error_flag)
-        for node, k in self.kernels:
+        counters = self.profile_counters() if self.profile else None
+        for i, (node, k) in enumerate(self.kernels):
+            if counters is not None:
+                t0 = b.call(self.cycles_fn, [])
             self.call_kernel(b, node, k, bufs, nthreads)
+            if counters is not None:
+                spent = b.sub(b.call(self.cycles_fn, []), t0)
+                for slot, add in ((2 * i, spent), (2 * i + 1, ir.Constant(I64, 1))):
+                    at = b.gep(counters, [ir.Constant(I64, 0), ir.Constant(I64, slot)])
+                    b.store(b.add(b.load(at), add), at)
             if any(x.op in RISKY for x in node.region.nodes):
                 # stop at once: later kernels would write state the failed step must not touch
                 flag = b.load(self.error_flag)
@@ -177,6 +187,17 @@ class Codegen:
                     b.ret(flag)
         self.emit_copies(b, bufs)
         b.ret(b.load(self.error_flag))
+
+    def profile_counters(self) -> ir.GlobalVariable:
+        """``lamina_prof``: (cycles, calls) per kernel; and ``lamina_cycles()`` to calibrate."""
+        t = ir.ArrayType(I64, 2 * len(self.kernels))
+        g = ir.GlobalVariable(self.module, t, "lamina_prof")
+        g.initializer = ir.Constant(t, None)
+        self.cycles_fn = L.intrinsic(self.module, "llvm.readcyclecounter", I64, [])
+        f = ir.Function(self.module, ir.FunctionType(I64, []), "lamina_cycles")
+        fb = ir.IRBuilder(f.append_basic_block("entry"))
+        fb.ret(fb.call(self.cycles_fn, []))
+        return g
 
     def call_kernel(self, b, node: Node, k: KernelFn, bufs, nthreads) -> None:
         """Call a kernel over its whole extent: directly, or split over OpenMP threads."""

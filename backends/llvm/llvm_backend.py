@@ -82,17 +82,19 @@ class LLVMBackend:
         self.cache = None
         self.last_compile: dict = {}
 
-    def compile(self, graph: Graph, dump_dir: str | None = None, first_index: int = 0):
+    def compile(self, graph: Graph, dump_dir: str | None = None, first_index: int = 0,
+                profile: bool = False):
         t0 = time.perf_counter()
         plan = plan_memory(graph, scratch_need)
         libs = tuple(gemm_library(d) for d in gemm_dtypes(graph))
         ir_text = print_graph(graph, locations=False)  # moving the source keeps the key
-        parts = cache_mod.key_parts(ir_text, "graph", versions(), jit.host().key())
+        kind = "graph+profile" if profile else "graph"
+        parts = cache_mod.key_parts(ir_text, kind, versions(), jit.host().key())
         cache = cache_mod.Cache()
         obj = None if dump_dir else cache.get(graph.name, parts)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
         if obj is None:
-            module = Codegen(graph, plan, graph.name).build()
+            module = Codegen(graph, plan, graph.name, profile=profile).build()
             text = jit.finalize_text(module)
             opt = jit.optimize(text, keep_text=bool(dump_dir))
             obj = jit.emit_object(opt.module)
@@ -109,7 +111,8 @@ class LLVMBackend:
             cache.put(graph.name, parts, obj)
         else:
             STATS["cache_hits"] += 1
-        program = LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, libs)
+        program = LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, libs,
+                              profiled=profile)
         info["seconds"] = time.perf_counter() - t0
         self.last_compile = info
         program.compile_info = info

@@ -24,7 +24,7 @@ _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)
 
 class LLVMProgram:
     def __init__(self, graph: Graph, plan: MemoryPlan, engine: jit.Engine, object_code: bytes,
-                 libraries: tuple = ()):
+                 libraries: tuple = (), profiled: bool = False):
         self.graph = graph
         self.plan = plan
         self.engine = engine
@@ -48,6 +48,12 @@ class LLVMProgram:
                 self.copied.append((k, v))
         self.state_copies = [(v, s) for v, s in plan.copies
                              if not (isinstance(v, Node) and v.op == "kernel")]
+        self.kernels = [n for n in plan.schedule if n.op == "kernel"]
+        self.counters = None
+        if profiled:
+            addr = engine.ee.get_global_value_address("lamina_prof")
+            self.counters = (ctypes.c_int64 * (2 * len(self.kernels))).from_address(addr)
+            self.cycles = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.address("lamina_cycles"))
 
     def __call__(self, inputs, state):
         table, slots = self.table, self.slots
@@ -81,6 +87,16 @@ class LLVMProgram:
             np.copyto(state[s], src)
         return outs, {}
 
+    def profile_rows(self) -> list[tuple[Node, float, int]]:
+        """(kernel, seconds, calls) per kernel since the counters were last reset."""
+        hz = _cycles_per_second(self.cycles)
+        c = self.counters
+        return [(k, c[2 * i] / hz, c[2 * i + 1]) for i, k in enumerate(self.kernels)]
+
+    def reset_profile(self) -> None:
+        for i in range(len(self.counters)):
+            self.counters[i] = 0
+
     def index_error(self, status: int) -> LaminaError:
         sites = error_sites(self.graph)
         site = sites[status - 1] if 0 < status <= len(sites) else None
@@ -100,6 +116,21 @@ class LLVMProgram:
         if loc.kind == "state":
             return state[self.state_names[loc.index]]
         raise AssertionError(f"output value lives in {loc}")
+
+
+_HZ: list[float] = []
+
+
+def _cycles_per_second(cycles) -> float:
+    """The rate of the cycle counter (the TSC), measured once against perf_counter."""
+    if not _HZ:
+        import time
+
+        t0, c0 = time.perf_counter(), cycles()
+        time.sleep(0.05)
+        t1, c1 = time.perf_counter(), cycles()
+        _HZ.append((c1 - c0) / (t1 - t0))
+    return _HZ[0]
 
 
 def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:

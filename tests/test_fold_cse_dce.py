@@ -402,18 +402,22 @@ def test_decompose_gelu_tanh():
         }
     """, """
         graph @f(%x: f32[4]) {
-          %0 = mul(%x, %x) : f32[4]                                       # m.py:2
+          %0 = constant() {value=0.5} : f32[]                             # m.py:2
           %1 = mul(%0, %x) : f32[4]                                       # m.py:2
-          %2 = constant() {value=0.044715} : f32[]                        # m.py:2
-          %3 = mul(%2, %1) : f32[4]                                       # m.py:2
-          %4 = add(%x, %3) : f32[4]                                       # m.py:2
-          %5 = constant() {value=1.5957692} : f32[]                       # m.py:2
-          %6 = mul(%5, %4) : f32[4]                                       # m.py:2
-          %7 = sigmoid(%6) : f32[4]                                       # m.py:2
-          %8 = mul(%x, %7) : f32[4]                                       # m.py:2
-          return %8
+          %2 = mul(%x, %x) : f32[4]                                       # m.py:2
+          %3 = mul(%2, %x) : f32[4]                                       # m.py:2
+          %4 = constant() {value=0.044715} : f32[]                        # m.py:2
+          %5 = mul(%4, %3) : f32[4]                                       # m.py:2
+          %6 = add(%x, %5) : f32[4]                                       # m.py:2
+          %7 = constant() {value=0.7978846} : f32[]                       # m.py:2
+          %8 = mul(%7, %6) : f32[4]                                       # m.py:2
+          %9 = tanh(%8) : f32[4]                                          # m.py:2
+          %10 = constant() {value=1.0} : f32[]                            # m.py:2
+          %11 = add(%10, %9) : f32[4]                                     # m.py:2
+          %12 = mul(%1, %11) : f32[4]                                     # m.py:2
+          return %12
         }
-    """, exact=False, remarks=["expanded 1 gelu"])  # 0.5 * (1 + tanh(u)) as sigmoid(2u)
+    """, exact=False, remarks=["expanded 1 gelu"])
 
 
 def test_decompose_gelu_exact_in_f64():

@@ -39,9 +39,7 @@ def _gelu_ref(x, approximate):
 def _gelu_decompose(x, approximate):
     if approximate == "none":
         return 0.5 * x * (1.0 + op.erf(x * (1 / math.sqrt(2.0))))
-    # 0.5 * (1 + tanh(u)) == sigmoid(2u): the same function, one transcendental cheaper
-    # (sigmoid is a single exp and a division) and stable for large |u|.
-    return x * op.sigmoid((2 * _SQRT_2_OVER_PI) * (x + 0.044715 * (x * x * x)))
+    return 0.5 * x * (1.0 + op.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x))))
 
 
 defop("gelu", arity=1, kind="composite", attrs=("approximate",), canon=_gelu_canon,

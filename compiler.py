@@ -14,6 +14,8 @@ import sys
 import time
 import weakref
 
+import numpy as np
+
 from lamina.backends import get_backend
 from lamina.frontend import transforms
 from lamina.frontend.trace import arg_names, current, function_name, trace_function
@@ -52,6 +54,7 @@ class CompiledFunction:
         self.passes = list(DEFAULT if passes is None else passes)
         self.static_argnums = tuple(static_argnums)
         self.variants: dict[tuple, Executable] = {}
+        self._seen: dict[tuple, Executable] = {}  # argument look -> variant (see __call__)
         self.compile_log: list[str] = []  # why each variant was compiled
         self._last: Executable | None = None
         functools.update_wrapper(self, fn, updated=())
@@ -63,8 +66,18 @@ class CompiledFunction:
             args = self._bind(args, kwargs)
         if current() is not None:  # called inside another trace: inline
             return self.fn(*args)
-        exe = self.lower(*args)
-        return exe(*self._dynamic(args))
+        # The hot path of a training loop: one dict lookup on what the arguments look like.
+        try:
+            key = tuple(_quick_key(a) for a in args)
+            exe = self._seen.get(key)
+        except TypeError:  # an unhashable static argument: the slow path says why
+            key, exe = None, None
+        if exe is None:
+            exe = self.lower(*args)
+            if key is not None:
+                self._seen[key] = exe
+        self._last = exe
+        return exe(*self._dynamic(args)) if self.static_argnums else exe(*args)
 
     def lower(self, *args) -> Executable:
         """The compiled variant for these arguments (compiled now if new); arrays or
@@ -236,6 +249,16 @@ class CompiledFunction:
     def __repr__(self) -> str:
         return f"<lamina compiled function {self.name} [{self.backend}], " \
                f"{len(self.variants)} variant(s)>"
+
+
+def _quick_key(a):
+    """What decides a variant, cheaply: an array's shape and dtype, a number's type, a static
+    argument's value (hashable)."""
+    if isinstance(a, np.ndarray):
+        return (a.shape, a.dtype.char)
+    if isinstance(a, (bool, int, float)):
+        return type(a)
+    return ("other", type(a), a)
 
 
 def _format_types(names, types) -> str:

@@ -66,12 +66,13 @@ class Executable:
         arrays = self.check(args)
         state = {name: v.storage for name, v in self.variables.items()}
         outs, updates = self.program(arrays, state)
-        protected = arrays + list(state.values())
-        # Outputs must not alias inputs, state (it changes below, in place) or each other.
-        owned = []
-        for o in outs:
-            owned.append(_owned(o, protected + owned))
-        outs = owned
+        if not getattr(self.program, "owns_outputs", False):
+            protected = arrays + list(state.values())
+            # Outputs must not alias inputs, state (it changes below, in place) or each other.
+            owned = []
+            for o in outs:
+                owned.append(_owned(o, protected + owned))
+            outs = owned
         updates = {k: _owned(v, list(state.values())) for k, v in updates.items()}
         for name, value in updates.items():
             np.copyto(self.variables[name].storage, value)

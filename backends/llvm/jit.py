@@ -29,6 +29,9 @@ def _init() -> None:
     # A second, narrower vector loop for remainders: more code (compile time) than it saves on
     # kernels whose inner extents are mostly multiples of the vector width.
     llvm.set_option("", "--enable-epilogue-vectorization=false")
+    # Fully unrolling a row sweep (1024 floats = 64 vectors) makes LLVM keep the loaded row in
+    # registers and stack spills for the next sweep instead of reloading it from L1.
+    llvm.set_option("", "--unroll-full-max-count=4")
 
 
 @dataclass(frozen=True)

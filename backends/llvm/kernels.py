@@ -311,6 +311,14 @@ class KernelEmitter:
         acc_t = L.compute_type(r.dtype) if r.op != "argmax" else L.compute_type(x.dtype)
         acc = self.alloca(acc_t)
         b.store(_identity(r, x), acc)
+        # Float max/min: compare-and-select assuming no NaN (a plain vmaxps reduction once
+        # vectorized) plus a separate "saw a NaN" flag that decides the result: numpy's NaN
+        # propagation for a third of the instructions of llvm.maximum's exact semantics.
+        fast_extremum = r.op in ("max", "min") and x.dtype.is_float
+        saw_nan = None
+        if fast_extremum:
+            saw_nan = self.alloca(L.I1)
+            b.store(ir.Constant(L.I1, 0), saw_nan)
         best = None
         if r.op == "argmax":
             best = self.alloca(I64)
@@ -329,11 +337,22 @@ class KernelEmitter:
                 better = _argmax_better(b, v, cur)
                 b.store(b.select(better, v, cur), acc)
                 b.store(b.select(better, flat, b.load(best)), best)
+            elif fast_extremum:
+                fm = ("nnan", "nsz")
+                better = b.fcmp_ordered(">" if r.op == "max" else "<", v, cur, flags=fm)
+                b.store(b.select(better, v, cur, flags=fm), acc)
+                b.store(b.or_(b.load(saw_nan), b.fcmp_unordered("uno", v, v)), saw_nan)
             else:
                 b.store(_combine(self.cx, r.op, cur, v), acc)
 
         self.nest(d, body, None, fixed=kept)
-        em.fixed[r] = b.load(best) if r.op == "argmax" else b.load(acc)
+        if r.op == "argmax":
+            em.fixed[r] = b.load(best)
+        elif fast_extremum:
+            nan = ir.Constant(acc_t, float("nan"))
+            em.fixed[r] = b.select(b.load(saw_nan), nan, b.load(acc))
+        else:
+            em.fixed[r] = b.load(acc)
 
     def alloca(self, t: ir.Type) -> ir.Value:
         """A stack slot in the entry block (mem2reg turns it into registers)."""

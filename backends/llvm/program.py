@@ -9,6 +9,8 @@ place, so ``updates`` comes back empty.
 from __future__ import annotations
 
 import ctypes
+import math
+import sys
 
 import numpy as np
 
@@ -20,6 +22,7 @@ from lamina.ir.ops.source import constant_array
 from lamina.passes.memory import MemoryPlan
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)
+RECYCLE_MIN_BYTES = 1 << 16  # smaller outputs are cheap to allocate
 
 
 class LLVMProgram:
@@ -37,6 +40,8 @@ class LLVMProgram:
         self.table[self.slots.arena] = self.arena.ctypes.data
         self.state_names = [p.name for p in graph.state]
         self.threads = jit.threads()
+        self.recycled: dict[int, np.ndarray] = {}  # output index -> last array handed out
+        self.owns_outputs = True  # every output is a fresh (or recycled, unreferenced) array
         self.written = []  # outputs written by kernels: (index, shape, numpy dtype)
         self.copied = []  # other outputs: (index, how)
         for k, v in enumerate(graph.outputs):
@@ -66,7 +71,7 @@ class LLVMProgram:
             table[slots.state(i)] = state[name].ctypes.data
         outs: list = [None] * len(self.graph.outputs)
         for k, shape, dtype in self.written:
-            out = np.empty(shape, dtype)
+            out = self._output_array(k, shape, dtype)
             outs[k] = out
             table[slots.output(k)] = out.ctypes.data
         # NOTE: the step updates state in place, so whatever reads a state variable's old value
@@ -81,11 +86,28 @@ class LLVMProgram:
         if status:
             raise self.index_error(status)
         for k, v in self.copied:
-            outs[k] = early[k] if k in early else self._source(v, keep, state, outs)
+            # copies: the caller may change what it gets back without touching our inputs
+            outs[k] = early[k] if k in early else np.array(self._source(v, keep, state, outs))
         for snapshot, v, s in sources:
             src = snapshot if snapshot is not None else self._source(v, keep, state, outs)
             np.copyto(state[s], src)
         return outs, {}
+
+    def _output_array(self, k: int, shape, dtype) -> np.ndarray:
+        """The array output ``k`` is written into: last call's, when nobody else holds it any
+        more (a caller that dropped its result, as a loop does), else a fresh one. Reusing
+        saves the page faults of touching fresh memory on every call."""
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        owner = self.recycled.get(k)
+        # NOTE: numpy points every view (of a view...) straight at the memory's owner, so the
+        # owner's references tell whether any array over it is still alive: only ours left
+        # are the dict's, the local name's and getrefcount's argument.
+        if owner is None or sys.getrefcount(owner) > 3:
+            owner = _aligned_owner(nbytes)
+            if nbytes < RECYCLE_MIN_BYTES:
+                return _view(owner, nbytes, dtype, shape)
+            self.recycled[k] = owner
+        return _view(owner, nbytes, dtype, shape)
 
     def profile_rows(self) -> list[tuple[Node, float, int]]:
         """(kernel, seconds, calls) per kernel since the counters were last reset."""
@@ -133,7 +155,15 @@ def _cycles_per_second(cycles) -> float:
     return _HZ[0]
 
 
+def _aligned_owner(nbytes: int, align: int = 64) -> np.ndarray:
+    """Bytes with room for ``nbytes`` starting at an ``align``-byte boundary."""
+    return np.empty(nbytes + align, np.uint8)
+
+
+def _view(owner: np.ndarray, nbytes: int, dtype, shape, align: int = 64) -> np.ndarray:
+    start = (-owner.ctypes.data) % align
+    return owner[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
-    raw = np.empty(nbytes + align, np.uint8)
-    start = (-raw.ctypes.data) % align
-    return raw[start:start + nbytes]
+    return _view(_aligned_owner(nbytes, align), nbytes, np.uint8, (nbytes,), align)

@@ -14,6 +14,7 @@ from llvmlite import ir
 
 from lamina.backends.llvm import lower as L
 from lamina.ir import dtypes as dt
+from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.ops.source import is_splat
@@ -183,8 +184,9 @@ class Emitter:
             args = [self.value(x, self.bidx(self.shape_of(x), shape, idx)) for x in n.inputs]
             return lowering(self.cx, n, *args)
         handler = getattr(self, f"_op_{op}", None)
-        if handler is None:
-            raise NotImplementedError(f"llvm backend: no lowering for {op} inside a kernel")
+        if handler is None:  # every registered op has one (tests/test_ops.py runs them all)
+            raise LaminaError(f"the llvm backend cannot compute {op} inside a fused kernel "
+                              "(use backend='numpy' and report this)", n.loc)
         return handler(n, idx)
 
     # --- sources ---------------------------------------------------------------------------

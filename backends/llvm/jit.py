@@ -32,6 +32,9 @@ def _init() -> None:
     # Fully unrolling a row sweep (1024 floats = 64 vectors) makes LLVM keep the loaded row in
     # registers and stack spills for the next sweep instead of reloading it from L1.
     llvm.set_option("", "--unroll-full-max-count=4")
+    # Two vectors per iteration: enough to hide latencies in our (long-bodied) fused loops;
+    # four made LLVM shuffle registers instead (measured: layernorm -5%, gelu -9% time).
+    llvm.set_option("", "--force-vector-interleave=2")
 
 
 @dataclass(frozen=True)

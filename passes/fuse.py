@@ -66,14 +66,16 @@ class Group:
         if self.kind == "reduce":
             self.reduce = (root.inputs[0].shape, _axes(root))
 
-    def row_class(self, shape) -> bool:
-        d, axes = self.reduce
+    def row_class(self, shape, reduce: tuple | None = None) -> bool:
+        """Is ``shape`` a per-row shape (keepdims or not) of the reduction ``reduce``
+        (default: this group's)?"""
+        d, axes = reduce or self.reduce
         return shape in (keep_shape(d, axes), reduced_shape(d, axes, False))
 
-    def row_reshape(self, n: Node) -> bool:
+    def row_reshape(self, n: Node, reduce: tuple | None = None) -> bool:
         """The kernel's result may be a reshape of the per-row result (same element count):
         it is stored through the flat index. Shape ops elsewhere could read another row's."""
-        d, axes = self.reduce
+        d, axes = reduce or self.reduce
         return (n is self.root and n.op == "reshape"
                 and _size(n.shape) == _size(reduced_shape(d, axes, False)))
 
@@ -166,12 +168,10 @@ class Fuser:
                 return self.decline(p, "two reductions in one kernel need the reduced axes last")
             return True
         # a loop group becoming a reduce group: every member must fit the rows
-        probe = Group.__new__(Group)
-        probe.reduce = (d, axes)
+        red = (d, axes)
         full = [m for m in G.members if m.shape == d and m.op not in CHEAP]
-        probe.root = G.root
         for m in G.members:
-            if not (m.shape == d or probe.row_class(m.shape) or probe.row_reshape(m)
+            if not (m.shape == d or G.row_class(m.shape, red) or G.row_reshape(m, red)
                     or (m in G.clones and (m.op in CHEAP or m.op == "constant"))):
                 return self.decline(p, f"its consumer {m.op} has shape {list(m.shape)}, "
                                        f"neither rows of {list(d)} nor reduced")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from lamina.backends.llvm import lower as L
-from lamina.backends.llvm.emitter import Emitter, Loops
+from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
 from lamina.ir.graph import Node, Param
 from lamina.ir.ops.reduce import keep_shape, reduced_shape
 from lamina.ir.ops.registry import get as get_op
@@ -268,7 +268,7 @@ class KernelEmitter:
                 self.reduce_stage(em, r, idx_outer, axes, stash if r is stash_at else None,
                                   out)
                 if r is stash_at:  # later sweeps read it back instead of recomputing it
-                    em.fixed[stash] = (out, _strides(d), None)
+                    em.fixed[stash] = (out, strides_of(d), None)
             if root.shape == d and root not in reds:  # a full-shape result: one more sweep
                 def write(idx):
                     em.store(out, em.linear(idx, d), em.value(root, idx), root.dtype)
@@ -477,12 +477,6 @@ def _cone(v) -> set:
         if isinstance(n, Node) and (n is v or n.op not in REDUCTIONS):
             stack.extend(n.inputs)
     return seen
-
-
-def _strides(shape):
-    from lamina.backends.llvm.emitter import strides_of
-
-    return strides_of(shape)
 
 
 def _identity(r: Node, x) -> ir.Constant:

@@ -110,7 +110,8 @@ class Fuser:
     def __init__(self, g: Graph):
         self.g = g
         self.users = g.users()
-        self.why: Counter = Counter()  # boundary reasons, for the remarks
+        # (producer, consumer group's root, why): turned into remarks once kernels have names
+        self.boundaries: list[tuple[Node, Node, str]] = []
         self.reasons: dict[Node, str] = {}  # why a producer stayed out of the current group
 
     def decline(self, p: Node, reason: str) -> bool:
@@ -264,7 +265,7 @@ class Fuser:
                 outside = [u for u in self.users_of(p) if u not in G.members or u in G.clones]
                 reason = (f"its result is also used by {len(outside)} op(s) in other kernels, "
                           "so it is computed once and stored")
-            self.why[f"{p.op} not fused into the {G.root.op} kernel: {reason}"] += 1
+            self.boundaries.append((p, G.root, reason))
         self.reasons.clear()
 
     def run(self) -> Graph:
@@ -290,6 +291,7 @@ class Fuser:
         env: dict[Value, Value] = {p: p for p in g.params}
         names: Counter = Counter()
         kinds: Counter = Counter()
+        named: dict[Node, str] = {}  # group root -> kernel name
         for n in g.nodes:
             G = groups.get(n)
             if G is None:
@@ -297,13 +299,17 @@ class Fuser:
                     env[n] = b.emit("constant", (), n.attrs, loc=n.loc)
                 continue
             region, operands = _region(G, g)
-            name = kernel_name(G, names)
+            name = named[n] = kernel_name(G, names)
             kinds[G.kind] += 1
             env[n] = b.emit("kernel", [env[v] for v in operands], {"name": name}, loc=n.loc,
                             region=region)
             remark(f"@{name}: {describe(G)}")
-        for reason, k in sorted(self.why.items()):
-            remark(f"boundary ({k}x): {reason}")
+        # why each kernel's result is stored rather than computed where it is used
+        for producer, consumer, reason in self.boundaries:
+            who = named.get(producer)
+            source = f"@{who}" if who else f"{producer.op}"
+            remark(f"boundary: {source} -> @{named[consumer]}: {producer.op} not fused: "
+                   f"{reason}")
         remark("kernels: " + ", ".join(f"{k} {kind}" for kind, k in sorted(kinds.items())))
         out = g.replace(nodes=b.nodes, outputs=[env[v] for v in g.outputs],
                         updates={k: env[v] for k, v in g.updates.items()})

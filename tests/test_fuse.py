@@ -362,7 +362,7 @@ def test_reduction_over_leading_axis_feeding_full_shape_consumer_is_a_boundary()
     fn, types = CASES["column_sum"]
     f = Fused(fn, *types)
     assert sorted(region_ops(k)[0] for k in f.kernels) == ["sub", "sum"]
-    assert ("boundary (1x): sum not fused into the sub kernel: a full-shape consumer of a "
+    assert ("boundary: @fused_sum -> @fused_sub: sum not fused: a full-shape consumer of a "
             "reduction over leading axes needs the result before the reduction is done"
             ) in f.remarks
     assert any("(accumulation)" in r for r in f.remarks)

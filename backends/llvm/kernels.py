@@ -261,13 +261,15 @@ class KernelEmitter:
         outer_shape = tuple(d[k] if k in kept else 1 for k in range(len(d)))
 
         stash = self.stash_candidate(reds, d)
-        stash_at = next((r for r in reds if stash in _cone(r.inputs[0])), None)
+        sweeps = _sweeps(reds)  # reductions that do not need each other share one sweep
+        stash_at = next((k for k, sweep in enumerate(sweeps)
+                         if any(stash in _cone(r.inputs[0]) for r in sweep)), None)
 
         def row(idx_outer):
-            for r in reds:
-                self.reduce_stage(em, r, idx_outer, axes, stash if r is stash_at else None,
-                                  out)
-                if r is stash_at:  # later sweeps read it back instead of recomputing it
+            for k, sweep in enumerate(sweeps):
+                here = stash if k == stash_at else None
+                self.reduce_sweep(em, sweep, idx_outer, axes, here, out)
+                if here is not None:  # later sweeps read it back instead of recomputing it
                     em.fixed[stash] = (out, strides_of(d), None)
             if root.shape == d and root not in reds:  # a full-shape result: one more sweep
                 def write(idx):
@@ -301,58 +303,24 @@ class KernelEmitter:
                 best = n  # the latest one captures the most work
         return best
 
-    def reduce_stage(self, em: Emitter, r: Node, idx_outer, axes, stash=None,
+    def reduce_sweep(self, em: Emitter, reds: list[Node], idx_outer, axes, stash=None,
                      out=None) -> None:
-        """One reduction over the inner axes of the current row; its value becomes fixed.
+        """One sweep over the inner axes of the current row computing the reductions ``reds``
+        (none needs another's result); their values become fixed for the rest of the row.
         ``stash`` (a node of the row) is stored into ``out`` on the way."""
-        b = self.b
-        x = r.inputs[0]
-        d = x.shape
-        acc_t = L.compute_type(r.dtype) if r.op != "argmax" else L.compute_type(x.dtype)
-        acc = self.alloca(acc_t)
-        b.store(_identity(r, x), acc)
-        # Float max/min: compare-and-select assuming no NaN (a plain vmaxps reduction once
-        # vectorized) plus a separate "saw a NaN" flag that decides the result: numpy's NaN
-        # propagation for a third of the instructions of llvm.maximum's exact semantics.
-        fast_extremum = r.op in ("max", "min") and x.dtype.is_float
-        saw_nan = None
-        if fast_extremum:
-            saw_nan = self.alloca(L.I1)
-            b.store(ir.Constant(L.I1, 0), saw_nan)
-        best = None
-        if r.op == "argmax":
-            best = self.alloca(I64)
-            b.store(ir.Constant(I64, 0), best)
+        d = reds[0].inputs[0].shape
+        accs = [_Accumulator(self, r) for r in reds]
         kept = {k: idx_outer[k] for k in range(len(d)) if k not in axes}
 
         def body(idx):
-            v = em.value(x, idx)
             if stash is not None:
                 em.store(out, em.linear(idx, d), em.value(stash, idx), stash.dtype)
-            if r.op == "sum" and r.dtype is not x.dtype:
-                v = L.convert(b, v, x.dtype, r.dtype)
-            cur = b.load(acc)
-            if r.op == "argmax":
-                flat = _flat_over(em, idx, d, axes)
-                better = _argmax_better(b, v, cur)
-                b.store(b.select(better, v, cur), acc)
-                b.store(b.select(better, flat, b.load(best)), best)
-            elif fast_extremum:
-                fm = ("nnan", "nsz")
-                better = b.fcmp_ordered(">" if r.op == "max" else "<", v, cur, flags=fm)
-                b.store(b.select(better, v, cur, flags=fm), acc)
-                b.store(b.or_(b.load(saw_nan), b.fcmp_unordered("uno", v, v)), saw_nan)
-            else:
-                b.store(_combine(self.cx, r.op, cur, v), acc)
+            for a in accs:
+                a.add(em, em.value(a.r.inputs[0], idx), idx, axes)
 
         self.nest(d, body, None, fixed=kept)
-        if r.op == "argmax":
-            em.fixed[r] = b.load(best)
-        elif fast_extremum:
-            nan = ir.Constant(acc_t, float("nan"))
-            em.fixed[r] = b.select(b.load(saw_nan), nan, b.load(acc))
-        else:
-            em.fixed[r] = b.load(acc)
+        for a in accs:
+            em.fixed[a.r] = a.result()
 
     def alloca(self, t: ir.Type) -> ir.Value:
         """A stack slot in the entry block (mem2reg turns it into registers)."""
@@ -447,6 +415,68 @@ class KernelEmitter:
         from lamina.backends.llvm.gemm_call import emit_gemm_kernel
 
         return emit_gemm_kernel(self)
+
+
+class _Accumulator:
+    """The running value of one reduction in a sweep (in stack slots mem2reg promotes)."""
+
+    def __init__(self, ke: KernelEmitter, r: Node):
+        b = ke.b
+        x = r.inputs[0]
+        self.r, self.b, self.cx, self.x = r, b, ke.cx, x
+        self.t = L.compute_type(r.dtype) if r.op != "argmax" else L.compute_type(x.dtype)
+        self.acc = ke.alloca(self.t)
+        b.store(_identity(r, x), self.acc)
+        # Float max/min: compare-and-select assuming no NaN (a plain vmaxps reduction once
+        # vectorized) plus a separate "saw a NaN" flag that decides the result: numpy's NaN
+        # propagation for a third of the instructions of llvm.maximum's exact semantics.
+        self.fast_extremum = r.op in ("max", "min") and x.dtype.is_float
+        if self.fast_extremum:
+            self.saw_nan = ke.alloca(L.I1)
+            b.store(ir.Constant(L.I1, 0), self.saw_nan)
+        if r.op == "argmax":
+            self.best = ke.alloca(I64)
+            b.store(ir.Constant(I64, 0), self.best)
+
+    def add(self, em: Emitter, v, idx, axes) -> None:
+        b, r, x = self.b, self.r, self.x
+        if r.op == "sum" and r.dtype is not x.dtype:
+            v = L.convert(b, v, x.dtype, r.dtype)
+        cur = b.load(self.acc)
+        if r.op == "argmax":
+            flat = _flat_over(em, idx, x.shape, axes)
+            better = _argmax_better(b, v, cur)
+            b.store(b.select(better, v, cur), self.acc)
+            b.store(b.select(better, flat, b.load(self.best)), self.best)
+        elif self.fast_extremum:
+            fm = ("nnan", "nsz")
+            better = b.fcmp_ordered(">" if r.op == "max" else "<", v, cur, flags=fm)
+            b.store(b.select(better, v, cur, flags=fm), self.acc)
+            b.store(b.or_(b.load(self.saw_nan), b.fcmp_unordered("uno", v, v)), self.saw_nan)
+        else:
+            b.store(_combine(self.cx, r.op, cur, v), self.acc)
+
+    def result(self):
+        b = self.b
+        if self.r.op == "argmax":
+            return b.load(self.best)
+        if self.fast_extremum:
+            return b.select(b.load(self.saw_nan), ir.Constant(self.t, float("nan")),
+                            b.load(self.acc))
+        return b.load(self.acc)
+
+
+def _sweeps(reds: list[Node]) -> list[list[Node]]:
+    """Reductions grouped by depth: a reduction that needs another's result comes in a later
+    sweep; independent ones (sum(x) and sum(x*x)) share one."""
+    depth: dict[Node, int] = {}
+    for r in reds:  # region order is topological
+        below = [depth[q] for q in reds if q in depth and q in _cone(r.inputs[0])]
+        depth[r] = 1 + max(below, default=-1)
+    out: list[list[Node]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+    for r in reds:
+        out[depth[r]].append(r)
+    return out
 
 
 # --- small helpers ----------------------------------------------------------------------------

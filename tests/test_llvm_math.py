@@ -407,6 +407,30 @@ def test_vector_emission_matches_scalar(k32, k64, ty, vec):
         assert same.all(), f"{name}: {args[0][~same][:4]} -> {a[~same][:4]} vs {b[~same][:4]}"
 
 
+@pytest.mark.parametrize("force", [False, True])
+def test_exp_scaling_ways_agree(k32, force):
+    """exp (and sigmoid, softplus, erf, tanh, which build on it) scales by 2^n either with
+    llvm.ldexp (vscalefps, chosen on AVX-512 hosts) or with two normal powers of two: both
+    round the exact product once, so they give the same bits, subnormal results and
+    overflow included. Each way is built explicitly, whatever this host chooses."""
+    names = ["exp", "sigmoid", "softplus", "erf", "tanh"]
+    saved = mathlib.SCALE_WITH_LDEXP
+    mathlib.SCALE_WITH_LDEXP = force
+    try:
+        kern = _build(F32, names=names)
+    finally:
+        mathlib.SCALE_WITH_LDEXP = saved
+    assert ("llvm.ldexp" in kern.text) == force
+    for name in names:
+        x = points(name, n=200_000)
+        x = np.concatenate([x, [-87.5, -100.0, -103.9, 88.7, 89.0, INF, -INF, NAN]]).astype(np.float32)
+        a, b = kern[name](x), k32[name](x)
+        same = (a.view(np.int32) == b.view(np.int32)) | (np.isnan(a) & np.isnan(b))
+        assert same.all(), f"{name}: {x[~same][:4]} -> {a[~same][:4]} vs {b[~same][:4]}"
+        d = ulp_distance(a, reference(name, x.astype(np.float64)))
+        assert d.max() <= BOUND32[name], name
+
+
 # --- vectorization and speed -------------------------------------------------------------------
 
 

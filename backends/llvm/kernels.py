@@ -30,6 +30,7 @@ from lamina.ir.ops.registry import get as get_op
 I8P = L.I8.as_pointer()
 I64, I32 = L.I64, L.I32
 REDUCTIONS = ("sum", "max", "min", "argmax")
+PREFETCH_MIN_ROW_BYTES = 512  # shorter rows: the hardware prefetcher keeps up
 KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [I8P.as_pointer(), I64, I64, I32])
 
 
@@ -265,10 +266,14 @@ class KernelEmitter:
         stash_at = next((k for k, sweep in enumerate(sweeps)
                          if any(stash in _cone(r.inputs[0]) for r in sweep)), None)
 
+        rows_left = len(sweeps) + (root.shape == d and root not in reds)
+
         def row(idx_outer):
             for k, sweep in enumerate(sweeps):
                 here = stash if k == stash_at else None
                 self.reduce_sweep(em, sweep, idx_outer, axes, here, out)
+                if k == 0 and rows_left > 1:
+                    self.prefetch_next_row(em, idx_outer, d, axes)
                 if here is not None:  # later sweeps read it back instead of recomputing it
                     em.fixed[stash] = (out, strides_of(d), None)
             if root.shape == d and root not in reds:  # a full-shape result: one more sweep
@@ -285,6 +290,26 @@ class KernelEmitter:
 
         self.nest(outer_shape, row, par)
         return (d[par] if par is not None else 1), math.prod(d)
+
+    def prefetch_next_row(self, em: Emitter, idx_outer, d, axes) -> None:
+        """Ask for the next row of each full-size operand (one prefetch per 64-byte line)
+        while this row's later sweeps compute from cache. The first sweep waits on memory and
+        the later ones on arithmetic (softmax's exp); without this the two barely overlap."""
+        if list(axes) != list(range(len(d) - len(axes), len(d))):
+            return
+        inner = math.prod(d[k] for k in axes)
+        b = self.b
+        fn = L.intrinsic(self.cg.module, "llvm.prefetch.p0", ir.VoidType(),
+                         [I8P, I32, I32, I32])
+        read, keep_all_levels, data = ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)
+        for p, ptr in self.operand_pointers().items():
+            nbytes = inner * p.dtype.itemsize
+            if p.shape != d or nbytes < PREFETCH_MIN_ROW_BYTES:
+                continue
+            # past the last row this points beyond the buffer: a prefetch never faults
+            nxt = b.bitcast(b.gep(ptr, [b.add(em.linear(idx_outer, d), em.c64(inner))]), I8P)
+            with self.loops.range(b, em.c64(0), em.c64(-(-nbytes // 64)), "pf") as j:
+                b.call(fn, [b.gep(nxt, [b.mul(j, em.c64(64))]), read, keep_all_levels, data])
 
     def stash_candidate(self, reds, d) -> Node | None:
         """A full-row value that is expensive (it has a transcendental in it) and needed both by

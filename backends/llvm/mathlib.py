@@ -177,6 +177,8 @@ def _suffix(ty) -> str:
         return "f32"
     if isinstance(ty, ir.DoubleType):
         return "f64"
+    if isinstance(ty, ir.IntType):
+        return f"i{ty.width}"
     raise TypeError(f"mathlib: unsupported type {ty}")
 
 
@@ -294,6 +296,15 @@ class _E:
         """2^ni for an integer vector ``ni`` within the normal exponent range."""
         return self.from_bits(self.b.shl(self.b.add(ni, self.ki(self.bias)), self.ki(self.mant)))
 
+    def ldexp(self, a, ni):
+        """a * 2^ni, exact where representable (overflow to inf, gradual underflow)."""
+        full = f"llvm.ldexp.{_suffix(self.ty)}.{_suffix(ni.type)}"
+        mod = self.b.module
+        fn = mod.globals.get(full)
+        if fn is None:
+            fn = ir.Function(mod, ir.FunctionType(self.ty, [self.ty, ni.type]), name=full)
+        return self.b.call(fn, [a, ni])
+
     def libm(self, name: str, *args):
         """A call to the libm function ``name`` (double); vectors element by element."""
         dbl = ir.DoubleType()
@@ -314,6 +325,19 @@ class _E:
 # --- float32 kernels ---------------------------------------------------------------------------
 
 
+# How exp scales by 2^n: None decides by the host (llvm.ldexp where AVX-512 gives it one
+# instruction, vscalefps; elsewhere LLVM may expand a vector ldexp element by element), True or
+# False force a way (the tests check that both give the same bits).
+SCALE_WITH_LDEXP: bool | None = None
+
+
+def _scale_with_ldexp() -> bool:
+    if SCALE_WITH_LDEXP is not None:
+        return SCALE_WITH_LDEXP
+    from lamina.backends.llvm import jit
+    return jit.host().vector_bits == 512
+
+
 def _exp32(e: _E, x, with_lo: bool = False):
     """e^x; with_lo: also the rounding error of the result's last step, e^x ~= y + lo."""
     xc = e.max_k(e.min_k(x, _EXP_MAX), _EXP_MIN)
@@ -323,13 +347,20 @@ def _exp32(e: _E, x, with_lo: bool = False):
     t = e.fma(e.mul(r, r), e.poly(r, EXP_Q), r)
     p = e.add(e.k(1.0), t)
     ni = e.b.fptosi(n, e.ity)
-    n1 = e.b.ashr(ni, e.ki(1))
-    s1, s2 = e.pow2(n1), e.pow2(e.b.sub(ni, n1))
-    y = e.sel(e.uno(x), x, e.mul(e.mul(p, s1), s2))
+    if _scale_with_ldexp():  # one vscalefps: exact, overflow and gradual underflow included
+        def scale(v):
+            return e.ldexp(v, ni)
+    else:  # two factors keep both 2^k normal; the second product rounds once, like ldexp
+        n1 = e.b.ashr(ni, e.ki(1))
+        s1, s2 = e.pow2(n1), e.pow2(e.b.sub(ni, n1))
+
+        def scale(v):
+            return e.mul(e.mul(v, s1), s2)
+    y = e.sel(e.uno(x), x, scale(p))
     if not with_lo:
         return y
     err = e.add(e.sub(e.k(1.0), p), t)            # Fast2Sum: 1 + t = p + err exactly
-    return y, e.mul(e.mul(err, s1), s2)
+    return y, scale(err)
 
 
 def _log_split(e: _E, u, sqrt_half_bits: int):

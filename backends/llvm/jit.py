@@ -20,21 +20,30 @@ from llvmlite import ir
 
 from lamina.ir.errors import LaminaError
 
+# Options for LLVM's code generation (part of cache keys: they change the code).
+LLVM_OPTIONS = (
+    # A second, narrower vector loop for remainders: more code (compile time) than it saves on
+    # kernels whose inner extents are mostly multiples of the vector width.
+    "--enable-epilogue-vectorization=false",
+    # Fully unrolling a row sweep (1024 floats = 64 vectors) makes LLVM keep the loaded row in
+    # registers and stack spills for the next sweep instead of reloading it from L1.
+    "--unroll-full-max-count=4",
+    # Two vectors per iteration: enough to hide latencies in our (long-bodied) fused loops;
+    # four made LLVM shuffle registers instead (measured: layernorm -5%, gelu -9% time).
+    "--force-vector-interleave=2",
+    # Loop strength reduction was half of code generation time (0.05 of 0.1 s for the MLP
+    # step, most of it on simple epilogue loops) and changed no benchmark's speed measurably.
+    "--disable-lsr",
+)
+
 
 @functools.cache
 def _init() -> None:
     # NOTE: llvm.initialize() raises in current llvmlite; the native target is enough.
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    # A second, narrower vector loop for remainders: more code (compile time) than it saves on
-    # kernels whose inner extents are mostly multiples of the vector width.
-    llvm.set_option("", "--enable-epilogue-vectorization=false")
-    # Fully unrolling a row sweep (1024 floats = 64 vectors) makes LLVM keep the loaded row in
-    # registers and stack spills for the next sweep instead of reloading it from L1.
-    llvm.set_option("", "--unroll-full-max-count=4")
-    # Two vectors per iteration: enough to hide latencies in our (long-bodied) fused loops;
-    # four made LLVM shuffle registers instead (measured: layernorm -5%, gelu -9% time).
-    llvm.set_option("", "--force-vector-interleave=2")
+    for opt in LLVM_OPTIONS:
+        llvm.set_option("", opt)
 
 
 @dataclass(frozen=True)
@@ -129,8 +138,9 @@ class Optimized:
     seconds_opt: float
 
 
-def optimize(text: str, keep_text: bool = False, loops: bool = True) -> Optimized:
-    """Parse, verify and optimize LLVM IR text at O3 for the host (new pass manager).
+def optimize(text: str, keep_text: bool = False, loops: bool = True,
+             level: int = 3) -> Optimized:
+    """Parse, verify and optimize LLVM IR text for the host (new pass manager, O``level``).
 
     ``loops=False`` skips loop vectorization and unrolling: for code that is vectorized and
     unrolled by hand already (the GEMM), where they cost compile time and gain nothing.
@@ -143,7 +153,7 @@ def optimize(text: str, keep_text: bool = False, loops: bool = True) -> Optimize
     except RuntimeError as e:
         raise LaminaError(f"generated LLVM IR is invalid (a lamina bug): {e}") from None
     t1 = time.perf_counter()
-    pto = llvm.create_pipeline_tuning_options(speed_level=3)
+    pto = llvm.create_pipeline_tuning_options(speed_level=level)
     pto.loop_vectorization = loops
     pto.slp_vectorization = loops
     pto.loop_unrolling = loops
@@ -192,7 +202,8 @@ def threads() -> int:
 
 def versions() -> dict[str, str]:
     return {"llvmlite": llvmlite.__version__,
-            "llvm": ".".join(map(str, llvm.llvm_version_info))}
+            "llvm": ".".join(map(str, llvm.llvm_version_info)),
+            "llvm_options": " ".join(LLVM_OPTIONS)}
 
 
 class Engine:

@@ -418,6 +418,47 @@ def test_llvm_compile_records_the_fused_stage():
     assert_close(got, want / want.sum(1, keepdims=True))
 
 
+def _layernorm_one_pass(x, g, b):
+    m = x.mean(-1, keepdims=True)
+    v = (x * x).mean(-1, keepdims=True) - m * m   # both means in one sweep over the row
+    return (x - m) * lm.rsqrt(v + 1e-5) * g + b
+
+
+def _ref_layernorm_one_pass(x, g, b):
+    m = x.mean(-1, keepdims=True)
+    v = (x * x).mean(-1, keepdims=True) - m * m
+    return (x - m) / np.sqrt(v + 1e-5) * g + b
+
+
+def _ref_softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [(7, 700), (3, 5, 260), (2, 100)])
+def test_row_kernels_over_long_rows(dtype, shape, tmp_path, monkeypatch):
+    """Rows long enough (>= 512 bytes) that row kernels prefetch the next row after their
+    first sweep (the last row prefetches past its buffer, which must be harmless), with
+    independent reductions sharing a sweep (layernorm's two means) and softmax's exp stored
+    on the way and read back: every row against numpy."""
+    from lamina.ir import config
+    monkeypatch.setattr(config, "dump", str(tmp_path / "dump"))
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    g, b = (rng.standard_normal(shape[-1:]).astype(dtype) for _ in range(2))
+    sm = lm.compile(lambda v: lm.softmax(v, axis=-1), backend="llvm")
+    ln = lm.compile(_layernorm_one_pass, backend="llvm")
+    assert_close(sm(x), _ref_softmax(x.astype(np.float64)).astype(dtype))
+    want = _ref_layernorm_one_pass(*(a.astype(np.float64) for a in (x, g, b)))
+    assert_close(ln(x, g, b), want.astype(dtype), rtol=1e-4 if dtype == "float32" else None)
+    row_bytes = shape[-1] * np.dtype(dtype).itemsize
+    for folder in os.listdir(tmp_path / "dump"):
+        (ll,) = [n for n in os.listdir(tmp_path / "dump" / folder) if n.endswith("pre_opt.ll")]
+        text = (tmp_path / "dump" / folder / ll).read_text()
+        assert ("llvm.prefetch" in text) == (row_bytes >= 512), (folder, row_bytes)
+
+
 def test_take_out_of_range_is_an_error():
     f = lm.compile(lambda x, i: lm.take(x, i, axis=0) * 2, backend="llvm")
     x = np.arange(12, dtype=np.float32).reshape(4, 3)

@@ -298,14 +298,15 @@ class KernelEmitter:
         if list(axes) != list(range(len(d) - len(axes), len(d))):
             return
         inner = math.prod(d[k] for k in axes)
+        rows = [(p, ptr, inner * p.dtype.itemsize) for p, ptr in self.operand_pointers().items()
+                if p.shape == d and inner * p.dtype.itemsize >= PREFETCH_MIN_ROW_BYTES]
+        if not rows:
+            return
         b = self.b
         fn = L.intrinsic(self.cg.module, "llvm.prefetch.p0", ir.VoidType(),
                          [I8P, I32, I32, I32])
         read, keep_all_levels, data = ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)
-        for p, ptr in self.operand_pointers().items():
-            nbytes = inner * p.dtype.itemsize
-            if p.shape != d or nbytes < PREFETCH_MIN_ROW_BYTES:
-                continue
+        for p, ptr, nbytes in rows:
             # past the last row this points beyond the buffer: a prefetch never faults
             nxt = b.bitcast(b.gep(ptr, [b.add(em.linear(idx_outer, d), em.c64(inner))]), I8P)
             with self.loops.range(b, em.c64(0), em.c64(-(-nbytes // 64)), "pf") as j:

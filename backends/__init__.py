@@ -20,7 +20,8 @@ import numpy as np
 from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph
 
-_MODULES = {"numpy": "lamina.backends.numpy", "llvm": "lamina.backends.llvm"}
+_MODULES = {"numpy": "lamina.backends.numpy", "llvm": "lamina.backends.llvm",
+            "triton": "lamina.backends.triton"}
 
 
 class Program(Protocol):
@@ -42,7 +43,23 @@ class Backend(Protocol):
 
 
 def available() -> list[str]:
+    """Every backend name ``lm.compile`` accepts (triton's needs are checked when it compiles:
+    a GPU, or Triton's interpreter with torch)."""
     return list(_MODULES)
+
+
+def runnable() -> list[str]:
+    """The backends that can run here: numpy and llvm always; triton with Triton installed
+    and a CUDA GPU, or Triton and torch (its interpreter)."""
+    out = ["numpy", "llvm"]
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is not None:
+        from lamina.backends.triton import cuda
+
+        if cuda.available() or importlib.util.find_spec("torch") is not None:
+            out.append("triton")
+    return out
 
 
 def get_backend(name: str) -> Backend:

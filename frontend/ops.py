@@ -43,7 +43,7 @@ def run(fn, *args):
     arrays, operands = [], []
     for a in args:
         if _is_tensorlike(a):
-            arr = a.storage if isinstance(a, Variable) else np.asarray(a)
+            arr = a.host_value() if isinstance(a, Variable) else np.asarray(a)
             if arr.dtype == np.float64 and isinstance(a, list):
                 arr = arr.astype(np.float32)
             p = b.add_input(f"a{len(arrays)}", TensorType(arr.shape, dt.dtype(arr.dtype)))

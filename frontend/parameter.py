@@ -30,7 +30,7 @@ class Parameter(Variable):
         ctx = current()
         if ctx is not None:
             return ctx.read(self)
-        view = self.storage.view()
+        view = self.host_value().view()
         view.flags.writeable = False
         return view
 

@@ -45,7 +45,7 @@ def _draw(op: str, shape, key, dtype):
     ctx = current()
     if key is None:
         if ctx is None:
-            key = int(_KEY.storage)
+            key = int(_KEY.host_value())
             _KEY.assign(key + 1)
         else:
             if _advance_key not in ctx.finalizers:

@@ -33,6 +33,8 @@ from lamina.passes.manager import remark
 # Index arithmetic only: cloned into every kernel that reads them instead of materialized.
 CHEAP = {"broadcast", "reshape", "transpose", "slice", "iota", "cast"}
 REDUCTIONS = {"sum", "max", "min", "argmax"}
+# Shape ops that read their input at other positions than they write.
+MOVES_INDEX = {"transpose", "reshape", "slice", "pad", "concatenate", "take"}
 # Operand producers a GEMM reads through strides instead of a copy.
 VIEWS = {"transpose", "reshape", "broadcast"}
 
@@ -188,6 +190,10 @@ class Fuser:
         if p.shape != G.domain:
             return self.decline(p, "the epilogue's shape differs from the matmul's")
         for m in G.members:
+            if m.op in MOVES_INDEX and _reads(m, p, G.members):
+                # a GEMM tile knows its own elements only (a square matmul's transpose)
+                return self.decline(p, f"the epilogue reads it through a {m.op}, at other "
+                                       "positions than the matmul writes")
             if m in G.clones or m.op in CHEAP:
                 continue
             if get_op(m.op).kind != "elementwise" or m.shape != G.domain:
@@ -316,6 +322,19 @@ class Fuser:
         from lamina.passes.dce import eliminate_dead_code
 
         return eliminate_dead_code(out)
+
+
+def _reads(m: Node, p: Node, members: set[Node]) -> bool:
+    """Does ``m`` read ``p``, directly or through other ``members``?"""
+    todo, seen = list(m.inputs), set()
+    while todo:
+        v = todo.pop()
+        if v is p:
+            return True
+        if isinstance(v, Node) and v in members and v not in seen:
+            seen.add(v)
+            todo.extend(v.inputs)
+    return False
 
 
 def _contiguous_reshape(n: Node) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.ops.registry import get as get_op
 
@@ -84,6 +85,24 @@ class MemoryPlan:
 
 
 RISKY = ("take", "scatter_add")  # ops that can stop a step midway (an index out of range)
+
+
+def error_sites(graph: Graph) -> list[Node]:
+    """The ops that can find an index out of range, in a fixed order: site k sets the error
+    flag to k + 1, and the runtime maps it back to the op's source line."""
+    return [m for n in graph.nodes if n.region is not None for m in n.region.nodes
+            if m.op in RISKY]
+
+
+def index_error(graph: Graph, code: int) -> LaminaError:
+    """The error for error flag ``code`` (site ``code - 1`` of ``error_sites``), with the
+    user's source line of the failing op."""
+    sites = error_sites(graph)
+    site = sites[code - 1] if 0 < code <= len(sites) else None
+    what = site.op if site is not None else "take or scatter_add"
+    return LaminaError(f"{what}: an index is out of range (numpy would raise IndexError); "
+                       "the step stopped before changing any state",
+                       site.loc if site is not None else None)
 
 
 def element_aligned_reads(kernel: Node, operand: int) -> bool:

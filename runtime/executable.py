@@ -3,6 +3,12 @@
 It holds the backend program, the input signature, the output structure and the Variables
 bound to the graph's state. A call checks its arguments, runs the program on the arguments and
 the current state, writes state updates back in place and returns numpy arrays.
+
+A program is called as ``program(inputs, state) -> (outputs, updates)``. ``state`` maps each
+state name to its host array, which the program may update in place; a program whose class sets
+``takes_variables = True`` keeps state on a device and gets the ``Variable`` objects instead, so
+that nothing is copied between host and device unless a value changed on the other side (see
+``lamina.ir.variable``); such a program returns outputs that it owns.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ def as_array(x, expected: TensorType, name: str, fn: str) -> np.ndarray:
     Python numbers take the expected dtype; arrays must already have it (no silent casts).
     """
     if isinstance(x, Variable):
-        x = x.storage
+        x = x.host_value()
     if isinstance(x, (bool, int, float)) and expected.shape == ():
         return np.asarray(x, dtype=expected.dtype.np)
     arr = np.asarray(x) if not isinstance(x, np.ndarray) else x
@@ -64,6 +70,11 @@ class Executable:
 
     def __call__(self, *args):
         arrays = self.check(args)
+        if getattr(self.program, "takes_variables", False):
+            outs, updates = self.program(arrays, dict(self.variables))
+            for name, value in updates.items():
+                self.variables[name].assign(value)
+            return unflatten(self.out_tree, outs)
         state = {name: v.storage for name, v in self.variables.items()}
         outs, updates = self.program(arrays, state)
         if not getattr(self.program, "owns_outputs", False):

@@ -9,9 +9,28 @@ os.environ.setdefault("LAMINA_CHECK_ROUNDTRIP", "1")
 import numpy as np
 import pytest
 
-from lamina.backends import available
+from lamina.backends import runnable
 
-BACKENDS = available()
+# The backends every backend-parametrized test runs on: numpy and llvm, and triton where a GPU is
+# (LAMINA_TEST_BACKENDS=triton,... picks others, e.g. the whole suite on triton on a GPU).
+# Without a GPU, test modules in INTERPRETED also run triton under Triton's interpreter: every
+# op's kernels checked against numpy (the interpreter is too slow for the training tests).
+_CHOSEN = [b.strip() for b in os.environ.get("LAMINA_TEST_BACKENDS", "").split(",") if b.strip()]
+INTERPRETED = {"test_ops"}
+
+
+def _default_backends() -> list[str]:
+    here = runnable()
+    if "triton" in here:
+        from lamina.backends.triton import cuda
+
+        if not cuda.available():
+            here.remove("triton")
+    return here
+
+
+BACKENDS = _CHOSEN or _default_backends()
+INTERPRETER = not _CHOSEN and "triton" not in BACKENDS and "triton" in runnable()
 
 
 def has_cuda() -> bool:
@@ -33,10 +52,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    """Each test that takes ``backend`` runs once per available backend."""
-    return request.param
+def pytest_generate_tests(metafunc):
+    """Each test that takes ``backend`` runs once per backend (see BACKENDS above)."""
+    if "backend" in metafunc.fixturenames:
+        backends = list(BACKENDS)
+        if INTERPRETER and metafunc.module.__name__ in INTERPRETED:
+            backends.append("triton")
+        metafunc.parametrize("backend", backends)
 
 
 @pytest.fixture

@@ -28,11 +28,11 @@ from test_fuse import random_graph
 
 import lamina as lm
 from lamina import nn, optim
-from lamina.backends.llvm import cache as cache_mod
 from lamina.backends.llvm import jit
 from lamina.backends.llvm.llvm_backend import backend as llvm_backend
 from lamina.ir import interpret, parse
 from lamina.passes.fuse import fuse_kernels
+from lamina.runtime import cache as cache_mod
 
 WORKER = r'''
 import json, os, sys

@@ -21,20 +21,13 @@ from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.source import constant_array
-from lamina.passes.memory import RISKY, MemoryPlan
+from lamina.passes.memory import RISKY, MemoryPlan, error_sites
 
 I8P = L.I8.as_pointer()
 I32, I64 = L.I32, L.I64
 ENTRY = "lamina_entry"
 PARALLEL_MIN_WORK = 1 << 15  # elements: below this, threads cost more than they save
 CODEGEN_VERSION = "2"  # part of cache keys: bump when generated code changes meaning
-
-
-def error_sites(graph: Graph) -> list[Node]:
-    """The ops that can find an index out of range, in a fixed order: site k sets the error
-    flag to k + 1, and the runtime maps it back to the op's source line."""
-    return [m for n in graph.nodes if n.region is not None for m in n.region.nodes
-            if m.op in RISKY]
 
 
 @dataclass

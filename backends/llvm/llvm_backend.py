@@ -14,7 +14,6 @@ import time
 
 from llvmlite import binding as llvm
 
-from lamina.backends.llvm import cache as cache_mod
 from lamina.backends.llvm import gemm, jit
 from lamina.backends.llvm.codegen import CODEGEN_VERSION, Codegen
 from lamina.backends.llvm.kernels import scratch_need
@@ -25,6 +24,7 @@ from lamina.ir.printer import print_graph
 from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import plan_memory
+from lamina.runtime import cache as cache_mod
 
 STATS = {"compiled": 0, "cache_hits": 0, "loaded": 0}
 

@@ -15,11 +15,11 @@ import sys
 import numpy as np
 
 from lamina.backends.llvm import jit
-from lamina.backends.llvm.codegen import ENTRY, Slots, error_sites
+from lamina.backends.llvm.codegen import ENTRY, Slots
 from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param
 from lamina.ir.ops.source import constant_array
-from lamina.passes.memory import MemoryPlan
+from lamina.passes.memory import MemoryPlan, index_error
 
 _ENTRY_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32)
 RECYCLE_MIN_BYTES = 1 << 16  # smaller outputs are cheap to allocate
@@ -120,12 +120,7 @@ class LLVMProgram:
             self.counters[i] = 0
 
     def index_error(self, status: int) -> LaminaError:
-        sites = error_sites(self.graph)
-        site = sites[status - 1] if 0 < status <= len(sites) else None
-        what = site.op if site is not None else "take or scatter_add"
-        return LaminaError(f"{what}: an index is out of range (numpy would raise IndexError); "
-                           "the step stopped before changing any state",
-                           site.loc if site is not None else None)
+        return index_error(self.graph, status)
 
     def _source(self, v, inputs, state, outs):
         if isinstance(v, Param):

@@ -36,7 +36,7 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        return float(self._lr.storage)
+        return float(self._lr.host_value())
 
     @lr.setter
     def lr(self, value: float) -> None:

@@ -1,4 +1,4 @@
-"""The on-disk compile cache of the CPU backend: object code keyed by everything it depends on.
+"""The on-disk compile cache of the backends: compiled code keyed by everything it depends on.
 
 The key hashes the optimized IR text, the backend, lamina's and llvmlite's/LLVM's versions, the
 code generator's version and the host CPU (name and features). A hit loads object code without
@@ -45,7 +45,8 @@ def key_of(parts: dict[str, str]) -> str:
 _NAMES = {"ir": "the IR changed", "target": "the CPU (name or features) changed",
           "kind": "a different kind of object", "codegen": "the code generator changed",
           "lamina": "lamina's version changed", "llvmlite": "llvmlite's version changed",
-          "llvm": "LLVM's version changed"}
+          "llvm": "LLVM's version changed", "triton": "Triton's version changed",
+          "gpu": "the GPU target changed"}
 
 
 class Cache:

@@ -1,0 +1,953 @@
+"""Triton source for fused kernels: each ``kernel`` node of a fused graph becomes one readable
+``@triton.jit`` function (named after what it fuses), with every size a constant.
+
+Kinds (``classify``):
+
+    loop     elementwise and shape ops over the result: one program per BLOCK of flat indices
+    row      reductions: a tile of rows x reduced columns per program; each reduction is one
+             ``tl.reduce`` (one pass when a row fits one tile, else a loop over column chunks);
+             what follows the reductions is computed on the same tile (softmax, layernorm and
+             cross-entropy are one kernel, one read of the input)
+    gemm     one matmul through ``tl.dot`` on register tiles, its operands read through their
+             views (transpose, reshape, broadcast) and its elementwise epilogue applied to the
+             accumulator before the only store
+    scatter  scatter_add: a zero fill, then atomic adds
+
+Values are evaluated on demand at a multi-index (``Gen.value``), as the LLVM backend's emitter
+does: elementwise ops evaluate their operands at the broadcast index, shape ops only transform
+the index (so they fuse for free), reductions and the matmul are computed once per program.
+An index is a tuple of ``Ix`` (a Triton expression and the tile axes it varies along: "f" flat
+lanes, "r"/"c" rows/columns, "m"/"n"/"k" GEMM tiles); loads are masked by those axes' masks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from lamina.backends.triton.spec import KernelSource
+from lamina.ir import dtypes as dt
+from lamina.ir.errors import LaminaError
+from lamina.ir.graph import Graph, Node, Param, Value
+from lamina.ir.ops.reduce import keep_shape, reduced_shape
+from lamina.ir.ops.registry import get as get_op
+from lamina.ir.ops.source import is_splat
+
+REDUCTIONS = ("sum", "max", "min", "argmax")
+LOOP_BLOCK = 1024
+ROW_TILE = 4096  # elements of a row program's tile
+MAX_ONE_PASS_ROW = 8192  # longer rows loop over chunks of ROW_CHUNK
+ROW_CHUNK = 2048
+# float32 matmuls run in IEEE float32 unless this is set (TF32 tensor cores: ~10 bits of
+# mantissa in the products, several times faster); part of the source, so of the cache key
+ALLOW_TF32 = False
+
+TL = {dt.float16: "tl.float16", dt.bfloat16: "tl.bfloat16", dt.float32: "tl.float32",
+      dt.float64: "tl.float64", dt.int32: "tl.int32", dt.int64: "tl.int64", dt.bool_: "tl.int1"}
+LOW = (dt.float16, dt.bfloat16)
+POINTER = {dt.float16: "*fp16", dt.bfloat16: "*bf16", dt.float32: "*fp32", dt.float64: "*fp64",
+           dt.int32: "*i32", dt.int64: "*i64", dt.bool_: "*i8"}
+
+
+def tl_type(d: dt.DType) -> str:
+    try:
+        return TL[d]
+    except KeyError:
+        raise LaminaError(f"the triton backend does not support {d.name}") from None
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def strides_of(shape) -> tuple[int, ...]:
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return tuple(reversed(out))
+
+
+def axes_of(r: Node) -> tuple[int, ...]:
+    a = r.attrs["axis"]
+    if a is None:
+        return tuple(range(len(r.inputs[0].shape)))
+    return a if isinstance(a, tuple) else (a,)
+
+
+def classify(kernel: Node) -> str:
+    ops = {n.op for n in kernel.region.nodes}
+    if "matmul" in ops:
+        return "gemm"
+    if "scatter_add" in ops:
+        return "scatter"
+    if ops & set(REDUCTIONS):
+        return "row"
+    return "loop"
+
+
+@dataclass(frozen=True)
+class Ix:
+    """One axis of an index: a Triton expression (or an int) and the tile axes it varies on."""
+
+    e: str
+    deps: frozenset = frozenset()
+
+    @staticmethod
+    def const(k: int) -> Ix:
+        return Ix(str(int(k)))
+
+    @property
+    def is_const(self) -> bool:
+        return not self.deps
+
+
+@dataclass
+class TV:
+    """A computed value: its expression (a variable name), tile axes and dtype."""
+
+    e: str
+    deps: frozenset
+    dtype: dt.DType
+
+
+# Helpers pasted into a kernel's module when used (self-contained source, also for dumps).
+HELPERS = {
+    "add": '''
+@triton.jit
+def _add(a, b):
+    return a + b
+''',
+    "max": '''
+@triton.jit
+def _max_nan(a, b):
+    # numpy's max: NaN wins
+    return tl.where((a > b) | (a != a), a, b)
+''',
+    "min": '''
+@triton.jit
+def _min_nan(a, b):
+    return tl.where((a < b) | (a != a), a, b)
+''',
+    "argmax": '''
+@triton.jit
+def _argmax_pick(v1, i1, v2, i2):
+    # numpy's argmax: the first NaN, else the first of the largest
+    n1 = v1 != v1
+    n2 = v2 != v2
+    first = i1 < i2
+    take1 = (n1 & ((n2 == 0) | first)) | ((n1 == 0) & (n2 == 0) & ((v1 > v2) | ((v1 == v2) & first)))
+    return tl.where(take1, v1, v2), tl.where(take1, i1, i2)
+''',
+    "philox": '''
+@triton.jit
+def _philox(c0, c1, c2, c3, k0, k1):
+    # Philox-4x32-10 (lamina.ir.ops.source): uint32 words
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo1 = c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+''',
+}
+
+
+class Gen:
+    """Builds the body of one kernel: lines of Python, values memoized per scope."""
+
+    def __init__(self, kernel: Node, name: str, error_codes: dict[int, int], guarded: bool):
+        self.kernel = kernel
+        self.region: Graph = kernel.region
+        self.root: Node = self.region.outputs[0]
+        self.name = name
+        self.error_codes = error_codes
+        self.guarded = guarded  # an earlier kernel may fail: store nothing if it did
+        self.lines: list[str] = []
+        self.indent = 1
+        self.count = 0
+        self.scopes: list[dict] = [{}]
+        self.fixed: dict[Node, TV] = {}
+        self.linear_memo: dict[tuple, str] = {}
+        self.masks: dict[str, str] = {}  # tile axis -> mask expression
+        self.helpers: set[str] = set()
+        self.uses_error = False
+        self.params = list(self.region.inputs)
+        self.arg_of = {p: f"a{i}" for i, p in enumerate(self.params)}
+        big = max([math.prod(v.shape) for v in list(self.region.inputs) + list(self.region.nodes)]
+                  + [1])
+        self.index_type = "tl.int64" if big >= 2 ** 31 - 1 else "tl.int32"
+
+    # --- emitting ---------------------------------------------------------------------------
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.indent + line)
+
+    def tmp(self, expr: str, prefix: str = "t") -> str:
+        name = f"{prefix}{self.count}"
+        self.count += 1
+        self.emit(f"{name} = {expr}")
+        return name
+
+    def const(self, d: dt.DType, value) -> TV:
+        if d.is_bool:
+            text = "1" if bool(value) else "0"
+        elif d.is_int:
+            text = str(int(value))
+        else:
+            v = float(value)
+            text = repr(v) if math.isfinite(v) else ("float('nan')" if math.isnan(v) else
+                                                      ("float('inf')" if v > 0
+                                                       else "float('-inf')"))
+        # NOTE: one-element tensors rather than scalars: Triton's interpreter mistypes
+        # comparisons of 0-d values; [1] broadcasts against any tile the same way
+        return TV(self.tmp(f"tl.full([1], {text}, {tl_type(d)})", "k"), frozenset(), d)
+
+    def mask_for(self, deps) -> str | None:
+        parts = [self.masks[a] for a in sorted(deps) if self.masks.get(a)]
+        return " & ".join(parts) if parts else None
+
+    def store_mask(self, deps) -> str | None:
+        m = self.mask_for(deps)
+        if self.guarded:
+            m = f"{m} & ok" if m else "ok"
+        return m
+
+    # --- index arithmetic -------------------------------------------------------------------
+
+    def linear(self, idx, shape) -> Ix:
+        key = (tuple(i.e for i in idx), tuple(shape))
+        hit = self.linear_memo.get(key)
+        deps = frozenset().union(*[i.deps for i in idx]) if idx else frozenset()
+        if hit is not None:
+            return Ix(hit, deps)
+        terms = []
+        for i, s, d in zip(idx, strides_of(shape), shape):
+            if d == 1 or i.e == "0":
+                continue
+            terms.append(i.e if s == 1 else f"{i.e} * {s}")
+        if not terms:
+            return Ix("0")
+        e = terms[0] if len(terms) == 1 else self.tmp(" + ".join(terms), "l")
+        self.linear_memo[key] = e
+        return Ix(e, deps)
+
+    def delinear(self, flat: Ix, shape) -> tuple[Ix, ...]:
+        out = []
+        first = True
+        for d, s in zip(shape, strides_of(shape)):
+            if d == 1:
+                out.append(Ix("0"))
+                continue
+            q = flat.e if s == 1 else f"({flat.e} // {s})"
+            e = q if first else f"{q} % {d}"
+            out.append(Ix(self.tmp(e, "i") if e != flat.e else e, flat.deps))
+            first = False
+        self.linear_memo[(tuple(i.e for i in out), tuple(shape))] = flat.e
+        return tuple(out)
+
+    @staticmethod
+    def bidx(src_shape, dst_shape, idx) -> tuple[Ix, ...]:
+        lead = len(dst_shape) - len(src_shape)
+        return tuple(Ix("0") if s == 1 and dst_shape[lead + j] != 1 else idx[lead + j]
+                     for j, s in enumerate(src_shape))
+
+    # --- loads and stores -------------------------------------------------------------------
+
+    def load(self, p: Param, idx) -> TV:
+        flat = self.linear(idx, p.shape)
+        ptr = f"{self.arg_of[p]} + {flat.e if flat.e != '0' else 'tl.arange(0, 1)'}"
+        m = self.mask_for(flat.deps)
+        other = ", other=0" if m else ""
+        text = f"tl.load({ptr}, mask={m}{other})" if m else f"tl.load({ptr})"
+        if p.dtype.is_bool:
+            text = f"{text} != 0"
+        return TV(self.tmp(text, "x"), flat.deps, p.dtype)
+
+    def store(self, ptr: str, flat: Ix, v: TV, deps=None) -> None:
+        value = v.e if not v.dtype.is_bool else f"{v.e}.to(tl.int8)"
+        at = ptr if flat.e == "0" else f"{ptr} + {flat.e}"
+        m = self.store_mask(flat.deps if deps is None else deps)
+        self.emit(f"tl.store({at}, {value}, mask={m})" if m else f"tl.store({at}, {value})")
+
+    # --- evaluation -------------------------------------------------------------------------
+
+    def push(self):
+        self.scopes.append({})
+
+    def pop(self):
+        self.scopes.pop()
+
+    def value(self, v: Value, idx) -> TV:
+        idx = tuple(idx)
+        key = (id(v), tuple(i.e for i in idx))
+        for scope in reversed(self.scopes):
+            hit = scope.get(key)
+            if hit is not None:
+                return hit
+        out = self.compute(v, idx)
+        self.scopes[-1][key] = out
+        return out
+
+    def compute(self, v: Value, idx) -> TV:
+        if isinstance(v, Param):
+            return self.load(v, idx)
+        n: Node = v
+        fixed = self.fixed.get(n)
+        if fixed is not None:
+            return fixed
+        if n.op == "matmul" or n.op in REDUCTIONS:
+            raise LaminaError(f"the triton backend cannot read the {n.op} result of kernel "
+                              f"@{self.name} at another position inside the same kernel "
+                              "(e.g. a transpose of a square matmul in its epilogue); "
+                              "use backend='llvm' and report this", n.loc)
+        if get_op(n.op).kind == "elementwise":
+            args = [self.value(x, self.bidx(x.shape, n.shape, idx)) for x in n.inputs]
+            return self.elementwise(n, args)
+        handler = getattr(self, f"op_{n.op}", None)
+        if handler is None:
+            raise LaminaError(f"the triton backend cannot compute {n.op} inside a fused kernel",
+                              n.loc)
+        return handler(n, idx)
+
+    # --- elementwise ------------------------------------------------------------------------
+
+    def elementwise(self, n: Node, args: list[TV]) -> TV:
+        if n.op in ("alias", "stop_gradient"):
+            return args[0]
+        d = n.dtype
+        if n.op != "cast" and (d in LOW or any(a.dtype in LOW for a in args)):
+            # half types: computed in float32 and rounded once per op, as numpy does (and
+            # Triton's interpreter has no bfloat16 arithmetic)
+            args = [TV(self.tmp(f"{a.e}.to(tl.float32)"), a.deps, dt.float32)
+                    if a.dtype in LOW else a for a in args]
+            r = self._elementwise(n, args, dt.float32 if d in LOW else d)
+            return TV(self.tmp(f"{r.e}.to({tl_type(d)})"), r.deps, d) if d in LOW else r
+        return self._elementwise(n, args, d)
+
+    def _elementwise(self, n: Node, args: list[TV], d: dt.DType) -> TV:
+        deps = frozenset().union(*[a.deps for a in args]) if args else frozenset()
+        op = n.op
+        e = [a.e for a in args]
+        src = args[0].dtype if args else d
+
+        if op in ("add", "sub", "mul"):
+            text = f"{e[0]} {'+' if op == 'add' else '-' if op == 'sub' else '*'} {e[1]}"
+        elif op == "div":
+            text = self.div(e[0], e[1], d)
+        elif op == "neg":
+            text = f"-{e[0]}"
+        elif op == "abs":
+            text = f"tl.abs({e[0]})"
+        elif op == "sign":
+            if d.is_float:  # NaN and signed zeros pass through, as numpy
+                text = (f"tl.where({e[0]} > 0, 1, tl.where({e[0]} < 0, -1, "
+                        f"{e[0]})).to({tl_type(d)})")
+            else:
+                text = f"(({e[0]} > 0).to({tl_type(d)}) - ({e[0]} < 0).to({tl_type(d)}))"
+        elif op in ("maximum", "minimum"):
+            fn = "tl.maximum" if op == "maximum" else "tl.minimum"
+            nan = ", propagate_nan=tl.PropagateNan.ALL" if d.is_float else ""
+            text = f"{fn}({e[0]}, {e[1]}{nan})"
+        elif op == "relu":
+            zero = self.const(d, 0).e
+            text = f"tl.maximum({e[0]}, {zero}, propagate_nan=tl.PropagateNan.ALL)"
+        elif op == "exp":
+            text = f"tl.exp({e[0]})"
+        elif op == "log":
+            text = f"tl.log({e[0]})"
+        elif op == "sqrt":
+            text = self.sqrt(e[0], d)
+        elif op == "rsqrt":
+            text = self.div(self.f(d, 1.0), self.sqrt(e[0], d), d)
+        elif op == "erf":
+            text = f"tl.erf({e[0]})"
+        elif op == "sigmoid":
+            x = e[0]
+            z = self.tmp(f"tl.exp(-tl.abs({x}))")
+            one = "1.0" if d is not dt.float64 else "tl.full([], 1.0, tl.float64)"
+            text = (f"tl.where({x} >= 0, {self.div(one, f'{one} + {z}', d)}, "
+                    f"{self.div(z, f'{one} + {z}', d)})")
+        elif op == "softplus":
+            text = self.softplus(e[0], d)
+        elif op == "tanh":
+            text = self.tanh(e[0], d)
+        elif op == "pow":
+            text = self.pow(e[0], e[1], d)
+        elif op in ("eq", "ne", "lt", "le", "gt", "ge"):
+            sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
+            text = f"{e[0]} {sym} {e[1]}"
+        elif op == "logical_and":
+            text = f"{e[0]} & {e[1]}"
+        elif op == "logical_or":
+            text = f"{e[0]} | {e[1]}"
+        elif op == "logical_not":
+            text = f"{e[0]} == 0"
+        elif op == "where":
+            text = f"tl.where({e[0]}, {e[1]}, {e[2]})"
+        elif op == "cast":
+            text = self.cast(e[0], src, n.attrs["dtype"])
+        else:
+            raise LaminaError(f"the triton backend has no lowering for {op}", n.loc)
+        return TV(self.tmp(text), deps, d)
+
+    @staticmethod
+    def div(x: str, y: str, d: dt.DType) -> str:
+        """IEEE division (Triton's ``/`` on float32 is the approximate one)."""
+        return f"({x}) / ({y})" if d is dt.float64 else f"tl.div_rn({x}, {y})"
+
+    @staticmethod
+    def sqrt(x: str, d: dt.DType) -> str:
+        return f"tl.sqrt({x})" if d is dt.float64 else f"tl.sqrt_rn({x})"
+
+    def f(self, d: dt.DType, value: float) -> str:
+        """A float constant of the compute type of ``d`` (float64 needs an explicit one:
+        Triton types Python floats as float32)."""
+        return f"tl.full([], {value!r}, tl.float64)" if d is dt.float64 else repr(value)
+
+    def softplus(self, x: str, d: dt.DType) -> str:
+        # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); log1p(z) ~ z - z^2/2 for tiny z
+        z = self.tmp(f"tl.exp(-tl.abs({x}))")
+        lg = self.tmp(f"tl.where({z} < {self.f(d, 1e-4)}, {z} - {z} * {z} * {self.f(d, 0.5)}, "
+                      f"tl.log({self.f(d, 1.0)} + {z}))")
+        return f"tl.maximum({x}, {self.f(d, 0.0)}) + {lg}"
+
+    def tanh(self, x: str, d: dt.DType) -> str:
+        a = self.tmp(f"tl.abs({x})")
+        z = self.tmp(f"{x} * {x}")
+        if d is dt.float64:  # Cephes: a rational approximation near 0
+            c = lambda v: self.f(d, v)
+            p = self.tmp(f"({c(-9.64399179425052238628e-1)} * {z} + "
+                         f"{c(-9.92877231001918586564e1)}) * {z} + "
+                         f"{c(-1.61468768441708447952e3)}")
+            q = self.tmp(f"(({z} + {c(1.12811678491632931402e2)}) * {z} + "
+                         f"{c(2.23548839060100448583e3)}) * {z} + "
+                         f"{c(4.84406305325125486048e3)}")
+            small = f"{x} + {x} * {z} * {self.div(p, q, d)}"
+        else:  # Cephes tanhf near 0
+            small = (f"((((-5.70498872745e-3 * {z} + 2.06390887954e-2) * {z} - "
+                     f"5.37397155531e-2) * {z} + 1.33314422036e-1) * {z} - "
+                     f"3.33332819422e-1) * {z} * {x} + {x}")
+        s = self.tmp(f"tl.exp({self.f(d, 2.0)} * {a})")
+        one = self.f(d, 1.0)
+        big = self.tmp(f"{one} - {self.div(self.f(d, 2.0), f'{s} + {one}', d)}")
+        big = f"tl.where({x} < 0, -{big}, {big})"
+        return f"tl.where({a} < {self.f(d, 0.625)}, {small}, {big})"
+
+    def pow(self, x: str, y: str, d: dt.DType) -> str:
+        """numpy's float power: computed in float64 for float32 and below (exp2(y log2|x|)
+        loses ~|y log2 x| ulp), with the sign and special cases of C's pow."""
+        w = "tl.float64"
+        xw = self.tmp(f"{x}.to({w})")
+        yw = self.tmp(f"{y}.to({w})")
+        one = "tl.full([], 1.0, tl.float64)"
+        mag = self.tmp(f"tl.exp2({yw} * tl.log2(tl.abs({xw})))")
+        odd = self.tmp(f"({yw} - 2.0 * tl.floor({yw} * 0.5)) == 1.0")
+        whole = self.tmp(f"tl.floor({yw}) == {yw}")
+        neg = self.tmp(f"tl.where({whole}, tl.where({odd}, -{mag}, {mag}), float('nan'))")
+        r = self.tmp(f"tl.where({xw} < 0, {neg}, {mag})")
+        r = self.tmp(f"tl.where(({yw} == 0) | ({xw} == 1), {one}, {r})")
+        return f"{r}.to({tl_type(d)})"
+
+    @staticmethod
+    def cast(x: str, src: dt.DType, dst: dt.DType) -> str:
+        if src is dst:
+            return x
+        if dst.is_bool:
+            return f"{x} != 0"  # NaN -> True, as numpy
+        if src.is_bool:
+            return f"{x}.to(tl.int8).to({tl_type(dst)})"
+        return f"{x}.to({tl_type(dst)})"
+
+    # --- sources ----------------------------------------------------------------------------
+
+    def op_constant(self, n: Node, idx) -> TV:
+        if not is_splat(n):
+            raise AssertionError("literal constants reach kernels as operands, not in regions")
+        return self.const(n.dtype, n.attrs["value"])
+
+    def op_iota(self, n: Node, idx) -> TV:
+        i = idx[n.attrs["axis"]]
+        return TV(self.tmp(f"({i.e} + tl.full([1], 0, {self.index_type})).to({tl_type(n.dtype)})"),
+                  i.deps, n.dtype)
+
+    def op_random_uniform(self, n: Node, idx) -> TV:
+        self.helpers.add("philox")
+        key = self.value(n.inputs[0], ())
+        flat = self.linear(idx, n.shape)
+        k = self.tmp(f"{key.e}.to(tl.int64)")
+        fl = self.tmp(f"({flat.e} + tl.full([1], 0, tl.int64)).to(tl.int64)")
+        stream = n.attrs["stream"] & 0xFFFFFFFF
+        w = [f"w{self.count}_{j}" for j in range(4)]
+        self.count += 1
+        self.emit(f"{', '.join(w)} = _philox({fl}.to(tl.uint32), ({fl} >> 32).to(tl.uint32), "
+                  f"tl.full([], {stream}, tl.uint32) + ({fl} * 0).to(tl.uint32), "
+                  f"({fl} * 0).to(tl.uint32), {k}.to(tl.uint32), "
+                  f"({k} >> 32).to(tl.uint32))")
+        wide = n.attrs["dtype"] is dt.float64
+
+        def unit(a, b=None):
+            if not wide:
+                return f"(({a} >> 8).to(tl.float32) * {2.0 ** -24!r})"
+            return (f"((({a} >> 5).to(tl.float64) * {self.f(dt.float64, 2.0 ** 26)} + "
+                    f"({b} >> 6).to(tl.float64)) * {self.f(dt.float64, 2.0 ** -53)})")
+
+        if n.op == "random_uniform":
+            text = unit(w[0], w[1]) if wide else unit(w[0])
+        else:
+            one = self.f(dt.float64 if wide else dt.float32, 1.0)
+            u1 = self.tmp(f"{one} - {unit(w[0], w[1]) if wide else unit(w[0])}")
+            u2 = self.tmp(unit(w[2], w[3]) if wide else unit(w[1]))
+            d = dt.float64 if wide else dt.float32
+            r = self.tmp(self.sqrt(f"{self.f(d, -2.0)} * tl.log({u1})", d))
+            text = f"{r} * tl.cos({self.f(d, 2 * math.pi)} * {u2})"
+        out = self.tmp(text)
+        if n.dtype not in (dt.float32, dt.float64):
+            out = self.tmp(f"{out}.to({tl_type(n.dtype)})")
+        return TV(out, flat.deps, n.dtype)
+
+    op_random_normal = op_random_uniform
+
+    # --- index transformations --------------------------------------------------------------
+
+    def op_broadcast(self, n: Node, idx) -> TV:
+        x = n.inputs[0]
+        return self.value(x, self.bidx(x.shape, n.shape, idx))
+
+    def op_transpose(self, n: Node, idx) -> TV:
+        perm = n.attrs["perm"]
+        src = [None] * len(perm)
+        for i, p in enumerate(perm):
+            src[p] = idx[i]
+        return self.value(n.inputs[0], src)
+
+    def op_reshape(self, n: Node, idx) -> TV:
+        x = n.inputs[0]
+        if [d for d in x.shape if d != 1] == [d for d in n.shape if d != 1]:
+            kept = iter([i for i, d in zip(idx, n.shape) if d != 1])
+            return self.value(x, [Ix("0") if d == 1 else next(kept) for d in x.shape])
+        return self.value(x, self.delinear(self.linear(idx, n.shape), x.shape))
+
+    def op_slice(self, n: Node, idx) -> TV:
+        src = []
+        for i, start, step in zip(idx, n.attrs["start"], n.attrs["step"]):
+            e = i.e if step == 1 else f"{i.e} * {step}"
+            e = e if start == 0 else f"{e} + {start}"
+            src.append(Ix(self.tmp(e, "i") if e != i.e else e, i.deps))
+        return self.value(n.inputs[0], src)
+
+    def op_pad(self, n: Node, idx) -> TV:
+        x = n.inputs[0]
+        valid, src = [], []
+        for i, lo, inner, size in zip(idx, n.attrs["lo"], n.attrs["interior"], x.shape):
+            rel = f"({i.e} - {lo})" if lo else i.e
+            relc = self.tmp(f"tl.maximum({rel}, 0)", "i")
+            j = relc if inner == 0 else self.tmp(f"{relc} // {inner + 1}", "i")
+            ok = f"({rel} >= 0) & ({j} < {size})"
+            if inner:
+                ok += f" & ({relc} % {inner + 1} == 0)"
+            valid.append(ok)
+            src.append(Ix(self.tmp(f"tl.minimum({j}, {max(size - 1, 0)})", "i"), i.deps))
+        v = self.value(x, src)
+        zero = self.const(n.dtype, 0)
+        cond = self.tmp(" & ".join(f"({c})" for c in valid)) if valid else "1"
+        deps = frozenset().union(v.deps, *[i.deps for i in idx])
+        return TV(self.tmp(f"tl.where({cond}, {v.e}, {zero.e})"), deps, n.dtype)
+
+    def op_concatenate(self, n: Node, idx) -> TV:
+        a = n.attrs["axis"]
+        pos = idx[a]
+        result, offset = None, 0
+        deps = frozenset().union(*[i.deps for i in idx]) if idx else frozenset()
+        for x in n.inputs:
+            size = x.shape[a]
+            local = list(idx)
+            e = f"{pos.e} - {offset}" if offset else pos.e
+            local[a] = Ix(self.tmp(f"tl.minimum(tl.maximum({e}, 0), {size - 1})", "i"),
+                          pos.deps)
+            v = self.value(x, local)
+            deps |= v.deps
+            result = v.e if result is None else \
+                self.tmp(f"tl.where({pos.e} >= {offset}, {v.e}, {result})")
+            offset += size
+        return TV(result, deps, n.dtype)
+
+    def op_take(self, n: Node, idx) -> TV:
+        x, indices = n.inputs
+        a, k = n.attrs["axis"], len(indices.shape)
+        raw = self.value(indices, idx[a:a + k])
+        size = x.shape[a]
+        i = self.tmp(f"{raw.e}.to({self.index_type})", "i")
+        i = self.tmp(f"tl.where({i} < 0, {i} + {size}, {i})", "i")
+        self.flag_error(f"({i} < 0) | ({i} >= {size})", raw.deps, n)
+        j = Ix(self.tmp(f"tl.minimum(tl.maximum({i}, 0), {size - 1})", "i"), raw.deps)
+        return self.value(x, list(idx[:a]) + [j] + list(idx[a + k:]))
+
+    def flag_error(self, bad: str, deps, n: Node) -> None:
+        """Write ``n``'s error code where ``bad`` (the runtime raises after the step)."""
+        self.uses_error = True
+        code = self.error_codes.get(id(n), 1)
+        b = self.tmp(bad)
+        m = self.mask_for(deps)
+        cond = f"{b} & {m}" if m else b
+        self.emit(f"tl.store(err + {b}.to(tl.int32) * 0, "
+                  f"tl.full([], {code}, tl.int32), mask={cond})")
+
+    # --- kernels ----------------------------------------------------------------------------
+
+    def prelude(self) -> None:
+        if self.guarded:
+            self.uses_error = True
+            self.emit("ok = tl.load(err + tl.arange(0, 1)) == 0")
+
+    def loop_kernel(self) -> tuple[tuple[int, int, int], int]:
+        root = self.root
+        n = math.prod(root.shape)
+        block = min(LOOP_BLOCK, max(32, _pow2(n)))
+        self.prelude()
+        self.emit("pid = tl.program_id(0)")
+        self.emit(f"offs = pid * {block} + tl.arange(0, {block})"
+                  + (".to(tl.int64)" if self.index_type == "tl.int64" else ""))
+        self.masks["f"] = f"(offs < {n})" if n % block else ""
+        flat = Ix("offs", frozenset({"f"}))
+        idx = self.delinear(flat, root.shape) if root.shape else ()
+        v = self.value(root, idx)
+        self.store("out", flat, v, deps={"f"})
+        warps = 4 if block >= 512 else 1
+        return (_cdiv(n, block), 1, 1), warps
+
+    def row_kernel(self) -> tuple[tuple[int, int, int], int]:
+        reds = [m for m in self.region.nodes if m.op in REDUCTIONS]
+        r0 = reds[0]
+        d, axes = r0.inputs[0].shape, axes_of(r0)
+        kept = [k for k in range(len(d)) if k not in axes]
+        R = math.prod(d[k] for k in kept)
+        C = math.prod(d[k] for k in axes)
+        one_pass = C <= MAX_ONE_PASS_ROW
+        bc = _pow2(C) if one_pass else ROW_CHUNK
+        br = max(1, min(_pow2(R), ROW_TILE // bc, 1024))
+        self.prelude()
+        self.emit("pid = tl.program_id(0)")
+        it = ".to(tl.int64)" if self.index_type == "tl.int64" else ""
+        self.emit(f"r = (pid * {br} + tl.arange(0, {br}){it})[:, None]")
+        self.masks["r"] = f"(r < {R})" if R % br else ""
+        rows = Ix("r", frozenset({"r"}))
+        kshape = keep_shape(d, axes)
+        kidx = self.delinear(rows, [d[k] for k in kept])
+        row_keep = [Ix("0")] * len(d)
+        for k, i in zip(kept, kidx):
+            row_keep[k] = i
+        self.linear_memo[(tuple(i.e for i in row_keep), tuple(kshape))] = "r"
+        self.linear_memo[(tuple(i.e for i in kidx), tuple(reduced_shape(d, axes, False)))] = "r"
+
+        def full_index(cols: Ix):
+            cidx = self.delinear(cols, [d[k] for k in axes])
+            full = list(row_keep)
+            for k, i in zip(axes, cidx):
+                full[k] = i
+            if list(axes) == list(range(len(d) - len(axes), len(d))):
+                self.linear_memo[(tuple(i.e for i in full), tuple(d))] = \
+                    self.tmp(f"r * {C} + {cols.e}", "l")
+            return tuple(full)
+
+        def columns(start: str | None) -> Ix:
+            base = f"tl.arange(0, {bc}){it}[None, :]"
+            c = self.tmp(f"{start} + {base}" if start else base, "c")
+            self.masks["c"] = f"({c} < {C})" if (C % bc or not one_pass) else ""
+            return Ix(c, frozenset({"c"}))
+
+        if one_pass:
+            full = full_index(columns(None))
+            for red in reds:
+                self.reduce_one_pass(red, full, bc, br)
+        else:
+            for red in reds:
+                self.reduce_chunked(red, full_index, columns, C, bc, br)
+        root = self.root
+        if root.shape == tuple(d):
+            if one_pass:
+                v = self.value(root, full)
+                self.store("out", self.linear(full, d), v, deps={"r", "c"})
+            else:
+                self.emit(f"for c0 in range(0, {C}, {bc}):")
+                self.indent += 1
+                self.push()
+                full_c = full_index(columns("c0"))
+                v = self.value(root, full_c)
+                self.store("out", self.linear(full_c, d), v, deps={"r", "c"})
+                self.pop()
+                self.indent -= 1
+        else:  # per row (keepdims or not, or a reshape of it): stored at the row index
+            if root.shape == tuple(kshape):
+                v = self.value(root, row_keep)
+            elif root.shape == tuple(reduced_shape(d, axes, False)):
+                v = self.value(root, kidx)
+            else:  # a reshape of the per-row result: same flat index
+                v = self.value(root, self.delinear(rows, root.shape))
+            self.store("out", rows, v, deps={"r"})
+        warps = 8 if br * bc >= 4096 else 4 if br * bc >= 1024 else 2
+        return (_cdiv(R, br), 1, 1), warps
+
+    def reduce_input(self, red: Node, full) -> str:
+        x = red.inputs[0]
+        v = self.value(x, full)
+        acc_t = self.acc_dtype(red)
+        return v.e if v.dtype is acc_t else self.cast(v.e, v.dtype, acc_t)
+
+    @staticmethod
+    def acc_dtype(red: Node) -> dt.DType:
+        x = red.inputs[0].dtype
+        if x in LOW:
+            return dt.float32
+        if red.op == "sum":
+            return red.dtype
+        return x
+
+    def identity(self, red: Node) -> str:
+        d = self.acc_dtype(red)
+        if red.op == "sum":
+            return "0"
+        if d.is_float:
+            return "float('-inf')" if red.op in ("max", "argmax") else "float('inf')"
+        if d.is_bool:
+            return "0" if red.op in ("max", "argmax") else "1"
+        bits = d.bits
+        return str(-(2 ** (bits - 1))) if red.op in ("max", "argmax") else str(2 ** (bits - 1) - 1)
+
+    def reduce_one_pass(self, red: Node, full, bc: int, br: int) -> None:
+        t = tl_type(self.acc_dtype(red))
+        x = self.tmp(f"tl.broadcast_to({self.reduce_input(red, full)}, [{br}, {bc}])")
+        m = self.mask_for({"r", "c"})
+        ident = f"tl.full([], {self.identity(red)}, {t})"
+        if m:
+            x = self.tmp(f"tl.where({m}, {x}, {ident})")
+        self.fix_reduction(red, x, None, br, bc)
+
+    def reduce_chunked(self, red, full_index, columns, C, bc, br) -> None:
+        t = tl_type(self.acc_dtype(red))
+        acc = f"acc{self.count}"
+        self.count += 1
+        self.emit(f"{acc} = tl.full([{br}, {bc}], {self.identity(red)}, {t})")
+        acc_i = None
+        if red.op == "argmax":
+            acc_i = f"{acc}_i"
+            self.emit(f"{acc_i} = tl.full([{br}, {bc}], {2 ** 62}, tl.int64)")
+        self.emit(f"for c0 in range(0, {C}, {bc}):")
+        self.indent += 1
+        self.push()
+        cols = columns("c0")
+        full = full_index(cols)
+        x = self.tmp(f"tl.broadcast_to({self.reduce_input(red, full)}, [{br}, {bc}])")
+        m = self.mask_for({"r", "c"})
+        if m:
+            x = self.tmp(f"tl.where({m}, {x}, tl.full([], {self.identity(red)}, {t}))")
+        if red.op == "sum":
+            self.emit(f"{acc} = {acc} + {x}")
+        elif red.op in ("max", "min"):
+            self.helpers.add(red.op)
+            self.emit(f"{acc} = _{red.op}_nan({acc}, {x})")
+        else:
+            self.helpers.add("argmax")
+            ci = self.tmp(f"tl.broadcast_to({cols.e}.to(tl.int64), [{br}, {bc}])")
+            if m:
+                ci = self.tmp(f"tl.where({m}, {ci}, {2 ** 62})")
+            self.emit(f"{acc}, {acc_i} = _argmax_pick({acc}, {acc_i}, {x}, {ci})")
+        self.pop()
+        self.indent -= 1
+        self.fix_reduction(red, acc, acc_i, br, bc)
+
+    def fix_reduction(self, red: Node, x: str, xi: str | None, br: int, bc: int) -> None:
+        if red.op == "sum":
+            self.helpers.add("add")
+            r = self.tmp(f"tl.reduce({x}, 1, _add, keep_dims=True)")
+        elif red.op in ("max", "min"):
+            self.helpers.add(red.op)
+            r = self.tmp(f"tl.reduce({x}, 1, _{red.op}_nan, keep_dims=True)")
+        else:
+            self.helpers.add("argmax")
+            if xi is None:
+                m = self.mask_for({"r", "c"})
+                cols = self.tmp(f"tl.broadcast_to(tl.arange(0, {bc})[None, :].to(tl.int64), "
+                                f"[{br}, {bc}])")
+                xi = self.tmp(f"tl.where({m}, {cols}, {2 ** 62})") if m else cols
+            r = f"ri{self.count}"
+            self.count += 1
+            self.emit(f"_, {r} = tl.reduce(({x}, {xi}), 1, _argmax_pick, keep_dims=True)")
+        d = red.dtype
+        if self.acc_dtype(red) is not d:
+            r = self.tmp(f"{r}.to({tl_type(d)})")
+        self.fixed[red] = TV(r, frozenset({"r"}), d)
+
+    def gemm_kernel(self) -> tuple[tuple[int, int, int], int, int]:
+        (mm,) = [m for m in self.region.nodes if m.op == "matmul"]
+        a, b = mm.inputs
+        out_shape = mm.shape
+        batch = out_shape[:-2]
+        M, N = out_shape[-2], out_shape[-1]
+        K = a.shape[-1]
+        d = mm.dtype
+        bm, bn, bk, warps, stages = gemm_config(M, N, K, d)
+        gm = 8
+        self.prelude()
+        nm, nn = _cdiv(M, bm), _cdiv(N, bn)
+        self.emit("pid = tl.program_id(0)")
+        self.emit("bid = tl.program_id(1)")
+        self.emit(f"group = pid // {gm * nn}")
+        self.emit(f"first_m = group * {gm}")
+        self.emit(f"gsize = tl.minimum({nm} - first_m, {gm})")
+        self.emit(f"pid_m = first_m + (pid % {gm * nn}) % gsize")
+        self.emit(f"pid_n = (pid % {gm * nn}) // gsize")
+        it = ".to(tl.int64)" if self.index_type == "tl.int64" else ""
+        self.emit(f"rm = (pid_m * {bm} + tl.arange(0, {bm}){it})[:, None]")
+        self.emit(f"rn = (pid_n * {bn} + tl.arange(0, {bn}){it})[None, :]")
+        self.masks["m"] = f"(rm < {M})" if M % bm else ""
+        self.masks["n"] = f"(rn < {N})" if N % bn else ""
+        bidx = self.delinear(Ix("bid" + it), batch) if batch else ()
+        m_ix, n_ix = Ix("rm", frozenset({"m"})), Ix("rn", frozenset({"n"}))
+        acc_t = "tl.float64" if d is dt.float64 else ("tl.float32" if d.is_float
+                                                       else tl_type(d))
+        self.emit(f"acc = tl.full([{bm}, {bn}], 0, {acc_t})")
+        self.emit(f"for k0 in range(0, {K}, {bk}):")
+        self.indent += 1
+        self.push()
+        self.emit(f"rk = k0 + tl.arange(0, {bk}){it}")
+        self.masks["k"] = f"(rk[None, :] < {K})" if K % bk else ""
+        ka = Ix("rk[None, :]", frozenset({"k"}))
+        kb = Ix("rk[:, None]", frozenset({"kb"}))
+        self.masks["kb"] = f"(rk[:, None] < {K})" if K % bk else ""
+        av = self.value(a, self.bidx(a.shape[:-2], batch, bidx) + (m_ix, ka))
+        bv = self.value(b, self.bidx(b.shape[:-2], batch, bidx) + (kb, n_ix))
+        ae = self.tmp(f"tl.broadcast_to({av.e}, [{bm}, {bk}])")
+        be = self.tmp(f"tl.broadcast_to({bv.e}, [{bk}, {bn}])")
+        if d.is_float:
+            prec = "tf32" if (d is dt.float32 and ALLOW_TF32) else "ieee"
+            self.emit(f"acc = tl.dot({ae}, {be}, acc, input_precision=\"{prec}\")"
+                      if d in (dt.float32, dt.float64) else f"acc = tl.dot({ae}, {be}, acc)")
+        else:
+            self.helpers.add("add")
+            self.emit(f"acc += tl.reduce({ae}[:, :, None] * {be}[None, :, :], 1, _add)")
+        self.pop()
+        self.indent -= 1
+        self.masks.pop("k")
+        self.masks.pop("kb")
+        res = self.tmp(f"acc.to({tl_type(d)})" if acc_t != tl_type(d) else "acc")
+        self.fixed[mm] = TV(res, frozenset({"m", "n"}), d)
+        out_idx = tuple(bidx) + (m_ix, n_ix)
+        # only the matmul's own position may be read in the epilogue (checked in compute)
+        self.scopes[-1][(id(mm), tuple(i.e for i in out_idx))] = self.fixed.pop(mm)
+        v = self.value(self.root, out_idx)
+        base = f"bid * {M * N} + " if batch else ""
+        flat = Ix(self.tmp(f"{base}rm * {N} + rn", "l"), frozenset({"m", "n"}))
+        self.store("out", flat, v, deps={"m", "n"})
+        return (nm * nn, math.prod(batch), 1), warps, stages
+
+    def scatter_kernel(self) -> tuple[tuple[int, int, int], int]:
+        (s,) = [m for m in self.region.nodes if m.op == "scatter_add"]
+        if s is not self.root:
+            raise AssertionError("scatter_add kernels hold only the scatter")
+        g, idx_t = s.inputs
+        a, size = s.attrs["axis"], s.attrs["size"]
+        n = math.prod(g.shape)
+        block = min(LOOP_BLOCK, max(32, _pow2(n)))
+        self.prelude()
+        self.emit("pid = tl.program_id(0)")
+        self.emit(f"offs = pid * {block} + tl.arange(0, {block})"
+                  + (".to(tl.int64)" if self.index_type == "tl.int64" else ""))
+        self.masks["f"] = f"(offs < {n})" if n % block else ""
+        idx = self.delinear(Ix("offs", frozenset({"f"})), g.shape)
+        k = len(idx_t.shape)
+        raw = self.value(idx_t, idx[a:a + k])
+        i = self.tmp(f"{raw.e}.to({self.index_type})", "i")
+        i = self.tmp(f"tl.where({i} < 0, {i} + {size}, {i})", "i")
+        self.flag_error(f"({i} < 0) | ({i} >= {size})", frozenset({"f"}) | raw.deps, s)
+        j = Ix(self.tmp(f"tl.minimum(tl.maximum({i}, 0), {size - 1})", "i"), raw.deps)
+        target = list(idx[:a]) + [j] + list(idx[a + k:])
+        self.linear_memo.pop((tuple(i.e for i in target), tuple(s.shape)), None)
+        at = self.linear(target, s.shape)
+        v = self.value(g, idx)
+        m = self.store_mask({"f"})
+        ptr = "out" if at.e == "0" else f"out + {at.e}"
+        self.emit(f"tl.atomic_add({ptr}, {v.e}, mask={m})" if m
+                  else f"tl.atomic_add({ptr}, {v.e})")
+        return (_cdiv(n, block), 1, 1), 4
+
+    # --- the module -------------------------------------------------------------------------
+
+    def render(self) -> KernelSource:
+        kind = classify(self.kernel)
+        stages = 3
+        if kind == "loop":
+            grid, warps = self.loop_kernel()
+        elif kind == "row":
+            grid, warps = self.row_kernel()
+        elif kind == "gemm":
+            grid, warps, stages = self.gemm_kernel()
+        else:
+            grid, warps = self.scatter_kernel()
+        args = [f"a{i}" for i in range(len(self.params))] + ["out"]
+        signature = {f"a{i}": POINTER[p.dtype] for i, p in enumerate(self.params)}
+        signature["out"] = POINTER[self.root.dtype]
+        refs = [("operand", i) for i in range(len(self.params))] + [("output",)]
+        if self.uses_error:
+            args.append("err")
+            signature["err"] = "*i32"
+            refs.append(("error",))
+        ops = ", ".join(dict.fromkeys(m.op for m in self.region.nodes if m.op != "constant"))
+        header = [f"# lamina kernel @{self.name} ({kind}): {ops}",
+                  "import triton", "import triton.language as tl", ""]
+        body = [HELPERS[h].strip("\n") + "\n\n" for h in sorted(self.helpers)]
+        fn = ["@triton.jit", f"def {self.name}({', '.join(args)}):"] + self.lines
+        source = "\n".join(header) + "\n" + "\n".join(body) + "\n".join(fn) + "\n"
+        prologue = []
+        if kind == "scatter":
+            prologue.append(zero_fill(self.name + "_zero", self.root))
+        return KernelSource(self.name, kind, source, signature, refs, grid, warps, stages,
+                            prologue=prologue)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def gemm_config(M: int, N: int, K: int, d: dt.DType) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for a matmul: large tiles for large
+    matrices (H100: 128x128 tiles, 64 deep for 16-bit types), smaller ones for small."""
+    if not d.is_float:
+        return 16, 16, 16, 4, 1
+    wide = d.bits >= 32
+    bm = min(128, max(16, _pow2(M)))
+    bn = min(128 if not d is dt.float64 else 64, max(16, _pow2(N)))
+    bk = min(32 if wide else 64, max(16, _pow2(K)))
+    if d is dt.float64:
+        bm = min(bm, 64)
+    warps = 8 if bm * bn >= 128 * 128 else 4
+    return bm, bn, bk, warps, 3 if wide else 4
+
+
+def zero_fill(name: str, v: Value) -> KernelSource:
+    n = math.prod(v.shape)
+    block = min(LOOP_BLOCK, max(32, _pow2(n)))
+    t = tl_type(v.dtype) if not v.dtype.is_bool else "tl.int8"
+    it = ".to(tl.int64)" if n >= 2 ** 31 - 1 else ""
+    mask = f", mask=offs < {n}" if n % block else ""
+    source = "\n".join([
+        f"# lamina: zero fill of {list(v.shape)} before the scatter",
+        "import triton", "import triton.language as tl", "",
+        "@triton.jit", f"def {name}(out):",
+        f"    offs = tl.program_id(0) * {block} + tl.arange(0, {block}){it}",
+        f"    tl.store(out + offs, tl.full([{block}], 0, {t}){mask})", ""])
+    return KernelSource(name, "loop", source, {"out": POINTER[v.dtype]}, [("output",)],
+                        (_cdiv(n, block), 1, 1), 4 if block >= 512 else 1)
+
+
+def render(kernel: Node, name: str, error_codes: dict[int, int] | None = None,
+           guarded: bool = False) -> KernelSource:
+    """The Triton source of ``kernel`` (a fused ``kernel`` node), as function ``name``.
+
+    ``error_codes`` maps id(node) of take/scatter_add nodes to the code their failure
+    writes; ``guarded`` makes every store wait on no earlier failure (the step must then not
+    change state)."""
+    return Gen(kernel, name, error_codes or {}, guarded).render()

@@ -1,0 +1,149 @@
+"""Running rendered kernels without a GPU, under Triton's interpreter (``TRITON_INTERPRET=1``).
+
+The interpreter executes each program of the grid with numpy and wants torch CPU tensors as
+pointer arguments, so torch (CPU build) is needed here and only here. Memory is numpy: the arena,
+outputs and state are numpy arrays seen by torch without copies, so the step updates state in
+place exactly as the GPU runtime does on the device. Slow (a Python loop over programs); it is
+for tests and for checking a kernel's numbers on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lamina.backends.triton import aot
+from lamina.backends.triton.spec import KernelSource
+from lamina.ir import dtypes as dt
+from lamina.ir.errors import LaminaError
+from lamina.ir.graph import Graph, Node, Param
+from lamina.ir.ops.source import constant_array
+from lamina.passes.memory import MemoryPlan, index_error
+
+
+def _patch_interpreter_dot() -> None:
+    """Triton's interpreter multiplies bfloat16 tiles as their raw 16-bit integers (it keeps
+    bfloat16 as uint16): widen 16-bit float operands to float32 first. The products of 16-bit
+    floats are exact in float32 and the GPU accumulates in float32, so the numbers agree."""
+    from triton.runtime import interpreter as interp
+
+    builder = type(interp.interpreter_builder)
+    if getattr(builder.create_dot, "lamina_patched", False):
+        return
+    original = builder.create_dot
+    import triton.language as tl
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        a, b = (self.create_fp_ext(x, tl.float32) if x.dtype.scalar in (tl.bfloat16, tl.float16)
+                else x for x in (a, b))
+        return original(self, a, b, d, input_precision, max_num_imprecise_acc)
+
+    create_dot.lamina_patched = True
+    builder.create_dot = create_dot
+
+
+def torch_module():
+    try:
+        import torch
+    except ImportError:
+        raise LaminaError("running triton kernels without a GPU uses Triton's interpreter, "
+                          "which needs torch (CPU build): pip install 'lamina[triton-test]'") \
+            from None
+    return torch
+
+
+def _torch_dtype(torch, d: dt.DType):
+    return {dt.float16: torch.float16, dt.bfloat16: torch.bfloat16, dt.float32: torch.float32,
+            dt.float64: torch.float64, dt.int32: torch.int32, dt.int64: torch.int64,
+            dt.bool_: torch.int8}[d]
+
+
+class InterpretProgram:
+    """A planned graph whose kernels run under Triton's interpreter on the CPU."""
+
+    def __init__(self, graph: Graph, plan: MemoryPlan, sources: list[tuple[Node, KernelSource]]):
+        self.graph = graph
+        self.plan = plan
+        self.sources = sources
+        self.torch = torch_module()
+        _patch_interpreter_dot()
+        self.functions = {s.name: aot.load_function(s, interpret=True)
+                          for _, src in sources for s in [*src.prologue, src]}
+        self.arena = np.zeros(max(plan.arena_bytes, 1), np.uint8)
+        self.literals = {n: np.asarray(
+            constant_array(n.attrs["value"], n.dtype, n.shape), order="C") for n in plan.schedule
+            if n.op == "constant"}
+        self.state_names = [p.name for p in graph.state]
+        self.owns_outputs = True
+
+    def _bytes(self, v, inputs, state, outs) -> np.ndarray:
+        """The bytes of top-level value ``v`` (a numpy uint8 view)."""
+        loc = self.plan.location[v]
+        if loc.kind == "arena":
+            return self.arena[loc.offset:loc.offset + max(loc.nbytes, 1)]
+        if loc.kind == "literal":
+            arr = self.literals[v]
+        elif loc.kind == "input":
+            arr = inputs[loc.index]
+        elif loc.kind == "state":
+            arr = state[self.state_names[loc.index]]
+        else:
+            arr = outs[loc.index]
+        return arr.reshape(-1).view(np.uint8)
+
+    def _tensor(self, raw: np.ndarray, d: dt.DType):
+        t = self.torch.from_numpy(raw) if raw.size else self.torch.zeros(8, dtype=self.torch.uint8)
+        return t.view(_torch_dtype(self.torch, d))
+
+    def __call__(self, inputs, state):
+        inputs = [np.asarray(a, order="C") for a in inputs]
+        outs: list = [None] * len(self.graph.outputs)
+        for k, v in enumerate(self.graph.outputs):
+            loc = self.plan.location.get(v)
+            if isinstance(v, Node) and loc is not None and loc.kind == "output" \
+                    and loc.index == k:
+                outs[k] = np.empty(v.shape, v.dtype.np)
+        early = {k: state[v.name].copy() for k, v in enumerate(self.graph.outputs)
+                 if outs[k] is None and isinstance(v, Param) and v.kind == "state"}
+        snapshots = {s: state[v.name].copy() for v, s in self.plan.copies
+                     if isinstance(v, Param) and v.kind == "state"}
+        err = self.torch.zeros(1, dtype=self.torch.int32)
+        for node, src in self.sources:
+            for s in [*src.prologue, src]:
+                if math.prod(s.grid) == 0:
+                    continue
+                args = []
+                for ref in s.args:
+                    if ref[0] == "operand":
+                        v = node.inputs[ref[1]]
+                        args.append(self._tensor(self._bytes(v, inputs, state, outs), v.dtype))
+                    elif ref[0] == "output":
+                        args.append(self._tensor(self._bytes(node, inputs, state, outs),
+                                                 node.dtype))
+                    elif ref[0] == "error":
+                        args.append(err)
+                    else:
+                        raise AssertionError(f"unknown kernel argument {ref}")
+                self.functions[s.name][s.grid](*args)
+        code = int(err[0])
+        if code:
+            raise index_error(self.graph, code)
+        for k, v in enumerate(self.graph.outputs):
+            if outs[k] is None:
+                outs[k] = early[k] if k in early else self._value(v, inputs, state, outs).copy()
+        for v, s in self.plan.copies:
+            src = snapshots[s] if s in snapshots and isinstance(v, Param) else \
+                self._value(v, inputs, state, outs)
+            np.copyto(state[s], src)
+        return outs, {}
+
+    def _value(self, v, inputs, state, outs) -> np.ndarray:
+        if isinstance(v, Param):
+            return inputs[self.graph.inputs.index(v)] if v.kind == "input" else state[v.name]
+        if v.op == "constant":
+            return self.literals[v]
+        raw = self._bytes(v, inputs, state, outs)
+        if v.dtype.np is None:
+            raise LaminaError(f"{v.dtype.name} values cannot be handed to numpy")
+        return raw[:v.type.nbytes].view(v.dtype.np).reshape(v.shape)

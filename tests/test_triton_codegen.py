@@ -1,0 +1,220 @@
+"""The GPU backend without a GPU: every op's kernels compile ahead of time to PTX and cubin for
+sm_90 through Triton's compiler; half-precision numerics under Triton's interpreter; artifacts
+built here carry the cubins the GPU runtime loads. (Every backend-parametrized test of the suite
+also runs the triton backend under the interpreter: ``conftest.BACKENDS``.)"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from op_samples import SAMPLES
+from test_ops import _traced_fn
+
+import lamina as lm
+from lamina.passes.memory import plan_memory
+
+triton = pytest.importorskip("triton")
+
+from lamina.backends.triton import aot
+from lamina.backends.triton.spec import KernelBinary
+from lamina.backends.triton.triton_backend import render_graph
+
+needs_torch = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torch") is None,
+    reason="Triton's interpreter needs torch (pip install 'lamina[triton-test]')")
+
+
+def _sources_of(fn, *args):
+    """The rendered kernels of ``fn`` compiled for these arguments (nothing runs)."""
+    exe = lm.compile(fn, backend="numpy").lower(*args)
+    from lamina.passes.fuse import fuse_kernels
+
+    graph = fuse_kernels(exe.graph)
+    return [src for _, src in render_graph(graph, plan_memory(graph))]
+
+
+def _check_binary(b: KernelBinary, src) -> None:
+    assert b.target == "sm_90"
+    assert b.cubin[:4] == b"\x7fELF", "a cubin is an ELF file"
+    assert ".target sm_90" in b.ptx
+    assert f".entry {b.name}(" in b.ptx
+    # the user's pointers, then Triton's own scratch pointers
+    assert len(b.params) >= len(src.signature)
+    assert all(p == ".u64" for p in b.params[:len(src.signature)])
+
+
+@pytest.mark.parametrize("op", sorted(SAMPLES))
+def test_every_op_compiles_to_cubin_for_sm90(op):
+    rng = np.random.default_rng(0)
+    seen = set()
+    count = 0
+    for case in SAMPLES[op]:
+        for d in case.dtypes:
+            inputs = case.make(rng, np.dtype(d))
+            attrs = case.attrs_for(np.dtype(d))
+            for src in _sources_of(_traced_fn(op, attrs, len(inputs)), *inputs):
+                for s in [*src.prologue, src]:
+                    if s.source in seen:
+                        continue
+                    seen.add(s.source)
+                    _check_binary(aot.compile_source(s, "sm_90"), s)
+                    count += 1
+    if op not in ("alias", "stop_gradient", "constant", "reshape"):
+        assert count, f"{op}: no kernel was compiled"
+
+
+def test_kernel_source_is_readable_and_named_after_what_it_fuses():
+    x = np.ones((64, 100), np.float32)
+    (src,) = _sources_of(lambda x: lm.softmax(x * 2.0), x)
+    assert src.kind == "row" and src.name.startswith("fused_mul_max_sub_exp")
+    assert src.source.startswith(f"# lamina kernel @{src.name} (row)")
+    assert "@triton.jit" in src.source and "tl.reduce" in src.source
+    compile(src.source, src.name, "exec")  # valid Python
+    # one pass: 100 columns fit one tile; the grid covers the 64 rows
+    assert "for c0 in range" not in src.source
+    assert src.grid[0] * int(src.source.split("tl.arange(0, ")[1].split(")")[0]) >= 64
+
+
+def test_long_rows_loop_over_chunks_and_gemm_uses_tl_dot():
+    x = np.ones((4, 20000), np.float32)
+    (row,) = _sources_of(lambda x: lm.softmax(x), x)
+    assert "for c0 in range(0, 20000," in row.source
+    a, b = np.ones((300, 200), np.float32), np.ones((200, 100), np.float32)
+    (mm,) = _sources_of(lambda a, b: lm.relu(a @ b + 1.0), a, b)
+    assert mm.kind == "gemm" and "tl.dot(" in mm.source and 'input_precision="ieee"' in mm.source
+    assert "tl.maximum" in mm.source  # the epilogue is in the same kernel
+    binary = aot.compile_source(mm, "sm_80")
+    assert binary.target == "sm_80" and ".target sm_80" in binary.ptx
+
+
+def test_half_types_compile_for_sm90():
+    x = np.ones((32, 96), np.float32)
+    w = np.ones((96, 64), np.float32)
+
+    def f(x, w):
+        h = lm.astype(x, lm.bfloat16) @ lm.astype(w, lm.bfloat16)
+        return lm.astype(lm.softmax(lm.astype(h, lm.float32)), lm.float16)
+
+    srcs = _sources_of(f, x, w)
+    assert any("*bf16" in s.signature.values() for s in srcs)
+    assert any("*fp16" in s.signature.values() for s in srcs)
+    for s in srcs:
+        _check_binary(aot.compile_source(s, "sm_90"), s)
+
+
+# --- numerics of half types under the interpreter -------------------------------------------
+
+
+def _bf16(a: np.ndarray) -> np.ndarray:
+    """float32 rounded to bfloat16 (nearest even), as float32."""
+    bits = a.astype(np.float32).view(np.uint32)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+@needs_torch
+def test_float16_chain_and_softmax_match_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 40)).astype(np.float16)
+    f = lm.compile(lambda x: lm.softmax(lm.tanh(x * 1.5 + 0.25)), backend="triton")
+    got = f(x)
+    assert got.dtype == np.float16
+    t = np.tanh(x.astype(np.float32) * np.float16(1.5) + np.float16(0.25))
+    e = np.exp(t - t.max(1, keepdims=True))
+    np.testing.assert_allclose(got.astype(np.float32), e / e.sum(1, keepdims=True),
+                               rtol=1e-2, atol=1e-3)
+
+
+@needs_torch
+def test_bfloat16_matmul_matches_rounded_numpy():
+    rng = np.random.default_rng(1)
+    # inputs that bfloat16 holds exactly: the casts are exact under any rounding
+    a = _bf16(rng.standard_normal((40, 72)).astype(np.float32))
+    b = _bf16(rng.standard_normal((72, 24)).astype(np.float32))
+    f = lm.compile(lambda a, b: lm.astype(lm.astype(a, lm.bfloat16) @ lm.astype(b, lm.bfloat16),
+                                          lm.float32), backend="triton")
+    want = _bf16(a.astype(np.float64) @ b.astype(np.float64))
+    got = f(a, b)
+    # products of bfloat16 are exact in float32; the sum is rounded once to bfloat16 (to
+    # nearest on a GPU; Triton's interpreter truncates, up to one more unit in the last place)
+    np.testing.assert_allclose(got, want, rtol=2 ** -6, atol=1e-6)
+
+
+# --- artifacts ---------------------------------------------------------------------------------
+
+
+@needs_torch
+def test_artifact_built_without_gpu_holds_cubins_and_runs(tmp_path):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((8, 30)).astype(np.float32)
+    w = rng.standard_normal((30, 5)).astype(np.float32)
+    f = lm.compile(lambda x, w: lm.softmax(x @ w), backend="triton")
+    want = f(x, w)
+    path = tmp_path / "f.lamina"
+    f.save(str(path))
+    with zipfile.ZipFile(path) as zf:
+        doc = __import__("json").loads(zf.read("variant0.kernels.json"))
+    assert doc["targets"] == ["sm_80", "sm_90"]
+    for entry in doc["kernels"]:
+        for bins in entry["binaries"].values():
+            got = {b["target"]: KernelBinary.from_json(b) for b in bins}
+            assert set(got) == {"sm_80", "sm_90"}
+            for t, b in got.items():
+                assert b.cubin[:4] == b"\x7fELF" and f".target {t}" in b.ptx
+    # the same file in a fresh process (the interpreter here; the CUDA runtime on a GPU)
+    code = ("import sys, numpy as np, lamina as lm; f = lm.load(sys.argv[1]); "
+            "x = np.load(sys.argv[2]); w = np.load(sys.argv[3]); np.save(sys.argv[4], f(x, w))")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    env = dict(os.environ, LAMINA_TRITON_MODE="interpret")
+    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "w.npy"), str(tmp_path / "y.npy")], check=True, env=env)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
+def test_artifact_for_other_gpu_is_a_clear_error():
+    from lamina.backends.triton.triton_backend import _launches
+    from lamina.ir.errors import ArtifactError
+
+    x = np.ones((4, 4), np.float32)
+    (src,) = _sources_of(lambda x: x * 2.0, x)
+    binary = aot.compile_source(src, "sm_80")
+    with pytest.raises(ArtifactError, match="compiled for sm_80; this GPU is sm_90"):
+        _launches([(None, src)], {src.name: [binary]}, "sm_90")
+
+
+def test_targets_come_from_the_environment(monkeypatch):
+    from lamina.backends.triton.triton_backend import targets
+    from lamina.ir.errors import LaminaError
+
+    monkeypatch.setenv("LAMINA_TRITON_TARGETS", "sm_90, sm_100")
+    assert targets() == ("sm_90", "sm_100")
+    monkeypatch.setenv("LAMINA_TRITON_TARGETS", "hopper")
+    with pytest.raises(LaminaError, match="unknown GPU target 'hopper'"):
+        targets()
+
+
+def test_render_sizes_are_static():
+    x = np.ones((3, 1000), np.float32)
+    (src,) = _sources_of(lambda x: lm.exp(x) + 1.0, x)
+    assert src.grid == (math.ceil(3000 / 1024), 1, 1)
+    assert set(src.signature) == {"a0", "out"}
+
+
+@needs_torch
+def test_transpose_of_square_matmul_is_not_fused_into_its_epilogue():
+    """Regression: a GEMM tile knows only its own elements, so ``(a @ b).T + a`` (square) must
+    not read the matmul through the transpose inside one kernel."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((2, 16, 16)).astype(np.float32)
+    for backend in ("triton", "llvm"):
+        f = lm.compile(lambda a, b: (a @ b).T + a, backend=backend)
+        np.testing.assert_allclose(f(a, b), (a @ b).T + a, rtol=2e-5, atol=2e-5)
+        remarks = [r for s in f._variant().stages for r in s.remarks]
+        assert any("epilogue reads it through a transpose" in r for r in remarks), remarks

@@ -22,6 +22,7 @@ from lamina.passes.memory import plan_memory
 triton = pytest.importorskip("triton")
 
 from lamina.backends.triton import aot
+from lamina.backends.triton.codegen import render
 from lamina.backends.triton.spec import KernelBinary
 from lamina.backends.triton.triton_backend import render_graph
 
@@ -218,3 +219,116 @@ def test_transpose_of_square_matmul_is_not_fused_into_its_epilogue():
         np.testing.assert_allclose(f(a, b), (a @ b).T + a, rtol=2e-5, atol=2e-5)
         remarks = [r for s in f._variant().stages for r in s.remarks]
         assert any("epilogue reads it through a transpose" in r for r in remarks), remarks
+
+
+def test_gpu_benchmark_workloads_compile_for_sm90():
+    """The kernels of benchmarks/gpu.py at full size (large tiles, 64M elements, long rows)."""
+    from lamina import nn, optim
+
+    x = lm.TensorType((32768, 4096), lm.float32)
+    gamma = lm.TensorType((4096,), lm.float32)
+
+    def layernorm(x, g):
+        m = x.mean(axis=1, keepdims=True)
+        v = ((x - m) ** 2).mean(axis=1, keepdims=True)
+        return (x - m) * lm.rsqrt(v + 1e-5) * g
+
+    mm = lm.TensorType((4096, 4096), lm.float32)
+    cases = [
+        (lambda x: lm.gelu(x * 1.5 + 0.5, approximate="tanh"),
+         [lm.TensorType((1 << 26,), lm.float32)]),
+        (lambda x: lm.softmax(x), [x]),
+        (layernorm, [x, gamma]),
+        (lambda a, b: a @ b, [mm, mm]),
+        (lambda a, b: lm.astype(a, lm.bfloat16) @ lm.astype(b, lm.bfloat16), [mm, mm]),
+    ]
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
+                          nn.Linear(512, 10))
+    opt = optim.SGD(model.parameters(), lr=0.01)
+
+    def step(xb, yb):
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        opt.minimize(loss)
+        return loss
+
+    cases.append((step, [lm.TensorType((4096, 784), lm.float32),
+                         lm.TensorType((4096,), lm.int32)]))
+    kinds = set()
+    for fn, types in cases:
+        for src in _sources_of(fn, *types):
+            for s in [*src.prologue, src]:
+                kinds.add(s.kind)
+                _check_binary(aot.compile_source(s, "sm_90"), s)
+    assert {"loop", "row", "gemm"} <= kinds
+
+
+def _matmul_kernel(shape_a, shape_b):
+    from lamina.passes.fuse import fuse_kernels
+
+    exe = lm.compile(lambda a, b: lm.relu(a @ b), backend="numpy").lower(
+        lm.TensorType(shape_a, lm.float32), lm.TensorType(shape_b, lm.float32))
+    graph = fuse_kernels(exe.graph)
+    (node,) = [n for n in graph.nodes if n.op == "kernel"]
+    return node
+
+
+def test_every_gemm_tile_candidate_compiles_for_sm90():
+    from lamina.backends.triton.codegen import gemm_candidates
+    from lamina.ir import dtypes as dt
+
+    node = _matmul_kernel((4096, 4096), (4096, 4096))
+    candidates = gemm_candidates(4096, 4096, 4096, dt.float32)
+    assert len(candidates) > 1
+    for c in candidates:
+        src = render(node, "mm", gemm=c)
+        assert f"tl.arange(0, {c[0]})" in src.source and src.num_warps == c[3]
+        _check_binary(aot.compile_source(src, "sm_90"), src)
+
+
+def test_autotune_keeps_the_fastest_config_and_caches_it(monkeypatch, tmp_path):
+    from lamina.backends.triton import autotune
+    from lamina.backends.triton.codegen import gemm_candidates
+    from lamina.ir import dtypes as dt
+
+    monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path))
+    node = _matmul_kernel((2048, 1024), (1024, 512))
+    candidates = gemm_candidates(2048, 512, 1024, dt.float32)
+    fastest = candidates[2]
+    timed = []
+
+    def fake_time(n, src, binary):  # stands in for CUDA events on a GPU
+        tile = next(c for c in candidates if render(n, "mm", gemm=c).source == src.source)
+        timed.append(tile)
+        return 1.0 if tile != fastest else 0.5
+
+    monkeypatch.setattr(autotune, "time_kernel", fake_time)
+    assert autotune.choose(node, "mm", {}, False, "sm_90") == fastest
+    assert sorted(timed) == sorted(candidates)
+    timed.clear()
+    assert autotune.choose(node, "mm", {}, False, "sm_90") == fastest  # from the disk cache
+    assert timed == []
+    small = _matmul_kernel((64, 64), (64, 64))  # too small to be worth timing
+    assert autotune.choose(small, "mm", {}, False, "sm_90") == gemm_candidates(
+        64, 64, 64, dt.float32)[0] and timed == []
+
+
+@needs_torch
+def test_dump_holds_memory_plan_and_every_kernel_source(tmp_path, monkeypatch):
+    from lamina.ir import config
+
+    monkeypatch.setattr(config, "dump", str(tmp_path / "dump"))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 12)).astype(np.float32)
+    w = rng.standard_normal((12, 5)).astype(np.float32)
+    f = lm.compile(lambda x, w: lm.softmax(lm.tanh(x) @ w), backend="triton")
+    e = np.exp(np.tanh(x) @ w)
+    np.testing.assert_allclose(f(x, w), e / e.sum(1, keepdims=True), rtol=2e-5, atol=2e-6)
+    (folder,) = os.listdir(tmp_path / "dump")
+    names = sorted(os.listdir(tmp_path / "dump" / folder))
+    plan = [n for n in names if n.endswith("memory_plan.txt")]
+    kernels = [n for n in names if "_triton_" in n and n.endswith(".py")]
+    assert plan and "peak" in (tmp_path / "dump" / folder / plan[0]).read_text()
+    assert len(kernels) == 3, names  # tanh; matmul; softmax
+    for k in kernels:
+        text = (tmp_path / "dump" / folder / k).read_text()
+        assert text.startswith("# lamina kernel @") and "@triton.jit" in text

@@ -159,13 +159,15 @@ def _philox(c0, c1, c2, c3, k0, k1):
 class Gen:
     """Builds the body of one kernel: lines of Python, values memoized per scope."""
 
-    def __init__(self, kernel: Node, name: str, error_codes: dict[int, int], guarded: bool):
+    def __init__(self, kernel: Node, name: str, error_codes: dict[int, int], guarded: bool,
+                 gemm: tuple | None = None):
         self.kernel = kernel
         self.region: Graph = kernel.region
         self.root: Node = self.region.outputs[0]
         self.name = name
         self.error_codes = error_codes
         self.guarded = guarded  # an earlier kernel may fail: store nothing if it did
+        self.gemm = gemm  # a tile config of gemm_candidates (default: the first)
         self.lines: list[str] = []
         self.indent = 1
         self.count = 0
@@ -590,10 +592,9 @@ class Gen:
         """Write ``n``'s error code where ``bad`` (the runtime raises after the step)."""
         self.uses_error = True
         code = self.error_codes.get(id(n), 1)
-        b = self.tmp(bad)
         m = self.mask_for(deps)
-        cond = f"{b} & {m}" if m else b
-        self.emit(f"tl.store(err + {b}.to(tl.int32) * 0, "
+        cond = self.tmp(f"({bad}) & {m}" if m else bad)
+        self.emit(f"tl.store(err + {cond}.to(tl.int32) * 0, "
                   f"tl.full([], {code}, tl.int32), mask={cond})")
 
     # --- kernels ----------------------------------------------------------------------------
@@ -789,7 +790,7 @@ class Gen:
         M, N = out_shape[-2], out_shape[-1]
         K = a.shape[-1]
         d = mm.dtype
-        bm, bn, bk, warps, stages = gemm_config(M, N, K, d)
+        bm, bn, bk, warps, stages = self.gemm or gemm_candidates(M, N, K, d)[0]
         gm = 8
         self.prelude()
         nm, nn = _cdiv(M, bm), _cdiv(N, bn)
@@ -912,19 +913,31 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def gemm_config(M: int, N: int, K: int, d: dt.DType) -> tuple[int, int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) for a matmul: large tiles for large
-    matrices (H100: 128x128 tiles, 64 deep for 16-bit types), smaller ones for small."""
+def gemm_candidates(M: int, N: int, K: int, d: dt.DType) -> list[tuple[int, ...]]:
+    """Tile configs (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) worth timing for a matmul, the
+    default first: large tiles for large matrices (H100: 128x128, 64 deep for 16-bit types),
+    smaller ones for small. On a GPU the backend times them once per shape (autotune.py)."""
     if not d.is_float:
-        return 16, 16, 16, 4, 1
+        return [(16, 16, 16, 4, 1)]
     wide = d.bits >= 32
-    bm = min(128, max(16, _pow2(M)))
-    bn = min(128 if not d is dt.float64 else 64, max(16, _pow2(N)))
-    bk = min(32 if wide else 64, max(16, _pow2(K)))
-    if d is dt.float64:
-        bm = min(bm, 64)
-    warps = 8 if bm * bn >= 128 * 128 else 4
-    return bm, bn, bk, warps, 3 if wide else 4
+    cap_n = 64 if d is dt.float64 else 128
+    cap_m = 64 if d is dt.float64 else 128
+
+    def fit(bm, bn, bk, warps, stages):
+        return (min(bm, max(16, _pow2(M))), min(bn, max(16, _pow2(N))),
+                min(bk, max(16, _pow2(K))), warps, stages)
+
+    bk = 32 if wide else 64
+    first = fit(cap_m, cap_n, bk, 8 if cap_m * cap_n >= 128 * 128 else 4, 3 if wide else 4)
+    if first[0] * first[1] < 128 * 128:
+        first = first[:3] + (4,) + first[4:]
+    out = [first]
+    for c in ((128, 64, bk, 4, 4), (64, 128, bk, 4, 4), (128, 256 if not wide else 128,
+                                                       bk, 8, 3), (64, 64, bk, 4, 4)):
+        c = fit(min(c[0], cap_m), min(c[1], cap_n), *c[2:])
+        if c not in out:
+            out.append(c)
+    return out
 
 
 def zero_fill(name: str, v: Value) -> KernelSource:
@@ -944,10 +957,10 @@ def zero_fill(name: str, v: Value) -> KernelSource:
 
 
 def render(kernel: Node, name: str, error_codes: dict[int, int] | None = None,
-           guarded: bool = False) -> KernelSource:
+           guarded: bool = False, gemm: tuple | None = None) -> KernelSource:
     """The Triton source of ``kernel`` (a fused ``kernel`` node), as function ``name``.
 
     ``error_codes`` maps id(node) of take/scatter_add nodes to the code their failure
     writes; ``guarded`` makes every store wait on no earlier failure (the step must then not
-    change state)."""
-    return Gen(kernel, name, error_codes or {}, guarded).render()
+    change state); ``gemm`` picks a matmul tile config (one of ``gemm_candidates``)."""
+    return Gen(kernel, name, error_codes or {}, guarded, gemm).render()

@@ -59,8 +59,9 @@ def mode() -> str:
     return "interpret"
 
 
-def render_graph(graph: Graph, plan) -> list[tuple[Node, KernelSource]]:
-    """The Triton source of every kernel of a planned graph, in schedule order."""
+def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node, KernelSource]]:
+    """The Triton source of every kernel of a planned graph, in schedule order; with ``tune``
+    (a GPU target, on that GPU) matmul tiles are chosen by timing (``autotune.py``)."""
     codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
     out, names = [], set()
     risky_before = False
@@ -72,7 +73,12 @@ def render_graph(graph: Graph, plan) -> list[tuple[Node, KernelSource]]:
         while name in names:
             name, k = f"{base}_{k}", k + 1
         names.add(name)
-        out.append((n, render(n, name, codes, guarded=risky_before)))
+        gemm = None
+        if tune and any(m.op == "matmul" for m in n.region.nodes):
+            from lamina.backends.triton import autotune
+
+            gemm = autotune.choose(n, name, codes, risky_before, tune)
+        out.append((n, render(n, name, codes, guarded=risky_before, gemm=gemm)))
         if any(m.op in RISKY for m in n.region.nodes):
             risky_before = True
     return out
@@ -91,7 +97,12 @@ class TritonBackend:
             raise LaminaError("profile() is available on backend='llvm' only")
         aot.triton_version()
         plan = plan_memory(graph)
-        sources = render_graph(graph, plan)
+        tune = None
+        if mode() == "device":
+            from lamina.backends.triton import cuda
+
+            tune = cuda.device().target
+        sources = render_graph(graph, plan, tune)
         if dump_dir:
             k = first_index
             write_atomic(os.path.join(dump_dir, f"{k:02d}_memory_plan.txt"), plan.text())

@@ -1,6 +1,6 @@
 """Train an MLP on sklearn's handwritten digits (8x8 images, 10 classes) with lamina.
 
-    python examples/mlp_digits.py [--backend llvm|numpy] [--epochs 40]
+    python examples/mlp_digits.py [--backend llvm|numpy|triton] [--epochs 40]
 
 The whole training step (forward, cross-entropy, backward, Adam update) is one compiled graph;
 parameters and Adam's moments stay resident between steps. Prints held-out accuracy.

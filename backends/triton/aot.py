@@ -130,8 +130,10 @@ def compile_source(src: KernelSource, target: str) -> KernelBinary:
                 options={"num_warps": src.num_warps, "num_stages": src.num_stages,
                          "enable_fp_fusion": True})
     except Exception as e:  # noqa: BLE001 (any of Triton's errors: they name the position)
+        cause = f" ({type(e.__cause__).__name__}: {e.__cause__})" if e.__cause__ else ""
         raise LaminaError(f"Triton could not compile kernel {src.name} for {target}: "
-                          f"{type(e).__name__}: {e}\n--- source ---\n{src.source}") from None
+                          f"{type(e).__name__}: {e}{cause}\n--- source ---\n{src.source}") \
+            from None
     md = compiled.metadata
     ptx = compiled.asm["ptx"]
     binary = KernelBinary(

@@ -581,11 +581,7 @@ class Gen:
         x, indices = n.inputs
         a, k = n.attrs["axis"], len(indices.shape)
         raw = self.value(indices, idx[a:a + k])
-        size = x.shape[a]
-        i = self.tmp(f"{raw.e}.to({self.index_type})", "i")
-        i = self.tmp(f"tl.where({i} < 0, {i} + {size}, {i})", "i")
-        self.flag_error(f"({i} < 0) | ({i} >= {size})", raw.deps, n)
-        j = Ix(self.tmp(f"tl.minimum(tl.maximum({i}, 0), {size - 1})", "i"), raw.deps)
+        j = self.checked_index(raw, x.shape[a], n, raw.deps)
         return self.value(x, list(idx[:a]) + [j] + list(idx[a + k:]))
 
     def flag_error(self, bad: str, deps, n: Node) -> None:
@@ -604,16 +600,28 @@ class Gen:
             self.uses_error = True
             self.emit("ok = tl.load(err + tl.arange(0, 1)) == 0")
 
-    def loop_kernel(self) -> tuple[tuple[int, int, int], int]:
-        root = self.root
-        n = math.prod(root.shape)
+    def flat_lanes(self, n: int) -> tuple[int, Ix]:
+        """One program per block of ``n`` flat positions: (block size, the lanes' index)."""
         block = min(LOOP_BLOCK, max(32, _pow2(n)))
         self.prelude()
         self.emit("pid = tl.program_id(0)")
         self.emit(f"offs = pid * {block} + tl.arange(0, {block})"
                   + (".to(tl.int64)" if self.index_type == "tl.int64" else ""))
         self.masks["f"] = f"(offs < {n})" if n % block else ""
-        flat = Ix("offs", frozenset({"f"}))
+        return block, Ix("offs", frozenset({"f"}))
+
+    def checked_index(self, raw: TV, size: int, n: Node, deps) -> Ix:
+        """An index value into an axis of ``size``: negative ones count from the end (once,
+        as numpy), out-of-range ones set ``n``'s error code and read a safe element."""
+        i = self.tmp(f"{raw.e}.to({self.index_type})", "i")
+        i = self.tmp(f"tl.where({i} < 0, {i} + {size}, {i})", "i")
+        self.flag_error(f"({i} < 0) | ({i} >= {size})", deps, n)
+        return Ix(self.tmp(f"tl.minimum(tl.maximum({i}, 0), {size - 1})", "i"), raw.deps)
+
+    def loop_kernel(self) -> tuple[tuple[int, int, int], int]:
+        root = self.root
+        n = math.prod(root.shape)
+        block, flat = self.flat_lanes(n)
         idx = self.delinear(flat, root.shape) if root.shape else ()
         v = self.value(root, idx)
         self.store("out", flat, v, deps={"f"})
@@ -825,7 +833,8 @@ class Gen:
         be = self.tmp(f"tl.broadcast_to({bv.e}, [{bk}, {bn}])")
         if d.is_float:
             prec = "tf32" if (d is dt.float32 and ALLOW_TF32) else "ieee"
-            self.emit(f"acc = tl.dot({ae}, {be}, acc, input_precision=\"{prec}\")"
+            out = ", out_dtype=tl.float64" if d is dt.float64 else ""
+            self.emit(f"acc = tl.dot({ae}, {be}, acc, input_precision=\"{prec}\"{out})"
                       if d in (dt.float32, dt.float64) else f"acc = tl.dot({ae}, {be}, acc)")
         else:
             self.helpers.add("add")
@@ -852,19 +861,11 @@ class Gen:
         g, idx_t = s.inputs
         a, size = s.attrs["axis"], s.attrs["size"]
         n = math.prod(g.shape)
-        block = min(LOOP_BLOCK, max(32, _pow2(n)))
-        self.prelude()
-        self.emit("pid = tl.program_id(0)")
-        self.emit(f"offs = pid * {block} + tl.arange(0, {block})"
-                  + (".to(tl.int64)" if self.index_type == "tl.int64" else ""))
-        self.masks["f"] = f"(offs < {n})" if n % block else ""
-        idx = self.delinear(Ix("offs", frozenset({"f"})), g.shape)
+        block, flat = self.flat_lanes(n)
+        idx = self.delinear(flat, g.shape)
         k = len(idx_t.shape)
         raw = self.value(idx_t, idx[a:a + k])
-        i = self.tmp(f"{raw.e}.to({self.index_type})", "i")
-        i = self.tmp(f"tl.where({i} < 0, {i} + {size}, {i})", "i")
-        self.flag_error(f"({i} < 0) | ({i} >= {size})", frozenset({"f"}) | raw.deps, s)
-        j = Ix(self.tmp(f"tl.minimum(tl.maximum({i}, 0), {size - 1})", "i"), raw.deps)
+        j = self.checked_index(raw, size, s, flat.deps | raw.deps)
         target = list(idx[:a]) + [j] + list(idx[a + k:])
         self.linear_memo.pop((tuple(i.e for i in target), tuple(s.shape)), None)
         at = self.linear(target, s.shape)

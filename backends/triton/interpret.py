@@ -125,7 +125,10 @@ class InterpretProgram:
                         args.append(err)
                     else:
                         raise AssertionError(f"unknown kernel argument {ref}")
-                self.functions[s.name][s.grid](*args)
+                # IEEE arithmetic on the GPU does not warn: neither do the interpreter's numpy
+                # ops (on masked-off lanes and on NaN/inf inputs)
+                with np.errstate(all="ignore"):
+                    self.functions[s.name][s.grid](*args)
         code = int(err[0])
         if code:
             raise index_error(self.graph, code)

@@ -2,7 +2,7 @@
 
     numpy   the reference: runs each op's numpy ``ref`` (always available)
     llvm    CPU code through llvmlite (the CPU backend issue)
-    triton  GPU kernels through Triton (the GPU backend issue)
+    triton  GPU kernels through Triton (Triton's interpreter where there is no GPU)
 
 A backend module exposes ``backend``, an object with ``name``, ``passes`` (run after the
 default pipeline, e.g. fusion), ``compile(graph) -> Program`` and ``save_program``/
@@ -25,7 +25,11 @@ _MODULES = {"numpy": "lamina.backends.numpy", "llvm": "lamina.backends.llvm",
 
 
 class Program(Protocol):
-    """A compiled graph: inputs (in order) and state (by name) in; outputs and updates out."""
+    """A compiled graph: inputs (in order) and state (by name) in; outputs and updates out.
+
+    ``state`` maps names to numpy arrays, or, for a program whose class sets
+    ``takes_variables = True`` (the GPU runtime, which keeps state on the device), to the
+    ``Variable`` objects themselves."""
 
     def __call__(self, inputs: list[np.ndarray],
                  state: dict[str, np.ndarray]) -> tuple[list[np.ndarray],

@@ -64,6 +64,15 @@ class TensorType:
     __repr__ = __str__
 
 
+def row_major_strides(shape) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``shape``."""
+    out, s = [], 1
+    for d in reversed(shape):
+        out.append(s)
+        s *= d
+    return tuple(reversed(out))
+
+
 def broadcast_shapes(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """numpy broadcasting of several shapes; a clear ShapeError when they do not fit.
 

@@ -25,7 +25,7 @@ from collections import Counter
 
 from lamina.ir.builder import Builder
 from lamina.ir.graph import Graph, Node, Param, Value
-from lamina.ir.ops.reduce import keep_shape, reduced_shape
+from lamina.ir.ops.reduce import keep_shape, reduce_axes, reduced_shape
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.ops.source import is_splat
 from lamina.passes.manager import remark
@@ -66,7 +66,7 @@ class Group:
         self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque"}.get(
             category(root), "loop")
         if self.kind == "reduce":
-            self.reduce = (root.inputs[0].shape, _axes(root))
+            self.reduce = (root.inputs[0].shape, reduce_axes(root))
 
     def row_class(self, shape, reduce: tuple | None = None) -> bool:
         """Is ``shape`` a per-row shape (keepdims or not) of the reduction ``reduce``
@@ -80,13 +80,6 @@ class Group:
         d, axes = reduce or self.reduce
         return (n is self.root and n.op == "reshape"
                 and _size(n.shape) == _size(reduced_shape(d, axes, False)))
-
-
-def _axes(n: Node) -> tuple[int, ...]:
-    a = n.attrs["axis"]
-    if a is None:  # argmax over the flattened tensor
-        return tuple(range(len(n.inputs[0].shape)))
-    return a if isinstance(a, tuple) else (a,)
 
 
 def _trailing(shape, axes) -> bool:
@@ -160,7 +153,7 @@ class Fuser:
         return True
 
     def take_reduction(self, G: Group, p: Node) -> bool:
-        d, axes = p.inputs[0].shape, _axes(p)
+        d, axes = p.inputs[0].shape, reduce_axes(p)
         if G.kind == "gemm":
             return self.decline(p, "a reduction does not fuse into a matmul epilogue")
         if G.kind == "reduce":
@@ -209,7 +202,7 @@ class Fuser:
             return False
         d, axes = G.reduce
         if category(p) == "reduce":
-            return (p.inputs[0].shape, _axes(p)) == (d, axes)
+            return (p.inputs[0].shape, reduce_axes(p)) == (d, axes)
         return p.shape == d or G.row_class(p.shape)
 
     @staticmethod

@@ -18,17 +18,9 @@ from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.ops.source import is_splat
+from lamina.ir.types import row_major_strides as strides_of
 
 I32, I64 = L.I32, L.I64
-
-
-def strides_of(shape) -> tuple[int, ...]:
-    """Row-major element strides."""
-    out, s = [], 1
-    for d in reversed(shape):
-        out.append(s)
-        s *= d
-    return tuple(reversed(out))
 
 
 class Loops:

@@ -25,6 +25,7 @@ from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
 from lamina.ir.graph import Node, Param
 from lamina.ir.ops.reduce import keep_shape, reduced_shape
+from lamina.ir.ops.reduce import reduce_axes as axes_of
 from lamina.ir.ops.registry import get as get_op
 
 I8P = L.I8.as_pointer()
@@ -32,13 +33,6 @@ I64, I32 = L.I64, L.I32
 REDUCTIONS = ("sum", "max", "min", "argmax")
 PREFETCH_MIN_ROW_BYTES = 512  # shorter rows: the hardware prefetcher keeps up
 KERNEL_TYPE = ir.FunctionType(ir.VoidType(), [I8P.as_pointer(), I64, I64, I32])
-
-
-def axes_of(r: Node) -> tuple[int, ...]:
-    a = r.attrs["axis"]
-    if a is None:
-        return tuple(range(len(r.inputs[0].shape)))
-    return a if isinstance(a, tuple) else (a,)
 
 
 def _trailing(shape, axes) -> bool:

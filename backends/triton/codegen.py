@@ -30,8 +30,10 @@ from lamina.ir import dtypes as dt
 from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.ops.reduce import keep_shape, reduced_shape
+from lamina.ir.ops.reduce import reduce_axes as axes_of
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.ops.source import is_splat
+from lamina.ir.types import row_major_strides as strides_of
 
 REDUCTIONS = ("sum", "max", "min", "argmax")
 LOOP_BLOCK = 1024
@@ -58,21 +60,6 @@ def tl_type(d: dt.DType) -> str:
 
 def _pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def strides_of(shape) -> tuple[int, ...]:
-    out, s = [], 1
-    for d in reversed(shape):
-        out.append(s)
-        s *= d
-    return tuple(reversed(out))
-
-
-def axes_of(r: Node) -> tuple[int, ...]:
-    a = r.attrs["axis"]
-    if a is None:
-        return tuple(range(len(r.inputs[0].shape)))
-    return a if isinstance(a, tuple) else (a,)
 
 
 def classify(kernel: Node) -> str:

@@ -28,6 +28,15 @@ def keep_shape(shape, axes) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
+def reduce_axes(n) -> tuple[int, ...]:
+    """The axes a reduction node (sum, max, min, argmax) reduces, as a tuple (argmax with
+    ``axis=None`` reduces every axis of the flattened tensor)."""
+    a = n.attrs["axis"]
+    if a is None:
+        return tuple(range(len(n.inputs[0].shape)))
+    return a if isinstance(a, tuple) else (a,)
+
+
 def reduced_shape(shape, axes, keepdims) -> tuple[int, ...]:
     if keepdims:
         return keep_shape(shape, axes)

@@ -1,0 +1,235 @@
+"""Scalar math of the Triton code generator: how each elementwise op of the IR is written in
+Triton (numpy's semantics: IEEE division and square roots, NaN-propagating max/min, stable
+sigmoid and softplus, half types computed in float32 and rounded once per op), the dtype
+tables, and the ``@triton.jit`` helpers pasted into kernels that use them.
+
+``ScalarMath`` is a mixin of ``codegen.Gen``: it needs ``tmp(expr)`` (emit a temporary) and
+``const(dtype, value)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lamina.ir import dtypes as dt
+from lamina.ir.errors import LaminaError
+from lamina.ir.graph import Node
+
+TL = {dt.float16: "tl.float16", dt.bfloat16: "tl.bfloat16", dt.float32: "tl.float32",
+      dt.float64: "tl.float64", dt.int32: "tl.int32", dt.int64: "tl.int64", dt.bool_: "tl.int1"}
+LOW = (dt.float16, dt.bfloat16)
+POINTER = {dt.float16: "*fp16", dt.bfloat16: "*bf16", dt.float32: "*fp32", dt.float64: "*fp64",
+           dt.int32: "*i32", dt.int64: "*i64", dt.bool_: "*i8"}
+
+
+def tl_type(d: dt.DType) -> str:
+    try:
+        return TL[d]
+    except KeyError:
+        raise LaminaError(f"the triton backend does not support {d.name}") from None
+
+
+@dataclass
+class TV:
+    """A computed value: its expression (a variable name), tile axes and dtype."""
+
+    e: str
+    deps: frozenset
+    dtype: dt.DType
+
+
+# Helpers pasted into a kernel's module when used (self-contained source, also for dumps).
+HELPERS = {
+    "add": '''
+@triton.jit
+def _add(a, b):
+    return a + b
+''',
+    "max": '''
+@triton.jit
+def _max_nan(a, b):
+    # numpy's max: NaN wins
+    return tl.where((a > b) | (a != a), a, b)
+''',
+    "min": '''
+@triton.jit
+def _min_nan(a, b):
+    return tl.where((a < b) | (a != a), a, b)
+''',
+    "argmax": '''
+@triton.jit
+def _argmax_pick(v1, i1, v2, i2):
+    # numpy's argmax: the first NaN, else the first of the largest
+    n1 = v1 != v1
+    n2 = v2 != v2
+    first = i1 < i2
+    take1 = (n1 & ((n2 == 0) | first)) | ((n1 == 0) & (n2 == 0) & ((v1 > v2) | ((v1 == v2) & first)))
+    return tl.where(take1, v1, v2), tl.where(take1, i1, i2)
+''',
+    "philox": '''
+@triton.jit
+def _philox(c0, c1, c2, c3, k0, k1):
+    # Philox-4x32-10 (lamina.ir.ops.source): uint32 words
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(c0, 0xD2511F53)
+        lo0 = c0 * 0xD2511F53
+        hi1 = tl.umulhi(c2, 0xCD9E8D57)
+        lo1 = c2 * 0xCD9E8D57
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = k0 + 0x9E3779B9
+        k1 = k1 + 0xBB67AE85
+    return c0, c1, c2, c3
+''',
+}
+
+
+class ScalarMath:
+    """Elementwise ops as Triton expressions (see the module docstring)."""
+
+
+    def elementwise(self, n: Node, args: list[TV]) -> TV:
+        if n.op in ("alias", "stop_gradient"):
+            return args[0]
+        d = n.dtype
+        if n.op != "cast" and (d in LOW or any(a.dtype in LOW for a in args)):
+            # half types: computed in float32 and rounded once per op, as numpy does (and
+            # Triton's interpreter has no bfloat16 arithmetic)
+            args = [TV(self.tmp(f"{a.e}.to(tl.float32)"), a.deps, dt.float32)
+                    if a.dtype in LOW else a for a in args]
+            r = self._elementwise(n, args, dt.float32 if d in LOW else d)
+            return TV(self.tmp(f"{r.e}.to({tl_type(d)})"), r.deps, d) if d in LOW else r
+        return self._elementwise(n, args, d)
+
+    def _elementwise(self, n: Node, args: list[TV], d: dt.DType) -> TV:
+        deps = frozenset().union(*[a.deps for a in args]) if args else frozenset()
+        op = n.op
+        e = [a.e for a in args]
+        src = args[0].dtype if args else d
+
+        if op in ("add", "sub", "mul"):
+            text = f"{e[0]} {'+' if op == 'add' else '-' if op == 'sub' else '*'} {e[1]}"
+        elif op == "div":
+            text = self.div(e[0], e[1], d)
+        elif op == "neg":
+            text = f"-{e[0]}"
+        elif op == "abs":
+            text = f"tl.abs({e[0]})"
+        elif op == "sign":
+            if d.is_float:  # NaN and signed zeros pass through, as numpy
+                text = (f"tl.where({e[0]} > 0, 1, tl.where({e[0]} < 0, -1, "
+                        f"{e[0]})).to({tl_type(d)})")
+            else:
+                text = f"(({e[0]} > 0).to({tl_type(d)}) - ({e[0]} < 0).to({tl_type(d)}))"
+        elif op in ("maximum", "minimum"):
+            fn = "tl.maximum" if op == "maximum" else "tl.minimum"
+            nan = ", propagate_nan=tl.PropagateNan.ALL" if d.is_float else ""
+            text = f"{fn}({e[0]}, {e[1]}{nan})"
+        elif op == "relu":
+            zero = self.const(d, 0).e
+            text = f"tl.maximum({e[0]}, {zero}, propagate_nan=tl.PropagateNan.ALL)"
+        elif op == "exp":
+            text = f"tl.exp({e[0]})"
+        elif op == "log":
+            text = f"tl.log({e[0]})"
+        elif op == "sqrt":
+            text = self.sqrt(e[0], d)
+        elif op == "rsqrt":
+            text = self.div(self.f(d, 1.0), self.sqrt(e[0], d), d)
+        elif op == "erf":
+            text = f"tl.erf({e[0]})"
+        elif op == "sigmoid":
+            x = e[0]
+            z = self.tmp(f"tl.exp(-tl.abs({x}))")
+            one = "1.0" if d is not dt.float64 else "tl.full([], 1.0, tl.float64)"
+            text = (f"tl.where({x} >= 0, {self.div(one, f'{one} + {z}', d)}, "
+                    f"{self.div(z, f'{one} + {z}', d)})")
+        elif op == "softplus":
+            text = self.softplus(e[0], d)
+        elif op == "tanh":
+            text = self.tanh(e[0], d)
+        elif op == "pow":
+            text = self.pow(e[0], e[1], d)
+        elif op in ("eq", "ne", "lt", "le", "gt", "ge"):
+            sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
+            text = f"{e[0]} {sym} {e[1]}"
+        elif op == "logical_and":
+            text = f"{e[0]} & {e[1]}"
+        elif op == "logical_or":
+            text = f"{e[0]} | {e[1]}"
+        elif op == "logical_not":
+            text = f"{e[0]} == 0"
+        elif op == "where":
+            text = f"tl.where({e[0]}, {e[1]}, {e[2]})"
+        elif op == "cast":
+            text = self.cast(e[0], src, n.attrs["dtype"])
+        else:
+            raise LaminaError(f"the triton backend has no lowering for {op}", n.loc)
+        return TV(self.tmp(text), deps, d)
+
+    @staticmethod
+    def div(x: str, y: str, d: dt.DType) -> str:
+        """IEEE division (Triton's ``/`` on float32 is the approximate one)."""
+        return f"({x}) / ({y})" if d is dt.float64 else f"tl.div_rn({x}, {y})"
+
+    @staticmethod
+    def sqrt(x: str, d: dt.DType) -> str:
+        return f"tl.sqrt({x})" if d is dt.float64 else f"tl.sqrt_rn({x})"
+
+    def f(self, d: dt.DType, value: float) -> str:
+        """A float constant of the compute type of ``d`` (float64 needs an explicit one:
+        Triton types Python floats as float32)."""
+        return f"tl.full([], {value!r}, tl.float64)" if d is dt.float64 else repr(value)
+
+    def softplus(self, x: str, d: dt.DType) -> str:
+        # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); log1p(z) ~ z - z^2/2 for tiny z
+        z = self.tmp(f"tl.exp(-tl.abs({x}))")
+        lg = self.tmp(f"tl.where({z} < {self.f(d, 1e-4)}, {z} - {z} * {z} * {self.f(d, 0.5)}, "
+                      f"tl.log({self.f(d, 1.0)} + {z}))")
+        return f"tl.maximum({x}, {self.f(d, 0.0)}) + {lg}"
+
+    def tanh(self, x: str, d: dt.DType) -> str:
+        a = self.tmp(f"tl.abs({x})")
+        z = self.tmp(f"{x} * {x}")
+        if d is dt.float64:  # Cephes: a rational approximation near 0
+            c = lambda v: self.f(d, v)
+            p = self.tmp(f"({c(-9.64399179425052238628e-1)} * {z} + "
+                         f"{c(-9.92877231001918586564e1)}) * {z} + "
+                         f"{c(-1.61468768441708447952e3)}")
+            q = self.tmp(f"(({z} + {c(1.12811678491632931402e2)}) * {z} + "
+                         f"{c(2.23548839060100448583e3)}) * {z} + "
+                         f"{c(4.84406305325125486048e3)}")
+            small = f"{x} + {x} * {z} * {self.div(p, q, d)}"
+        else:  # Cephes tanhf near 0
+            small = (f"((((-5.70498872745e-3 * {z} + 2.06390887954e-2) * {z} - "
+                     f"5.37397155531e-2) * {z} + 1.33314422036e-1) * {z} - "
+                     f"3.33332819422e-1) * {z} * {x} + {x}")
+        s = self.tmp(f"tl.exp({self.f(d, 2.0)} * {a})")
+        one = self.f(d, 1.0)
+        big = self.tmp(f"{one} - {self.div(self.f(d, 2.0), f'{s} + {one}', d)}")
+        big = f"tl.where({x} < 0, -{big}, {big})"
+        return f"tl.where({a} < {self.f(d, 0.625)}, {small}, {big})"
+
+    def pow(self, x: str, y: str, d: dt.DType) -> str:
+        """numpy's float power: computed in float64 for float32 and below (exp2(y log2|x|)
+        loses ~|y log2 x| ulp), with the sign and special cases of C's pow."""
+        w = "tl.float64"
+        xw = self.tmp(f"{x}.to({w})")
+        yw = self.tmp(f"{y}.to({w})")
+        one = "tl.full([], 1.0, tl.float64)"
+        mag = self.tmp(f"tl.exp2({yw} * tl.log2(tl.abs({xw})))")
+        odd = self.tmp(f"({yw} - 2.0 * tl.floor({yw} * 0.5)) == 1.0")
+        whole = self.tmp(f"tl.floor({yw}) == {yw}")
+        neg = self.tmp(f"tl.where({whole}, tl.where({odd}, -{mag}, {mag}), float('nan'))")
+        r = self.tmp(f"tl.where({xw} < 0, {neg}, {mag})")
+        r = self.tmp(f"tl.where(({yw} == 0) | ({xw} == 1), {one}, {r})")
+        return f"{r}.to({tl_type(d)})"
+
+    @staticmethod
+    def cast(x: str, src: dt.DType, dst: dt.DType) -> str:
+        if src is dst:
+            return x
+        if dst.is_bool:
+            return f"{x} != 0"  # NaN -> True, as numpy
+        if src.is_bool:
+            return f"{x}.to(tl.int8).to({tl_type(dst)})"
+        return f"{x}.to({tl_type(dst)})"

@@ -167,9 +167,15 @@ class TorchGpuPeer(TorchPeer):
     the same workload functions; float inputs cast to ``dtype`` when one is given (bfloat16 for
     matmul_bf16)."""
 
+    device = DEVICE
+
     def __init__(self, mode: str | None, dtype=None):
         super().__init__(threads=os.cpu_count() or 1, mode=mode)
         self.dtype = dtype
+
+    @staticmethod
+    def _numpy(t) -> np.ndarray:
+        return to_numpy(t)
 
     def _t(self, a):
         t = super()._t(a).to(DEVICE)
@@ -178,27 +184,6 @@ class TorchGpuPeer(TorchPeer):
     def _simple(self, fn, *arrays):
         runner = super()._simple(fn, *arrays)
         return Runner(runner.call, lambda out: [to_numpy(out)])
-
-    def mlp_step(self, x, y, params, lr):
-        """peers.TorchPeer.mlp_step with the parameters on the GPU."""
-        torch = self.torch
-        F = torch.nn.functional
-        ps = [torch.tensor(p, device=DEVICE, requires_grad=True) for p in params]
-        opt = torch.optim.SGD(ps, lr=lr)
-        tx, ty = self._t(x), self._t(y)
-
-        def step(x, y):
-            h = x
-            for k in range(0, len(ps) - 2, 2):
-                h = torch.relu(h @ ps[k] + ps[k + 1])
-            loss = F.cross_entropy(h @ ps[-2] + ps[-1], y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss
-
-        f = self._fn(step)
-        return Runner(lambda: f(tx, ty), lambda loss: [to_numpy(loss), *map(to_numpy, ps)])
 
 
 def torch_runner(wl: run.Workload, mode: str | None) -> Runner:

@@ -137,7 +137,10 @@ class NumpyPeer(Peer):
 
 class TorchPeer(Peer):
     """PyTorch eager, or ``torch.compile(mode=...)`` when ``mode`` is given (``"default"`` is
-    torch.compile's default mode)."""
+    torch.compile's default mode). Subclasses may place tensors elsewhere (``device``) and
+    fetch results their own way (``_numpy``)."""
+
+    device = None  # where parameters live (None: the CPU)
 
     def __init__(self, threads: int, mode: str | None = None):
         self.mode = mode
@@ -160,6 +163,11 @@ class TorchPeer(Peer):
 
     def _t(self, a):
         return self.torch.from_numpy(np.ascontiguousarray(a))
+
+    @staticmethod
+    def _numpy(t) -> np.ndarray:
+        """A result tensor as a fresh numpy array."""
+        return t.detach().numpy().copy()
 
     def _simple(self, fn, *arrays):
         f = self._fn(fn)
@@ -188,7 +196,7 @@ class TorchPeer(Peer):
     def mlp_step(self, x, y, params, lr):
         torch = self.torch
         F = torch.nn.functional
-        ps = [torch.tensor(p, requires_grad=True) for p in params]
+        ps = [torch.tensor(p, device=self.device, requires_grad=True) for p in params]
         opt = torch.optim.SGD(ps, lr=lr)
         tx, ty = self._t(x), self._t(y)
 
@@ -204,8 +212,7 @@ class TorchPeer(Peer):
 
         f = self._fn(step)
         return Runner(lambda: f(tx, ty),
-                      lambda loss: [loss.detach().numpy().copy(),
-                                    *(p.detach().numpy().copy() for p in ps)])
+                      lambda loss: [self._numpy(loss), *map(self._numpy, ps)])
 
 
 # --- JAX ----------------------------------------------------------------------------------------

@@ -3,7 +3,12 @@
     trace (frontend) -> passes (PassManager) -> backend.compile -> runtime.Executable
 
 ``lm.compile(fn)`` returns a :class:`CompiledFunction`, which specializes ``fn`` per input
-signature (shapes and dtypes), caches each variant and calls it with numpy arrays.
+signature (shapes and dtypes) and per train/eval mode of the modules its trace read, caches each
+variant and calls it with numpy arrays.
+
+Threads: compiling is guarded per function (one compile per new variant, however many threads
+ask for it at once) and, across functions, around the backend's compile (LLVM's global state);
+calls are serialized by the executables' state locks (``runtime.executable``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import functools
 import inspect
 import sys
+import threading
 import time
 import weakref
 
@@ -18,7 +24,7 @@ import numpy as np
 
 from lamina.backends import get_backend
 from lamina.frontend import transforms
-from lamina.frontend.trace import arg_names, current, function_name, trace_function
+from lamina.frontend.trace import arg_names, current, function_name, mode_epoch, trace_function
 from lamina.ir import config
 from lamina.ir.errors import LaminaError, SignatureError
 from lamina.ir.printer import print_graph
@@ -30,6 +36,10 @@ from lamina.runtime.executable import Executable, signature_key
 
 DEFAULT_BACKEND = "llvm"  # the CPU backend; "numpy" is the reference interpreter
 MAX_VARIANTS_BEFORE_WARNING = 8
+
+# Backends compile one graph at a time: LLVM's global context and the disk cache's index are
+# shared by every function, and compiling is rare enough that waiting costs little.
+_backend_lock = threading.Lock()
 
 
 class CompiledFunction:
@@ -53,8 +63,13 @@ class CompiledFunction:
         self.name = name or function_name(fn)
         self.passes = list(DEFAULT if passes is None else passes)
         self.static_argnums = tuple(static_argnums)
+        # (signature, static arguments, modes read) -> variant; modes: ((module, mode), ...)
         self.variants: dict[tuple, Executable] = {}
+        # (signature, static arguments) -> [(modes read, variant)], in compile order
+        self._guarded: dict[tuple, list[tuple[tuple, Executable]]] = {}
         self._seen: dict[tuple, Executable] = {}  # argument look -> variant (see __call__)
+        self._epoch = mode_epoch[0]  # the module-mode epoch _seen was filled under
+        self._lock = threading.RLock()  # guards compiling: variants, _guarded, compile_log
         self.compile_log: list[str] = []  # why each variant was compiled
         self._last: Executable | None = None
         functools.update_wrapper(self, fn, updated=())
@@ -66,37 +81,53 @@ class CompiledFunction:
             args = self._bind(args, kwargs)
         if current() is not None:  # called inside another trace: inline
             return self.fn(*args)
-        # The hot path of a training loop: one dict lookup on what the arguments look like.
+        # The hot path of a training loop: one dict lookup on what the arguments look like,
+        # valid while no module changed its train/eval mode (then the slow path checks modes).
+        seen = self._seen
+        if self._epoch != mode_epoch[0]:
+            seen = self._reset_seen()
         try:
             key = tuple(_quick_key(a) for a in args)
-            exe = self._seen.get(key)
-        except TypeError:  # an unhashable static argument: the slow path says why
-            key, exe = None, None
+            if self.static_argnums:  # their values decide, not just their types
+                key = (key, tuple(args[i] for i in self.static_argnums))
+            exe = seen.get(key)
+        except (TypeError, IndexError):  # a static argument unhashable or missing: the slow
+            key, exe = None, None        # path says why
         if exe is None:
             exe = self.lower(*args)
             if key is not None:
-                self._seen[key] = exe
+                seen[key] = exe
         self._last = exe
         return exe(*self._dynamic(args)) if self.static_argnums else exe(*args)
 
+    def _reset_seen(self) -> dict:
+        """A module changed mode: forget which arguments led to which variant (the slow path
+        checks every variant's modes and fills it again)."""
+        self._epoch = mode_epoch[0]
+        self._seen = {}
+        return self._seen
+
     def lower(self, *args) -> Executable:
         """The compiled variant for these arguments (compiled now if new); arrays or
-        ``lm.TensorType`` specs."""
+        ``lm.TensorType`` specs. A variant fits when the signature and the static arguments
+        match and every module whose mode its trace read still has that mode."""
         self._check_arity(args)
         dyn = self._dynamic(args)
         names = [n for i, n in enumerate(arg_names(self.fn, len(args)))
                  if i not in self.static_argnums]
         types = [type_of(a, f"{self.name}: argument {n!r}") for a, n in zip(dyn, names)]
-        key = (signature_key(types), self._static_key(args))
-        exe = self.variants.get(key)
-        if exe is None:
-            exe = self._compile(key, args, types)
-            self.variants[key] = exe
-        self._last = exe
+        base = (signature_key(types), self._static_key(args))
+        with self._lock:  # a second thread asking for the same new variant waits for it
+            exe = _fitting(self._guarded.get(base, ()))
+            if exe is None:
+                exe, modes = self._compile(base, args, types)
+                self.variants[(*base, modes)] = exe
+                self._guarded.setdefault(base, []).append((modes, exe))
+            self._last = exe
         return exe
 
-    def _compile(self, key, args, types: list[TensorType]) -> Executable:
-        reason = self._why(key, types)
+    def _compile(self, base, args, types: list[TensorType]) -> tuple[Executable, tuple]:
+        reason = self._why(base, types)
         start = time.perf_counter()
         fn, names = self._traceable(args)
         traced = trace_function(fn, types, self.name, names)
@@ -104,7 +135,8 @@ class CompiledFunction:
         pm = PassManager(self.passes + list(be.passes))
         graph, stages = pm.run(traced.graph)
         verify(graph, allow_grad=False, allow_composite=False)
-        program = be.compile(graph, dump_dir=pm.dump_dir, first_index=len(stages))
+        with _backend_lock:
+            program = be.compile(graph, dump_dir=pm.dump_dir, first_index=len(stages))
         exe = Executable(graph, program, graph.variables, traced.out_tree, self.backend, stages)
         msg = f"compiled {self.name} for ({_format_types(names, types)}) on {self.backend} " \
               f"in {(time.perf_counter() - start) * 1e3:.1f} ms: {reason}"
@@ -115,14 +147,20 @@ class CompiledFunction:
             print(f"lamina: warning: {self.name} has been compiled for "
                   f"{MAX_VARIANTS_BEFORE_WARNING} different signatures; pad or bucket input "
                   "shapes to avoid recompiling", file=sys.stderr)
-        return exe
+        return exe, tuple(traced.modes)
 
-    def _why(self, key, types) -> str:
-        """Which part of the signature differs from the nearest compiled variant."""
+    def _why(self, base, types) -> str:
+        """Which part of the signature (or which module's mode) differs from the nearest
+        compiled variant."""
         if not self.variants:
             return "first call"
-        sig, static = key
-        for (old_sig, old_static), exe in self.variants.items():
+        if base in self._guarded:
+            modes = self._guarded[base][-1][0]
+            diffs = [f"{type(m).__name__}.training {old} -> {m.training}"
+                     for m, old in modes if m.training != old]
+            return "module mode changed (train()/eval()): " + "; ".join(diffs)
+        sig, static = base
+        for (old_sig, old_static, _), exe in self.variants.items():
             if old_static != static:
                 return f"static arguments changed: {old_static} -> {static}"
             if len(old_sig) != len(sig):
@@ -229,7 +267,8 @@ class CompiledFunction:
         from lamina.ir.variable import Variable
 
         exe = self.lower(*args)
-        program = get_backend(self.backend).compile(exe.graph, profile=True)
+        with _backend_lock:
+            program = get_backend(self.backend).compile(exe.graph, profile=True)
         scratch = {k: Variable(v.numpy(), k) for k, v in exe.variables.items()}
         probe = Executable(exe.graph, program, scratch, exe.out_tree, self.backend)
         dyn = self._dynamic(args)
@@ -241,20 +280,36 @@ class CompiledFunction:
                              f"profile of {self.name} over {repeat} call(s)")
 
     def save(self, path: str) -> None:
-        """Write every compiled variant, with its state, to one artifact file."""
+        """Write the compiled variants, with their state, to one artifact file.
+
+        One variant per signature: where the function was compiled for several module modes
+        (train and eval), the one for the modules' current modes (``model.eval()`` before
+        saving ships inference), else the most recent.
+        """
         from lamina import __version__
 
-        artifact.save(path, self.name, self.backend, list(self.variants.values()), __version__)
+        with self._lock:
+            chosen = [_fitting(group) or group[-1][1] for group in self._guarded.values()]
+        artifact.save(path, self.name, self.backend, chosen, __version__)
 
     def __repr__(self) -> str:
         return f"<lamina compiled function {self.name} [{self.backend}], " \
                f"{len(self.variants)} variant(s)>"
 
 
+def _fitting(group) -> Executable | None:
+    """The variant of ``group`` ([(modes, variant)]) whose modules still have the modes its
+    trace saw; None if none."""
+    for modes, exe in group:
+        if all(m.training == mode for m, mode in modes):
+            return exe
+    return None
+
+
 def _quick_key(a):
-    """What decides a variant, cheaply: an array's shape and dtype, a number's type, a static
-    argument's value (hashable)."""
-    if isinstance(a, np.ndarray):
+    """What decides a variant, cheaply: an array's (or numpy scalar's) shape and dtype, a
+    Python number's type, a static argument's value (hashable)."""
+    if isinstance(a, (np.ndarray, np.generic)):  # before float: np.float64 is a float
         return (a.shape, a.dtype.char)
     if isinstance(a, (bool, int, float)):
         return type(a)

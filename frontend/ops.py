@@ -6,13 +6,15 @@ the reference interpreter (slow; meant for poking at a model, not for training).
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 
 from lamina.frontend.trace import current, user_loc
 from lamina.ir import dtypes as dt
 from lamina.ir.builder import Builder, Var
 from lamina.ir.builder import matmul as _matmul
-from lamina.ir.errors import LaminaError, TraceError
+from lamina.ir.errors import LaminaError, ShapeError, TraceError
 from lamina.ir.interpret import interpret
 from lamina.ir.types import TensorType, normalize_axes, normalize_axis
 from lamina.ir.variable import Variable
@@ -330,13 +332,32 @@ def one_hot(labels, num_classes: int, dtype=dt.float32):
 # --- creation ---------------------------------------------------------------------------------
 
 
+def _creation_shape(shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints, or a ShapeError naming it (a float or negative dimension)."""
+    try:
+        dims = (operator.index(shape),)
+    except TypeError:
+        try:
+            dims = tuple(operator.index(d) for d in shape)
+        except TypeError:
+            raise ShapeError(f"shape {shape!r} must be an int or a sequence of ints",
+                             user_loc()) from None
+    if any(d < 0 for d in dims):
+        raise ShapeError(f"negative dimension in shape {dims}", user_loc())
+    return dims
+
+
 def full(shape, value, dtype=None):
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    shape = _creation_shape(shape)
     d = dt.dtype(dtype) if dtype is not None else (
         dt.DEFAULT_FLOAT if isinstance(value, float) else
         dt.bool_ if isinstance(value, bool) else dt.DEFAULT_INT)
     ctx = current()
     if ctx is None:
+        try:
+            TensorType(shape, d)  # a shape no machine can hold: refused, naming it
+        except ShapeError as e:
+            raise e.at(user_loc()) from None
         return np.full(shape, value, d.np)
     return ctx.builder.var(ctx.builder.constant(value, d, shape))
 

@@ -2,20 +2,29 @@
 
 The active ``TraceContext`` owns the Builder, turns Variables (parameters, optimizer slots) into
 graph state on first use, collects state updates, and stamps every node with the user's line.
+
+It also records what the trace depended on besides the arguments' types, so that the compile
+driver can tell when a compiled variant no longer fits: the train/eval mode of every module whose
+``training`` flag the function read (``note_mode``; ``mode_epoch`` changes whenever any module's
+mode does). And it notices the one dtype promotion that users almost never mean: an argument of a
+wider float type meeting a parameter (a float64 batch into a float32 model turns the whole model
+float64); ``trace_function`` warns once per trace (``PromotionWarning``).
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import os
 import re
 import sys
 import threading
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 from lamina.ir.builder import Builder
-from lamina.ir.errors import SourceLoc, TraceError
-from lamina.ir.graph import Graph, Param, Value
+from lamina.ir.errors import PromotionWarning, SourceLoc, TraceError
+from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.tree import flatten
 from lamina.ir.types import type_of
 from lamina.ir.variable import Variable
@@ -57,6 +66,29 @@ def current() -> TraceContext | None:
     return stack[-1] if stack else None
 
 
+# --- module modes ------------------------------------------------------------------------------
+
+# A fresh number whenever some module's mode changes (``mode_changed``). A compiled function
+# remembers the number its variant cache was filled under; a different one makes it check the
+# modes its variants' traces read again. A list so that importers see the current value.
+mode_epoch = [0]
+_epochs = itertools.count(1)
+
+
+def mode_changed() -> None:
+    """Call after changing a module's ``training`` flag (after, so that whoever sees the new
+    number also sees the new mode). Each change stores a number never stored before."""
+    mode_epoch[0] = next(_epochs)
+
+
+def note_mode(module, mode: bool) -> None:
+    """Record, in every active trace, that it read ``module``'s mode (and saw ``mode``)."""
+    stack = getattr(_local, "stack", None)
+    if stack:
+        for ctx in stack:
+            ctx.modes.setdefault(id(module), (module, mode))
+
+
 def require_trace(what: str) -> TraceContext:
     ctx = current()
     if ctx is None:
@@ -75,13 +107,49 @@ def sanitize(name: str) -> str:
     return name if not (name[0].isdigit() or name[0] == ".") else "_" + name
 
 
+@dataclass
+class Widening:
+    """Where an argument of a wider float type first met a narrower parameter."""
+
+    argument: Param  # the graph input the wide operand derives from
+    state: Param  # the state (parameter) the narrow operand derives from
+    kind: str  # "parameter" or "state" (an optimizer slot, a buffer)
+    result: str  # the dtype the op computed in
+    loc: SourceLoc | None
+
+    def message(self) -> str:
+        a, s = self.argument, self.state
+        where = f" at {self.loc.short}" if self.loc is not None else ""
+        return (f"argument {a.name!r} ({a.dtype.name}) meets {self.kind} {s.name!r} "
+                f"({s.dtype.name}){where}: the result is {self.result}, and so is everything "
+                f"computed from it; pass {a.name}.astype(np.{s.dtype.name}) to compute in "
+                f"{s.dtype.name} (or give the model {self.result} parameters)")
+
+
+class _TraceBuilder(Builder):
+    """The Builder of a trace. Besides building, it watches ``call`` (where numpy's promotion
+    happens) for a cast that widens a parameter to an argument's wider float type."""
+
+    def __init__(self, name: str, ctx: TraceContext, var_class):
+        super().__init__(name, var_class=var_class)
+        self.ctx = ctx
+
+    def call(self, op: str, *args, **attrs):
+        start = len(self.nodes)
+        out = super().call(op, *args, **attrs)
+        # Promotion adds cast nodes before the op's own: only then is there anything to check.
+        if len(self.nodes) - start > 1 and self.ctx.widening is None:
+            self.ctx.check_widening(self.nodes[start:], out.value)
+        return out
+
+
 class TraceContext:
     """Everything recorded while tracing one function."""
 
     def __init__(self, name: str):
         from lamina.frontend.tensor import Tensor
 
-        self.builder = Builder(sanitize(name), var_class=Tensor)
+        self.builder = _TraceBuilder(sanitize(name), self, Tensor)
         self.builder.loc_provider = user_loc
         self.builder.lift_hook = self._lift
         self.state_of: dict[int, Param] = {}  # id(Variable) -> its state parameter
@@ -90,6 +158,9 @@ class TraceContext:
         self.used_names: set[str] = set()
         self.streams = 0  # random streams handed out so far
         self.finalizers: list = []  # run before the graph is built (e.g. the RNG counter step)
+        self.modes: dict[int, tuple] = {}  # id(module) -> (module, the mode the trace saw)
+        self.widening: Widening | None = None  # the first argument-widens-parameter promotion
+        self._origins: dict[tuple, dict] = {}  # (kind, dtype) -> {value: Param or None}
 
     def unique(self, name: str) -> str:
         base = name = sanitize(name)
@@ -125,6 +196,51 @@ class TraceContext:
         if p.name in self.updates:
             raise TraceError(f"{var.name} is updated twice in one traced call", user_loc())
         self.updates[p.name] = v.value
+
+    def check_widening(self, new_nodes, result) -> None:
+        """Record a promotion in ``result`` (just emitted, after ``new_nodes``' casts) where a
+        value derived from narrower float state was cast up to meet a value derived from an
+        argument of the wider type."""
+        if not isinstance(result, Node):
+            return
+        for cast in new_nodes:
+            if cast is result or cast.op != "cast" or not any(v is cast for v in result.inputs):
+                continue
+            src = cast.inputs[0]
+            if not (src.dtype.is_float and cast.dtype.is_float
+                    and cast.dtype.itemsize > src.dtype.itemsize):
+                continue
+            state = self._origin(src, "state", src.dtype)
+            if state is None:
+                continue
+            for other in result.inputs:
+                arg = self._origin(other, "input", cast.dtype) if other is not cast else None
+                if arg is not None:
+                    var = self.variables.get(state.name)
+                    kind = "parameter" if type(var).__name__ == "Parameter" else "state"
+                    self.widening = Widening(arg, state, kind, cast.dtype.name, result.loc)
+                    return
+
+    def _origin(self, value, kind: str, dtype) -> Param | None:
+        """A graph parameter of ``kind`` and ``dtype`` that ``value`` is computed from (None if
+        none); memoized, so that all questions of one trace cost one walk of the graph."""
+        memo = self._origins.setdefault((kind, dtype), {})
+        stack = [value]
+        while stack:
+            v = stack[-1]
+            if v in memo:
+                stack.pop()
+            elif isinstance(v, Param):
+                memo[v] = v if v.kind == kind and v.dtype is dtype else None
+                stack.pop()
+            else:
+                pending = [i for i in v.inputs if i not in memo]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                memo[v] = next((memo[i] for i in v.inputs if memo[i] is not None), None)
+                stack.pop()
+        return memo[value]
 
     def next_stream(self) -> int:
         self.streams += 1
@@ -171,6 +287,8 @@ def function_name(fn) -> str:
 class TraceResult:
     graph: Graph
     out_tree: list  # the output structure (ir.tree); leaves are graph outputs
+    # (module, mode) for every module whose train/eval mode the function read
+    modes: list[tuple] = field(default_factory=list)
 
 
 def trace_function(fn, args, name: str | None = None,
@@ -196,7 +314,18 @@ def trace_function(fn, args, name: str | None = None,
                                  user_loc())
             values.append(ctx.builder.lift(leaf))
     graph = ctx.builder.build(values, ctx.updates, ctx.variables)
-    return TraceResult(graph, tree)
+    if ctx.widening is not None:
+        _warn(ctx.widening)
+    return TraceResult(graph, tree, list(ctx.modes.values()))
+
+
+def _warn(w: Widening) -> None:
+    """A PromotionWarning pointing at the user's line where the promotion happened."""
+    if w.loc is None:
+        warnings.warn(w.message(), PromotionWarning, stacklevel=3)
+        return
+    module = os.path.splitext(os.path.basename(w.loc.file))[0]
+    warnings.warn_explicit(w.message(), PromotionWarning, w.loc.file, w.loc.line, module)
 
 
 def trace(fn, *args, name: str | None = None) -> Graph:

@@ -95,3 +95,17 @@ class SignatureError(LaminaError, TypeError):
 
 class ArtifactError(LaminaError):
     """A saved artifact that is corrupt, from another version, or for another target."""
+
+
+class ConfigError(LaminaError, ValueError):
+    """A ``LAMINA_*`` environment variable (or a ``config`` flag) with a value lamina cannot
+    use; the message names the variable and the values it accepts."""
+
+
+class LaminaWarning(UserWarning):
+    """Base of lamina's warnings (filter them with ``warnings.simplefilter(..., LaminaWarning)``)."""
+
+
+class PromotionWarning(LaminaWarning):
+    """numpy's dtype promotion widened a computation the user probably meant to keep narrow: an
+    argument of a wider float type (float64) met a parameter of a narrower one (float32)."""

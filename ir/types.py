@@ -24,11 +24,18 @@ class TensorType:
 
     def __init__(self, shape, dtype="f32"):
         shape = tuple(int(d) for d in shape)
+        n = 1
         for d in shape:
             if d < 0:
                 raise ShapeError(f"negative dimension in shape {shape}")
+            n *= d
         self.shape = shape
         self.dtype = dt.dtype(dtype)
+        # numpy's limit too (sizes are signed 64-bit); the first test keeps the common case cheap
+        if n > _INT64_MAX // 8 and n * self.dtype.itemsize > _INT64_MAX:
+            raise ShapeError(f"shape {shape} is too large: {n} elements of "
+                             f"{self.dtype.name} need {n * self.dtype.itemsize} bytes, more "
+                             f"than a 64-bit machine can address ({_INT64_MAX})")
 
     @property
     def ndim(self) -> int:
@@ -62,6 +69,9 @@ class TensorType:
         return f"{self.dtype.short}[{','.join(map(str, self.shape))}]"
 
     __repr__ = __str__
+
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
 def row_major_strides(shape) -> tuple[int, ...]:
@@ -117,23 +127,36 @@ def normalize_axes(axis, ndim: int) -> tuple[int, ...]:
 
 
 def type_of(x, what: str = "argument") -> TensorType:
-    """The TensorType of a call argument: an array, a Python number (float -> f32, int -> i64,
-    as a 0-d tensor), an object with a ``.type`` (a Variable) or a TensorType used as a spec."""
+    """The TensorType of a call argument: an array, a numpy scalar (its own dtype, like a 0-d
+    array), a Python number ("weak", as in numpy: float -> f32, int -> i64, bool -> bool, as a
+    0-d tensor), an object with a ``.type`` (a Variable) or a TensorType used as a spec.
+
+    An array in non-native byte order (``>f4`` on a little-endian machine) has the type of its
+    values (``f32``); the runtime converts it when it is passed.
+
+    >>> type_of(np.float64(2.5)), type_of(2.5), type_of(np.ones(3, ">f4"))
+    (f64[], f32[], f32[3])
+    """
     if isinstance(x, TensorType):
         return x
     if isinstance(getattr(x, "type", None), TensorType):
         return x.type
-    if isinstance(x, (bool, np.bool_)):
+    if isinstance(x, (np.ndarray, np.generic)):  # before float: np.float64 is a float
+        npd = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+        try:
+            return TensorType(x.shape, dt.dtype(npd))
+        except LaminaError as e:
+            raise SignatureError(f"{what}: {e.message}") from None
+    if isinstance(x, bool):
         return TensorType((), dt.bool_)
     if isinstance(x, int):
+        if not _INT64_MIN <= x <= _INT64_MAX:
+            raise SignatureError(f"{what} is {x}, which does not fit int64 (lamina's integer "
+                                 f"type: {_INT64_MIN} to {_INT64_MAX}); pass it as a float or "
+                                 "reduce it")
         return TensorType((), dt.DEFAULT_INT)
     if isinstance(x, float):
         return TensorType((), dt.DEFAULT_FLOAT)
-    if isinstance(x, (np.ndarray, np.generic)):
-        try:
-            return TensorType(x.shape, dt.dtype(x.dtype))
-        except LaminaError as e:
-            raise SignatureError(f"{what}: {e.message}") from None
     if isinstance(x, (list, tuple)):
         raise SignatureError(f"{what} is a {type(x).__name__}; pass a numpy array "
                              "(np.asarray(...)) for tensor arguments")

@@ -3,6 +3,10 @@
 Parameter names are attribute paths (``fc1.w``, ``layers.0.b``), given when a parameter or a
 sub-module is assigned to a module attribute, so the IR, ``state_dict()`` and artifacts all use
 the same names. A subclass does not need to call ``super().__init__()``.
+
+``training`` (set by ``train()``/``eval()``) is read while tracing, e.g. by ``Dropout``: a traced
+function records which modules' modes it read, and a compiled function compiles (or reuses) the
+variant for the modes those modules have at each call.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from collections import OrderedDict
 import numpy as np
 
 from lamina.frontend.parameter import Parameter
+from lamina.frontend.trace import mode_changed, note_mode
 from lamina.ir.errors import LaminaError
 
 
@@ -41,7 +46,20 @@ class Module:
     ['fc1.w', 'fc1.b', 'fc2.w', 'fc2.b']
     """
 
-    training: bool = True
+    @property
+    def training(self) -> bool:
+        """True in training mode (the default), False after ``eval()``. Reading it inside a
+        trace makes the mode part of what the compiled variant depends on."""
+        mode = self.__dict__.get("_training", True)
+        note_mode(self, mode)
+        return mode
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        mode = bool(mode)
+        if self.__dict__.get("_training", True) != mode:
+            self.__dict__["_training"] = mode
+            mode_changed()  # only on a change: model.train() in every step costs nothing
 
     def __setattr__(self, name: str, value) -> None:
         if not name.startswith("_"):

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lamina.ir import config
-from lamina.ir.errors import LaminaError, VerifyError
+from lamina.ir.errors import ConfigError, LaminaError, VerifyError
 from lamina.ir.graph import Graph
 from lamina.ir.parser import parse
 from lamina.ir.printer import print_graph
@@ -74,6 +74,9 @@ class PassManager:
         self.dump_dir: str | None = None  # set by run() when LAMINA_DUMP is on
 
     def run(self, graph: Graph, first_stage: str = "traced") -> tuple[Graph, list[Stage]]:
+        if config.print_after.strip():
+            _check_print_after(config.print_after, [first_stage] +
+                               [pass_name(p) for p in self.passes])
         stages = [Stage(first_stage, graph)]
         dump_dir = self.dump_dir = _dump_dir(graph.name) if config.dump else None
         self._after(stages[0], 0, dump_dir)
@@ -124,24 +127,60 @@ class PassManager:
 
 
 def _wants_print(name: str) -> bool:
+    """Whether ``LAMINA_PRINT_AFTER`` names this stage: ``simplify`` names every run of
+    simplify, ``simplify.2`` only the second."""
     spec = config.print_after.strip()
     if not spec:
         return False
-    return spec == "all" or name in {s.strip() for s in spec.split(",")}
+    wanted = {s.strip() for s in spec.split(",")}
+    return spec == "all" or name in wanted or name.split(".")[0] in wanted
+
+
+def known_pass_names() -> list[str]:
+    """Names of lamina's own passes, in pipeline order: what ``LAMINA_PRINT_AFTER`` and
+    ``fc.ir(stage)`` accept (besides ``traced`` and the passes of a custom pipeline)."""
+    from lamina.passes.fuse import fuse_kernels  # imported here: both import this module
+    from lamina.passes.pipeline import DEFAULT
+
+    names = ["traced"]
+    for p in [*DEFAULT, fuse_kernels]:
+        if pass_name(p) not in names:
+            names.append(pass_name(p))
+    return names
+
+
+def _check_print_after(spec: str, running: list[str]) -> None:
+    """A ConfigError naming LAMINA_PRINT_AFTER when it names a pass that does not exist (a
+    misspelt name would otherwise print nothing, silently)."""
+    spec = spec.strip()
+    if spec == "all":
+        return
+    valid = known_pass_names() + [n for n in running if n not in known_pass_names()]
+    for item in (s.strip() for s in spec.split(",")):
+        base, _, nth = item.partition(".")
+        if base not in valid or (nth and not nth.isdigit()):
+            raise ConfigError(f"LAMINA_PRINT_AFTER={spec!r}: no pass named {item!r}; use "
+                              f"'all' or a comma list of: {', '.join(valid)} (a pass that "
+                              "runs again is named like simplify.2)")
 
 
 def _dump_dir(graph_name: str) -> str:
     """``$LAMINA_DUMP/<graph>.<n>``: a fresh numbered folder per compiled graph."""
     root = config.dump
-    os.makedirs(root, exist_ok=True)
-    n = 0
-    while True:
-        path = os.path.join(root, f"{graph_name}.{n}")
-        try:
-            os.mkdir(path)
-            return path
-        except FileExistsError:
-            n += 1
+    try:
+        os.makedirs(root, exist_ok=True)
+        n = 0
+        while True:
+            path = os.path.join(root, f"{graph_name}.{n}")
+            try:
+                os.mkdir(path)
+                return path
+            except FileExistsError:
+                n += 1
+    except OSError as e:
+        raise ConfigError(f"LAMINA_DUMP={root!r}: cannot create the dump folder "
+                          f"{e.filename or root!r} ({e.strerror or e}); point it at a "
+                          "writable directory") from None
 
 
 def write_atomic(path: str, data: str | bytes) -> None:

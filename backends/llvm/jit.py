@@ -18,6 +18,7 @@ import llvmlite
 import llvmlite.binding as llvm
 from llvmlite import ir
 
+from lamina.ir import config
 from lamina.ir.errors import LaminaError
 
 # Options for LLVM's code generation (part of cache keys: they change the code).
@@ -193,7 +194,7 @@ def threads() -> int:
         return 1
     raw = os.environ.get("LAMINA_NUM_THREADS", "").strip()
     if raw:
-        return max(1, int(raw))
+        return config.num_threads()  # validated: a ConfigError names the variable
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

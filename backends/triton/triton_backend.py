@@ -21,6 +21,7 @@ import sys
 from lamina.backends.triton import aot
 from lamina.backends.triton.codegen import render
 from lamina.backends.triton.spec import KernelBinary, KernelSource
+from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
 from lamina.passes.fuse import fuse_kernels
@@ -32,22 +33,14 @@ _NOTED: list[bool] = []
 
 
 def targets() -> tuple[str, ...]:
-    env = os.environ.get("LAMINA_TRITON_TARGETS")
-    if env:
-        out = tuple(t.strip() for t in env.split(",") if t.strip())
-        for t in out:
-            aot.parse_target(t)
-        return out
-    return aot.DEFAULT_TARGETS
+    return config.env_list("LAMINA_TRITON_TARGETS", aot.parse_target) or aot.DEFAULT_TARGETS
 
 
 def mode() -> str:
     """"device" with a usable CUDA driver, else "interpret"."""
-    forced = os.environ.get("LAMINA_TRITON_MODE", "").strip().lower()
-    if forced in ("device", "interpret"):
-        return forced
+    forced = config.env_choice("LAMINA_TRITON_MODE", ("device", "interpret"))
     if forced:
-        raise LaminaError(f"LAMINA_TRITON_MODE={forced!r}: use 'device' or 'interpret'")
+        return forced
     from lamina.backends.triton import cuda
 
     if cuda.available():

@@ -17,18 +17,23 @@ import os
 import sys
 
 from lamina.ir import config
+from lamina.ir.errors import ConfigError
 from lamina.passes.manager import write_atomic
 
 
 def cache_dir() -> str | None:
-    if os.environ.get("LAMINA_CACHE", "1").strip() in ("0", "false", "off", "no"):
+    if not config.cache_enabled():  # LAMINA_CACHE, checked (a ConfigError names it)
         return None
-    d = os.environ.get("LAMINA_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "lamina")
+    named = config.cache_dir()  # LAMINA_CACHE_DIR
+    d = named or os.path.join(os.path.expanduser("~"), ".cache", "lamina")
     try:
         os.makedirs(d, exist_ok=True)
-    except OSError:
-        return None
+    except OSError as e:
+        if named:  # a folder asked for by name: say why it cannot be used
+            raise ConfigError(f"LAMINA_CACHE_DIR={d!r}: cannot create the cache folder "
+                              f"({e.strerror or e}); point it at a writable directory or "
+                              "set LAMINA_CACHE=0") from None
+        return None  # the default folder: no cache, silently
     return d
 
 

@@ -38,6 +38,7 @@ from lamina.ir.ops.source import is_splat
 from lamina.ir.types import row_major_strides as strides_of
 
 REDUCTIONS = ("sum", "max", "min", "argmax")
+TILE_AXES = frozenset("rcmnk") | {"kb"}  # the axes of 2-D tiles (the flat lanes "f": 1-D)
 LOOP_BLOCK = 1024
 ROW_TILE = 4096  # elements of a row program's tile
 MAX_ONE_PASS_ROW = 8192  # longer rows loop over chunks of ROW_CHUNK
@@ -94,7 +95,8 @@ class Gen(ScalarMath):
         self.count = 0
         self.scopes: list[dict] = [{}]
         self.fixed: dict[Node, TV] = {}
-        self.linear_memo: dict[tuple, str] = {}
+        # (index expressions, shape) -> the flat index (an Ix: its tile axes too)
+        self.linear_memo: dict[tuple, Ix] = {}
         self.masks: dict[str, str] = {}  # tile axis -> mask expression
         self.helpers: set[str] = set()
         self.uses_error = False
@@ -133,6 +135,12 @@ class Gen(ScalarMath):
         parts = [self.masks[a] for a in sorted(deps) if self.masks.get(a)]
         return " & ".join(parts) if parts else None
 
+    def tile(self, v: TV, rows: int, cols: int) -> str:
+        """``v`` broadcast to a [rows, cols] tile (a value on no tile axis is one element, a
+        1-D [1]: made 1x1 first, as ``tl.broadcast_to`` keeps the rank)."""
+        e = v.e if v.deps else f"tl.reshape({v.e}, [1, 1])"
+        return self.tmp(f"tl.broadcast_to({e}, [{rows}, {cols}])")
+
     def store_mask(self, deps) -> str | None:
         m = self.mask_for(deps)
         if self.guarded:
@@ -141,12 +149,17 @@ class Gen(ScalarMath):
 
     # --- index arithmetic -------------------------------------------------------------------
 
+    def remember(self, idx, shape, flat: Ix) -> None:
+        """``flat`` is the flat index of ``idx`` into ``shape`` (on the lanes it is valid on:
+        its tile axes, which reads through ``idx`` must be masked by, come with it)."""
+        self.linear_memo[(tuple(i.e for i in idx), tuple(shape))] = flat
+
     def linear(self, idx, shape) -> Ix:
         key = (tuple(i.e for i in idx), tuple(shape))
         hit = self.linear_memo.get(key)
         deps = frozenset().union(*[i.deps for i in idx]) if idx else frozenset()
         if hit is not None:
-            return Ix(hit, deps)
+            return Ix(hit.e, hit.deps | deps)
         terms = []
         for i, s, d in zip(idx, strides_of(shape), shape):
             if d == 1 or i.e == "0":
@@ -155,7 +168,7 @@ class Gen(ScalarMath):
         if not terms:
             return Ix("0")
         e = terms[0] if len(terms) == 1 else self.tmp(" + ".join(terms), "l")
-        self.linear_memo[key] = e
+        self.linear_memo[key] = Ix(e, deps)
         return Ix(e, deps)
 
     def delinear(self, flat: Ix, shape) -> tuple[Ix, ...]:
@@ -169,7 +182,7 @@ class Gen(ScalarMath):
             e = q if first else f"{q} % {d}"
             out.append(Ix(self.tmp(e, "i") if e != flat.e else e, flat.deps))
             first = False
-        self.linear_memo[(tuple(i.e for i in out), tuple(shape))] = flat.e
+        self.remember(out, shape, flat)
         return tuple(out)
 
     @staticmethod
@@ -192,6 +205,8 @@ class Gen(ScalarMath):
 
     def store(self, ptr: str, flat: Ix, v: TV, deps=None) -> None:
         value = v.e if not v.dtype.is_bool else f"{v.e}.to(tl.int8)"
+        if not v.deps and flat.deps & TILE_AXES:
+            value = f"tl.reshape({value}, [1, 1])"  # Triton broadcasts a store within its rank
         at = ptr if flat.e == "0" else f"{ptr} + {flat.e}"
         m = self.store_mask(flat.deps if deps is None else deps)
         self.emit(f"tl.store({at}, {value}, mask={m})" if m else f"tl.store({at}, {value})")
@@ -221,6 +236,12 @@ class Gen(ScalarMath):
         n: Node = v
         fixed = self.fixed.get(n)
         if fixed is not None:
+            if n.op in REDUCTIONS and math.prod(n.shape) > 1 \
+                    and self.linear(idx, n.shape).e != "r":
+                raise LaminaError(f"the triton backend cannot read the {n.op} result of kernel "
+                                  f"@{self.name} at another row than the one it reduced (e.g. "
+                                  "a row sum read through a transpose of a square); this is a "
+                                  "fusion bug: use backend='llvm' and report it", n.loc)
             return fixed
         if n.op == "matmul" or n.op in REDUCTIONS:
             raise LaminaError(f"the triton backend cannot read the {n.op} result of kernel "
@@ -421,8 +442,8 @@ class Gen(ScalarMath):
         row_keep = [Ix("0")] * len(d)
         for k, i in zip(kept, kidx):
             row_keep[k] = i
-        self.linear_memo[(tuple(i.e for i in row_keep), tuple(kshape))] = "r"
-        self.linear_memo[(tuple(i.e for i in kidx), tuple(reduced_shape(d, axes, False)))] = "r"
+        self.remember(row_keep, kshape, rows)
+        self.remember(kidx, reduced_shape(d, axes, False), rows)
 
         def full_index(cols: Ix):
             cidx = self.delinear(cols, [d[k] for k in axes])
@@ -430,14 +451,15 @@ class Gen(ScalarMath):
             for k, i in zip(axes, cidx):
                 full[k] = i
             if list(axes) == list(range(len(d) - len(axes), len(d))):
-                self.linear_memo[(tuple(i.e for i in full), tuple(d))] = \
-                    self.tmp(f"r * {C} + {cols.e}", "l")
+                self.remember(full, d, Ix(self.tmp(f"r * {C} + {cols.e}", "l"),
+                                          frozenset({"r", "c"})))
             return tuple(full)
 
         def columns(start: str | None) -> Ix:
             base = f"tl.arange(0, {bc}){it}[None, :]"
             c = self.tmp(f"{start} + {base}" if start else base, "c")
-            self.masks["c"] = f"({c} < {C})" if (C % bc or not one_pass) else ""
+            # (no columns at all: a sum over an empty axis is its identity, 0)
+            self.masks["c"] = f"({c} < {C})" if (C % bc or not one_pass or not C) else ""
             return Ix(c, frozenset({"c"}))
 
         if one_pass:
@@ -472,11 +494,12 @@ class Gen(ScalarMath):
         warps = 8 if br * bc >= 4096 else 4 if br * bc >= 1024 else 2
         return (_cdiv(R, br), 1, 1), warps
 
-    def reduce_input(self, red: Node, full) -> str:
-        x = red.inputs[0]
-        v = self.value(x, full)
+    def reduce_input(self, red: Node, full, br: int, bc: int) -> str:
+        """The reduced operand at ``full`` as a [br, bc] tile of the accumulator's type."""
+        v = self.value(red.inputs[0], full)
         acc_t = self.acc_dtype(red)
-        return v.e if v.dtype is acc_t else self.cast(v.e, v.dtype, acc_t)
+        x = self.tile(v, br, bc)
+        return x if v.dtype is acc_t else self.tmp(self.cast(x, v.dtype, acc_t))
 
     @staticmethod
     def acc_dtype(red: Node) -> dt.DType:
@@ -500,7 +523,7 @@ class Gen(ScalarMath):
 
     def reduce_one_pass(self, red: Node, full, bc: int, br: int) -> None:
         t = tl_type(self.acc_dtype(red))
-        x = self.tmp(f"tl.broadcast_to({self.reduce_input(red, full)}, [{br}, {bc}])")
+        x = self.reduce_input(red, full, br, bc)
         m = self.mask_for({"r", "c"})
         ident = f"tl.full([], {self.identity(red)}, {t})"
         if m:
@@ -521,7 +544,7 @@ class Gen(ScalarMath):
         self.push()
         cols = columns("c0")
         full = full_index(cols)
-        x = self.tmp(f"tl.broadcast_to({self.reduce_input(red, full)}, [{br}, {bc}])")
+        x = self.reduce_input(red, full, br, bc)
         m = self.mask_for({"r", "c"})
         if m:
             x = self.tmp(f"tl.where({m}, {x}, tl.full([], {self.identity(red)}, {t}))")
@@ -601,8 +624,13 @@ class Gen(ScalarMath):
         self.masks["kb"] = f"(rk[:, None] < {K})" if K % bk else ""
         av = self.value(a, self.bidx(a.shape[:-2], batch, bidx) + (m_ix, ka))
         bv = self.value(b, self.bidx(b.shape[:-2], batch, bidx) + (kb, n_ix))
-        ae = self.tmp(f"tl.broadcast_to({av.e}, [{bm}, {bk}])")
-        be = self.tmp(f"tl.broadcast_to({bv.e}, [{bk}, {bn}])")
+        ae, be = self.tile(av, bm, bk), self.tile(bv, bk, bn)
+        # lanes past K add nothing: masked loads read zeros there, but an operand that does
+        # not vary along K (a K of 1, a broadcast, a constant) has its value in every lane
+        if self.masks["k"] and "k" not in av.deps:
+            ae = self.tmp(f"tl.where({self.masks['k']}, {ae}, 0)")
+        if self.masks["kb"] and "kb" not in bv.deps:
+            be = self.tmp(f"tl.where({self.masks['kb']}, {be}, 0)")
         if d.is_float:
             prec = "tf32" if (d is dt.float32 and ALLOW_TF32) else "ieee"
             out = ", out_dtype=tl.float64" if d is dt.float64 else ""

@@ -71,6 +71,10 @@ class InterpretProgram:
         self.functions = {s.name: aot.load_function(s, interpret=True)
                           for _, src in sources for s in [*src.prologue, src]}
         self.arena = np.zeros(max(plan.arena_bytes, 1), np.uint8)
+        # one torch tensor over the whole arena, its values views of it: the interpreter
+        # copies each argument's storage in and out of a launch, keyed by its address, so
+        # values must not be separate storages that start at one address
+        self.arena_t = self.torch.from_numpy(self.arena)
         self.literals = {n: np.asarray(
             constant_array(n.attrs["value"], n.dtype, n.shape), order="C") for n in plan.schedule
             if n.op == "constant"}
@@ -81,7 +85,7 @@ class InterpretProgram:
         """The bytes of top-level value ``v`` (a numpy uint8 view)."""
         loc = self.plan.location[v]
         if loc.kind == "arena":
-            return self.arena[loc.offset:loc.offset + max(loc.nbytes, 1)]
+            return self.arena[loc.offset:loc.offset + loc.nbytes]
         if loc.kind == "literal":
             arr = self.literals[v]
         elif loc.kind == "input":
@@ -92,12 +96,20 @@ class InterpretProgram:
             arr = outs[loc.index]
         return arr.reshape(-1).view(np.uint8)
 
-    def _tensor(self, raw: np.ndarray, d: dt.DType):
-        t = self.torch.from_numpy(raw) if raw.size else self.torch.zeros(8, dtype=self.torch.uint8)
-        return t.view(_torch_dtype(self.torch, d))
+    def _tensor(self, v, inputs, state, outs):
+        """Top-level value ``v`` as the torch tensor a kernel's pointer argument takes."""
+        d = _torch_dtype(self.torch, v.dtype)
+        loc = self.plan.location[v]
+        if not v.type.nbytes:  # nothing is read or written: any valid address will do
+            return self.torch.zeros(8, dtype=self.torch.uint8).view(d)
+        if loc.kind == "arena":
+            return self.arena_t[loc.offset:loc.offset + loc.nbytes].view(d)
+        return self.torch.from_numpy(self._bytes(v, inputs, state, outs)).view(d)
 
     def __call__(self, inputs, state):
-        inputs = [np.asarray(a, order="C") for a in inputs]
+        # own copies: inputs may view one buffer (``a`` and ``a.T[:, :1]``), and the
+        # interpreter takes two storages at one address for one (see arena_t)
+        inputs = [np.array(a, order="C") for a in inputs]
         outs: list = [None] * len(self.graph.outputs)
         for k, v in enumerate(self.graph.outputs):
             loc = self.plan.location.get(v)
@@ -116,11 +128,9 @@ class InterpretProgram:
                 args = []
                 for ref in s.args:
                     if ref[0] == "operand":
-                        v = node.inputs[ref[1]]
-                        args.append(self._tensor(self._bytes(v, inputs, state, outs), v.dtype))
+                        args.append(self._tensor(node.inputs[ref[1]], inputs, state, outs))
                     elif ref[0] == "output":
-                        args.append(self._tensor(self._bytes(node, inputs, state, outs),
-                                                 node.dtype))
+                        args.append(self._tensor(node, inputs, state, outs))
                     elif ref[0] == "error":
                         args.append(err)
                     else:

@@ -181,10 +181,15 @@ class ScalarMath:
         return f"tl.full([], {value!r}, tl.float64)" if d is dt.float64 else repr(value)
 
     def softplus(self, x: str, d: dt.DType) -> str:
-        # log(1 + e^x) = max(x, 0) + log1p(e^-|x|); log1p(z) ~ z - z^2/2 for tiny z
+        """log(1 + e^x) = max(x, 0) + log1p(e^-|x|). Triton has no log1p: with u = 1 + z
+        rounded, log1p(z) = log(u) * z / (u - 1) to a few ulp (Goldberg; u - 1 is exact),
+        where log(1 + z) alone loses all but the first digits of a z that is small against 1
+        (8,000 ulp of float32 at |x| = 9)."""
+        one = self.f(d, 1.0)
         z = self.tmp(f"tl.exp(-tl.abs({x}))")
-        lg = self.tmp(f"tl.where({z} < {self.f(d, 1e-4)}, {z} - {z} * {z} * {self.f(d, 0.5)}, "
-                      f"tl.log({self.f(d, 1.0)} + {z}))")
+        u = self.tmp(f"{one} + {z}")
+        lg = self.tmp(f"tl.where({u} == {one}, {z}, tl.log({u}) * "
+                      f"{self.div(z, f'{u} - {one}', d)})")
         return f"tl.maximum({x}, {self.f(d, 0.0)}) + {lg}"
 
     def tanh(self, x: str, d: dt.DType) -> str:

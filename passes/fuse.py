@@ -10,7 +10,11 @@ a cheap index operation (broadcast, reshape, transpose, ...). What a group may h
             joins only if cheap: a broadcast would repeat its work)
     reduce  reductions over the same axes of the same shape, with their producers and the
             consumers of their results: several reductions (softmax: max, then sum) and
-            full-shape consumers need the reduced axes to be the trailing ones (a row program)
+            full-shape consumers need the reduced axes to be the trailing ones (a row program).
+            The kernel computes one row at a time and keeps only that row's reduced values, so
+            every member must read them at the row being computed (``row_misread``): shapes
+            alone cannot tell (the transpose of a square, numpy's trailing broadcast of a
+            keepdims=False result, a gather keep them)
     gemm    one matmul, the transposes/reshapes of its operands (strided views, no copy) and an
             elementwise epilogue over its result (bias, activation, residual, optimizer update)
     opaque  scatter_add, alone
@@ -142,7 +146,7 @@ class Fuser:
         if G.kind == "reduce":
             d, _ = G.reduce
             if p.shape == d or G.row_class(p.shape) or G.row_reshape(p):
-                return True
+                return self.rows_aligned(G, p, G.reduce)
             return self.decline(p, f"its shape {list(p.shape)} fits neither the rows of "
                                    f"{list(d)} nor their reduced shape")
         if (_size(p.shape) < _size(G.domain) and p.op not in CHEAP
@@ -162,7 +166,7 @@ class Fuser:
                                        f"axes {list(G.reduce[1])} of {list(G.reduce[0])}")
             if not _trailing(d, axes):
                 return self.decline(p, "two reductions in one kernel need the reduced axes last")
-            return True
+            return self.rows_aligned(G, p, G.reduce)
         # a loop group becoming a reduce group: every member must fit the rows
         red = (d, axes)
         full = [m for m in G.members if m.shape == d and m.op not in CHEAP]
@@ -174,8 +178,20 @@ class Fuser:
         if full and not _trailing(d, axes):
             return self.decline(p, "a full-shape consumer of a reduction over leading axes "
                                    "needs the result before the reduction is done")
+        if not self.rows_aligned(G, p, red):
+            return False
         G.kind, G.reduce = "reduce", (d, axes)
         return True
+
+    def rows_aligned(self, G: Group, p: Node, red: tuple) -> bool:
+        """With ``p``, does every member of the reduce kernel read reduced values at the row
+        being computed (``row_misread``)?"""
+        bad = row_misread(G.members | {p}, G.root, *red)
+        if bad is None:
+            return True
+        return self.decline(p, f"the kernel would read the {bad.op} of another row than the one "
+                               "it computes (through a transpose, gather, slice or trailing "
+                               "broadcast of the reduced values)")
 
     def take_matmul(self, G: Group, p: Node) -> bool:
         if G.kind != "loop":
@@ -191,7 +207,16 @@ class Fuser:
                 continue
             if get_op(m.op).kind != "elementwise" or m.shape != G.domain:
                 return self.decline(p, f"{m.op} after it is not an elementwise epilogue")
+        # An operand the epilogue computes too is already a member: the GEMM can take it only
+        # as a strided view of a buffer (a transpose of an input, not a slice or a constant).
+        chains = [_member_cone(x, G.members) for x in p.inputs if x in G.members]
+        for chain in chains:
+            bad = next((v for v in chain if not self.is_view(v)), None)
+            if bad is not None:
+                return self.decline(p, f"its operand is also read by the epilogue, through a "
+                                       f"{bad.op} the GEMM cannot read as a strided view")
         G.kind, G.matmul = "gemm", p
+        G.operand_side.update(v for chain in chains for v in chain)
         return True
 
     def row_clonable(self, G: Group, p: Node) -> bool:
@@ -227,6 +252,8 @@ class Fuser:
                     if not isinstance(p, Node) or p in G.members:
                         continue
                     if p.op == "constant" and is_splat(p):
+                        if G.kind == "gemm" and (m is G.matmul or m in G.operand_side):
+                            continue  # a GEMM reads operands from memory: a literal then
                         G.members.add(p)
                         G.clones.add(p)
                         continue
@@ -317,6 +344,127 @@ class Fuser:
         return eliminate_dead_code(out)
 
 
+# --- the row a member of a reduce kernel is evaluated at ---------------------------------------
+#
+# A reduce kernel runs over the reduction's input shape ``d``: per row (the kept axes fixed) it
+# sweeps the reduced axes, then evaluates its result. Every member is evaluated at an index
+# derived from the root's through the ops in between. An index map says, per axis of a member,
+# which axis of ``d`` that index equals: an int, ``None`` (a size-1 axis: always 0) or OTHER (a
+# shifted, gathered or flattened index). A reduction's value is the current row's only, so it
+# must be read with its own canonical map; everything else reads memory and may be read anywhere.
+
+OTHER = -1
+
+
+def _norm(m, shape) -> tuple:
+    return tuple(None if s == 1 else a for a, s in zip(m, shape))
+
+
+def row_map(shape, d, axes) -> tuple | None:
+    """The index map of a per-row value of ``shape`` (full, keepdims or reduced) evaluated at
+    its own row, or None for another shape."""
+    shape, d = tuple(shape), tuple(d)
+    if shape == d:
+        return _norm(range(len(d)), shape)
+    if shape == keep_shape(d, axes):
+        return _norm([None if k in axes else k for k in range(len(d))], shape)
+    if shape == reduced_shape(d, axes, False):
+        return _norm([k for k in range(len(d)) if k not in axes], shape)
+    return None
+
+
+def _root_maps(root: Node, d, axes) -> list[tuple[Value, tuple]] | None:
+    m = row_map(root.shape, d, axes)
+    if m is not None:
+        return [(root, m)]
+    if root.op == "reshape" and _size(root.shape) == _size(reduced_shape(d, axes, False)):
+        # stored through the flat index of the reduced shape (kernels._row_index)
+        x = root.inputs[0]
+        mx = row_map(x.shape, d, axes)
+        return [(x, mx)] if mx is not None else None
+    return None
+
+
+def _input_maps(n: Node, m: tuple) -> list[tuple]:
+    """The index maps ``n``'s inputs are evaluated at when ``n`` is evaluated at map ``m`` (as
+    the code generators' index transformations do)."""
+    op, a = n.op, n.attrs
+
+    def other(v):
+        return (OTHER,) * len(v.shape)
+
+    if op in ("broadcast", "cast") or get_op(op).kind == "elementwise":
+        out = []
+        for x in n.inputs:  # numpy broadcasting: trailing axes line up
+            lead = len(n.shape) - len(x.shape)
+            out.append(tuple(None if s == 1 else m[lead + j] for j, s in enumerate(x.shape)))
+        return out
+    if op == "transpose":
+        src = [OTHER] * len(a["perm"])
+        for i, k in enumerate(a["perm"]):
+            src[k] = m[i]
+        return [tuple(src)]
+    if op == "reshape":
+        x = n.inputs[0]
+        if [s for s in x.shape if s != 1] == [s for s in n.shape if s != 1]:
+            kept = iter(k for k, s in zip(m, n.shape) if s != 1)
+            return [tuple(None if s == 1 else next(kept) for s in x.shape)]
+        return [other(x)]
+    if op == "slice":
+        return [tuple(k if start == 0 and step == 1 else OTHER
+                      for k, start, step in zip(m, a["start"], a["step"]))]
+    if op == "pad":
+        return [tuple(k if lo == 0 and inner == 0 else OTHER
+                      for k, lo, inner in zip(m, a["lo"], a["interior"]))] + [
+            other(x) for x in n.inputs[1:]]
+    if op == "concatenate":  # later pieces are read at a shifted position along the axis
+        ax = a["axis"]
+        return [m if i == 0 else m[:ax] + (OTHER,) + m[ax + 1:] for i in range(len(n.inputs))]
+    if op == "take":
+        x, idx = n.inputs
+        ax, k = a["axis"], len(idx.shape)
+        return [m[:ax] + (OTHER,) + m[ax + k:], m[ax:ax + k]]
+    return [other(x) for x in n.inputs]
+
+
+def row_maps(members, root: Node, d, axes) -> dict[Value, set[tuple]] | None:
+    """Every index map each member (and region input) of a reduce kernel over ``d`` (reducing
+    ``axes``) is evaluated at, following the root's; None if the root is not per-row."""
+    start = _root_maps(root, d, axes)
+    if start is None:
+        return None
+    full = tuple(range(len(d)))
+    seen: dict[Value, set[tuple]] = {}
+    todo = [(v, _norm(m, v.shape)) for v, m in start]
+    while todo:
+        v, m = todo.pop()
+        if m in seen.setdefault(v, set()):
+            continue
+        seen[v].add(m)
+        if not isinstance(v, Node) or v not in members:
+            continue
+        if v.op in REDUCTIONS:  # its input is swept over the row: the full index
+            x = v.inputs[0]
+            todo.append((x, _norm(full, x.shape)))
+            continue
+        for x, mx in zip(v.inputs, _input_maps(v, m)):
+            todo.append((x, _norm(mx, x.shape)))
+    return seen
+
+
+def row_misread(members, root: Node, d, axes) -> Node | None:
+    """A reduction of the kernel read at another row than the one computed (its value there is
+    not known yet, or no longer), or the root when it is not per-row; None when all is well."""
+    maps = row_maps(members, root, d, axes)
+    if maps is None:
+        return root
+    for v, ms in maps.items():
+        if isinstance(v, Node) and v.op in REDUCTIONS and v in members:
+            if ms != {row_map(v.shape, d, axes)}:
+                return v
+    return None
+
+
 def _reads(m: Node, p: Node, members: set[Node]) -> bool:
     """Does ``m`` read ``p``, directly or through other ``members``?"""
     todo, seen = list(m.inputs), set()
@@ -328,6 +476,17 @@ def _reads(m: Node, p: Node, members: set[Node]) -> bool:
             seen.add(v)
             todo.extend(v.inputs)
     return False
+
+
+def _member_cone(v: Node, members: set[Node]) -> list[Node]:
+    """``v`` and the members it is computed from, through members only."""
+    out, todo = [], [v]
+    while todo:
+        n = todo.pop()
+        if isinstance(n, Node) and n in members and n not in out:
+            out.append(n)
+            todo.extend(n.inputs)
+    return out
 
 
 def _contiguous_reshape(n: Node) -> bool:

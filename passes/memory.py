@@ -153,9 +153,10 @@ def _row_shapes(region: Graph) -> set:
 def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
     """Plan the storage of a fused graph (top level: kernel and constant nodes).
 
-    ``scratch_need(kernel, in_place) -> bytes`` (from the backend) asks for temporary memory a
-    kernel uses while it runs (e.g. a GEMM accumulating before its epilogue overwrites one of
-    its operands); it lives in the arena during that kernel only.
+    ``scratch_need(kernel, in_place) -> bytes | None`` (from the backend) asks for temporary
+    memory a kernel uses while it runs (e.g. a GEMM accumulating before its epilogue overwrites
+    one of its operands); it lives in the arena during that kernel only. None: no scratch; 0 is
+    a (zero-size) scratch all the same, so that the kernel finds the buffer it was built for.
     """
     schedule = list(g.nodes)
     position = {n: i for i, n in enumerate(schedule)}
@@ -259,8 +260,8 @@ def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
     for n in schedule:
         i = position[n]
         release(i)  # results last read before this kernel
-        need = scratch_need(n, n in written_over) if scratch_need and n.op == "kernel" else 0
-        if need:
+        need = scratch_need(n, n in written_over) if scratch_need and n.op == "kernel" else None
+        if need is not None:
             off = allocate(need)
             scratch[n] = Location("arena", offset=off, nbytes=need)
             live.append((i, off, _aligned(need)))

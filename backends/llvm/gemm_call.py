@@ -86,6 +86,8 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
     out = ke.output_pointer()
     scratch = ke.scratch_pointer()
     has_epilogue = region.outputs[0] is not mm
+    if scratch is None and region.outputs[0].dtype is not mm.dtype:
+        raise AssertionError("a GEMM storing another dtype needs scratch (kernels.scratch_need)")
     c = ke.typed(scratch, mm.dtype) if scratch is not None else out
     epi = _epilogue(ke, mm, dtype, batch_shape, N) if has_epilogue else None
     epi_arg = epi if epi is not None else ir.Constant(gemm.EPILOGUE_TYPE[dtype].as_pointer(),
@@ -106,7 +108,7 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
 
     ua, ub = _uniform(ba, batch_shape), _uniform(bb, batch_shape)
     if ua is not None and ub is not None:
-        call(ptrs[pa], ptrs[pb], c, _c(max(nbatch, 1)), ua, ub, _c(0))
+        call(ptrs[pa], ptrs[pb], c, _c(nbatch), ua, ub, _c(0))  # no matrix: no call
     else:  # batch strides that do not flatten: one call per matrix
         em = ke.emitter()
         ke._em = em

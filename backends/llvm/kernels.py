@@ -23,6 +23,7 @@ from llvmlite import ir
 
 from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
+from lamina.passes.fuse import row_map, row_maps
 from lamina.ir.graph import Node, Param
 from lamina.ir.ops.reduce import keep_shape, reduced_shape
 from lamina.ir.ops.reduce import reduce_axes as axes_of
@@ -64,24 +65,29 @@ def classify(kernel: Node) -> str:
     return "loop"
 
 
-def scratch_need(kernel: Node, in_place: bool) -> int:
-    """Bytes of scratch memory a kernel needs besides its output (0: none).
+def scratch_need(kernel: Node, in_place: bool) -> int | None:
+    """Bytes of scratch memory a kernel needs besides its output (None: none; zero-size
+    kernels need zero bytes, but still their own typed buffer).
 
-    A GEMM with an epilogue that writes over one of its own operands (an in-place optimizer
-    update) accumulates into scratch first; an accumulating reduction does so unless its result
-    is the reduction itself, in the output's own storage.
+    A float GEMM accumulates into scratch of the matmul's type (C) when its epilogue writes
+    over one of its own operands (an in-place optimizer update) or stores another dtype (a
+    comparison, a cast); an accumulating reduction does so unless its result is the reduction
+    itself, in the output's own storage.
     """
     kind = classify(kernel)
     region = kernel.region
     root = region.outputs[0]
     if kind == "gemm":
-        return kernel.type.nbytes if in_place and root.op != "matmul" else 0
+        (mm,) = [n for n in region.nodes if n.op == "matmul"]
+        if mm.dtype.is_float and root is not mm and (in_place or root.dtype is not mm.dtype):
+            return mm.type.nbytes
+        return None
     if kind == "accumulate":
         (r,) = [n for n in region.nodes if n.op in REDUCTIONS]
         if root is r and not in_place:
-            return 0
+            return None
         return math.prod(r.shape) * r.dtype.itemsize
-    return 0
+    return None
 
 
 @dataclass
@@ -226,7 +232,7 @@ class KernelEmitter:
             em.store(out, i if shapes[self.root] else ir.Constant(I64, 0),
                      em.value(self.root, idx), self.root.dtype)
             em.pop()
-        return (max(1, n)), n
+        return n, n
 
     def emit_loop(self):
         em = self._em = self.emitter()
@@ -238,6 +244,8 @@ class KernelEmitter:
             em.store(out, em.linear(idx, shape), em.value(self.root, idx), self.root.dtype)
 
         self.nest(shape, body, par)
+        if not math.prod(shape):
+            return 0, 0  # nothing to compute (the nest runs no iteration either)
         return (shape[par] if par is not None else 1), math.prod(shape)
 
     # --- reductions -------------------------------------------------------------------------
@@ -310,14 +318,19 @@ class KernelEmitter:
         """A full-row value that is expensive (it has a transcendental in it) and needed both by
         a reduction sweep and by the output sweep: the reduction sweep stores it into the output
         row, the output sweep reads it back (softmax computes each exp once). Not when the
-        output overwrites one of the kernel's own operands."""
+        output overwrites one of the kernel's own operands, nor one read anywhere but at the
+        position being written (through a transpose of a square, say): that position of the
+        output may not hold it yet, or no longer."""
         root = self.root
         if root.shape != d or root in reds or self.cg.writes_over_operand(self.node):
             return None
         needed_late = _cone(root)
+        maps = row_maps(set(self.region.nodes), root, d, axes_of(reds[0]))
+        aligned = {row_map(d, d, axes_of(reds[0]))}
         best = None
         for n in self.region.nodes:
             if (n.shape == d and n.dtype is root.dtype and n in needed_late and n is not root
+                    and maps is not None and maps.get(n) == aligned
                     and n not in reds and any(n in _cone(r.inputs[0]) for r in reds)
                     and any(getattr(m, "op", None) in EXPENSIVE for m in _cone(n))):
                 best = n  # the latest one captures the most work

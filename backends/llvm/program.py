@@ -64,7 +64,8 @@ class LLVMProgram:
         table, slots = self.table, self.slots
         keep = []
         for i, a in enumerate(inputs):
-            a = np.ascontiguousarray(a)
+            if not a.flags.c_contiguous:  # NOTE: not for every array: it makes 0-d ones 1-d
+                a = np.ascontiguousarray(a)
             keep.append(a)
             table[slots.input(i)] = a.ctypes.data
         for i, name in enumerate(self.state_names):

@@ -27,7 +27,7 @@ I8P = L.I8.as_pointer()
 I32, I64 = L.I32, L.I64
 ENTRY = "lamina_entry"
 PARALLEL_MIN_WORK = 1 << 15  # elements: below this, threads cost more than they save
-CODEGEN_VERSION = "2"  # part of cache keys: bump when generated code changes meaning
+CODEGEN_VERSION = "3"  # part of cache keys: bump when generated code changes meaning
 
 
 @dataclass

@@ -10,6 +10,7 @@ import numpy as np
 from lamina.ir import dtypes as dt
 from lamina.ir.builder import op
 from lamina.ir.errors import DTypeError
+from lamina.ir.ops.domain import Domain, Operand, broadcasting, dtype_attr
 from lamina.ir.ops.registry import ZERO_GRAD, defop
 from lamina.ir.ops.rules import binary, broadcast, same_dtype, unary
 from lamina.ir.types import TensorType
@@ -54,25 +55,36 @@ def _exp(x):
         return np.exp(x)
 
 
-def _unary(name, ref, vjp, allowed="f", doc=""):
+def _unary(name, ref, vjp, allowed="f", doc="", domain=None):
+    # Float-only ops take integers too (Builder.call casts them to the default float).
+    domain = domain or Domain(Operand("fi"), ulps=1 if allowed == "fi" else _MATH_ULPS)
     defop(name, arity=1, kind="elementwise", infer=unary(name, allowed), ref=ref, vjp=vjp,
-          float_only=allowed == "f", doc=doc)
+          float_only=allowed == "f", domain=domain, doc=doc)
 
+
+# Approximated math (exp, log, tanh, ...): the CPU backend is within 1-3 ulp of the correctly
+# rounded result (backends/llvm/mathlib.py), GPU math libraries within a few.
+_MATH_ULPS = 4
 
 _unary("neg", np.negative, lambda g, out, x: (-g,), "fi", "-x")
 _unary("abs", np.abs, lambda g, out, x: (g * op.sign(x),), "fi", "|x|")
 _unary("sign", np.sign, ZERO_GRAD, "fi", "-1, 0 or 1")
-_unary("exp", _exp, lambda g, out, x: (g * out,), doc="e**x")
-_unary("log", _log, lambda g, out, x: (g / x,), doc="natural logarithm")
-_unary("sqrt", _sqrt, lambda g, out, x: (g * 0.5 / out,), doc="square root")
-_unary("rsqrt", _rsqrt, lambda g, out, x: (g * -0.5 * out * out * out,), doc="1/sqrt(x)")
+_unary("exp", _exp, lambda g, out, x: (g * out,), doc="e**x",
+       domain=Domain(Operand("fi", hi=8.0), ulps=_MATH_ULPS))
+_unary("log", _log, lambda g, out, x: (g / x,), doc="natural logarithm",
+       domain=Domain(Operand("fi", lo=0.05), ulps=_MATH_ULPS))
+_unary("sqrt", _sqrt, lambda g, out, x: (g * 0.5 / out,), doc="square root",
+       domain=Domain(Operand("fi", lo=0.01), ulps=2))
+_unary("rsqrt", _rsqrt, lambda g, out, x: (g * -0.5 * out * out * out,), doc="1/sqrt(x)",
+       domain=Domain(Operand("fi", lo=0.05), ulps=2))
 _unary("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), doc="hyperbolic tangent")
 _unary("sigmoid", _sigmoid, lambda g, out, x: (g * out * (1 - out),), doc="1/(1+e**-x)")
 _unary("softplus", _softplus, lambda g, out, x: (g * op.sigmoid(x),), doc="log(1+e**x)")
 _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype),
        # out > 0 exactly where x > 0; using out leaves x to its one user, so fusion can
        # fold matmul + bias + relu into one kernel.
-       lambda g, out, x: (op.where(out > 0, g, 0.0),), doc="max(x, 0)")
+       lambda g, out, x: (op.where(out > 0, g, 0.0),), doc="max(x, 0)",
+       domain=Domain(Operand("fi")))
 _unary("erf", _erf, lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * op.exp(-(x * x)),),
        doc="the error function")
 
@@ -108,16 +120,22 @@ def _pow_vjp(g, out, x, y):
 _COMMUTATIVE = {"add", "mul", "maximum", "minimum", "eq", "ne", "logical_and", "logical_or"}
 
 
-def _binary(name, ref, vjp, allowed="fi", doc=""):
+def _binary(name, ref, vjp, allowed="fi", doc="", domain=None):
+    domain = domain or Domain(Operand("fi"), broadcasting(Operand("fi")))
     defop(name, arity=2, kind="elementwise", infer=binary(name, allowed), ref=ref, vjp=vjp,
-          promote=(0, 1), float_only=allowed == "f", commutative=name in _COMMUTATIVE, doc=doc)
+          promote=(0, 1), float_only=allowed == "f", commutative=name in _COMMUTATIVE,
+          domain=domain, doc=doc)
 
 
 _binary("add", np.add, lambda g, out, x, y: (g, g), doc="x + y")
 _binary("sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y")
 _binary("mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y")
-_binary("div", _div, lambda g, out, x, y: (g / y, -g * out / y), "f", "x / y")
-_binary("pow", _pow, _pow_vjp, "f", "x ** y")
+# A division may be computed as a reciprocal and a product (two roundings).
+_binary("div", _div, lambda g, out, x, y: (g / y, -g * out / y), "f", "x / y",
+        domain=Domain(Operand("fi"), broadcasting(Operand("fi", min_abs=0.25)), ulps=2))
+_binary("pow", _pow, _pow_vjp, "f", "x ** y",
+        domain=Domain(Operand("fi", lo=0.1, hi=4.0),
+                      broadcasting(Operand("f", lo=-3.0, hi=3.0)), ulps=_MATH_ULPS))
 _binary("maximum", np.maximum, _max_vjp, doc="elementwise max")
 _binary("minimum", np.minimum, _min_vjp, doc="elementwise min")
 
@@ -127,14 +145,17 @@ for _name, _ref in [("eq", np.equal), ("ne", np.not_equal), ("lt", np.less),
                     ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal)]:
     defop(_name, arity=2, kind="elementwise", infer=binary(_name, "fib", dt.bool_), ref=_ref,
           vjp=ZERO_GRAD, promote=(0, 1), commutative=_name in _COMMUTATIVE,
+          domain=Domain(Operand("fib"), broadcasting(Operand("fib"))),
           doc=f"np.{_ref.__name__}")
 
 defop("logical_and", arity=2, kind="elementwise", infer=binary("logical_and", "b"),
-      ref=np.logical_and, vjp=ZERO_GRAD, commutative=True, doc="x & y on bools")
+      ref=np.logical_and, vjp=ZERO_GRAD, commutative=True,
+      domain=Domain(Operand("b"), broadcasting(Operand("b"))), doc="x & y on bools")
 defop("logical_or", arity=2, kind="elementwise", infer=binary("logical_or", "b"),
-      ref=np.logical_or, vjp=ZERO_GRAD, commutative=True, doc="x | y on bools")
+      ref=np.logical_or, vjp=ZERO_GRAD, commutative=True,
+      domain=Domain(Operand("b"), broadcasting(Operand("b"))), doc="x | y on bools")
 defop("logical_not", arity=1, kind="elementwise", infer=unary("logical_not", "b"),
-      ref=np.logical_not, vjp=ZERO_GRAD, doc="~x on bools")
+      ref=np.logical_not, vjp=ZERO_GRAD, domain=Domain(Operand("b")), doc="~x on bools")
 
 # --- where and cast ---------------------------------------------------------------------------
 
@@ -149,7 +170,8 @@ def _where_infer(types, attrs):
 
 defop("where", arity=3, kind="elementwise", infer=_where_infer, ref=np.where,
       vjp=lambda g, out, c, a, b: (None, op.where(c, g, 0.0), op.where(c, 0.0, g)),
-      promote=(1, 2), doc="a where cond else b")
+      promote=(1, 2), domain=Domain(Operand("b"), broadcasting(Operand("fib"), Operand("fib"))),
+      doc="a where cond else b")
 
 
 def _cast_canon(types, attrs):
@@ -167,13 +189,15 @@ def _cast_ref(x, dtype):
 
 defop("cast", arity=1, kind="elementwise", attrs=("dtype",), canon=_cast_canon,
       infer=lambda types, attrs: types[0].with_dtype(attrs["dtype"]), ref=_cast_ref,
-      vjp=_cast_vjp, doc="x.astype(dtype)")
+      vjp=_cast_vjp, domain=Domain(Operand("fib", lo=-1e6, hi=1e6), attrs=dtype_attr()),
+      doc="x.astype(dtype)")
 
 # --- identities with a meaning for autodiff ---------------------------------------------------
 
 defop("alias", arity=1, kind="elementwise", infer=lambda types, attrs: types[0],
-      ref=lambda x: x, vjp=lambda g, out, x: (g,),
+      ref=lambda x: x, vjp=lambda g, out, x: (g,), domain=Domain(via="lm.grad"),
       doc="identity; gives lm.grad's argument its own value so closures stay constant")
 defop("stop_gradient", arity=1, kind="elementwise", infer=lambda types, attrs: types[0],
-      ref=lambda x: x, vjp=ZERO_GRAD, doc="identity whose gradient is zero")
+      ref=lambda x: x, vjp=ZERO_GRAD, domain=Domain(Operand("fib")),
+      doc="identity whose gradient is zero")
 

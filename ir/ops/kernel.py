@@ -5,6 +5,7 @@ each one as a unit; the interpreter runs the body."""
 from __future__ import annotations
 
 from lamina.ir.errors import LaminaError, VerifyError
+from lamina.ir.ops.domain import Domain
 from lamina.ir.ops.registry import defop
 
 
@@ -37,5 +38,5 @@ def _kernel_ref(*args, name, region=None):
 
 
 defop("kernel", arity=None, kind="kernel", attrs=("name",), canon=_kernel_canon,
-      infer=_kernel_infer, ref=_kernel_ref, region=True,
+      infer=_kernel_infer, ref=_kernel_ref, region=True, domain=Domain(via="fusion"),
       doc="a fused region: its body computes the value from the operands")

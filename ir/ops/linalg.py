@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from lamina.ir.errors import ShapeError
+from lamina.ir.ops.domain import Domain, Operand, partner_shape
 from lamina.ir.ops.registry import defop
 from lamina.ir.ops.rules import _kinds, same_dtype
 from lamina.ir.types import TensorType, broadcast_shapes
@@ -40,5 +41,18 @@ def _matmul_vjp(g, out, a, b):
     return g @ swap_last(b), swap_last(a) @ g
 
 
+def _matmul_rest(g, a, attrs):
+    # Operands as ``lm.matmul`` (``@``) takes them: 1-D vectors are matrices to the op.
+    k = a.shape[-1]
+    batch = partner_shape(g, a.shape[:-2]) if a.ndim > 2 and g.rng.random() < 0.7 else ()
+    if a.ndim == 1 or g.rng.random() < 0.25:
+        shape = (k,) if g.rng.random() < 0.5 else (k, g.dim())
+    else:
+        shape = batch + (k, g.dim())
+    return [Operand("fi", shape=shape)]
+
+
 defop("matmul", arity=2, kind="contract", infer=_matmul_infer, ref=np.matmul,
-      vjp=_matmul_vjp, promote=(0, 1), doc="matrix product over the last two axes")
+      vjp=_matmul_vjp, promote=(0, 1),
+      domain=Domain(Operand("fi"), _matmul_rest, lambda g, t: {} if t.ndim else None),
+      doc="matrix product over the last two axes")

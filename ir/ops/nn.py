@@ -14,6 +14,7 @@ from lamina.ir import dtypes as dt
 from lamina.ir.builder import op
 from lamina.ir.errors import DTypeError, LaminaError
 from lamina.ir.ops.elementwise import _erf
+from lamina.ir.ops.domain import Domain, Operand, axis_attr, dtype_attr
 from lamina.ir.ops.registry import defop
 from lamina.ir.ops.rules import unary
 from lamina.ir.types import TensorType, normalize_axis
@@ -44,6 +45,8 @@ def _gelu_decompose(x, approximate):
 
 defop("gelu", arity=1, kind="composite", attrs=("approximate",), canon=_gelu_canon,
       infer=unary("gelu", "f"), ref=_gelu_ref, decompose=_gelu_decompose, float_only=True,
+      domain=Domain(Operand("fi"), attrs=lambda g, t: {
+          "approximate": "none" if g.rng.random() < 0.4 else "tanh"}),
       doc="Gaussian error linear unit (tanh approximation unless approximate='none')")
 
 
@@ -79,10 +82,10 @@ def _log_softmax_decompose(x, axis):
 
 defop("softmax", arity=1, kind="composite", attrs=("axis",), canon=_axis_canon,
       infer=unary("softmax", "f"), ref=_softmax_ref, decompose=_softmax_decompose,
-      float_only=True, doc="exp(x) / sum(exp(x)) along axis, computed stably")
+      float_only=True, domain=Domain(Operand("fi"), attrs=axis_attr), doc="exp(x) / sum(exp(x)) along axis, computed stably")
 defop("log_softmax", arity=1, kind="composite", attrs=("axis",), canon=_axis_canon,
       infer=unary("log_softmax", "f"), ref=_log_softmax_ref, decompose=_log_softmax_decompose,
-      float_only=True, doc="x - logsumexp(x) along axis, computed stably")
+      float_only=True, domain=Domain(Operand("fi"), attrs=axis_attr), doc="x - logsumexp(x) along axis, computed stably")
 
 
 def _one_hot_canon(types, attrs):
@@ -113,5 +116,8 @@ def _one_hot_decompose(idx, num_classes, dtype):
 
 defop("one_hot", arity=1, kind="composite", attrs=("num_classes", "dtype"),
       canon=_one_hot_canon, infer=_one_hot_infer, ref=_one_hot_ref,
-      decompose=_one_hot_decompose, doc="1 at the label's index along a new last axis, else 0")
+      decompose=_one_hot_decompose,
+      domain=Domain(Operand("i", lo=0, hi=3), attrs=lambda g, t: {
+          "num_classes": int(g.rng.integers(4, 7)), **dtype_attr()(g, t)}),
+      doc="1 at the label's index along a new last axis, else 0")
 

@@ -13,6 +13,7 @@ import numpy as np
 from lamina.ir import dtypes as dt
 from lamina.ir.builder import op
 from lamina.ir.errors import ShapeError
+from lamina.ir.ops.domain import Domain, Operand, reduce_attrs
 from lamina.ir.ops.registry import ZERO_GRAD, defop
 from lamina.ir.types import TensorType, normalize_axes, normalize_axis
 
@@ -93,12 +94,14 @@ def _ref_reduce(fn):
 
 defop("sum", arity=1, kind="reduce", attrs=("axis", "keepdims"), canon=_axes_canon,
       infer=_reduce_infer("sum", _sum_dtype), ref=_ref_reduce(np.sum), vjp=_sum_vjp,
-      doc="sum over axes")
+      domain=Domain(Operand("fib"), attrs=reduce_attrs()), doc="sum over axes")
 defop("max", arity=1, kind="reduce", attrs=("axis", "keepdims"), canon=_nonempty("max"),
       infer=_reduce_infer("max", _minmax_dtype), ref=_ref_reduce(np.max), vjp=_extremum_vjp,
+      domain=Domain(Operand("fib"), attrs=reduce_attrs(nonempty=True)),
       doc="maximum over axes")
 defop("min", arity=1, kind="reduce", attrs=("axis", "keepdims"), canon=_nonempty("min"),
       infer=_reduce_infer("min", _minmax_dtype), ref=_ref_reduce(np.min), vjp=_extremum_vjp,
+      domain=Domain(Operand("fib"), attrs=reduce_attrs(nonempty=True)),
       doc="minimum over axes")
 
 
@@ -123,7 +126,8 @@ def _argmax_infer(types, attrs):
 
 defop("argmax", arity=1, kind="reduce", attrs=("axis", "keepdims"), canon=_argmax_canon,
       infer=_argmax_infer, ref=lambda x, axis, keepdims: np.argmax(x, axis, keepdims=keepdims),
-      vjp=ZERO_GRAD, doc="index of the maximum (first one on ties)")
+      vjp=ZERO_GRAD, domain=Domain(Operand("fib"), attrs=reduce_attrs(True, single=True)),
+      doc="index of the maximum (first one on ties)")
 
 
 # --- mean: a composite ------------------------------------------------------------------------
@@ -157,5 +161,5 @@ def _mean_ref(x, axis, keepdims):
 
 defop("mean", arity=1, kind="composite", attrs=("axis", "keepdims"), canon=_mean_canon,
       infer=_mean_infer, ref=_mean_ref, decompose=_mean_decompose,
-      doc="arithmetic mean over axes (integers give the default float)")
+      domain=Domain(Operand("fib"), attrs=reduce_attrs(nonempty=True)), doc="arithmetic mean over axes (integers give the default float)")
 

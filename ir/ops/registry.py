@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lamina.ir.ops.domain import Domain
 from lamina.ir.types import TensorType
 
 # Kinds group ops for passes and backends:
@@ -47,6 +48,9 @@ class OpDef:
         For composites: the same computation in simpler ops (passes/decompose expands it).
     canon(types, attrs) -> attrs
         Validates and normalizes attributes (negative axes, defaults), idempotently.
+    domain: Domain
+        The inputs the op is valid on, from which the random-program checker builds programs
+        (see ``ir/ops/domain.py``); every op has one.
     """
 
     name: str
@@ -64,6 +68,7 @@ class OpDef:
     commutative: bool = False  # op(x, y) == op(y, x): CSE merges both orders
     region: bool = False  # the node holds a region; infer(types, attrs, region) types it
     lower: dict = field(default_factory=dict)
+    domain: Domain | None = None
     doc: str = ""
 
     @property

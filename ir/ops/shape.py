@@ -9,6 +9,7 @@ import numpy as np
 
 from lamina.ir.builder import op
 from lamina.ir.errors import DTypeError, ShapeError
+from lamina.ir.ops.domain import Domain, Operand, axis_attr
 from lamina.ir.ops.registry import defop
 from lamina.ir.ops.rules import same_dtype
 from lamina.ir.types import TensorType, normalize_axis
@@ -33,9 +34,32 @@ def _reshape_infer(types, attrs):
     return t.with_shape(shape)
 
 
+def _reshape_domain(g, t):
+    # a few random steps: merge two neighbours, split one, insert or drop a 1, flatten
+    dims, rng = list(t.shape), g.rng
+    for _ in range(int(rng.integers(1, 3))):
+        r = rng.random()
+        if r < 0.15:
+            dims = [math.prod(dims)]
+        elif r < 0.45 and len(dims) >= 2:
+            i = int(rng.integers(len(dims) - 1))
+            dims[i:i + 2] = [dims[i] * dims[i + 1]]
+        elif r < 0.7 and dims:
+            i = int(rng.integers(len(dims)))
+            divs = [k for k in range(2, dims[i]) if dims[i] % k == 0] or [1]
+            k = int(rng.choice(divs))
+            dims[i:i + 1] = [k, dims[i] // k]
+        elif r < 0.85 and 1 in dims:
+            dims.remove(1)
+        else:
+            dims.insert(int(rng.integers(len(dims) + 1)), 1)
+    return {"shape": tuple(dims[:4]) if len(dims) <= 4 else (math.prod(dims),)}
+
+
 defop("reshape", arity=1, kind="shape", attrs=("shape",), canon=_reshape_canon,
       infer=_reshape_infer, ref=lambda x, shape: np.reshape(x, shape),
-      vjp=lambda g, out, x, shape: (g.reshape(x.shape),), doc="same elements, new shape")
+      vjp=lambda g, out, x, shape: (g.reshape(x.shape),),
+      domain=Domain(Operand("fib"), attrs=_reshape_domain), doc="same elements, new shape")
 
 
 def _transpose_canon(types, attrs):
@@ -55,6 +79,8 @@ def _transpose_vjp(g, out, x, perm):
 defop("transpose", arity=1, kind="shape", attrs=("perm",), canon=_transpose_canon,
       infer=lambda types, attrs: types[0].with_shape(types[0].shape[p] for p in attrs["perm"]),
       ref=lambda x, perm: np.transpose(x, perm), vjp=_transpose_vjp,
+      domain=Domain(Operand("fib"), attrs=lambda g, t: {
+          "perm": tuple(int(p) for p in g.rng.permutation(t.ndim))}),
       doc="permute axes: result axis i is input axis perm[i]")
 
 
@@ -68,9 +94,18 @@ def _broadcast_canon(types, attrs):
     return attrs
 
 
+def _broadcast_domain(g, t):
+    rng = g.rng
+    dims = [g.dim() if d == 1 and rng.random() < 0.6 else d for d in t.shape]
+    lead = [g.dim() for _ in range(int(rng.integers(0, 3)))]
+    shape = (lead + dims)[-max(4, len(dims)):]
+    return {"shape": tuple(shape)}
+
+
 defop("broadcast", arity=1, kind="shape", attrs=("shape",), canon=_broadcast_canon,
       infer=lambda types, attrs: types[0].with_shape(attrs["shape"]),
       ref=lambda x, shape: np.broadcast_to(x, shape), vjp=lambda g, out, x, shape: (g,),
+      domain=Domain(Operand("fib"), attrs=_broadcast_domain),
       doc="numpy broadcast_to (the gradient sums back)")
 
 
@@ -116,8 +151,22 @@ def _slice_vjp(g, out, x, start, stop, step):
     return (op.pad(g, lo=lo, hi=hi, interior=interior),)
 
 
+def _slice_domain(g, t):
+    rng, start, stop, step = g.rng, [], [], []
+    for n in t.shape:
+        if rng.random() < 0.3:
+            s, e, st = 0, n, 1
+        else:
+            s = int(rng.integers(0, n + 1))
+            e = int(rng.integers(s, n + 1))
+            st = int(rng.choice([1, 1, 2, 3]))
+        start.append(s), stop.append(e), step.append(st)
+    return {"start": tuple(start), "stop": tuple(stop), "step": tuple(step)}
+
+
 defop("slice", arity=1, kind="shape", attrs=("start", "stop", "step"), canon=_slice_canon,
       infer=_slice_infer, ref=_slice_ref, vjp=_slice_vjp,
+      domain=Domain(Operand("fib"), attrs=_slice_domain),
       doc="x[start:stop:step] on every axis (positive steps)")
 
 
@@ -157,8 +206,15 @@ def _pad_vjp(g, out, x, lo, hi, interior):
     return (op.slice(g, start=start, stop=stop, step=step),)
 
 
+def _pad_domain(g, t):
+    rng = g.rng
+    return {k: tuple(int(v) for v in rng.integers(0, 2 if k == "interior" else 3, t.ndim))
+            for k in ("lo", "hi", "interior")}
+
+
 defop("pad", arity=1, kind="shape", attrs=("lo", "hi", "interior"), canon=_pad_canon,
       infer=_pad_infer, ref=_pad_ref, vjp=_pad_vjp,
+      domain=Domain(Operand("fib"), attrs=_pad_domain),
       doc="zero padding: lo/hi elements at each end, interior between elements")
 
 
@@ -195,9 +251,20 @@ def _concat_vjp(g, out, *xs, axis):
     return tuple(grads)
 
 
+def _concat_rest(g, t, attrs):
+    a = attrs["axis"] % t.ndim
+    out = []
+    for _ in range(int(g.rng.integers(0, 3))):
+        shape = list(t.shape)
+        shape[a] = g.dim()
+        out.append(Operand("fib", shape=tuple(shape)))
+    return out
+
+
 defop("concatenate", arity=None, kind="shape", attrs=("axis",), canon=_concat_canon,
       infer=_concat_infer, ref=lambda *xs, axis: np.concatenate(xs, axis=axis),
-      vjp=_concat_vjp, promote="all", doc="join tensors along an axis")
+      vjp=_concat_vjp, promote="all",
+      domain=Domain(Operand("fib"), _concat_rest, axis_attr), doc="join tensors along an axis")
 
 
 # --- take (gather) and scatter_add ------------------------------------------------------------
@@ -230,8 +297,19 @@ def _take_ref(x, idx, axis):
     return np.take(x, idx, axis=axis)
 
 
+def _take_attrs(g, t):
+    axes = [a for a in range(t.ndim) if t.shape[a] > 0]
+    return {"axis": int(g.rng.choice(axes))} if axes else None
+
+
+def _take_rest(g, t, attrs):
+    n = t.shape[attrs["axis"]]
+    shape = g.shape(rank=int(g.rng.integers(0, 3)))
+    return [Operand("i", lo=-n, hi=n - 1, shape=shape)]
+
+
 defop("take", arity=2, kind="shape", attrs=("axis",), canon=_take_canon, infer=_take_infer,
-      ref=_take_ref,
+      ref=_take_ref, domain=Domain(Operand("fib"), _take_rest, _take_attrs),
       vjp=lambda g, out, x, idx, axis: (
           op.scatter_add(g, idx, axis=axis, size=x.shape[axis]), None),
       doc="gather: x[..., idx, ...] along axis (negative indices count from the end)")
@@ -261,7 +339,20 @@ def _scatter_ref(g, idx, axis, size):
     return out
 
 
+def _scatter_attrs(g, t):
+    if t.ndim == 0:
+        return None
+    return {"axis": int(g.rng.integers(0, t.ndim)), "size": max(1, g.dim())}
+
+
+def _scatter_rest(g, t, attrs):
+    a = attrs["axis"]
+    k = int(g.rng.integers(0, min(2, t.ndim - a) + 1))  # the indices cover axes a .. a+k-1
+    return [Operand("i", lo=0, hi=attrs["size"] - 1, shape=t.shape[a:a + k])]
+
+
 defop("scatter_add", arity=2, kind="shape", attrs=("axis", "size"), canon=_scatter_canon,
       infer=_scatter_infer, ref=_scatter_ref,
+      domain=Domain(Operand("fi"), _scatter_rest, _scatter_attrs),
       vjp=lambda g, out, upd, idx, axis, size: (op.take(g, idx, axis=axis), None),
       doc="the adjoint of take: add updates into zeros of the given size at idx")

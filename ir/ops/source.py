@@ -13,6 +13,7 @@ import numpy as np
 from lamina.ir import dtypes as dt
 from lamina.ir.errors import DTypeError, LaminaError, ShapeError
 from lamina.ir.graph import Node
+from lamina.ir.ops.domain import Domain, Operand, dtype_attr
 from lamina.ir.ops.registry import ZERO_GRAD, defop
 from lamina.ir.types import TensorType, normalize_axis
 
@@ -88,9 +89,25 @@ def is_splat(node, value=None) -> bool:
     return value is None or v == value
 
 
+def _constant_domain(g, t):
+    """A splat (one scalar) or a literal of the whole shape."""
+    d = dtype_attr()(g, t)["dtype"]
+    shape, rng = g.shape(), g.rng
+    if d.is_bool:
+        data = rng.random(shape) < 0.5
+    elif d.is_int:
+        data = rng.integers(-3, 4, shape)
+    else:
+        data = rng.uniform(-2, 2, shape).round(2)
+    splat = rng.random() < 0.5 or data.size == 0
+    value = data.reshape(-1)[0].item() if splat and data.size else 0 if splat else data.tolist()
+    return {"value": value, "dtype": d, "shape": shape}
+
+
 defop("constant", arity=0, kind="source", attrs=("value", "dtype", "shape"),
       typed_attrs=("dtype", "shape"), canon=_constant_canon, infer=_typed_infer,
       ref=lambda value, dtype, shape: constant_array(value, dtype, shape), vjp=ZERO_GRAD,
+      domain=Domain(None, attrs=_constant_domain),
       doc="a literal tensor; a scalar value fills the whole shape")
 
 
@@ -109,9 +126,15 @@ def _iota_ref(axis, dtype, shape):
     return np.broadcast_to(np.arange(shape[axis], dtype=dtype.np).reshape(view), shape)
 
 
+def _iota_domain(g, t):
+    shape = g.shape(rank=int(g.rng.integers(1, 4)))
+    return {"axis": int(g.rng.integers(len(shape))), "shape": shape,
+            **dtype_attr("fi")(g, t)}
+
+
 defop("iota", arity=0, kind="source", attrs=("axis", "dtype", "shape"),
       typed_attrs=("dtype", "shape"), canon=_iota_canon, infer=_typed_infer, ref=_iota_ref,
-      vjp=ZERO_GRAD, doc="0, 1, 2, ... along one axis, repeated along the others")
+      vjp=ZERO_GRAD, domain=Domain(None, attrs=_iota_domain), doc="0, 1, 2, ... along one axis, repeated along the others")
 
 
 # --- random: Philox-4x32-10 -------------------------------------------------------------------
@@ -199,12 +222,19 @@ def _normal_ref(key, stream, dtype, shape):
     return r * np.cos(np.float32(2 * np.pi) * u2)
 
 
+def _random_domain(g, t):
+    return {"stream": int(g.rng.integers(0, 4)), "shape": g.shape(), **dtype_attr("f")(g, t)}
+
+
+# The key: an integer scalar. The float32 draws go through the backends' log/cos/sqrt.
+_RANDOM = Domain(Operand("i", lo=0, hi=2 ** 31 - 1, shape=()), attrs=_random_domain, ulps=8)
+
 defop("random_uniform", arity=1, kind="random", attrs=("stream", "dtype", "shape"),
       typed_attrs=("dtype", "shape"), canon=_random_canon, infer=_random_infer,
-      ref=_uniform_ref, vjp=ZERO_GRAD,
+      ref=_uniform_ref, vjp=ZERO_GRAD, domain=_RANDOM,
       doc="uniform in [0, 1): 24 random bits (53 for float64) per element, from "
           "Philox-4x32-10 of (key, stream, index)")
 defop("random_normal", arity=1, kind="random", attrs=("stream", "dtype", "shape"),
       typed_attrs=("dtype", "shape"), canon=_random_canon, infer=_random_infer,
-      ref=_normal_ref, vjp=ZERO_GRAD,
+      ref=_normal_ref, vjp=ZERO_GRAD, domain=_RANDOM,
       doc="standard normal (Box-Muller on two Philox words of key, stream, index)")

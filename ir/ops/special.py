@@ -4,6 +4,7 @@ backward computation when ``passes.autodiff`` runs. No backend ever sees it."""
 from __future__ import annotations
 
 from lamina.ir.errors import GradError
+from lamina.ir.ops.domain import Domain
 from lamina.ir.ops.registry import defop
 
 
@@ -24,4 +25,5 @@ def _grad_ref(loss, wrt):
 
 
 defop("grad", arity=2, kind="special", infer=_grad_infer, ref=_grad_ref,
+      domain=Domain(via="lm.grad"),
       doc="d loss / d wrt (expanded by the autodiff pass)")

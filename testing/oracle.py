@@ -1,0 +1,250 @@
+"""The float64 oracle: a graph evaluated in float64 with a bound on the error of each value.
+
+Every float value of the graph is computed in float64 (whatever its declared dtype) together
+with ``err``, a bound on how far a correct float32 (or float64) evaluation of the program may
+be from it: the errors of the operands carried through the op, plus the op's own rounding
+(``domain.ulps`` ulps of its result, in the declared dtype). So the tolerance follows the
+error growth of the actual computation instead of a loose constant:
+
+    elementwise   the op evaluated at operands moved by their error bounds (+-e, +-e/2):
+                  a first-order bound that sees jumps (sign, comparisons, casts) as well
+    sum           sum of the bounds + gamma(n) * sum|x|     (n terms, gamma(n) = nu/(1-nu))
+    max, min      max of the bounds over the reduced axes
+    argmax        uncertain where another element may be the largest within the bounds
+    matmul        |A| eB + eA |B| + eA eB + gamma(K) |A||B|
+    data movement the op applied to the bounds (a gather with uncertain indices: unknown)
+
+Integer and bool values are exact or *uncertain* (``err`` = inf): a comparison of two floats
+closer than their bounds may go either way, and everything computed from an uncertain value
+inherits it (a bool flipped by ``where`` contributes the difference of the two branches).
+Positions whose bound is infinite are not compared.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lamina.ir import dtypes as dt
+from lamina.ir.graph import Graph
+from lamina.ir.ops.reduce import reduce_axes
+from lamina.ir.ops.registry import get as get_op
+
+INF = np.inf
+UNIT = {"f16": 2.0 ** -11, "bf16": 2.0 ** -8, "f32": 2.0 ** -24, "f64": 2.0 ** -53}
+
+
+def unit(d: dt.DType) -> float:
+    """The unit roundoff of a dtype (0 for exact integers and bools)."""
+    return UNIT.get(d.short, 0.0)
+
+
+def gamma(n: int, u: float) -> float:
+    """Higham's bound on the relative error of a sum of ``n`` terms (n u / (1 - n u))."""
+    nu = n * u
+    return nu / (1 - nu) if nu < 1 else INF
+
+
+def _clean(e) -> np.ndarray:
+    e = np.asarray(e, dtype=np.float64)
+    return np.where(np.isnan(e), INF, e)
+
+
+def _wide(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float64) if a.dtype.kind == "f" else a
+
+
+class Oracle:
+    """Evaluate ``graph`` (primitive ops: after decompose and autodiff) on ``inputs``."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+
+    def run(self, inputs) -> list[tuple[np.ndarray, np.ndarray]]:
+        env: dict = {}
+        for p, a in zip(self.graph.inputs, inputs):
+            a = np.asarray(a)
+            env[p] = (_wide(a), np.zeros(a.shape))
+        for n in self.graph.nodes:
+            vals = [env[v] for v in n.inputs]
+            with np.errstate(all="ignore"):
+                v, e = self.node(n, [x for x, _ in vals], [x for _, x in vals])
+            env[n] = (v, _clean(np.broadcast_to(e, np.shape(v))))
+        return [env[v] for v in self.graph.outputs]
+
+    # --- one node ------------------------------------------------------------------------
+
+    def node(self, n, xs, es):
+        op = get_op(n.op)
+        out_t = n.type
+        if n.op in ("alias", "stop_gradient"):
+            return xs[0], es[0]
+        if op.kind == "source":
+            return _wide(np.asarray(op.ref(**n.attrs))), 0.0
+        if op.kind == "random":
+            v = np.asarray(op.ref(*xs, **n.attrs))
+            u = unit(out_t.dtype)
+            # the draw itself goes through the backends' log/cos/sqrt: |v| + 1 scales it
+            bad = INF if es[0].any() else 0.0
+            return _wide(v), op.domain.ulps * u * (np.abs(v) + 1.0) + bad
+        if n.op == "cast":
+            return self.cast(n, xs[0], es[0])
+        if op.kind == "elementwise":
+            return self.elementwise(n, op, xs, es)
+        if n.op == "sum":
+            return self.sum(n, xs[0], es[0])
+        if n.op in ("max", "min"):  # both move by at most the largest error of the operand
+            v = op.ref(xs[0], **n.attrs)
+            return v, np.max(np.broadcast_to(es[0], xs[0].shape), axis=reduce_axes(n),
+                             keepdims=n.attrs["keepdims"])
+        if n.op == "argmax":
+            return self.argmax(n, xs[0], es[0])
+        if n.op == "matmul":
+            return self.matmul(n, xs, es)
+        if op.kind == "shape":
+            return self.shape_op(n, op, xs, es)
+        raise NotImplementedError(f"the oracle has no rule for {n.op} ({op.kind})")
+
+    def rounding(self, n, v) -> np.ndarray | float:
+        if not n.type.dtype.is_float:
+            return 0.0
+        ulps = get_op(n.op).domain.ulps
+        u = unit(n.type.dtype)
+        tiny = float(np.finfo(n.type.dtype.np).tiny)
+        return ulps * (u * np.abs(v) + tiny)
+
+    def elementwise(self, n, op, xs, es):
+        f = op.ref
+        attrs = n.attrs
+        v = _wide(np.asarray(f(*xs, **attrs)))
+        spread = np.zeros(np.shape(v))
+        for i, (x, e) in enumerate(zip(xs, es)):
+            if not np.any(e):
+                continue
+            if x.dtype.kind == "f":  # the largest move of this operand, added to the others'
+                most = np.zeros(np.shape(v))
+                for t in (-1.0, -0.5, 0.5, 1.0):
+                    moved = list(xs)
+                    moved[i] = x + t * e
+                    w = _wide(np.asarray(f(*moved, **attrs)))
+                    most = np.maximum(most, _diff(w, v))
+                spread = spread + most
+            elif x.dtype.kind == "b":
+                moved = list(xs)
+                moved[i] = np.where(e > 0, ~x, x)
+                w = _wide(np.asarray(f(*moved, **attrs)))
+                spread = spread + _diff(w, v)
+            else:  # an uncertain integer: anything may come out
+                spread = spread + np.where(np.broadcast_to(e, x.shape) > 0, INF, 0.0)
+        if n.type.dtype.is_float:
+            return v, spread + self.rounding(n, v)
+        return v, np.where(spread > 0, INF, 0.0)
+
+    def cast(self, n, x, e):
+        d = n.type.dtype
+        if d.is_float:
+            if x.dtype.kind == "b" and np.any(e):
+                return x.astype(np.float64), np.where(e > 0, 1.0, 0.0)
+            v = x.astype(np.float64)
+            return v, e + self.rounding(n, v)
+        v = x.astype(d.np)
+        if x.dtype.kind != "f":
+            return v, np.where(e > 0, INF, 0.0)
+        lo, hi = (x - e).astype(d.np), (x + e).astype(d.np)
+        return v, np.where((lo != v) | (hi != v), INF, 0.0)
+
+    def sum(self, n, x, e):
+        axes = reduce_axes(n)
+        attrs = n.attrs
+        v = np.sum(x, axis=axes, keepdims=attrs["keepdims"])
+        eb = np.broadcast_to(e, x.shape)
+        if not n.type.dtype.is_float:
+            bad = np.sum(eb, axis=axes, keepdims=attrs["keepdims"])
+            return v.astype(n.type.dtype.np), np.where(bad > 0, INF, 0.0)
+        count = int(np.prod([x.shape[a] for a in axes]))
+        u = unit(n.type.dtype)
+        mag = np.sum(np.abs(x), axis=axes, keepdims=attrs["keepdims"])
+        err = np.sum(eb, axis=axes, keepdims=attrs["keepdims"]) + gamma(count, u) * mag
+        return v, err + self.rounding(n, v)
+
+    def argmax(self, n, x, e):
+        op = get_op("argmax")
+        v = op.ref(x, **n.attrs)
+        axis, keep = n.attrs["axis"], n.attrs["keepdims"]
+        xf = x.reshape(-1) if axis is None else np.moveaxis(x, axis, -1)
+        ef = np.broadcast_to(e, x.shape)
+        ef = ef.reshape(-1) if axis is None else np.moveaxis(ef, axis, -1)
+        xf, ef = xf.astype(np.float64), ef
+        lower = np.max(xf - ef, axis=-1, keepdims=True)  # the largest is at least this
+        idx = np.argmax(xf, axis=-1)[..., None]
+        rivals = (xf + ef >= lower)
+        np.put_along_axis(rivals, idx, False, axis=-1)
+        bad = rivals.any(axis=-1)
+        if keep:
+            bad = np.expand_dims(bad, tuple(range(x.ndim)) if axis is None else axis)
+        return v, np.where(np.broadcast_to(bad, np.shape(v)), INF, 0.0)
+
+    def matmul(self, n, xs, es):
+        a, b = xs
+        ea, eb = (np.broadcast_to(e, x.shape) for e, x in zip(es, xs))
+        v = np.matmul(a, b)
+        if not n.type.dtype.is_float:
+            bad = np.matmul((ea > 0).astype(float), np.ones(b.shape)) + \
+                np.matmul(np.ones(a.shape), (eb > 0).astype(float))
+            return v.astype(n.type.dtype.np), np.where(bad > 0, INF, 0.0)
+        aa, ab = np.abs(a), np.abs(b)
+        err = np.matmul(aa, eb) + np.matmul(ea, ab) + np.matmul(ea, eb)
+        err = err + gamma(a.shape[-1], unit(n.type.dtype)) * np.matmul(aa, ab)
+        return v, err + self.rounding(n, v)
+
+    def shape_op(self, n, op, xs, es):
+        attrs = n.attrs
+        v = np.asarray(op.ref(*xs, **attrs))
+        ebs = [np.broadcast_to(e, x.shape) for e, x in zip(es, xs)]
+        if n.op == "take":
+            err = op.ref(ebs[0], xs[1], **attrs)
+            if np.any(ebs[1]):
+                err = np.full(np.shape(v), INF)
+            return _wide(v), err
+        if n.op == "scatter_add":
+            err = op.ref(ebs[0], xs[1], **attrs)
+            if np.any(ebs[1]):
+                err = np.full(np.shape(v), INF)
+            if n.type.dtype.is_float:
+                count = max(1, xs[1].size)
+                err = err + gamma(count, unit(n.type.dtype)) * op.ref(np.abs(xs[0]), xs[1],
+                                                                       **attrs)
+                err = err + self.rounding(n, v)
+            else:
+                err = np.where(err > 0, INF, 0.0)
+            return _wide(v), err
+        if n.op == "concatenate":
+            return _wide(v), op.ref(*[e.astype(np.float64) for e in ebs], **attrs)
+        return _wide(v), op.ref(ebs[0].astype(np.float64), **attrs)
+
+
+def _diff(w, v) -> np.ndarray:
+    """|w - v| for values that may be bools, ints, infinities or NaNs (NaN: unknown)."""
+    w, v = np.asarray(w), np.asarray(v)
+    if w.dtype.kind == "b":
+        return (w != v).astype(np.float64)
+    w, v = w.astype(np.float64), v.astype(np.float64)
+    same = (w == v) | (np.isnan(w) & np.isnan(v))
+    return np.where(same, 0.0, np.abs(w - v))
+
+
+# --- comparing a backend's result with the oracle ---------------------------------------------
+
+
+def mismatches(got: np.ndarray, value: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """Positions where ``got`` is outside the oracle's bound (uncertain positions excluded)."""
+    got = np.asarray(got)
+    known = np.isfinite(err)
+    if got.dtype.kind != "f":
+        return known & (err == 0) & (got != value)
+    g = got.astype(np.float64)
+    v = np.asarray(value, np.float64)
+    nan_v, nan_g = np.isnan(v), np.isnan(g)
+    with np.errstate(invalid="ignore"):
+        close = np.abs(g - v) <= err
+    exact = (g == v) | (nan_v & nan_g)  # infinities and NaN where the oracle has them
+    return known & ~(close | exact)

@@ -1,0 +1,213 @@
+"""How the random-program checker writes a call of an op in the public API, as Python source.
+
+``SPELLINGS[op]`` lists renderers ``(args, attrs, types, rng) -> str | None``: ``args`` are the
+operands' source expressions, ``attrs`` the attributes the op's domain drew, ``types`` the
+operands' types; ``None`` means "not this way for these operands" (``x.T`` only reverses the
+axes). Every op the registry can call is also reachable generically through
+``apply("<op>", ...)`` (``lamina.frontend.ops.apply``), so a new op is fuzzed before anyone
+writes a spelling for it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lamina.ir import dtypes as dt
+
+
+def fmt(v) -> str:
+    """A Python literal for an attribute value (dtypes as ``lm.float32``)."""
+    if isinstance(v, dt.DType):
+        return "lm.bool_" if v.is_bool else f"lm.{v.name}"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(fmt(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, list):
+        return "[" + ", ".join(fmt(x) for x in v) + "]"
+    if isinstance(v, float):
+        return repr(float(v))
+    return repr(v)
+
+
+def kwargs(attrs: dict) -> str:
+    return ", ".join(f"{k}={fmt(v)}" for k, v in attrs.items())
+
+
+def generic(op: str, args, attrs) -> str:
+    parts = [repr(op)] + list(args) + ([kwargs(attrs)] if attrs else [])
+    return f"apply({', '.join(parts)})"
+
+
+# --- renderers --------------------------------------------------------------------------------
+
+
+def _fn(name, n=1):
+    return lambda a, k, t, r: f"{name}({', '.join(a[:n])})"
+
+
+def _infix(sym):
+    return lambda a, k, t, r: f"({a[0]} {sym} {a[1]})"
+
+
+def _method(name):
+    return lambda a, k, t, r: f"{a[0]}.{name}({kwargs(k)})"
+
+
+def _lm_kw(name):
+    return lambda a, k, t, r: f"{name}({', '.join(list(a) + ([kwargs(k)] if k else []))})"
+
+
+def _reshape(a, k, t, r):
+    shape = list(k["shape"])
+    if shape and r.random() < 0.4 and math.prod(shape) > 0:
+        shape[int(r.integers(len(shape)))] = -1  # numpy's inferred dimension
+    return f"{a[0]}.reshape({fmt(tuple(shape))})"
+
+
+def _flatten(a, k, t, r):
+    return f"{a[0]}.flatten()" if len(k["shape"]) == 1 else None
+
+
+def _squeeze(a, k, t, r):
+    shape = t[0].shape
+    return f"lm.squeeze({a[0]})" if tuple(d for d in shape if d != 1) == k["shape"] else None
+
+
+def _expand_dims(a, k, t, r):
+    shape, new = t[0].shape, k["shape"]
+    if len(new) == len(shape) + 1:
+        for i in range(len(new)):
+            if new[i] == 1 and new[:i] + new[i + 1:] == shape:
+                return f"lm.expand_dims({a[0]}, {i - len(new) if r.random() < 0.3 else i})"
+    return None
+
+
+def _dot_t(a, k, t, r):
+    return f"{a[0]}.T" if k["perm"] == tuple(reversed(range(len(k["perm"])))) else None
+
+
+def _swapaxes(a, k, t, r):
+    perm = k["perm"]
+    moved = [i for i, p in enumerate(perm) if p != i]
+    if len(moved) == 2:
+        return f"{a[0]}.swapaxes({moved[0]}, {moved[1]})"
+    return None
+
+
+def _index(a, k, t, r):
+    parts = []
+    for n, s, e, st in zip(t[0].shape, k["start"], k["stop"], k["step"]):
+        if e == s + 1 and r.random() < 0.3:
+            parts.append(str(s - n if r.random() < 0.3 else s))  # an int index drops the axis
+        elif (s, e, st) == (0, n, 1):
+            parts.append(":")
+        else:
+            parts.append(f"{s if s else ''}:{e if e != n else ''}" + (f":{st}" if st != 1 else ""))
+    while parts and parts[-1] == ":" and r.random() < 0.7:
+        parts.pop()
+    if r.random() < 0.2:
+        parts.insert(int(r.integers(len(parts) + 1)), "None")  # a new axis of size 1
+    return f"{a[0]}[{', '.join(parts)}]" if parts else f"{a[0]}[...]"
+
+
+def _stack(a, k, t, r):
+    if len({x.shape for x in t}) != 1 or len(a) < 2:
+        return None
+    return f"lm.stack([{', '.join(a)}], axis={k['axis']})"
+
+
+def _take_index(a, k, t, r):
+    if k["axis"] == 0:
+        return f"{a[0]}[{a[1]}]"
+    if k["axis"] == 1:
+        return f"{a[0]}[:, {a[1]}]"
+    return None
+
+
+def _full(a, k, t, r):
+    v, d, shape = k["value"], k["dtype"], k["shape"]
+    if isinstance(v, list):
+        return None
+    if v == 0 and r.random() < 0.5:
+        return f"lm.zeros({fmt(shape)}, {fmt(d)})"
+    if v == 1 and r.random() < 0.5:
+        return f"lm.ones({fmt(shape)}, {fmt(d)})"
+    return f"lm.full({fmt(shape)}, {fmt(v)}, {fmt(d)})"
+
+
+def _arange(a, k, t, r):
+    if len(k["shape"]) != 1:
+        return None
+    return f"lm.arange({k['shape'][0]}, dtype={fmt(k['dtype'])})"
+
+
+def _random(name):
+    def render(a, k, t, r):
+        return f"lm.random.{name}({fmt(k['shape'])}, key={a[0]}, dtype={fmt(k['dtype'])})"
+
+    return render
+
+
+def _reduce_fn(name):
+    return lambda a, k, t, r: f"lm.{name}({a[0]}, {kwargs(k)})"
+
+
+SPELLINGS: dict[str, list] = {
+    "neg": [lambda a, k, t, r: f"(-{a[0]})", _fn("lm.negative")],
+    "abs": [_fn("abs"), _fn("lm.abs")],
+    "sign": [_fn("lm.sign")],
+    "add": [_infix("+"), _fn("lm.add", 2)],
+    "sub": [_infix("-"), _fn("lm.subtract", 2)],
+    "mul": [_infix("*"), _fn("lm.multiply", 2)],
+    "div": [_infix("/"), _fn("lm.divide", 2)],
+    "pow": [_infix("**"), _fn("lm.power", 2)],
+    "maximum": [_fn("lm.maximum", 2)],
+    "minimum": [_fn("lm.minimum", 2)],
+    "eq": [_infix("==")], "ne": [_infix("!=")], "lt": [_infix("<")], "le": [_infix("<=")],
+    "gt": [_infix(">")], "ge": [_infix(">=")],
+    "logical_and": [_infix("&")], "logical_or": [_infix("|")],
+    "logical_not": [lambda a, k, t, r: f"(~{a[0]})"],
+    "where": [_fn("lm.where", 3)],
+    "cast": [lambda a, k, t, r: f"{a[0]}.astype({fmt(k['dtype'])})",
+             lambda a, k, t, r: f"lm.astype({a[0]}, {fmt(k['dtype'])})"],
+    "stop_gradient": [_fn("lm.stop_gradient")],
+    "sum": [_method("sum"), _reduce_fn("sum")],
+    "max": [_method("max"), _reduce_fn("max"), _reduce_fn("logsumexp")],
+    "min": [_method("min"), _reduce_fn("min")],
+    "argmax": [_method("argmax"), _reduce_fn("argmax")],
+    "mean": [_method("mean"), _reduce_fn("mean"), _reduce_fn("var"), _reduce_fn("std")],
+    "reshape": [_reshape, _flatten, _squeeze, _expand_dims,
+                lambda a, k, t, r: f"lm.reshape({a[0]}, {fmt(k['shape'])})"],
+    "transpose": [_dot_t, _swapaxes, lambda a, k, t, r: f"{a[0]}.transpose({fmt(k['perm'])})",
+                  lambda a, k, t, r: f"lm.transpose({a[0]}, {fmt(k['perm'])})"],
+    "broadcast": [lambda a, k, t, r: f"lm.broadcast_to({a[0]}, {fmt(k['shape'])})"],
+    "slice": [_index],
+    "concatenate": [lambda a, k, t, r: f"lm.concatenate([{', '.join(a)}], axis={k['axis']})",
+                    _stack],
+    "take": [_lm_kw("lm.take"), _take_index],
+    "matmul": [_infix("@"), _fn("lm.matmul", 2)],
+    "constant": [_full],
+    "iota": [_arange],
+    "random_uniform": [_random("uniform")],
+    "random_normal": [_random("normal")],
+    "gelu": [lambda a, k, t, r: f"lm.gelu({a[0]}, approximate={k['approximate']!r})"],
+    "softmax": [_lm_kw("lm.softmax")],
+    "log_softmax": [_lm_kw("lm.log_softmax")],
+    "one_hot": [lambda a, k, t, r: f"lm.one_hot({a[0]}, {k['num_classes']}, "
+                                   f"dtype={fmt(k['dtype'])})"],
+}
+for _name in ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "relu", "erf"):
+    SPELLINGS[_name] = [_fn(f"lm.{_name}")]
+
+# ops whose domain is written for their public spelling (matmul takes 1-D vectors there)
+PUBLIC_ONLY = {"matmul"}
+
+
+def render(op: str, args: list[str], attrs: dict, types, rng: np.random.Generator) -> str:
+    """One public-API expression calling ``op`` (or the generic ``apply``)."""
+    options = [s(args, attrs, types, rng) for s in SPELLINGS.get(op, [])]
+    options = [o for o in options if o is not None]
+    if op not in PUBLIC_ONLY and (not options or rng.random() < 0.1):
+        options.append(generic(op, args, attrs))
+    return options[int(rng.integers(len(options)))]

@@ -136,6 +136,17 @@ def test_zero_size_take_and_scatter():
            np.zeros((0, 3), f32))
 
 
+def test_scatter_into_one_element():
+    """The gradient of a gather from a 1-element axis, or of one index: every lane's atomic add
+    needs a pointer of its own (was: one pointer for a block of values)."""
+    i = np.array([0, -1, 0])
+    _check(lm.grad(lambda x: (lm.take(x, i, axis=0) ** 2).sum()), _randn(1), compile_for="sm_80")
+    _check(lm.grad(lambda x: (lm.take(x, i, axis=1) * 3.0).sum()), _randn(2, 1))
+    # one index for every lane
+    _check(lm.grad(lambda x: (lm.take(x, np.array([-2]), axis=0) ** 2).sum()), _randn(3, 1),
+           compile_for="sm_80")
+
+
 def test_zero_size_values_in_an_arena_of_mixed_dtypes():
     """A zero-size float64 value in the arena (was: one byte, viewed as a float64)."""
     a, b = np.zeros((0, 1, 16, 1), f32), _randn(7, 16, 1, dtype=f64)
@@ -265,6 +276,15 @@ def test_reduction_read_through_a_square_shape(name, f):
     rows into one row kernel when the shapes agreed (fixed there); the code generator now
     also refuses such a kernel (below)."""
     _check(f, _randn(8, 8))
+
+
+def test_reductions_over_an_axis_of_one():
+    """A row of one column: the full and the per-row index coincide (was refused as a read of
+    another row)."""
+    x = _randn(4, 1)
+    _check(lambda x: lm.softmax(x), x)
+    _check(lambda x: x.sum(axis=1) * x[:, 0], x)
+    _check(lambda x: x - x.max(axis=1, keepdims=True), x)
 
 
 @pytest.mark.parametrize("body", [

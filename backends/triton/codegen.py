@@ -151,8 +151,9 @@ class Gen(ScalarMath):
 
     def remember(self, idx, shape, flat: Ix) -> None:
         """``flat`` is the flat index of ``idx`` into ``shape`` (on the lanes it is valid on:
-        its tile axes, which reads through ``idx`` must be masked by, come with it)."""
-        self.linear_memo[(tuple(i.e for i in idx), tuple(shape))] = flat
+        its tile axes, which reads through ``idx`` must be masked by, come with it). The first
+        one stays: a row's index ``r`` is what a read of a reduction result is checked by."""
+        self.linear_memo.setdefault((tuple(i.e for i in idx), tuple(shape)), flat)
 
     def linear(self, idx, shape) -> Ix:
         key = (tuple(i.e for i in idx), tuple(shape))
@@ -671,7 +672,10 @@ class Gen(ScalarMath):
         at = self.linear(target, s.shape)
         v = self.value(g, idx)
         m = self.store_mask({"f"})
-        ptr = "out" if at.e == "0" else f"out + {at.e}"
+        if "f" not in at.deps:  # one index for all lanes, or one element: still a pointer each
+            at = Ix(self.tmp(f"tl.broadcast_to({at.e}, [{block}])" if at.e != "0"
+                             else f"tl.full([{block}], 0, {self.index_type})", "i"), flat.deps)
+        ptr = f"out + {at.e}"
         self.emit(f"tl.atomic_add({ptr}, {v.e}, mask={m})" if m
                   else f"tl.atomic_add({ptr}, {v.e})")
         return (_cdiv(n, block), 1, 1), 4

@@ -10,6 +10,15 @@ The file is a zip archive:
 
 It is written atomically (a temporary file, then a rename). Loading checks the format, the
 checksums and the IR (parse + verify), and runs nothing but the backend's compiled program.
+
+The file is untrusted input: whatever is wrong with it is an ArtifactError naming the member,
+never a crash. Beyond the checksums (which whoever damaged a member may have recomputed), the
+members must agree with each other: the manifest's signature and output structure with the IR,
+every stored state array with the type the IR declares for it, and the backend's code with the
+IR it was compiled from (backends record ``graph_digest`` of the IR with their code and check
+it on load; the llvm backend also checks the structure of its object code before MCJIT sees
+it). This catches damage and mistakes, not malice: an artifact holds native code, and loading
+one runs it, like importing a Python module.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import io
 import json
 import os
 import platform
+import re
 import zipfile
 
 import numpy as np
@@ -39,6 +49,13 @@ FORMAT_VERSION = 1
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def graph_digest(graph) -> str:
+    """The hash that binds a backend's code to the IR it was compiled from: sha256 of the
+    printed IR without source locations (as the compile cache key; moving the source keeps
+    it). Backends record it with their code at save time and compare on load."""
+    return _sha256(print_graph(graph, locations=False).encode())
 
 
 def save(path: str, name: str, backend: str, variants: list[Executable], version: str) -> None:
@@ -171,7 +188,7 @@ def load(path: str, version: str) -> LoadedFunction:
 
         try:
             manifest = json.loads(read("manifest.json"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
             raise ArtifactError(f"{path}: manifest.json is not valid JSON ({e})") from None
         _check_manifest(path, manifest, version)
         data = {}
@@ -182,13 +199,18 @@ def load(path: str, version: str) -> LoadedFunction:
                                     "was modified or damaged)")
     arrays = _load_state(path, data.get("state.npz"))
     # One Variable per stored array, shared by the variants that bind it.
-    state = {k: Variable(a, k) for k, a in arrays.items()}
+    state = {}
+    for k, a in arrays.items():
+        try:
+            state[k] = Variable(a, k)
+        except LaminaError as e:
+            raise ArtifactError(f"{path}: state.npz: array {k!r}: {e.message}") from None
     try:
         backend = get_backend(manifest["backend"])
     except LaminaError as e:
         raise ArtifactError(f"{path}: {e.message}") from None
-    variants = [_load_variant(path, entry, data, state, backend, manifest["backend"])
-                for entry in manifest["variants"]]
+    variants = [_load_variant(path, i, entry, data, state, backend, manifest["backend"])
+                for i, entry in enumerate(manifest["variants"])]
     return LoadedFunction(manifest["name"], manifest["backend"], variants, manifest)
 
 
@@ -216,6 +238,8 @@ def _check_manifest(path: str, m, version: str) -> None:
                           ("out_tree", list)):
             if not isinstance(e.get(key), kind):
                 raise bad(f"variant {i}: {key!r} is missing or not a {kind.__name__}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in e["files"].items()):
+            raise bad(f"variant {i}: 'files' must map file names to member names")
         members = [e["ir"]] + list(e["files"].values())
         for member in members:
             if member not in m["checksums"]:
@@ -235,23 +259,98 @@ def _load_state(path: str, blob: bytes | None) -> dict[str, np.ndarray]:
             from None
 
 
-def _load_variant(path, entry, data, state, backend, backend_name) -> Executable:
+def _load_variant(path, i, entry, data, state, backend, backend_name) -> Executable:
+    ir_member = entry["ir"]
     try:
-        graph = verify(parse(data[entry["ir"]].decode("utf-8")), allow_grad=False)
+        graph = verify(parse(data[ir_member].decode("utf-8")), allow_grad=False)
     except UnicodeDecodeError as e:
-        raise ArtifactError(f"{path}: its IR ({entry['ir']}) is not UTF-8 text ({e})") from None
+        raise ArtifactError(f"{path}: its IR ({ir_member}) is not UTF-8 text ({e})") from None
     except LaminaError as e:
-        raise ArtifactError(f"{path}: its IR does not load: {e.message}") from None
+        raise ArtifactError(f"{path}: its IR does not load: {ir_member}: {e.message}") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: its IR does not load: {ir_member}: nested too deeply") \
+            from None
+    _check_signature(path, i, entry, graph)
+    variables = _bind_state(path, i, entry, graph, state)
     files = {f: data[m] for f, m in entry["files"].items()}
     try:
         program = backend.load_program(graph, files)
-        variables = {}
-        for state_name, key in entry["state"].items():
-            if key not in state:
-                raise ArtifactError(f"{path}: state {key!r} is missing from state.npz")
-            variables[state_name] = state[key]
         return Executable(graph, program, variables, entry["out_tree"], backend_name)
-    except ArtifactError:
-        raise
     except LaminaError as e:
-        raise ArtifactError(f"{path}: {e.message}") from None
+        raise ArtifactError(f"{path}: {_in_member_names(e.message, entry)}") from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        # NOTE: backends check their files before using them; this only keeps a check they
+        # lack from escaping as something other than "this artifact is bad"
+        raise ArtifactError(f"{path}: variant {i}: its backend files ({', '.join(files)}) are "
+                            f"malformed ({type(e).__name__}: {e})") from None
+
+
+def _in_member_names(message: str, entry: dict) -> str:
+    """A backend's message in the artifact's terms: backends name their files by their own
+    names ("kernels.o") and the IR as "the IR"; the artifact stores them as members
+    ("variant0.kernels.o", "variant0.lir")."""
+    for fname, member in entry["files"].items():
+        message = re.sub(rf"(?<![\w.]){re.escape(fname)}(?![\w])", lambda _, m=member: m,
+                         message)
+    return re.sub(r"\bthe IR\b", lambda _: f"the IR ({entry['ir']})", message)
+
+
+def _check_signature(path: str, i: int, entry: dict, graph) -> None:
+    """The manifest's signature and output structure must be those of the IR."""
+    have = [[p.name, str(p.type)] for p in graph.inputs]
+    if entry["signature"] != have:
+        said = ", ".join(": ".join(map(str, x)) if isinstance(x, list) else repr(x)
+                         for x in entry["signature"])
+        raise ArtifactError(f"{path}: manifest.json gives variant {i} the signature ({said}), "
+                            f"but its IR ({entry['ir']}) takes "
+                            f"({', '.join(': '.join(x) for x in have)})")
+    leaves = _tree_leaves(entry["out_tree"])
+    if leaves is None:
+        raise ArtifactError(f"{path}: manifest.json: variant {i}'s output structure "
+                            "('out_tree') is malformed")
+    if leaves != len(graph.outputs):
+        raise ArtifactError(f"{path}: manifest.json: variant {i}'s output structure has "
+                            f"{leaves} leaves, but its IR ({entry['ir']}) returns "
+                            f"{len(graph.outputs)} values")
+
+
+def _tree_leaves(tree, depth: int = 0) -> int | None:
+    """The leaves of an output structure (``lamina.ir.tree``), or None when malformed."""
+    if depth > 64 or not isinstance(tree, list) or not tree or not isinstance(tree[0], str):
+        return None
+    kind = tree[0]
+    if kind in ("leaf", "none"):
+        return (kind == "leaf") if len(tree) == 1 else None
+    if kind not in ("tuple", "list", "dict") or len(tree) != 2 or not isinstance(tree[1], list):
+        return None
+    total = 0
+    for child in tree[1]:
+        if kind == "dict":
+            if not (isinstance(child, list) and len(child) == 2 and isinstance(child[0], str)):
+                return None
+            child = child[1]
+        n = _tree_leaves(child, depth + 1)
+        if n is None:
+            return None
+        total += n
+    return total
+
+
+def _bind_state(path: str, i: int, entry: dict, graph, state: dict[str, Variable]) -> dict:
+    """The stored Variable of each state the IR declares, of exactly the declared type (native
+    code reads the bytes as that type: another shape or dtype would read out of bounds)."""
+    variables = {}
+    for p in graph.state:
+        key = entry["state"].get(p.name)
+        if key is None:
+            raise ArtifactError(f"{path}: manifest.json: variant {i} binds no stored array to "
+                                f"state %{p.name} of its IR ({entry['ir']})")
+        var = state.get(key)
+        if var is None:
+            raise ArtifactError(f"{path}: state {key!r} is missing from state.npz (state "
+                                f"%{p.name} of {entry['ir']})")
+        if var.type != p.type:
+            raise ArtifactError(f"{path}: state.npz: array {key!r} is {var.type}, but "
+                                f"{entry['ir']} declares state %{p.name}: {p.type}")
+        variables[p.name] = var
+    return variables

@@ -3,28 +3,40 @@
 Compiled objects are cached on disk (``cache.py``); the shared GEMM library is compiled once per
 machine and cached the same way. Artifacts carry both object files, so loading one runs no
 LLVM code generation or optimization at all.
+
+Object code from an artifact or from the cache is untrusted input: MCJIT aborts or crashes the
+process on a damaged object, so every object is checked (``lamina.backends.objcheck``: ELF
+structure, the symbols the program needs, every symbol it imports resolvable here) before an
+engine sees it. An artifact's ``target.json`` also records the hash of the IR the code was
+compiled from and a sha256 of every object, so an IR edited or swapped after the fact is
+refused instead of running code built for other shapes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import hashlib
 import json
 import os
 import time
 
 from llvmlite import binding as llvm
 
+from lamina.backends import objcheck
 from lamina.backends.llvm import gemm, jit
-from lamina.backends.llvm.codegen import CODEGEN_VERSION, Codegen
+from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen
 from lamina.backends.llvm.kernels import scratch_need
 from lamina.backends.llvm.program import LLVMProgram
-from lamina.ir.errors import ArtifactError
+from lamina.ir import config
+from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph
 from lamina.ir.printer import print_graph
 from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import plan_memory
 from lamina.runtime import cache as cache_mod
+from lamina.runtime.artifact import graph_digest
 
 STATS = {"compiled": 0, "cache_hits": 0, "loaded": 0}
 
@@ -37,6 +49,63 @@ def _lamina_version() -> str:
 
 def versions() -> dict[str, str]:
     return {**jit.versions(), "lamina": _lamina_version(), "codegen": CODEGEN_VERSION}
+
+
+# Symbols RuntimeDyld provides itself rather than looking them up.
+_LINKER_SYMBOLS = frozenset({"_GLOBAL_OFFSET_TABLE_"})
+
+
+@functools.cache
+def _process() -> ctypes.CDLL:
+    return ctypes.CDLL(None)
+
+
+def _resolvable(name: str) -> bool:
+    """Whether MCJIT will find ``name``: registered with ``llvm.add_symbol`` (the GEMMs), in a
+    library loaded for JIT code (libgomp), or global in the process (libc, libm)."""
+    if name in _LINKER_SYMBOLS or llvm.address_of_symbol(name):
+        return True
+    try:
+        _process()[name]
+    except AttributeError:
+        return False
+    return True
+
+
+def check_object(data: bytes, what: str, functions: tuple[str, ...]) -> objcheck.ElfObject:
+    """Check object code for this machine before MCJIT sees it: ELF structure, ``functions``
+    defined (ArtifactError("<what>: ...") otherwise)."""
+    return objcheck.check_object(data, what, machine=objcheck.host_machine(),
+                                 functions=functions)
+
+
+def check_imports(obj: objcheck.ElfObject, what: str) -> None:
+    """Every symbol ``obj`` imports must resolve here: MCJIT aborts the process on one that
+    does not. Call it after the GEMMs the object calls are registered."""
+    jit.libgomp()  # loaded for JIT code before any engine exists (the engine loads it too)
+    missing = [n for n in obj.undefined() if not _resolvable(n)]
+    if missing:
+        raise ArtifactError(f"{what}: needs {', '.join(missing[:5])}, which this process does "
+                            "not provide")
+
+
+def _check_fresh(data: bytes, what: str, functions: tuple[str, ...]) -> None:
+    """With LAMINA_VERIFY (on in the tests), check what LLVM just emitted as an artifact's
+    object would be checked: a check that refuses good code would make every load fail."""
+    if not config.verify:
+        return
+    try:
+        check_imports(check_object(data, what, functions), what)
+    except ArtifactError as e:
+        raise LaminaError(f"lamina bug: freshly compiled object code fails the load-time "
+                          f"checks: {e.message}") from None
+
+
+def _cached_object_check(what: str, functions: tuple[str, ...]):
+    """The check a cache hit must pass (a failing entry is a miss and gets rebuilt)."""
+    def check(data: bytes) -> None:
+        check_imports(check_object(data, what, functions), what)
+    return check
 
 
 class GemmLib:
@@ -56,11 +125,13 @@ def gemm_library(dtype: str) -> GemmLib:
         source = f.read().decode()
     parts = cache_mod.key_parts(source, f"gemm-{dtype}", versions(), jit.host().key())
     c = cache_mod.Cache()
-    obj = c.get(f"lamina_gemm_{dtype}", parts)
+    name, symbol = f"lamina_gemm_{dtype}", gemm.GEMM_SYMBOL[dtype]
+    obj = c.get(name, parts, check=_cached_object_check(f"cached {name}", (symbol,)))
     if obj is not None:
         return GemmLib(gemm.GemmLibrary.from_object(obj), dtype)
     lib = gemm.build_library(dtypes=(dtype,))
-    c.put(f"lamina_gemm_{dtype}", parts, lib.object_code)
+    _check_fresh(lib.object_code, name, (symbol,))
+    c.put(name, parts, lib.object_code)
     return GemmLib(lib, dtype)
 
 
@@ -91,13 +162,15 @@ class LLVMBackend:
         kind = "graph+profile" if profile else "graph"
         parts = cache_mod.key_parts(ir_text, kind, versions(), jit.host().key())
         cache = cache_mod.Cache()
-        obj = None if dump_dir else cache.get(graph.name, parts)
+        check = _cached_object_check(f"cached object of @{graph.name}", (ENTRY,))
+        obj = None if dump_dir else cache.get(graph.name, parts, check=check)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
         if obj is None:
             module = Codegen(graph, plan, graph.name, profile=profile).build()
             text = jit.finalize_text(module)
             opt = jit.optimize(text, keep_text=bool(dump_dir))
             obj = jit.emit_object(opt.module)
+            _check_fresh(obj, f"object of @{graph.name}", (ENTRY,))
             info.update(parse_s=opt.seconds_parse, optimize_s=opt.seconds_opt)
             STATS["compiled"] += 1
             if dump_dir:
@@ -119,20 +192,23 @@ class LLVMBackend:
         return program
 
     # --- artifacts --------------------------------------------------------------------------
+    # Files: kernels.o (the program), gemm.<dtype>.o (each GEMM it calls) and target.json (what
+    # the code was compiled for and from: host, versions, the IR's hash, each object's sha256).
+    # Errors name the file ("kernels.o: ...") and the IR as "the IR": the artifact loader
+    # rewrites both into member names.
 
     def save_program(self, program: LLVMProgram) -> dict[str, bytes]:
-        target = {"host": jit.host().key(), "cpu": jit.host().cpu, **versions()}
-        files = {"kernels.o": program.object_code, "target.json": json.dumps(target).encode()}
+        files = {"kernels.o": program.object_code}
         for lib in program.libraries:
             files[f"gemm.{lib.dtype}.o"] = lib.lib.object_code
+        target = {"host": jit.host().key(), "cpu": jit.host().cpu, **versions(),
+                  "graph": graph_digest(program.graph),
+                  "objects": {f: hashlib.sha256(d).hexdigest() for f, d in files.items()}}
+        files["target.json"] = json.dumps(target).encode()
         return files
 
     def load_program(self, graph: Graph, files: dict[str, bytes]) -> LLVMProgram:
-        try:
-            target = json.loads(files["target.json"])
-            obj = files["kernels.o"]
-        except (KeyError, ValueError) as e:
-            raise ArtifactError(f"llvm artifact without its object code ({e})") from None
+        target = _read_target(files)
         here = {"host": jit.host().key(), **versions()}
         if target.get("host") != here["host"]:
             raise ArtifactError(f"the artifact was compiled for another CPU ({target.get('cpu')} "
@@ -143,15 +219,66 @@ class LLVMBackend:
                 raise ArtifactError(f"the artifact was compiled by lamina {target.get('lamina')} "
                                     f"(code generator {target.get('codegen')}); this is "
                                     f"{here['lamina']} ({here['codegen']}): recompile it")
+        # Structure first (a damaged object must never reach MCJIT), then the binding of the
+        # objects to the IR, then imports (the GEMMs must be registered before kernels.o's).
+        if "kernels.o" not in files:
+            raise ArtifactError("kernels.o: missing (an llvm artifact without its object code)")
+        kernels = check_object(files["kernels.o"], "kernels.o", (ENTRY,))
+        dtypes = gemm_dtypes(graph)
+        gemms = {}
+        for d in dtypes:
+            fname = f"gemm.{d}.o"
+            if fname not in files:
+                raise ArtifactError(f"{fname}: missing (the IR calls the {d} GEMM)")
+            gemms[d] = check_object(files[fname], fname, (gemm.GEMM_SYMBOL[d],))
+        _check_binding(graph, target, files, ["kernels.o", *(f"gemm.{d}.o" for d in dtypes)])
         libs = []
-        for d in gemm_dtypes(graph):
-            blob = files.get(f"gemm.{d}.o")
-            if blob is None:
-                raise ArtifactError(f"llvm artifact without its {d} GEMM object")
-            libs.append(GemmLib(gemm.GemmLibrary.from_object(blob), d))
+        for d in dtypes:
+            check_imports(gemms[d], f"gemm.{d}.o")
+            libs.append(GemmLib(gemm.GemmLibrary.from_object(files[f"gemm.{d}.o"]), d))
+        check_imports(kernels, "kernels.o")
+        obj = files["kernels.o"]
         plan = plan_memory(graph, scratch_need)
         STATS["loaded"] += 1
         return LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, tuple(libs))
+
+
+def _read_target(files: dict[str, bytes]) -> dict:
+    raw = files.get("target.json")
+    if raw is None:
+        raise ArtifactError("target.json: missing (an llvm artifact without its target)")
+    try:
+        target = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ArtifactError(f"target.json: not valid JSON ({e}): what the object code was "
+                            "compiled for and from is unknown") from None
+    if not isinstance(target, dict):
+        raise ArtifactError("target.json: not a JSON object: what the object code was compiled "
+                            "for and from is unknown")
+    return target
+
+
+def _check_binding(graph: Graph, target: dict, files: dict[str, bytes],
+                   objects: list[str]) -> None:
+    """The objects must be the ones compiled from this IR: target.json records the IR's hash
+    and each object's sha256 at save time (a mismatch: the IR was edited, or it, or an object,
+    belongs to another variant or artifact)."""
+    recorded = target.get("graph")
+    if not isinstance(recorded, str):
+        raise ArtifactError("target.json: records no hash of the IR (saved by an older lamina): "
+                            "save the artifact again")
+    digest = graph_digest(graph)
+    if recorded != digest:
+        raise ArtifactError(f"target.json: the object code was compiled from another graph "
+                            f"than the IR (IR hash {recorded[:16]} recorded, {digest[:16]} "
+                            "now): the IR was edited, or belongs to another variant")
+    sums = target.get("objects")
+    if not isinstance(sums, dict):
+        raise ArtifactError("target.json: records no checksums of the object files")
+    for f in objects:
+        if sums.get(f) != hashlib.sha256(files[f]).hexdigest():
+            raise ArtifactError(f"{f}: not the object compiled with this IR (its sha256 differs "
+                                "from the one target.json records)")
 
 
 backend = LLVMBackend()

@@ -66,6 +66,9 @@ class Group:
         self.matmul: Node | None = root if root.op == "matmul" else None
         self.operand_side: set[Node] = set()  # views between a buffer and the matmul
         self.domain = root.shape  # the iteration space of loop kernels and epilogues
+        # producers of index moves (transpose, take, ...) stay out: set on a second try when
+        # the first one had to leave a reduction out because a move read it at other rows
+        self.cut_at_moves = False
         self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
         self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque"}.get(
             category(root), "loop")
@@ -112,6 +115,7 @@ class Fuser:
         # (producer, consumer group's root, why): turned into remarks once kernels have names
         self.boundaries: list[tuple[Node, Node, str]] = []
         self.reasons: dict[Node, str] = {}  # why a producer stayed out of the current group
+        self.misread = False  # a reduction was left out: it would have been read at other rows
 
     def decline(self, p: Node, reason: str) -> bool:
         self.reasons[p] = reason
@@ -121,6 +125,12 @@ class Fuser:
 
     def absorbable(self, G: Group, p: Node) -> bool:
         cat = category(p)
+        if G.cut_at_moves and p.op not in CHEAP:
+            move = next((u for u in self.users_of(p) if u in G.members and u.op in MOVES_INDEX),
+                        None)
+            if move is not None:
+                return self.decline(p, f"the {move.op} reading it needs other rows than the "
+                                       "one a row program holds: it is computed whole first")
         if cat in ("opaque", "constant") or G.kind == "opaque":
             return self.decline(p, "scatter_add and non-splat constants are kernels of their own")
         if cat == "matmul":
@@ -189,6 +199,7 @@ class Fuser:
         bad = row_misread(G.members | {p}, G.root, *red)
         if bad is None:
             return True
+        self.misread = True
         return self.decline(p, f"the kernel would read the {bad.op} of another row than the one "
                                "it computes (through a transpose, gather, slice or trailing "
                                "broadcast of the reduced values)")
@@ -294,6 +305,23 @@ class Fuser:
             self.boundaries.append((p, G.root, reason))
         self.reasons.clear()
 
+    def group_at(self, n: Node, needed: set[Node]) -> Group:
+        """The group rooted at ``n``. When an index move (softmax(x).T) kept a reduction out,
+        the values before the move are better stored whole by their own row program than split
+        over kernels that recompute them: grow again, stopping at the moves."""
+        before, reported = set(needed), len(self.boundaries)
+        self.misread = False
+        G = Group(n)
+        self.grow(G, needed)
+        if self.misread and any(m.op in MOVES_INDEX for m in G.members):
+            needed.clear()
+            needed.update(before)
+            del self.boundaries[reported:]
+            G = Group(n)
+            G.cut_at_moves = True
+            self.grow(G, needed)
+        return G
+
     def run(self) -> Graph:
         g = self.g
         needed: set[Node] = {v for v in g.roots() if isinstance(v, Node)}
@@ -304,8 +332,7 @@ class Fuser:
                 continue
             if n.op == "constant":
                 continue  # literals stay top-level (splats are cloned into kernels)
-            G = Group(n)
-            self.grow(G, needed)
+            G = self.group_at(n, needed)
             groups[n] = G
             owned |= G.members - G.clones
         return self.build(groups)

@@ -20,6 +20,7 @@ import sys
 import numpy as np
 import pytest
 from helpers import assert_close
+from test_fuse import Fused, region_ops
 
 import lamina as lm
 from lamina.backends.llvm.codegen import Codegen
@@ -392,3 +393,28 @@ def test_row_value_kept_for_reuse_read_through_a_transpose(backend):
           lambda x: np.exp(x).sum(axis=1, keepdims=True) + np.exp(x).T)
     check(lambda x: lm.exp(x) / lm.exp(x).sum(axis=1, keepdims=True) * lm.exp(x).T, (x,),
           backend, lambda x: np.exp(x) / np.exp(x).sum(axis=1, keepdims=True) * np.exp(x).T)
+
+
+# --- how the row-alignment rule fuses -----------------------------------------------------------
+
+
+def fused(fn, *shapes):
+    f = Fused(fn, *[lm.TensorType(s, "float32") for s in shapes])
+    return [(k.attrs["name"], region_ops(k)) for k in f.kernels], f.remarks
+
+
+def test_transposed_softmax_is_a_row_program_then_a_transpose():
+    kernels, remarks = fused(lambda x: lm.softmax(x, axis=1).T, (8, 8))
+    assert [ops for _, ops in kernels] == [["max", "sub", "exp", "sum", "div", "mul"],
+                                           ["transpose"]]
+    assert any("mul not fused: the transpose reading it needs other rows" in r for r in remarks)
+
+
+def test_trailing_broadcast_of_a_row_sum_is_a_boundary_with_its_reason():
+    kernels, remarks = fused(lambda x: x * x.sum(axis=1), (8, 8))
+    assert [ops for _, ops in kernels] == [["sum"], ["mul"]]
+    assert any("sum not fused: the kernel would read the sum of another row" in r
+               for r in remarks)
+    # the same with keepdims (the same row) stays one kernel
+    kernels, _ = fused(lambda x: x * x.sum(axis=1, keepdims=True), (8, 8))
+    assert [ops for _, ops in kernels] == [["sum", "mul"]]

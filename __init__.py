@@ -72,10 +72,13 @@ from lamina.frontend.transforms import grad, value_and_grad
 from lamina.ir.dtypes import bfloat16, bool_, float16, float32, float64, int32, int64
 from lamina.ir.errors import (
     ArtifactError,
+    ConfigError,
     DTypeError,
     GradError,
     LaminaError,
+    LaminaWarning,
     ParseError,
+    PromotionWarning,
     ShapeError,
     SignatureError,
     TraceError,
@@ -98,9 +101,10 @@ def _register_aliases():
 _register_aliases()
 
 __all__ = [
-    "ArtifactError", "CompiledFunction", "DTypeError", "GradError", "LaminaError",
-    "ParseError", "ShapeError", "SignatureError", "Tensor", "TensorType", "TraceError",
-    "VerifyError", "abs", "add", "arange", "argmax", "astype", "bfloat16", "bool_",
+    "ArtifactError", "CompiledFunction", "ConfigError", "DTypeError", "GradError",
+    "LaminaError", "LaminaWarning", "ParseError", "PromotionWarning", "ShapeError",
+    "SignatureError", "Tensor", "TensorType", "TraceError", "VerifyError", "abs",
+    "add", "arange", "argmax", "astype", "bfloat16", "bool_",
     "broadcast_to", "clip", "compile", "concatenate", "divide", "erf", "exp", "expand_dims",
     "float16", "float32", "float64", "full", "gelu", "grad", "int32", "int64", "ir", "load",
     "log", "log_softmax", "logsumexp", "matmul", "max", "maximum", "mean", "min", "minimum",

@@ -325,7 +325,38 @@ def compile(fn=None, *, backend: str = DEFAULT_BACKEND, name: str | None = None,
     """Compile ``fn`` for ``backend``; usable as ``lm.compile(f)`` or ``@lm.compile(backend=...)``.
 
     Each new input signature (shapes, dtypes, static arguments) traces and compiles a new
-    variant; ``static_argnums`` names arguments passed as Python values at trace time.
+    variant; ``static_argnums`` names arguments passed as Python values at trace time. So does
+    a change of the train/eval mode of a module the trace read (``model.eval()`` switches
+    dropout off in the next call; switching back reuses the variant compiled before).
+
+    **Python values are read once, while tracing.** Globals, closure variables and attributes
+    that ``fn`` reads (a learning rate in a global, a flag, a list's length) are frozen into the
+    compiled graph as constants, as in JAX: changing them later does not change the compiled
+    function. Pass a value that changes as an argument (a Python number becomes a 0-d input,
+    so a new value does not even recompile):
+
+    >>> import numpy as np, lamina as lm
+    >>> scale = 2.0
+    >>> f = lm.compile(lambda x: x * scale)
+    >>> f(np.ones(2, np.float32))
+    array([2., 2.], dtype=float32)
+    >>> scale = 3.0                      # too late: the graph holds 2.0
+    >>> f(np.ones(2, np.float32))
+    array([2., 2.], dtype=float32)
+    >>> g = lm.compile(lambda x, scale: x * scale)
+    >>> g(np.ones(2, np.float32), 3.0)
+    array([3., 3.], dtype=float32)
+
+    Parameters and optimizer state are not frozen: they are state, read at every call.
+
+    **Threads.** A compiled function may be called from several threads. Calls are serialized
+    per set of shared state: calls of one function run one at a time, and so do the calls of
+    every function that shares a parameter (or any Variable) with it, so ``train_step`` and
+    ``predict`` over one model never see each other halfway, and each sees the state of some
+    serial order of the calls. Functions over unrelated state run in parallel. A new variant
+    is compiled once however many threads ask for it. Reading or assigning parameters directly
+    (``model.state_dict()``, ``load_state_dict``) while a step runs in another thread is not
+    synchronized: do that between steps.
     """
     if fn is None:
         return lambda f: CompiledFunction(f, backend, name, passes, static_argnums)

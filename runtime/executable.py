@@ -90,7 +90,15 @@ class Executable:
 
     def __call__(self, *args):
         arrays = self.check(args)
-        lock = self._lock.acquire()
+        # StateLock.acquire, inlined for the common case (a root, not merged meanwhile)
+        node = self._lock
+        if node.parent is not None:  # merged into another set since: keep its root
+            node = self._lock = node.root()
+        lock = node.lock
+        lock.acquire()
+        if node.parent is not None:  # merged while we waited: take the merged set's lock
+            lock.release()
+            lock = node.acquire()
         try:
             outs = self._run(arrays)
         finally:

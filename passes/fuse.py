@@ -143,10 +143,12 @@ class Fuser:
         if G.kind == "gemm":
             users = self.users_of(p)
             if any(u is G.matmul or u in G.operand_side for u in users):
-                # an operand of the matmul: only strided views of a buffer
-                if self.is_view(p) and all(u is G.matmul or u in G.operand_side
-                                           for u in users if u in G.members):
-                    G.operand_side.add(p)
+                # an operand of the matmul: only strided views of a buffer (and what it is a
+                # view of may already be here, for the epilogue: then that must be one too)
+                chain = _member_cone(p, G.members | {p})
+                if all(self.is_view(v) for v in chain) and all(
+                        u is G.matmul or u in G.operand_side for u in users if u in G.members):
+                    G.operand_side.update(chain)
                     return True
                 return self.decline(p, "a matmul reads its operands through strides; this "
                                        "producer is computed, so it is materialized")

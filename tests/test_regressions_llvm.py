@@ -374,6 +374,10 @@ SHARED_OPERANDS = {  # an operand the epilogue reads too
     "view_of_input": lambda x, w: (lambda s: s - s @ w)(x.T[:2, :2]),
     "reshape": lambda x, w: (lambda s: s + s @ w[:2, :2])(x.reshape(2, 2, 4)[0, :, :2]),
     "computed": lambda x, w: (lambda s: s + s @ w)(x[:2, :2] * 2),
+    # the epilogue reads a slice, the GEMM a view of that slice
+    "view_of_shared_slice": lambda x, w: (lambda s: s + s.T @ w)(x[:2, :2]),
+    "view_of_shared_cast": lambda x, w: (lambda s: s + s.T @ w)(
+        x[:2, :2].astype(np.float64).astype(np.float32)),
 }
 
 

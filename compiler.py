@@ -158,7 +158,8 @@ class CompiledFunction:
             modes = self._guarded[base][-1][0]
             diffs = [f"{type(m).__name__}.training {old} -> {m.training}"
                      for m, old in modes if m.training != old]
-            return "module mode changed (train()/eval()): " + "; ".join(diffs)
+            if diffs:
+                return "module mode changed (train()/eval()): " + "; ".join(diffs)
         sig, static = base
         for (old_sig, old_static, _), exe in self.variants.items():
             if old_static != static:

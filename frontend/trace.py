@@ -114,14 +114,17 @@ class Widening:
     argument: Param  # the graph input the wide operand derives from
     state: Param  # the state (parameter) the narrow operand derives from
     kind: str  # "parameter" or "state" (an optimizer slot, a buffer)
+    direct: bool  # the narrow operand is the state itself (not computed from it)
     result: str  # the dtype the op computed in
     loc: SourceLoc | None
 
     def message(self) -> str:
         a, s = self.argument, self.state
         where = f" at {self.loc.short}" if self.loc is not None else ""
-        return (f"argument {a.name!r} ({a.dtype.name}) meets {self.kind} {s.name!r} "
-                f"({s.dtype.name}){where}: the result is {self.result}, and so is everything "
+        met = f"{self.kind} {s.name!r} ({s.dtype.name})" if self.direct else \
+            f"{s.dtype.name} values computed from {self.kind} {s.name!r}"
+        return (f"argument {a.name!r} ({a.dtype.name}) meets {met}{where}: the result is "
+                f"{self.result}, and so is everything "
                 f"computed from it; pass {a.name}.astype(np.{s.dtype.name}) to compute in "
                 f"{s.dtype.name} (or give the model {self.result} parameters)")
 
@@ -218,7 +221,8 @@ class TraceContext:
                 if arg is not None:
                     var = self.variables.get(state.name)
                     kind = "parameter" if type(var).__name__ == "Parameter" else "state"
-                    self.widening = Widening(arg, state, kind, cast.dtype.name, result.loc)
+                    self.widening = Widening(arg, state, kind, src is state, cast.dtype.name,
+                                             result.loc)
                     return
 
     def _origin(self, value, kind: str, dtype) -> Param | None:
@@ -238,7 +242,9 @@ class TraceContext:
                 if pending:
                     stack.extend(pending)
                     continue
-                memo[v] = next((memo[i] for i in v.inputs if memo[i] is not None), None)
+                # the nearest one: an operand that is itself one, else the first operand's
+                memo[v] = next((i for i in v.inputs if memo[i] is i), None) or \
+                    next((memo[i] for i in v.inputs if memo[i] is not None), None)
                 stack.pop()
         return memo[value]
 

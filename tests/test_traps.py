@@ -144,6 +144,25 @@ def test_float64_input_into_a_float32_model_warns_once_and_follows_numpy():
         f(x.astype(np.float32))  # float32 in: nothing to say
 
 
+def test_a_float64_target_widens_values_computed_from_parameters():
+    model = MLP()
+    opt = lm.optim.SGD(model.parameters(), lr=0.1)
+
+    @lm.compile(backend="numpy")
+    def step(x, y):
+        loss = nn.functional.mse_loss(model(x), y)
+        opt.minimize(loss)
+        return loss
+
+    line = _line_of(step.fn, "mse_loss")
+    with pytest.warns(PromotionWarning, match=r"^argument 'y' \(float64\) meets float32 "
+                                              rf"values computed from parameter 'fc2\.[wb]' "
+                                              rf"at {HERE}:{line}: "):
+        loss = step(np.ones((3, 4), np.float32), np.zeros((3, 2)))
+    assert loss.dtype == np.float64
+    assert model.fc2.w.dtype == lm.float32, "parameters keep their dtype"
+
+
 def test_no_promotion_warning_where_nothing_widens_a_parameter():
     with warnings.catch_warnings():
         warnings.simplefilter("error")

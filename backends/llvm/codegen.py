@@ -1,12 +1,17 @@
-"""The LLVM module for one fused, planned graph: one function per kernel, OpenMP wrappers for
+"""The LLVM module for one fused, planned graph: one function per kernel, chunk wrappers for
 the parallel ones, and the entry point that runs the whole step in one call.
 
     i32 lamina_entry(i8** bufs, i32 nthreads)
 
 ``bufs`` holds one pointer per input, per state variable, per output (in graph order) and one
 for the arena; literal constants are globals of the module. The entry resets the error flag,
-runs every kernel in schedule order (``GOMP_parallel`` for large ones), copies state updates
-that could not be written in place, and returns the flag (nonzero: an index was out of range).
+runs every kernel in schedule order, copies state updates that could not be written in place,
+and returns the flag (nonzero: an index was out of range).
+
+Large kernels run on the thread pool (``pool.py``): their parallel axis is cut into chunks, a
+fixed number per kernel chosen here from its size (never from the thread count, so a result
+does not depend on how many threads computed it: with one thread the same chunks run in
+order), and the threads that are running claim them one by one.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from llvmlite import ir
 
 from lamina.backends.llvm import jit
 from lamina.backends.llvm import lower as L
+from lamina.backends.llvm import pool
 from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.source import constant_array
@@ -27,7 +33,24 @@ I8P = L.I8.as_pointer()
 I32, I64 = L.I32, L.I64
 ENTRY = "lamina_entry"
 PARALLEL_MIN_WORK = 1 << 15  # elements: below this, threads cost more than they save
-CODEGEN_VERSION = "3"  # part of cache keys: bump when generated code changes meaning
+# Chunks of a parallel kernel: about this many elements each (a few microseconds: claiming one
+# costs two contended atomics, ~0.2 us), at most MAX_KERNEL_CHUNKS, whole multiples of
+# CHUNK_ALIGN iterations where the extent allows (whole vectors; no false sharing of rows).
+CHUNK_WORK = 1 << 13
+MAX_KERNEL_CHUNKS = 256
+CHUNK_ALIGN = 16
+# Part of cache keys: bump when generated code changes meaning. 4: kernels and GEMMs call the
+# thread pool (pool.py, ABI in its symbol names) instead of GOMP_parallel.
+CODEGEN_VERSION = "4"
+
+
+def kernel_chunks(extent: int, work: int) -> tuple[int, int]:
+    """(chunk size in iterations, number of chunks) for a parallel kernel."""
+    want = max(1, min(MAX_KERNEL_CHUNKS, work // CHUNK_WORK, extent))
+    size = -(-extent // want)
+    if extent >= CHUNK_ALIGN * want:
+        size = -(-size // CHUNK_ALIGN) * CHUNK_ALIGN
+    return size, -(-extent // size)
 
 
 @dataclass
@@ -135,22 +158,15 @@ class Codegen:
         self.emit_entry()
         return self.module
 
-    def parallel_wrapper(self, fn: ir.Function, k: KernelFn) -> ir.Function:
-        """void k.par(i8* data): this thread's share of [0, extent); data = bufs."""
-        w = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I8P]), k.name + ".par")
+    def chunk_wrapper(self, fn: ir.Function, k: KernelFn, size: int) -> ir.Function:
+        """void k.chunk(i8* bufs, i64 c, i64 slot): chunk c = [c*size, min((c+1)*size, extent))
+        of the kernel's parallel axis (the pool's chunk function)."""
+        w = ir.Function(self.module, pool.CHUNK_TYPE, k.name + ".chunk")
         w.linkage = "internal"
         b = ir.IRBuilder(w.append_basic_block("entry"))
-        tnum = L.intrinsic(self.module, "omp_get_thread_num", I32, [])
-        tcount = L.intrinsic(self.module, "omp_get_num_threads", I32, [])
-        t = b.sext(b.call(tnum, []), I64)
-        nt = b.sext(b.call(tcount, []), I64)
         extent = ir.Constant(I64, k.extent)
-        # chunks rounded to 16 iterations: whole vectors, no false sharing of small rows
-        chunk = b.udiv(b.add(extent, b.sub(nt, ir.Constant(I64, 1))), nt)
-        chunk = b.and_(b.add(chunk, ir.Constant(I64, 15)), ir.Constant(I64, ~15))
-        lo = b.mul(t, chunk)
-        hi = b.add(lo, chunk)
-        lo = b.select(b.icmp_signed(">", lo, extent), extent, lo)
+        lo = b.mul(w.args[1], ir.Constant(I64, size))
+        hi = b.add(lo, ir.Constant(I64, size))
         hi = b.select(b.icmp_signed(">", hi, extent), extent, hi)
         bufs = b.bitcast(w.args[0], I8P.as_pointer())
         b.call(fn, [bufs, lo, hi, ir.Constant(I32, 1)])
@@ -193,23 +209,17 @@ class Codegen:
         return g
 
     def call_kernel(self, b, node: Node, k: KernelFn, bufs, nthreads) -> None:
-        """Call a kernel over its whole extent: directly, or split over OpenMP threads."""
-        m = self.module
-        fn = m.globals[k.name]
+        """Call a kernel over its whole extent: directly, or in chunks through the pool (which
+        runs them on this thread alone when nthreads is 1 or the pool is busy)."""
+        fn = self.module.globals[k.name]
         parallel = (k.kind != "gemm" and k.extent > 1 and k.work >= PARALLEL_MIN_WORK)
-        if not parallel:
+        size, count = kernel_chunks(k.extent, k.work) if parallel else (k.extent, 1)
+        if count <= 1:
             b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent), nthreads])
             return
-        gomp = L.intrinsic(m, "GOMP_parallel", ir.VoidType(),
-                           [ir.FunctionType(ir.VoidType(), [I8P]).as_pointer(), I8P, I32, I32])
-        w = self.parallel_wrapper(fn, k)
-        many = b.icmp_signed(">", nthreads, ir.Constant(I32, 1))
-        with b.if_else(many) as (threaded, serial):
-            with threaded:
-                b.call(gomp, [w, b.bitcast(bufs, I8P), nthreads, ir.Constant(I32, 0)])
-            with serial:
-                b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent),
-                            ir.Constant(I32, 1)])
+        w = self.chunk_wrapper(fn, k, size)
+        b.call(pool.declare_run(self.module), [w, b.bitcast(bufs, I8P), ir.Constant(I64, count),
+                                               nthreads])
 
     def emit_copies(self, b, bufs) -> None:
         """State updates that could not be written in place: copied after the last kernel."""

@@ -1,4 +1,4 @@
-"""GEMM for the CPU backend: packed panels, a register-blocked FMA micro-kernel, OpenMP threads.
+"""GEMM for the CPU backend: packed panels, a register-blocked FMA micro-kernel, pool threads.
 
 The emitted function (one per dtype, C ABI)::
 
@@ -33,25 +33,35 @@ Blocking (the BLIS scheme, mirrored for row-major C):
   across the panel (row-major B, column-major A) is copied with vector loads, one with unit
   stride along k (row-major A, column-major B) is transposed VL x VL in registers, anything
   else is copied element by element.
-* Cache blocks (loop order ic > pc > jc > ir > jr): a packed B block of KC x NC (f32: 384 x 384,
-  576 KiB) stays in L2 while the micro-kernel sweeps it once per MR-row panel of A; the A
-  micro-panel (MR x KC, 18 KiB) stays in L1 across the NC/NR micro-kernel calls that reuse it.
-  MC (rows of A packed per pc step) is large (1536) so that B is packed only once per call for
-  M <= MC per thread: repacking B per smaller M block cost more than streaming packed A from
-  L3. K and M are cut into equal blocks (K = 400 runs as 2 x 200, not 384 + 16). The first K
-  block overwrites C (so K = 0 stores zeros), later ones add to it.
-* Threads (``GOMP_parallel`` when nthreads > 1 and the call has >= 4 MFLOP; smaller calls were
-  slower threaded): the threads never wait for each other. Each takes whole matrices of the
-  batch when the batch divides among them (or is large), else a range of row panels (when
-  M >= N) or of column panels of every matrix, packing its own copy of the other operand. A
-  variant sharing each packed B block between the threads (one barrier per block) measured the
-  same on a quiet machine, slower for small matrices, and collapsed when another process held a
-  core (a descheduled thread stalls the barrier).
-* Epilogue: called for each MR-row x NC-column block right after its last K block is stored.
+* Tiles (``_Emitter.tile``): C is cut into tiles of at most MC rows (whole MR-row panels) x NC
+  columns (whole NR-column panels) of one matrix of the batch. Inside a tile: pc (KC-deep K
+  blocks) > ir (MR rows: the A micro-panel, MR x KC, stays in L1 across the row of micro-
+  kernel calls) > jr (NR columns: the packed B block, KC x NC, stays in L2 across the rows).
+  K is cut into equal blocks (K = 400 runs as 2 x 200, not 384 + 16). The first K block
+  overwrites C (so K = 0 stores zeros), later ones add to it.
+* Packing buffers belong to a slot (a participant of the call, ``pool.py``): one packed B for
+  the tile's column block over the *whole* K (its K blocks one after another) and one packed A
+  block (the tile's rows x KC). The B part stays valid across tiles: a slot that runs several
+  tiles of the same column block of the same matrix packs B once. A is packed per tile, and
+  never twice (tiles do not overlap).
+* Threads: the tiles are the pool's chunks (several tiles per chunk only when there are very
+  many), claimed dynamically by whichever participant is running; nobody waits for a thread
+  that is not (another process holding a core costs that thread's share, not a scheduler slice
+  per call). The tiling (``_Emitter.entry``) makes about CHUNKS_PER_THREAD tiles per thread, a
+  multiple of the thread count (equal threads finish together), with tiles of consecutive rows
+  of one column block numbered consecutively (so their B is shared by a slot); when the rows
+  run out (small M) the column blocks get narrower; a batch of many matrices gives whole-matrix
+  tiles. Calls with < ``min_flops`` run on the calling thread alone (smaller calls were slower
+  threaded). Each slot packs its own copy of B: a variant sharing each packed B block between
+  the threads (one barrier per block) measured the same on a quiet machine, slower for small
+  matrices, and collapsed when another process held a core (a descheduled thread stalls the
+  barrier). Results do not depend on the thread count: every element's sum runs over the same
+  K blocks in the same order.
+* Epilogue: called for each MR-row strip of a tile right after its last K block is stored.
 
-The packing workspace (per thread: one B block and one A block) is allocated once and cached in
-a module global, taken and returned with atomic exchanges: concurrent calls stay safe (a call
-that finds the cache empty allocates its own).
+The packing workspace (one slot per thread) is allocated once and cached in a module global,
+taken and returned with atomic exchanges: concurrent calls stay safe (a call that finds the
+cache empty allocates its own).
 
 Constants: ``CONFIGS``; measurements: benchmarks/gemm_kernel.py.
 """
@@ -65,9 +75,13 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from lamina.backends.llvm import jit
+from lamina.backends.llvm import jit, pool
 
 GEMM_SYMBOL = {"f32": "lamina_gemm_f32", "f64": "lamina_gemm_f64"}
+MAX_GEMM_THREADS = 64      # slots of one call (each holds packing buffers)
+CHUNKS_PER_THREAD = 4      # tiles per thread the tiling aims for (see _Emitter.entry)
+MAX_GEMM_CHUNKS = 1024     # more tiles than this: several per chunk
+B_BUDGET = 4 << 20         # bytes of packed B (K x column block) one slot may hold
 
 _i1, _i8, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _i8p = _i8.as_pointer()
@@ -100,8 +114,8 @@ class Config:
     mr: int        # rows of the register tile
     nrv: int       # vectors per tile row (NR = nrv * lanes)
     kc: int        # k depth of packed panels
-    mc: int        # rows of A packed per thread and (ic, pc) step (multiple of mr)
-    nc: int        # columns of one packed B block (multiple of NR)
+    mc: int        # rows of a tile at most (its packed A block: mc x kc; multiple of mr)
+    nc: int        # columns of a tile at most (its packed B block: kc x nc; multiple of NR)
     unroll: int = 4          # K-loop unroll of the micro-kernel
     pf_c: bool = True        # prefetch the C tile (for writing) before the K loop
     min_flops: int = 1 << 22  # below this many flops the call stays on one thread
@@ -162,6 +176,15 @@ def _for(b: ir.IRBuilder, start, stop, step=1, name="i"):
 
 def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _max(b, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _round16(b, x):
+    """x rounded up to a multiple of 16 elements (64-byte aligned for f32, 128 for f64)."""
+    return b.and_(b.add(x, _c64(15)), _c64(~15))
 
 
 def _cdiv(b, x, d):
@@ -448,123 +471,116 @@ class _Emitter:
             with _for(b, nv, _c64(w), name="z") as x:  # zero padding
                 b.store(zero, b.gep(d, [x]))
 
-    # one matrix ------------------------------------------------------------------------------
-    def matrix(self, uk, pack_a, pack_b) -> ir.Function:
-        """void mat(M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi,
-        ctx, bbuf, abuf): C = A @ B on one thread, for one matrix or a block of one (the
-        epilogue gets batch bidx's C at cbase, rows and columns offset by ibase and jbase)."""
+    # tiles and chunks --------------------------------------------------------------------------
+    # The job: the entry's arguments, the tiling it chose and the workspace (see entry()).
+    JOB = ("M", "N", "K", "A", "rsA", "csA", "B", "rsB", "csB", "C", "ldc", "batch", "bsA",
+           "bsB", "bsC", "epi", "ctx", "ws", "stride", "boff", "kstep", "nib", "njb", "pm",
+           "pn", "nbmax", "upc", "units", "tags")
+
+    def job_fields(self):
+        ep = EPILOGUE_TYPE[self.dtype].as_pointer()
+        types = {"A": self.tp, "B": self.tp, "C": self.tp, "ws": self.tp, "epi": ep,
+                 "ctx": _i8p, "tags": _i64.as_pointer()}
+        return [types.get(name, _i64) for name in self.JOB]
+
+    def tile(self, uk, pack_a, pack_b) -> ir.Function:
+        """void tile(job*, i64 slot, i64 bi, i64 jb, i64 ib): C[rows of ib, columns of jb] of
+        matrix bi, with the packing buffers of `slot`.
+
+        Row block ib is row panels [ib*pm/nib, (ib+1)*pm/nib) (pm panels of MR rows), column
+        block jb likewise of NR-column panels: blocks differ by at most one panel. The slot's
+        buffer keeps B[:, columns of jb] of matrix bi packed for the whole K (its K blocks one
+        after another, nbmax columns apart): a slot that runs several tiles of the same column
+        block (consecutive chunks) packs B once. A's rows are packed per tile and K block.
+        Within a tile: pc (K blocks) > ir (MR rows; the A micro-panel stays in L1) > jr (NR
+        columns; the packed B block stays in L2). The first K block overwrites C (K = 0:
+        zeros), later ones add to it; the epilogue runs on each MR-row strip after its last K
+        block."""
         cfg = self.cfg
-        tp, ep = self.tp, EPILOGUE_TYPE[self.dtype].as_pointer()
-        fn, b = _new_fn(self.m, self.prefix + "matrix", _void,
-                        [_i64, _i64, _i64, tp, _i64, _i64, tp, _i64, _i64, tp, _i64,
-                         tp, _i64, _i64, _i64, ep, _i8p, tp, tp])
-        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, cbase, bidx, ibase, jbase, epi, ctx,
-         bbuf, abuf) = fn.args
-        # Blocks of equal size (no thin last block): K in steps of at most KC (one step of 0
-        # when K == 0, which stores zeros), M in steps of at most MC rows (whole panels).
+        st = ir.LiteralStructType(self.job_fields())
+        fn, b = _new_fn(self.m, self.prefix + "tile", _void,
+                        [st.as_pointer(), _i64, _i64, _i64, _i64])
+        jp, slot, bi, jb, ib = fn.args
+        f = {name: b.load(b.gep(jp, [ir.Constant(_i32, 0), ir.Constant(_i32, k)]))
+             for k, name in enumerate(self.JOB)}
+        M, N, K = f["M"], f["N"], f["K"]
+        ws = b.gep(f["ws"], [b.mul(slot, f["stride"])])
+        bfull, abuf = ws, b.gep(ws, [f["boff"]])
+
+        def bounds(x, n, parts, unit, limit):
+            lo = b.mul(b.sdiv(b.mul(x, n), parts), _c64(unit))
+            hi = _min(b, b.mul(b.sdiv(b.mul(b.add(x, _c64(1)), n), parts), _c64(unit)), limit)
+            return lo, hi
+
+        j0, j1 = bounds(jb, f["pn"], f["njb"], self.nr, N)
+        i0, i1 = bounds(ib, f["pm"], f["nib"], cfg.mr, M)
+        nbw = b.sub(j1, j0)
         kpos = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
-        kstep = _cdiv(b, kpos, _cdiv(b, kpos, cfg.kc))
-        mpos = b.select(b.icmp_signed(">", M, _c64(0)), M, _c64(1))
-        mstep = _cdiv(b, mpos, _cdiv(b, mpos, cfg.mc))
-        mstep = b.mul(_cdiv(b, mstep, cfg.mr), _c64(cfg.mr))
-        has_epi = b.icmp_unsigned("!=", epi, ir.Constant(ep, None))
-        with _for(b, _c64(0), M, mstep, name="ic") as ic:
-            mc = _min(b, b.sub(M, ic), mstep)
-            with _for(b, _c64(0), kpos, kstep, name="pc") as pc:
+        kstep, nbmax = f["kstep"], f["nbmax"]
+        tag_at = b.gep(f["tags"], [slot])
+        tag = b.add(b.mul(bi, f["njb"]), jb)
+        with b.if_then(b.icmp_signed("!=", b.load(tag_at), tag)):
+            src = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), b.mul(j0, f["csB"]))])
+            with _for(b, _c64(0), kpos, kstep, name="pb") as pc:
                 kc = _min(b, b.sub(K, pc), kstep)
-                first = b.icmp_signed("==", pc, _c64(0))
-                call_epi = b.and_(b.icmp_signed(">=", b.add(pc, kc), K), has_epi)
-                b.call(pack_a, [kc, mc, b.gep(A, [b.add(b.mul(ic, rsA), b.mul(pc, csA))]),
-                                rsA, csA, abuf])
-                with _for(b, _c64(0), N, _c64(cfg.nc), name="jc") as jc:
-                    nc = _min(b, b.sub(N, jc), _c64(cfg.nc))
-                    src = b.gep(B, [b.add(b.mul(pc, rsB), b.mul(jc, csB))])
-                    b.call(pack_b, [kc, nc, src, csB, rsB, bbuf])
-                    with _for(b, ic, b.add(ic, mc), _c64(cfg.mr), name="ir") as ir_:
-                        mr = _min(b, b.sub(b.add(ic, mc), ir_), _c64(cfg.mr))
-                        ap = b.gep(abuf, [b.mul(b.sub(ir_, ic), kc)])
-                        crow = b.gep(C, [b.add(b.mul(ir_, ldc), jc)])
-                        with _for(b, _c64(0), nc, _c64(self.nr), name="jr") as jr:
-                            nr = _min(b, b.sub(nc, jr), _c64(self.nr))
-                            b.call(uk, [kc, ap, b.gep(bbuf, [b.mul(jr, kc)]),
-                                        b.gep(crow, [jr]), ldc, mr, nr, b.not_(first)])
-                        with b.if_then(call_epi):
-                            i0 = b.add(ibase, ir_)
-                            j0 = b.add(jbase, jc)
-                            b.call(epi, [ctx, bidx, cbase, ldc, i0, b.add(i0, mr), j0,
-                                         b.add(j0, nc)])
+                b.call(pack_b, [kc, nbw, b.gep(src, [b.mul(pc, f["rsB"])]), f["csB"], f["rsB"],
+                                b.gep(bfull, [b.mul(pc, nbmax)])])
+            b.store(tag, tag_at)
+        epi, ctx = f["epi"], f["ctx"]
+        has_epi = b.icmp_unsigned("!=", epi, ir.Constant(epi.type, None))
+        a_src = b.gep(f["A"], [b.add(b.mul(bi, f["bsA"]), b.mul(i0, f["rsA"]))])
+        cb = b.gep(f["C"], [b.mul(bi, f["bsC"])])
+        ldc = f["ldc"]
+        with _for(b, _c64(0), kpos, kstep, name="pc") as pc:
+            kc = _min(b, b.sub(K, pc), kstep)
+            first = b.icmp_signed("==", pc, _c64(0))
+            call_epi = b.and_(b.icmp_signed(">=", b.add(pc, kc), K), has_epi)
+            b.call(pack_a, [kc, b.sub(i1, i0), b.gep(a_src, [b.mul(pc, f["csA"])]), f["rsA"],
+                            f["csA"], abuf])
+            bblk = b.gep(bfull, [b.mul(pc, nbmax)])
+            with _for(b, i0, i1, _c64(cfg.mr), name="ir") as ir_:
+                mr = _min(b, b.sub(i1, ir_), _c64(cfg.mr))
+                ap = b.gep(abuf, [b.mul(b.sub(ir_, i0), kc)])
+                crow = b.gep(cb, [b.add(b.mul(ir_, ldc), j0)])
+                with _for(b, _c64(0), nbw, _c64(self.nr), name="jr") as jr:
+                    nr = _min(b, b.sub(nbw, jr), _c64(self.nr))
+                    b.call(uk, [kc, ap, b.gep(bblk, [b.mul(jr, kc)]), b.gep(crow, [jr]), ldc,
+                                mr, nr, b.not_(first)])
+                with b.if_then(call_epi):
+                    b.call(epi, [ctx, bi, cb, ldc, ir_, b.add(ir_, mr), j0, j1])
         b.ret_void()
         return fn
 
-    # threads and the entry point ---------------------------------------------------------------
-    def per_thread(self) -> int:
-        """Workspace elements per thread: one packed B block and one packed A block."""
-        cfg = self.cfg
-        return cfg.kc * cfg.nc + cfg.mc * cfg.kc
+    def chunk(self, tile) -> ir.Function:
+        """void chunk(i8* job, i64 c, i64 slot): the pool's chunk function. Chunk c is units
+        [c*upc, (c+1)*upc) of units (bi, jb, ib), ib fastest: consecutive units share a column
+        block, so a slot running them packs B once."""
+        fn, b = _new_fn(self.m, self.prefix + "chunk", _void, [_i8p, _i64, _i64])
+        data, c, slot = fn.args
+        jp = b.bitcast(data, ir.LiteralStructType(self.job_fields()).as_pointer())
 
-    def fields(self):
-        """The worker's argument struct: the entry's arguments (less nthreads) and the workspace."""
-        return [_i64, _i64, _i64, self.tp, _i64, _i64, self.tp, _i64, _i64, self.tp, _i64,
-                _i64, _i64, _i64, _i64, EPILOGUE_TYPE[self.dtype].as_pointer(), _i8p, self.tp]
+        def field(name):
+            return b.load(b.gep(jp, [ir.Constant(_i32, 0),
+                                     ir.Constant(_i32, self.JOB.index(name))]))
 
-    def worker(self, mat) -> ir.Function:
-        """void work(i8* args, i64 t, i64 T): thread t of T's share of the whole call. The
-        threads never wait for each other: each takes whole matrices of the batch when there
-        are enough, else a range of row panels or of column panels of every matrix, whichever
-        duplicates less packing (each thread packs the whole of the operand it does not
-        split: B for a row split, A for a column split)."""
-        cfg = self.cfg
-        fn, b = _new_fn(self.m, self.prefix + "work", _void, [_i8p, _i64, _i64])
-        data, t, T = fn.args
-        fields = self.fields()
-        sp = b.bitcast(data, ir.LiteralStructType(fields).as_pointer())
-        (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC, epi, ctx,
-         ws) = [b.load(b.gep(sp, [ir.Constant(_i32, 0), ir.Constant(_i32, i)]))
-                for i in range(len(fields))]
-        bbuf = b.gep(ws, [b.mul(t, _c64(self.per_thread()))])
-        abuf = b.gep(bbuf, [_c64(cfg.kc * cfg.nc)])
-        zero = _c64(0)
-
-        def run(bi, i0=zero, i1=M, j0=zero, j1=N):
-            """C[i0:i1, j0:j1] of batch bi."""
-            a = b.gep(A, [b.add(b.mul(bi, bsA), b.mul(i0, rsA))])
-            bm = b.gep(B, [b.add(b.mul(bi, bsB), b.mul(j0, csB))])
-            cb = b.gep(C, [b.mul(bi, bsC)])
-            c = b.gep(cb, [b.add(b.mul(i0, ldc), j0)])
-            b.call(mat, [b.sub(i1, i0), b.sub(j1, j0), K, a, rsA, csA, bm, rsB, csB, c, ldc, cb,
-                         bi, i0, j0, epi, ctx, bbuf, abuf])
-
-        def split(n, unit):
-            """Thread t's share [x0, x1) of n, in whole units."""
-            nu = _cdiv(b, n, unit)
-            x0 = b.mul(b.sdiv(b.mul(nu, t), T), _c64(unit))
-            x1 = _min(b, b.mul(b.sdiv(b.mul(nu, b.add(t, _c64(1))), T), _c64(unit)), n)
-            return x0, x1
-
-        by_batch = b.and_(b.icmp_signed(">=", batch, T),
-                          b.or_(b.icmp_signed("==", b.srem(batch, T), _c64(0)),
-                                b.icmp_signed(">=", batch, b.mul(T, _c64(4)))))
-        rows_ok = b.icmp_signed(">=", _cdiv(b, M, cfg.mr), T)
-        cols_ok = b.icmp_signed(">=", _cdiv(b, N, self.nr), T)
-        by_rows = b.and_(rows_ok, b.or_(b.icmp_signed("<=", N, M), b.not_(cols_ok)))
-        with b.if_else(by_batch) as (then, other):
-            with then, _for(b, t, batch, T, name="bt") as bi:
-                run(bi)
-            with other, b.if_else(by_rows) as (t2, o2):
-                with t2:
-                    i0, i1 = split(M, cfg.mr)
-                    with (b.if_then(b.icmp_signed("<", i0, i1)),
-                          _for(b, _c64(0), batch, name="bm") as bi):
-                        run(bi, i0=i0, i1=i1)
-                with o2:
-                    j0, j1 = split(N, self.nr)
-                    with (b.if_then(b.icmp_signed("<", j0, j1)),
-                          _for(b, _c64(0), batch, name="bn") as bi):
-                        run(bi, j0=j0, j1=j1)
+        upc, nib, njb = field("upc"), field("nib"), field("njb")
+        u0 = b.mul(c, upc)
+        u1 = _min(b, b.add(u0, upc), field("units"))
+        with _for(b, u0, u1, name="u") as u:
+            t = b.sdiv(u, nib)
+            b.call(tile, [jp, slot, b.sdiv(t, njb), b.srem(t, njb), b.srem(u, nib)])
         b.ret_void()
         return fn
 
-    def entry(self, work) -> ir.Function:
+    # the entry point -----------------------------------------------------------------------------
+    def entry(self, chunk) -> ir.Function:
+        """The GEMM: choose the tiling, take a workspace, run the chunks on the pool.
+
+        Tiling: column blocks as wide as NC (and as the workspace budget allows: each slot
+        holds a K x block packed B); then row blocks of at most MC rows, more of them until
+        there are CHUNKS_PER_THREAD tiles per thread (and a multiple of the thread count, so
+        equal threads finish together); if the rows run out first (small M), narrower column
+        blocks. Many matrices in the batch: a tile is a whole matrix (or its MC-row part)."""
         cfg, m = self.cfg, self.m
         fn = ir.Function(m, _gemm_type(self.dtype), GEMM_SYMBOL[self.dtype])
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -576,42 +592,56 @@ class _Emitter:
                       b.icmp_signed("<=", batch, _c64(0)))
         b.cbranch(empty, done, body)
         b.position_at_end(body)
-        # Threads: as asked (1..64), but one for problems too small to pay for a team.
+        tags = b.alloca(ir.ArrayType(_i64, MAX_GEMM_THREADS))
+        # Threads: as asked (1..MAX_GEMM_THREADS), but one for problems too small to pay.
         flops = b.mul(b.mul(b.mul(b.mul(M, N), K), batch), _c64(2))
         nt = b.sext(nthreads, _i64)
-        nt = b.select(b.icmp_signed("<", nt, _c64(1)), _c64(1), _min(b, nt, _c64(64)))
+        nt = b.select(b.icmp_signed("<", nt, _c64(1)), _c64(1), _min(b, nt, _c64(MAX_GEMM_THREADS)))
         nt = b.select(b.icmp_signed("<", flops, _c64(cfg.min_flops)), _c64(1), nt)
-        # Workspace: taken from the module's cache (atomically), grown when too small.
-        need = b.mul(b.mul(nt, _c64(self.per_thread())), _c64(_BYTES[self.dtype]))
-        ws = self.take_workspace(b, need)
-        st = ir.LiteralStructType(self.fields())
-        args = b.alloca(st)
-        for i, v in enumerate([M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC,
-                               epi, ctx, b.bitcast(ws, self.tp)]):
-            b.store(v, b.gep(args, [ir.Constant(_i32, 0), ir.Constant(_i32, i)]))
-        data = b.bitcast(args, _i8p)
-        with b.if_else(b.icmp_signed(">", nt, _c64(1))) as (then, other):
-            with then:
-                b.call(self.gomp(), [self.trampoline(work), data, b.trunc(nt, _i32),
-                                     ir.Constant(_i32, 0)])
-            with other:
-                b.call(work, [data, _c64(0), _c64(1)])
+        pm, pn = _cdiv(b, M, cfg.mr), _cdiv(b, N, self.nr)
+        kpos = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
+        kstep = _cdiv(b, kpos, _cdiv(b, kpos, cfg.kc))
+        budget = _max(b, _c64(1), b.sdiv(_c64(B_BUDGET // _BYTES[self.dtype]),
+                                         b.mul(kpos, _c64(self.nr))))
+        njb = _cdiv(b, pn, _min(b, _c64(max(1, cfg.nc // self.nr)), budget))
+        many = b.icmp_signed(">", nt, _c64(1))
+        want = b.select(many, b.mul(nt, _c64(CHUNKS_PER_THREAD)), _c64(1))
+        base = b.mul(batch, njb)
+        nib = _max(b, _cdiv(b, pm, _c64(cfg.mc // cfg.mr)), _min(b, pm, _cdiv(b, want, base)))
+        # a multiple of the thread count where the rows allow it
+        nib_at = b.alloca(_i64)
+        b.store(nib, nib_at)
+        with _for(b, _c64(0), nt, name="even"):
+            cur = b.load(nib_at)
+            uneven = b.icmp_signed("!=", b.srem(b.mul(base, cur), nt), _c64(0))
+            b.store(b.select(b.and_(uneven, b.icmp_signed("<", cur, pm)),
+                             b.add(cur, _c64(1)), cur), nib_at)
+        nib = b.load(nib_at)
+        short = b.and_(many, b.icmp_signed("<", b.mul(base, nib), want))
+        njb = b.select(short, _max(b, njb, _min(b, pn, _cdiv(b, want, b.mul(batch, nib)))), njb)
+        nbmax = b.mul(_cdiv(b, pn, njb), _c64(self.nr))
+        rmax = b.mul(_cdiv(b, pm, nib), _c64(cfg.mr))
+        units = b.mul(b.mul(batch, njb), nib)
+        upc = _cdiv(b, units, _c64(MAX_GEMM_CHUNKS))
+        nchunks = _cdiv(b, units, upc)
+        boff = _round16(b, b.mul(kpos, nbmax))
+        stride = b.add(boff, _round16(b, b.mul(rmax, kstep)))
+        ws = self.take_workspace(b, b.mul(b.mul(nt, stride), _c64(_BYTES[self.dtype])))
+        tp = b.gep(tags, [_c64(0), _c64(0)])
+        with _for(b, _c64(0), nt, name="tag") as s:
+            b.store(_c64(-1), b.gep(tp, [s]))
+        st = ir.LiteralStructType(self.job_fields())
+        job = b.alloca(st)
+        vals = dict(M=M, N=N, K=K, A=A, rsA=rsA, csA=csA, B=B, rsB=rsB, csB=csB, C=C, ldc=ldc,
+                    batch=batch, bsA=bsA, bsB=bsB, bsC=bsC, epi=epi, ctx=ctx,
+                    ws=b.bitcast(ws, self.tp), stride=stride, boff=boff, kstep=kstep, nib=nib,
+                    njb=njb, pm=pm, pn=pn, nbmax=nbmax, upc=upc, units=units, tags=tp)
+        for k, name in enumerate(self.JOB):
+            b.store(vals[name], b.gep(job, [ir.Constant(_i32, 0), ir.Constant(_i32, k)]))
+        b.call(pool.declare_run(m), [chunk, b.bitcast(job, _i8p), nchunks, b.trunc(nt, _i32)])
         self.give_workspace(b, ws)
         b.branch(done)
         b.position_at_end(done)
-        b.ret_void()
-        return fn
-
-    def gomp(self):
-        fty = ir.FunctionType(_void, [ir.FunctionType(_void, [_i8p]).as_pointer(), _i8p, _i32,
-                                      _i32])
-        return _intrinsic(self.m, "GOMP_parallel", fty.return_type, fty.args)
-
-    def trampoline(self, work):
-        fn, b = _new_fn(self.m, self.prefix + "omp_fn", _void, [_i8p])
-        tid = _intrinsic(self.m, "omp_get_thread_num", _i32, [])
-        nth = _intrinsic(self.m, "omp_get_num_threads", _i32, [])
-        b.call(work, [fn.args[0], b.sext(b.call(tid, []), _i64), b.sext(b.call(nth, []), _i64)])
         b.ret_void()
         return fn
 
@@ -662,8 +692,7 @@ class _Emitter:
 def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
     """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
     e = _Emitter(module, dtype, cfg or default_config(dtype))
-    mat = e.matrix(e.ukernel(), e.pack("a"), e.pack("b"))
-    return e.entry(e.worker(mat))
+    return e.entry(e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"))))
 
 
 def declare_gemm(module: ir.Module, dtype: str) -> ir.Function:

@@ -1,5 +1,6 @@
 """The LLVM toolchain for the CPU backend: the host target, the O3 pipeline (new pass manager),
-MCJIT engines and the native libraries JIT code may call (libgomp for threads, libm).
+MCJIT engines, and the thread count of parallel code (the thread pool it calls is ``pool.py``;
+JIT code also calls libc and libm).
 
 Everything llvmlite is imported here, lazily from the rest of lamina (``import lamina`` never
 imports llvmlite).
@@ -7,8 +8,6 @@ imports llvmlite).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 import time
@@ -167,31 +166,13 @@ def optimize(text: str, keep_text: bool = False, loops: bool = True,
                      t1 - t0, t2 - t1)
 
 
-# --- native libraries -------------------------------------------------------------------------
-
-
-@functools.cache
-def libgomp() -> str | None:
-    """Path of libgomp, loaded for JIT code (GOMP_parallel), or None when unavailable."""
-    _init()
-    for name in ("libgomp.so.1", ctypes.util.find_library("gomp")):
-        if not name:
-            continue
-        try:
-            ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-            llvm.load_library_permanently(name)
-            return name
-        except OSError:
-            continue
-    return None
+# --- threads ------------------------------------------------------------------------------------
 
 
 @functools.cache
 def threads() -> int:
-    """Worker threads for parallel kernels: LAMINA_NUM_THREADS, else the usable cores
-    (1 when libgomp is missing)."""
-    if libgomp() is None:
-        return 1
+    """Threads for parallel kernels and the GEMM (the submitting thread and the pool's workers,
+    ``pool.py``): LAMINA_NUM_THREADS, else the usable cores."""
     raw = os.environ.get("LAMINA_NUM_THREADS", "").strip()
     if raw:
         return config.num_threads()  # validated: a ConfigError names the variable
@@ -210,9 +191,14 @@ def versions() -> dict[str, str]:
 class Engine:
     """An MCJIT engine holding one optimized module (or one object file)."""
 
-    def __init__(self, module=None, object_code: bytes | None = None):
+    def __init__(self, module=None, object_code: bytes | None = None, runtime: bool = True):
+        """``runtime``: make sure the thread pool is loaded and its symbols registered first
+        (the code may call it); False only for the pool's own engine."""
         _init()
-        libgomp()
+        if runtime:
+            from lamina.backends.llvm import pool
+
+            pool.library()
         tm = new_target_machine()  # owned (and freed) by the engine
         if object_code is not None:
             # An empty module, then the object file: no LLVM IR is generated or optimized.

@@ -24,7 +24,7 @@ import time
 from llvmlite import binding as llvm
 
 from lamina.backends import objcheck
-from lamina.backends.llvm import gemm, jit
+from lamina.backends.llvm import gemm, jit, pool
 from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen
 from lamina.backends.llvm.kernels import scratch_need
 from lamina.backends.llvm.program import LLVMProgram
@@ -61,8 +61,8 @@ def _process() -> ctypes.CDLL:
 
 
 def _resolvable(name: str) -> bool:
-    """Whether MCJIT will find ``name``: registered with ``llvm.add_symbol`` (the GEMMs), in a
-    library loaded for JIT code (libgomp), or global in the process (libc, libm)."""
+    """Whether MCJIT will find ``name``: registered with ``llvm.add_symbol`` (the GEMMs, the
+    thread pool), or global in the process (libc, libm)."""
     if name in _LINKER_SYMBOLS or llvm.address_of_symbol(name):
         return True
     try:
@@ -81,8 +81,7 @@ def check_object(data: bytes, what: str, functions: tuple[str, ...]) -> objcheck
 
 def check_imports(obj: objcheck.ElfObject, what: str) -> None:
     """Every symbol ``obj`` imports must resolve here: MCJIT aborts the process on one that
-    does not. Call it after the GEMMs the object calls are registered."""
-    jit.libgomp()  # loaded for JIT code before any engine exists (the engine loads it too)
+    does not. Call it after the GEMMs and the thread pool the object calls are registered."""
     missing = [n for n in obj.undefined() if not _resolvable(n)]
     if missing:
         raise ArtifactError(f"{what}: needs {', '.join(missing[:5])}, which this process does "
@@ -121,6 +120,7 @@ class GemmLib:
 def gemm_library(dtype: str) -> GemmLib:
     """The GEMM for ``dtype`` ("f32"/"f64"): from the disk cache, or compiled (once per
     machine and lamina version; about a quarter second)."""
+    pool.library()  # the GEMM calls the thread pool: registered before imports are checked
     with open(gemm.__file__, "rb") as f:  # any change to the GEMM's source recompiles it
         source = f.read().decode()
     parts = cache_mod.key_parts(source, f"gemm-{dtype}", versions(), jit.host().key())
@@ -156,6 +156,7 @@ class LLVMBackend:
     def compile(self, graph: Graph, dump_dir: str | None = None, first_index: int = 0,
                 profile: bool = False):
         t0 = time.perf_counter()
+        pool.library()  # kernels call the thread pool: registered before imports are checked
         plan = plan_memory(graph, scratch_need)
         libs = tuple(gemm_library(d) for d in gemm_dtypes(graph))
         ir_text = print_graph(graph, locations=False)  # moving the source keeps the key
@@ -192,13 +193,14 @@ class LLVMBackend:
         return program
 
     # --- artifacts --------------------------------------------------------------------------
-    # Files: kernels.o (the program), gemm.<dtype>.o (each GEMM it calls) and target.json (what
+    # Files: kernels.o (the program), gemm.<dtype>.o (each GEMM it calls), pool.o (the thread
+    # pool, pool.py: loaded unless this process has one) and target.json (what
     # the code was compiled for and from: host, versions, the IR's hash, each object's sha256).
     # Errors name the file ("kernels.o: ...") and the IR as "the IR": the artifact loader
     # rewrites both into member names.
 
     def save_program(self, program: LLVMProgram) -> dict[str, bytes]:
-        files = {"kernels.o": program.object_code}
+        files = {"kernels.o": program.object_code, "pool.o": pool.library().object_code}
         for lib in program.libraries:
             files[f"gemm.{lib.dtype}.o"] = lib.lib.object_code
         target = {"host": jit.host().key(), "cpu": jit.host().cpu, **versions(),
@@ -224,6 +226,9 @@ class LLVMBackend:
         if "kernels.o" not in files:
             raise ArtifactError("kernels.o: missing (an llvm artifact without its object code)")
         kernels = check_object(files["kernels.o"], "kernels.o", (ENTRY,))
+        if "pool.o" not in files:
+            raise ArtifactError("pool.o: missing (the thread pool the code calls)")
+        pool_obj = check_object(files["pool.o"], "pool.o", pool.SYMBOLS)
         dtypes = gemm_dtypes(graph)
         gemms = {}
         for d in dtypes:
@@ -231,7 +236,11 @@ class LLVMBackend:
             if fname not in files:
                 raise ArtifactError(f"{fname}: missing (the IR calls the {d} GEMM)")
             gemms[d] = check_object(files[fname], fname, (gemm.GEMM_SYMBOL[d],))
-        _check_binding(graph, target, files, ["kernels.o", *(f"gemm.{d}.o" for d in dtypes)])
+        _check_binding(graph, target, files,
+                       ["kernels.o", "pool.o", *(f"gemm.{d}.o" for d in dtypes)])
+        if not pool.loaded():  # else this process's pool serves (one per process)
+            check_imports(pool_obj, "pool.o")
+            pool.library(files["pool.o"])
         libs = []
         for d in dtypes:
             check_imports(gemms[d], f"gemm.{d}.o")

@@ -265,7 +265,8 @@ class Fuser:
                     if not isinstance(p, Node) or p in G.members:
                         continue
                     if p.op == "constant" and is_splat(p):
-                        if G.kind == "gemm" and (m is G.matmul or m in G.operand_side):
+                        if G.kind == "gemm" and any(u is G.matmul or u in G.operand_side
+                                                    for u in self.users_of(p)):
                             continue  # a GEMM reads operands from memory: a literal then
                         G.members.add(p)
                         G.clones.add(p)

@@ -337,6 +337,8 @@ CONSTANT_OPERANDS = {
                       lambda w: 2 + np.full((4, 3), 2.0, np.float32) @ w),
     "shared_with_epilogue": (lambda w: (lambda z: z * (z @ w[:, :3]))(lm.full((3, 3), 0.5)),
                              lambda w: 0.5 * (np.full((3, 3), 0.5, np.float32) @ w[:, :3])),
+    "epilogue_reads_it_after": (lambda w: (lambda z: (z @ w[:, :3]) + z)(lm.full((3, 3), 0.5)),
+                                lambda w: np.full((3, 3), 0.5, np.float32) @ w[:, :3] + 0.5),
     "batched": (lambda w: lm.ones((2, 4, 3)) @ w, lambda w: np.ones((2, 4, 3), np.float32) @ w),
 }
 

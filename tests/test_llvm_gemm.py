@@ -1,5 +1,6 @@
 """The CPU backend's GEMM (backends/llvm/gemm.py) against a float64 numpy reference: edge shapes,
-strided and transposed operands, batches with broadcasting, threads, the epilogue callback."""
+strided and transposed operands, batches with broadcasting, threads, the epilogue callback, and
+tilings on the thread pool (any thread count gives the same bits)."""
 
 from __future__ import annotations
 
@@ -341,3 +342,51 @@ def test_concurrent_calls(lib, rng):
     for a, b, outs in cases:
         for c in outs:
             check(c, a, b, np.float32)
+
+
+# --- tiles on the thread pool -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_lib():
+    """Tiny blocks (KC 8, MC one or two panels, NC two panels, 2 KiB of packed B per slot):
+    every call has many tiles, K blocks and column blocks, a batch of many matrices more tiles
+    than one job has chunks (several tiles per chunk), and the packed-B budget narrows the
+    column blocks."""
+    out = {}
+    for d in DTYPES:
+        cfg = gemm.default_config(d)
+        nr = cfg.nrv * cfg.lanes(d)
+        out[d] = dataclasses.replace(cfg, kc=8, mc=cfg.mr * (1 + (d == "f64")), nc=2 * nr,
+                                     min_flops=0, b_budget=2048)
+    return gemm.build_library(out)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch,shape", [(1, (37, 53, 71)), (1, (130, 200, 50)),
+                                         (70, (13, 160, 9)), (3, (5, 300, 20)), (2, (9, 4, 0)),
+                                         (1, (300, 7, 33))],
+                         ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v))
+def test_tiles_any_threads_same_result(tiny_lib, lib, epilogues, dtype, batch, shape, rng):
+    """Every tiling and thread count computes every element once, after its full sum, and
+    gives the same bits as one thread (each element's sum runs over the same K blocks)."""
+    m, n, k = shape
+    dt = DTYPES[dtype]
+    a = rng.standard_normal((batch, m, k)).astype(dt)
+    b = rng.standard_normal((batch, k, n)).astype(dt)
+    results = []
+    for library in (tiny_lib, lib):
+        for nthreads in (1, 2, 3, 8):
+            c = np.full((batch, m, n), np.nan, dt)
+            counts = np.zeros((batch, m, n), np.int32)
+            snap = np.full((batch, m, n), np.nan, dt)
+            ctx = np.array([counts.ctypes.data, snap.ctypes.data, m * n, n], np.int64)
+            library.matmul(a, b, out=c, nthreads=nthreads, epilogue=epilogues["record", dtype],
+                           ctx=ctx.ctypes.data)
+            np.testing.assert_array_equal(counts, 1)
+            np.testing.assert_array_equal(snap, c)
+            check(c, a, b, dt)
+            results.append(c)
+        for c in results[1:]:
+            np.testing.assert_array_equal(c, results[0])
+        results.clear()

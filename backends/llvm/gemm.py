@@ -81,7 +81,6 @@ GEMM_SYMBOL = {"f32": "lamina_gemm_f32", "f64": "lamina_gemm_f64"}
 MAX_GEMM_THREADS = 64      # slots of one call (each holds packing buffers)
 CHUNKS_PER_THREAD = 4      # tiles per thread the tiling aims for (see _Emitter.entry)
 MAX_GEMM_CHUNKS = 1024     # more tiles than this: several per chunk
-B_BUDGET = 4 << 20         # bytes of packed B (K x column block) one slot may hold
 
 _i1, _i8, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _i8p = _i8.as_pointer()
@@ -119,6 +118,7 @@ class Config:
     unroll: int = 4          # K-loop unroll of the micro-kernel
     pf_c: bool = True        # prefetch the C tile (for writing) before the K loop
     min_flops: int = 1 << 22  # below this many flops the call stays on one thread
+    b_budget: int = 4 << 20  # bytes of packed B (K x a column block) one slot may hold
     vbits: int = 512         # vector register width the tile is sized for
 
     def __post_init__(self):
@@ -601,7 +601,7 @@ class _Emitter:
         pm, pn = _cdiv(b, M, cfg.mr), _cdiv(b, N, self.nr)
         kpos = b.select(b.icmp_signed(">", K, _c64(0)), K, _c64(1))
         kstep = _cdiv(b, kpos, _cdiv(b, kpos, cfg.kc))
-        budget = _max(b, _c64(1), b.sdiv(_c64(B_BUDGET // _BYTES[self.dtype]),
+        budget = _max(b, _c64(1), b.sdiv(_c64(cfg.b_budget // _BYTES[self.dtype]),
                                          b.mul(kpos, _c64(self.nr))))
         njb = _cdiv(b, pn, _min(b, _c64(max(1, cfg.nc // self.nr)), budget))
         many = b.icmp_signed(">", nt, _c64(1))

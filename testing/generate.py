@@ -20,6 +20,7 @@ import numpy as np
 
 import lamina as lm
 from lamina.frontend.ops import apply
+from lamina.frontend.parameter import Parameter
 from lamina.frontend.tensor import Tensor
 from lamina.frontend.trace import TraceContext
 from lamina.frontend.trace import _local as _trace_local
@@ -38,6 +39,12 @@ LONG_ROWS = (257, 1000, 1024, 4097)
 MAX_INPUTS = 6
 MAX_MAGNITUDE = 1e5  # larger values would make every later float32 comparison meaningless
 GRAD_WEIGHT = 0.08  # share of steps that are gradients (lm.grad inside the program)
+TRAIN_SHARE = 0.3  # share of programs that are training steps (parameters + opt.minimize)
+OPTIMIZERS = ("lm.optim.SGD({params}, lr=0.1)",
+              "lm.optim.SGD({params}, lr=0.05, momentum=0.9)",
+              "lm.optim.SGD({params}, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)",
+              "lm.optim.Adam({params}, lr=0.01)",
+              "lm.optim.AdamW({params}, lr=0.01)")
 
 
 @dataclass
@@ -148,6 +155,8 @@ class Generator:
         self.ns: dict = {}
         self.ops = [o for o in all_ops() if o.domain is not None and o.domain.callable]
         self.broken: str | None = None  # an internal error met while building (see build)
+        self.training = self.rng.random() < TRAIN_SHARE
+        self.params: list[str] = []  # inputs that are lm.nn.Parameters (training programs)
 
     # --- names and values ----------------------------------------------------------------
 
@@ -160,10 +169,18 @@ class Generator:
         data = self.g.draw(spec, shape, dtype)
         view = "contig" if self.rng.random() < 0.6 else str(self.rng.choice(VIEWS[1:]))
         self.inputs.append(Input(name, data, view, spec.lo, spec.hi, spec.min_abs))
-        p = self.ctx.builder.add_input(name, TensorType(shape, dt.dtype(dtype)))
-        t = self.ctx.builder.var(p)
-        self.ns[name] = t
-        self.env[p] = data
+        if self.training and dtype.kind == "f" and len(self.params) < 3 and \
+                self.rng.random() < 0.7:
+            # a parameter: state the program reads and the optimizer updates
+            var = Parameter(data.copy(), name=name)
+            t = self.ctx.read(var)
+            self.params.append(name)
+            self.ns[name] = var
+        else:
+            t = self.ctx.builder.var(self.ctx.builder.add_input(name,
+                                                                TensorType(shape, dt.dtype(dtype))))
+            self.ns[name] = t
+        self.env[t.value] = data
         v = Val(name, t, data, frozenset([name]), False)
         self.pool.append(v)
         return v
@@ -323,15 +340,20 @@ class Generator:
 
     def attempt(self, make) -> bool:
         """Try one step; roll back everything it added if it does not fit."""
-        b = self.ctx.builder
+        b, ctx = self.ctx.builder, self.ctx
         mark = (len(b.nodes), len(b.inputs), len(self.inputs), len(self.pool), self.counter,
-                self.ctx.streams)
+                ctx.streams, len(b.state), len(self.params))
         try:
             step = make()
             val = self.run_step(step)
         except Rejected:
             del b.nodes[mark[0]:], b.inputs[mark[1]:], self.inputs[mark[2]:], self.pool[mark[3]:]
-            self.counter, self.ctx.streams = mark[4], mark[5]
+            self.counter, ctx.streams = mark[4], mark[5]
+            for p in b.state[mark[6]:]:  # parameters made for this step
+                var = ctx.variables.pop(p.name)
+                ctx.state_of.pop(id(var))
+                ctx.used_names.discard(p.name)
+            del b.state[mark[6]:], self.params[mark[7]:]
             return False
         except Exception as e:  # noqa: BLE001 - an internal error of lamina's frontend
             self.steps.append(step)
@@ -359,9 +381,18 @@ class Generator:
                     self.attempt(lambda o=opdef: self.op_step(o))
         if not self.steps:
             raise RuntimeError(f"no step fits program {self.g.seed}:{self.g.index}")
-        return Program(self.g.seed, self.g.index, self.inputs, self.steps, self.outputs(),
-                       notes=[f"internal error while tracing: {self.broken}"]
-                       if self.broken else [])
+        outputs = self.outputs()
+        p = Program(self.g.seed, self.g.index, self.inputs, self.steps, outputs,
+                    notes=[f"internal error while tracing: {self.broken}"]
+                    if self.broken else [])
+        floats = [o for o in dict.fromkeys(outputs) if self.val(o).array.dtype.kind == "f"]
+        if self.params and floats and not self.broken:
+            # a training step: the parameters move along the gradient of a loss of the outputs
+            p.params = list(self.params)
+            p.optimizer = OPTIMIZERS[int(rng.integers(len(OPTIMIZERS)))]
+            p.loss = " + ".join(f"(lm.tanh({o}) * {rng.uniform(-1, 1):.2f}).sum()"
+                                for o in floats)
+        return p.live()
 
     def outputs(self) -> list[str]:
         rng = self.rng

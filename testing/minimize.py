@@ -143,8 +143,18 @@ def write_repro(p: Program, finding: Finding, directory: str, steps_before: int)
     name = f"repro_{p.seed}_{p.index}.py"
     path = os.path.join(directory, name)
     inputs = "\n".join(f"    Input({i.name!r}, {array_literal(i.data)}, view={i.view!r}),"
-                       for i in p.inputs)
+                       for i in p.argument_inputs())
     backends = _backends(finding.signature())
+    if p.training:  # parameters and optimizer state are made afresh for each backend
+        init = "\n".join(f"    {i.name!r}: {array_literal(i.data)},"
+                         for i in p.inputs if i.name in p.params)
+        body = "\n".join(("    " + line).rstrip() for line in p.source().splitlines())
+        program = f"_init = {{\n{init}\n}}\n\n\ndef make():\n{body}\n    return program\n"
+        call = f"check_function(make, INPUTS, {backends!r}, seed=({p.seed}, {p.index}), " \
+               "fresh=True)"
+    else:
+        program = p.source()
+        call = f"check_function(program, INPUTS, {backends!r}, seed=({p.seed}, {p.index}))"
     text = f'''"""lamina random-program checker: program {p.seed}:{p.index}, minimized from {steps_before} to {len(p.steps)} step(s).
 
 {finding}
@@ -155,7 +165,7 @@ import sys
 
 {HEADER}from lamina.testing.program import Input, npy as _npy
 
-{p.source()}
+{program}
 
 INPUTS = [
 {inputs}
@@ -164,7 +174,7 @@ INPUTS = [
 if __name__ == "__main__":
     from lamina.testing.check import check_function
 
-    report = check_function(program, INPUTS, {backends!r}, seed=({p.seed}, {p.index}))
+    report = {call}
     for finding in report.findings:
         print(finding)
     print("still failing" if report.findings else "passes now")

@@ -59,16 +59,21 @@ class Oracle:
     def __init__(self, graph: Graph):
         self.graph = graph
 
-    def run(self, inputs) -> list[tuple[np.ndarray, np.ndarray]]:
+    def run(self, inputs, state: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(value, err) of every output; ``self.updates`` gets those of the state updates."""
         env: dict = {}
         for p, a in zip(self.graph.inputs, inputs):
             a = np.asarray(a)
+            env[p] = (_wide(a), np.zeros(a.shape))
+        for p in self.graph.state:
+            a = np.asarray((state or {})[p.name])
             env[p] = (_wide(a), np.zeros(a.shape))
         for n in self.graph.nodes:
             vals = [env[v] for v in n.inputs]
             with np.errstate(all="ignore"):
                 v, e = self.node(n, [x for x, _ in vals], [x for _, x in vals])
             env[n] = (v, _clean(np.broadcast_to(e, np.shape(v))))
+        self.updates = {k: env[v] for k, v in self.graph.updates.items()}
         return [env[v] for v in self.graph.outputs]
 
     # --- one node ------------------------------------------------------------------------

@@ -61,32 +61,61 @@ class Program:
     steps: list[Step]
     outputs: list[str]
     notes: list[str] = field(default_factory=list)
+    # A training program: these inputs are ``lm.nn.Parameter``s (state, not arguments) and the
+    # program ends with ``opt.minimize(<loss>)``; ``optimizer`` is the optimizer's constructor
+    # call with ``{params}`` for the parameter list, ``loss`` the loss expression.
+    params: list[str] = field(default_factory=list)
+    optimizer: str = ""
+    loss: str = ""
 
     # --- source --------------------------------------------------------------------------
 
     @property
     def input_names(self) -> list[str]:
-        return [i.name for i in self.inputs]
+        """The function's arguments (inputs that are not parameters)."""
+        return [i.name for i in self.inputs if i.name not in self.params]
+
+    @property
+    def training(self) -> bool:
+        return bool(self.params and self.optimizer)
 
     def body(self, indent: str = "    ") -> list[str]:
         return [indent + line for s in self.steps for line in s.lines]
 
     def source(self) -> str:
-        """``program`` and ``grad_program`` as Python source (after ``HEADER``)."""
+        """The program as Python source (after ``HEADER``): the parameters and optimizer of
+        a training program, then ``def program(...)``."""
         args = ", ".join(self.input_names)
         outs = ", ".join(self.outputs) + ("," if len(self.outputs) == 1 else "")
-        lines = [f"def program({args}):", *self.body(), f"    return ({outs})", ""]
+        lines = []
+        if self.training:
+            for n in self.params:
+                lines.append(f"{n} = lm.nn.Parameter(_init[{n!r}].copy(), name={n!r})")
+            lines += ["opt = " + self.optimizer.format(params="[" + ", ".join(self.params)
+                                                         + "]"), "", ""]
+        lines += [f"def program({args}):", *self.body()]
+        if self.training:
+            lines.append(f"    opt.minimize({self.loss})")
+        lines += [f"    return ({outs})", ""]
         return "\n".join(lines)
 
+    def namespace(self) -> dict:
+        """What the source reads besides lm and np: the parameters' initial values."""
+        return {"_init": {i.name: i.data.copy() for i in self.inputs if i.name in self.params}}
+
     def function(self):
-        """``program`` as a Python function (the source executed; tracebacks show it)."""
-        ns: dict = {}
+        """``program`` as a Python function (the source executed; tracebacks show it). Each
+        call makes fresh parameters and optimizer state."""
+        ns = self.namespace()
         code = compile(HEADER + self.source(), f"<lamina-fuzz {self.seed}:{self.index}>", "exec")
         exec(code, ns)
         return ns["program"]
 
     def arguments(self) -> list[np.ndarray]:
-        return [i.as_argument() for i in self.inputs]
+        return [i.as_argument() for i in self.inputs if i.name not in self.params]
+
+    def argument_inputs(self) -> list[Input]:
+        return [i for i in self.inputs if i.name not in self.params]
 
     def copy(self, **changes) -> Program:
         return replace(self, **changes)
@@ -108,7 +137,9 @@ class Program:
                 need.update(s.deps)
         steps = [s for s in self.steps if s.name in need]
         inputs = [i for i in self.inputs if i.name in need]
-        return self.copy(steps=steps, inputs=inputs)
+        params = [n for n in self.params if n in need]
+        return self.copy(steps=steps, inputs=inputs, params=params,
+                         optimizer=self.optimizer if params else "")
 
 
 # --- arrays in a repro file -------------------------------------------------------------------
@@ -136,6 +167,7 @@ def npy(b64: str) -> np.ndarray:
 def to_json(p: Program) -> dict:
     """A JSON-able description (to hand a program to a subprocess)."""
     return {"seed": p.seed, "index": p.index, "outputs": p.outputs, "notes": p.notes,
+            "params": p.params, "optimizer": p.optimizer, "loss": p.loss,
             "inputs": [{"name": i.name, "data": _npy_bytes(i.data), "view": i.view,
                         "lo": i.lo, "hi": i.hi, "min_abs": i.min_abs} for i in p.inputs],
             "steps": [{"name": s.name, "lines": s.lines, "deps": s.deps, "op": s.op}
@@ -146,4 +178,5 @@ def from_json(d: dict) -> Program:
     inputs = [Input(i["name"], npy(i["data"]), i["view"], i["lo"], i["hi"], i["min_abs"])
               for i in d["inputs"]]
     steps = [Step(s["name"], list(s["lines"]), list(s["deps"]), s["op"]) for s in d["steps"]]
-    return Program(d["seed"], d["index"], inputs, steps, list(d["outputs"]), list(d["notes"]))
+    return Program(d["seed"], d["index"], inputs, steps, list(d["outputs"]), list(d["notes"]),
+                   list(d["params"]), d["optimizer"], d["loss"])

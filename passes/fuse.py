@@ -12,7 +12,7 @@ a cheap index operation (broadcast, reshape, transpose, ...). What a group may h
             consumers of their results: several reductions (softmax: max, then sum) and
             full-shape consumers need the reduced axes to be the trailing ones (a row program).
             The kernel computes one row at a time and keeps only that row's reduced values, so
-            every member must read them at the row being computed (``row_misread``): shapes
+            every member must read them at the row being computed (``Fuser.rows_aligned``): shapes
             alone cannot tell (the transpose of a square, numpy's trailing broadcast of a
             keepdims=False result, a gather keep them)
     gemm    one matmul, the transposes/reshapes of its operands (strided views, no copy) and an
@@ -69,6 +69,7 @@ class Group:
         # producers of index moves (transpose, take, ...) stay out: set on a second try when
         # the first one had to leave a reduction out because a move read it at other rows
         self.cut_at_moves = False
+        self.maps: dict | None = None  # index maps of a reduce group's values (row_maps)
         self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
         self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque"}.get(
             category(root), "loop")
@@ -197,9 +198,22 @@ class Fuser:
 
     def rows_aligned(self, G: Group, p: Node, red: tuple) -> bool:
         """With ``p``, does every member of the reduce kernel read reduced values at the row
-        being computed (``row_misread``)?"""
-        bad = row_misread(G.members | {p}, G.root, *red)
+        being computed? The group's index maps (``row_maps``) grow with it: a new member adds
+        the pairs reached through it only."""
+        members = G.members | {p}
+        if G.maps is not None and G.kind == "reduce":
+            added: dict = {}
+            _spread(G.maps, [(p, m) for m in G.maps.get(p, ())], members, *red, added)
+            added.setdefault(p, set()).update(G.maps.get(p, ()))
+            maps, new = added, G.maps
+        else:
+            maps = new = row_maps(members, G.root, *red)
+        bad = G.root if maps is None else misread_in(maps, members, *red)
         if bad is None:
+            if new is not maps:
+                for v, ms in maps.items():
+                    new.setdefault(v, set()).update(ms)
+            G.maps = new
             return True
         self.misread = True
         return self.decline(p, f"the kernel would read the {bad.op} of another row than the one "
@@ -457,40 +471,46 @@ def _input_maps(n: Node, m: tuple) -> list[tuple]:
     return [other(x) for x in n.inputs]
 
 
+def _spread(maps: dict, todo: list, members, d, axes, added: dict) -> None:
+    """Follow the (value, map) pairs in ``todo`` (members evaluated there) to their inputs,
+    recording the pairs not in ``maps`` into ``added`` (which may be ``maps`` itself)."""
+    full = tuple(range(len(d)))
+    while todo:
+        v, m = todo.pop()
+        if not isinstance(v, Node) or v not in members:
+            continue
+        if v.op in REDUCTIONS:  # its input is swept over the row: the full index
+            reads = [(v.inputs[0], full)]
+        else:
+            reads = zip(v.inputs, _input_maps(v, m))
+        for x, mx in reads:
+            mx = _norm(mx, x.shape)
+            if mx in maps.get(x, ()) or mx in added.get(x, ()):
+                continue
+            added.setdefault(x, set()).add(mx)
+            todo.append((x, mx))
+
+
 def row_maps(members, root: Node, d, axes) -> dict[Value, set[tuple]] | None:
     """Every index map each member (and region input) of a reduce kernel over ``d`` (reducing
     ``axes``) is evaluated at, following the root's; None if the root is not per-row."""
     start = _root_maps(root, d, axes)
     if start is None:
         return None
-    full = tuple(range(len(d)))
-    seen: dict[Value, set[tuple]] = {}
-    todo = [(v, _norm(m, v.shape)) for v, m in start]
-    while todo:
-        v, m = todo.pop()
-        if m in seen.setdefault(v, set()):
-            continue
-        seen[v].add(m)
-        if not isinstance(v, Node) or v not in members:
-            continue
-        if v.op in REDUCTIONS:  # its input is swept over the row: the full index
-            x = v.inputs[0]
-            todo.append((x, _norm(full, x.shape)))
-            continue
-        for x, mx in zip(v.inputs, _input_maps(v, m)):
-            todo.append((x, _norm(mx, x.shape)))
-    return seen
+    maps: dict[Value, set[tuple]] = {}
+    for v, m in start:
+        maps.setdefault(v, set()).add(_norm(m, v.shape))
+    _spread(maps, [(v, m) for v, ms in maps.items() for m in ms], members, d, axes, maps)
+    return maps
 
 
-def row_misread(members, root: Node, d, axes) -> Node | None:
-    """A reduction of the kernel read at another row than the one computed (its value there is
-    not known yet, or no longer), or the root when it is not per-row; None when all is well."""
-    maps = row_maps(members, root, d, axes)
-    if maps is None:
-        return root
+def misread_in(maps: dict, members, d, axes) -> Node | None:
+    """A member reduction ``maps`` has read at another row than the one computed (its value
+    there is not known yet, or no longer), else None."""
     for v, ms in maps.items():
         if isinstance(v, Node) and v.op in REDUCTIONS and v in members:
-            if ms != {row_map(v.shape, d, axes)}:
+            want = row_map(v.shape, d, axes)
+            if any(m != want for m in ms):
                 return v
     return None
 

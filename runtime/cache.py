@@ -9,8 +9,9 @@ Files (written atomically): ``<dir>/<key>.o``, ``<dir>/<key>.json`` and ``<dir>/
 The directory is ``LAMINA_CACHE_DIR``, else ``~/.cache/lamina``; ``LAMINA_CACHE=0`` disables it.
 
 The cache is untrusted input, like an artifact: an entry whose checksum or whose content check
-(``get(..., check=)``: the backend's structural check of object code) fails is a miss, said so
-under ``LAMINA_DEBUG``, and the caller rebuilds and overwrites it. Temporary files that a
+(``get(..., check=)`` or ``register_check(kind, ...)``: the backend's structural check of object
+code) fails is a miss, said so under ``LAMINA_DEBUG``, and the caller rebuilds and overwrites
+it. Temporary files that a
 process killed mid-write left behind (``*.tmp<pid>``) are removed when a process first opens
 the cache (``sweep_temp_files``).
 """
@@ -117,6 +118,17 @@ def sweep_temp_files(directory: str, now: float | None = None) -> list[str]:
     return removed
 
 
+# Content checks by the "kind" of an entry (``key_parts``), registered by the backends that
+# store them, so that every reader of a kind checks it (not only readers that pass ``check``).
+_CHECKS: dict[str, Callable[[bytes], None]] = {}
+
+
+def register_check(kind: str, check: Callable[[bytes], None]) -> None:
+    """Check every entry of ``kind`` read from the cache with ``check`` (raising a LaminaError
+    makes it a miss), unless ``get`` is given a check of its own."""
+    _CHECKS[kind] = check
+
+
 class Cache:
     def __init__(self, directory: str | None = None):
         self.dir = directory if directory is not None else cache_dir()
@@ -143,6 +155,7 @@ class Cache:
             self.last_miss = "the cache is disabled"
             return None
         key = key_of(parts)
+        check = check or _CHECKS.get(parts.get("kind", ""))
         try:
             with open(os.path.join(self.dir, key + ".o"), "rb") as f:
                 data = f.read()

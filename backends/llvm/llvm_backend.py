@@ -107,6 +107,10 @@ def _cached_object_check(what: str, functions: tuple[str, ...]):
     return check
 
 
+# The pool's object is read from the cache by pool.py: checked like the others.
+cache_mod.register_check("pool", _cached_object_check("cached lamina_pool", pool.SYMBOLS))
+
+
 class GemmLib:
     """One dtype's GEMM loaded into this process; its symbol is registered for JIT code."""
 

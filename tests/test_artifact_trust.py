@@ -125,7 +125,8 @@ def llvm_artifact(tmp_path_factory):
     path = tmp / "mlp.lamina"
     f.save(path)
     members = _members(path)
-    assert {"variant0.kernels.o", "variant0.gemm.f32.o", "variant1.lir"} <= set(members)
+    assert {"variant0.kernels.o", "variant0.gemm.f32.o", "variant0.pool.o",
+            "variant1.lir"} <= set(members)
     return path, members, want
 
 
@@ -209,6 +210,10 @@ def test_llvm_object_code_damage_is_an_artifact_error(llvm_artifact, tmp_path):
     gemm64 = llvm_backend.gemm_library("f64").lib.object_code
     case("gemm_f32_is_the_f64_gemm", {"variant0.gemm.f32.o": gemm64},
          "variant0.gemm.f32.o: defines lamina_gemm_f64, not lamina_gemm_f32")
+    pool = members["variant0.pool.o"]  # the thread pool's object
+    case("pool_truncated", {"variant0.pool.o": pool[:100]}, "variant0.pool.o",
+         "outside the file")
+    case("pool_is_kernels", {"variant0.pool.o": kernels}, "variant0.pool.o", "not ")
     # Well-formed objects that belong elsewhere: only target.json's record can tell.
     case("kernels_of_the_other_variant", {"variant0.kernels.o": members["variant1.kernels.o"]},
          "variant0.kernels.o", "not the object compiled with this IR")

@@ -437,7 +437,7 @@ def _input_maps(n: Node, m: tuple) -> list[tuple]:
     def other(v):
         return (OTHER,) * len(v.shape)
 
-    if op in ("broadcast", "cast") or get_op(op).kind == "elementwise":
+    if op == "broadcast" or get_op(op).kind == "elementwise":
         out = []
         for x in n.inputs:  # numpy broadcasting: trailing axes line up
             lead = len(n.shape) - len(x.shape)

@@ -68,8 +68,8 @@ def _probe(p: Program, backend: str, kind: str) -> bool:
 
 def value_of(p: Program, name: str) -> np.ndarray:
     """The reference value of ``name`` (in its declared dtype)."""
-    q = p.copy(outputs=[name]).live()
-    return lm.compile(q.function(), backend="numpy")(*[i.data for i in q.inputs])[0]
+    q = p.copy(outputs=[name], params=[], optimizer="", loss="").live()  # before any step
+    return lm.compile(q.function(), backend="numpy")(*[i.data for i in q.argument_inputs()])[0]
 
 
 def cut(p: Program, name: str) -> Program | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -131,7 +132,7 @@ class Program:
 
     def live(self) -> Program:
         """Without the steps and inputs that no output needs."""
-        need = set(self.outputs)
+        need = set(self.outputs) | set(re.findall(r"\bv\d+\b", self.loss))
         for s in reversed(self.steps):
             if s.name in need:
                 need.update(s.deps)

@@ -33,20 +33,26 @@ I8P = L.I8.as_pointer()
 I32, I64 = L.I32, L.I64
 ENTRY = "lamina_entry"
 PARALLEL_MIN_WORK = 1 << 15  # elements: below this, threads cost more than they save
-# Chunks of a parallel kernel: about this many elements each (a few microseconds: claiming one
-# costs two contended atomics, ~0.2 us), at most MAX_KERNEL_CHUNKS, whole multiples of
+# Chunks of a parallel kernel: about CHUNK_WORK elements each (several microseconds; claiming
+# one costs two contended atomics, well under a microsecond), at most MAX_KERNEL_CHUNKS (rows of
+# a 4096 x 1024 softmax come 32 at a time: longer runs for the prefetchers), whole multiples of
 # CHUNK_ALIGN iterations where the extent allows (whole vectors; no false sharing of rows).
-CHUNK_WORK = 1 << 13
-MAX_KERNEL_CHUNKS = 256
+# Accumulate kernels (column sums) split their contiguous axis: each chunk sweeps every row
+# over its columns, so a chunk of fewer than ACCUMULATE_MIN columns spends its time on loop
+# overhead (32-column chunks made the MLP's bias gradients 2x slower).
+CHUNK_WORK = 1 << 14
+MAX_KERNEL_CHUNKS = 128
 CHUNK_ALIGN = 16
+ACCUMULATE_MIN = 128
 # Part of cache keys: bump when generated code changes meaning. 4: kernels and GEMMs call the
-# thread pool (pool.py, ABI in its symbol names) instead of GOMP_parallel.
-CODEGEN_VERSION = "4"
+# thread pool (pool.py, ABI in its symbol names) instead of GOMP_parallel; 5: other chunk sizes.
+CODEGEN_VERSION = "5"
 
 
-def kernel_chunks(extent: int, work: int) -> tuple[int, int]:
-    """(chunk size in iterations, number of chunks) for a parallel kernel."""
-    want = max(1, min(MAX_KERNEL_CHUNKS, work // CHUNK_WORK, extent))
+def kernel_chunks(extent: int, work: int, min_size: int = 1) -> tuple[int, int]:
+    """(chunk size in iterations, number of chunks) for a parallel kernel: chunks of at
+    least ``min_size`` iterations."""
+    want = max(1, min(MAX_KERNEL_CHUNKS, work // CHUNK_WORK, extent // min_size))
     size = -(-extent // want)
     if extent >= CHUNK_ALIGN * want:
         size = -(-size // CHUNK_ALIGN) * CHUNK_ALIGN
@@ -213,7 +219,8 @@ class Codegen:
         runs them on this thread alone when nthreads is 1 or the pool is busy)."""
         fn = self.module.globals[k.name]
         parallel = (k.kind != "gemm" and k.extent > 1 and k.work >= PARALLEL_MIN_WORK)
-        size, count = kernel_chunks(k.extent, k.work) if parallel else (k.extent, 1)
+        min_size = ACCUMULATE_MIN if k.kind == "accumulate" else 1
+        size, count = kernel_chunks(k.extent, k.work, min_size) if parallel else (k.extent, 1)
         if count <= 1:
             b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent), nthreads])
             return

@@ -16,9 +16,9 @@ never a crash. Beyond the checksums (which whoever damaged a member may have rec
 members must agree with each other: the manifest's signature and output structure with the IR,
 every stored state array with the type the IR declares for it, and the backend's code with the
 IR it was compiled from (backends record ``graph_digest`` of the IR with their code and check
-it on load; the llvm backend also checks the structure of its object code before MCJIT sees
-it). This catches damage and mistakes, not malice: an artifact holds native code, and loading
-one runs it, like importing a Python module.
+it on load; they also check the structure of object code and cubins before MCJIT or the CUDA
+driver sees them, ``lamina.backends.objcheck``). This catches damage and mistakes, not malice:
+an artifact holds native code, and loading one runs it, like importing a Python module.
 """
 
 from __future__ import annotations

@@ -9,12 +9,14 @@ theirs when asked, for the modules that look them up at use. A value that cannot
     >>> with config.patch(verify=True):
     ...     config.verify
     True
-    >>> import os; os.environ["LAMINA_NUM_THREADS"] = "abc"
+    >>> import os
+    >>> saved = os.environ.get("LAMINA_NUM_THREADS", "")
+    >>> os.environ["LAMINA_NUM_THREADS"] = "abc"
     >>> config.num_threads()
     Traceback (most recent call last):
     ...
     lamina.ir.errors.ConfigError: LAMINA_NUM_THREADS='abc': must be a positive integer ...
-    >>> del os.environ["LAMINA_NUM_THREADS"]
+    >>> os.environ["LAMINA_NUM_THREADS"] = saved  # empty counts as unset
 
 Variables read elsewhere: ``LAMINA_PRINT_AFTER``'s pass names are checked by the pass manager
 (only it knows the passes), ``LAMINA_DUMP`` when the dump folder is created.

@@ -99,14 +99,14 @@ def _size(shape) -> int:
 
 
 def _varies_on_leading_axes(shape, domain) -> bool:
-    """``shape`` broadcast to ``domain`` only along trailing axes ([N,1] or [N] into [N,C]):
-    computed in an outer loop, it stays loop-invariant in the inner ones (hoisted by LLVM)."""
+    """``shape`` broadcast to ``domain`` only along trailing axes ([N,1] into [N,C]): computed
+    in an outer loop, it stays loop-invariant in the inner ones (hoisted by LLVM).
+
+    NOTE: broadcasting lines up trailing axes (numpy), so ``shape`` is compared padded on the
+    left: a [16,16] read by a [16,16,16] kernel varies along its *last* two axes."""
     n = len(domain)
-    for k in range(n + 1):
-        head = tuple(domain[:k])
-        if tuple(shape) in (head, head + (1,) * (n - k)):
-            return True
-    return False
+    padded = (1,) * (n - len(shape)) + tuple(shape)
+    return any(padded == tuple(domain[:k]) + (1,) * (n - k) for k in range(n + 1))
 
 
 class Fuser:

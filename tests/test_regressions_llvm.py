@@ -425,3 +425,22 @@ def test_trailing_broadcast_of_a_row_sum_is_a_boundary_with_its_reason():
     # the same with keepdims (the same row) stays one kernel
     kernels, _ = fused(lambda x: x * x.sum(axis=1, keepdims=True), (8, 8))
     assert [ops for _, ops in kernels] == [["sum", "mul"]]
+
+
+# --- random draws broadcast inside an elementwise kernel ----------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (1, 16), (16, 1), (16,), (1,), ()])
+@pytest.mark.parametrize("lead", [16, 4])
+def test_random_draw_broadcast_in_an_elementwise_kernel(backend, shape, lead):
+    """A draw smaller than the kernel's result, broadcast by an elementwise op: element i of the
+    draw is drawn at i of its own shape, not at the flat index of the result. (With 16 leading
+    rows, fusion took the (16, 16) draw for one that varies along the leading axes, joined it
+    to the (16, 16, 16) kernel, which then ran as one flat loop: every draw at the result's
+    flat index.)"""
+    x = np.zeros((lead, 16, 16), np.float32)
+    fn = lambda x: x - lm.rsqrt(lm.sigmoid(lm.random.uniform(shape, key=7)))  # noqa: E731
+    got = lm.compile(fn, backend=backend)(x)
+    draw = lm.compile(lambda: lm.random.uniform(shape, key=7), backend="numpy")()
+    want = x - 1 / np.sqrt(1 / (1 + np.exp(-draw.astype(np.float64))))
+    same(got, want.astype(np.float32))

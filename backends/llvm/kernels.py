@@ -57,10 +57,13 @@ def classify(kernel: Node) -> str:
                 and root.shape != d):
             return "accumulate"
         return "row"
+    size = math.prod(root.shape)
     if all(get_op(n.op).kind in ("elementwise", "random") or n.op == "constant"
            for n in region.nodes) and all(
-            math.prod(p.shape) in (1, math.prod(root.shape)) for p in region.inputs):
-        # random draws depend on the multi-index only through the flat index: flat is fine
+            math.prod(v.shape) in (1, size) for v in (*region.inputs, *region.nodes)):
+        # NOTE: a random draw depends on its multi-index only through its own flat index, so a
+        # full-size (or one-element) draw is fine in one flat loop; a smaller draw broadcast by
+        # an elementwise op is not (it is drawn at its own positions: a loop kernel)
         return "flat"
     return "loop"
 

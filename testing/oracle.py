@@ -22,6 +22,8 @@ Positions whose bound is infinite are not compared.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from lamina.ir import dtypes as dt
@@ -140,6 +142,17 @@ class Oracle:
                 spread = spread + _diff(w, v)
             else:  # an uncertain integer: anything may come out
                 spread = spread + np.where(np.broadcast_to(e, x.shape) > 0, INF, 0.0)
+        # all float operands moved at once, to the corners (and half-way): the cross terms a
+        # first-order sum misses (x * x near 0 moves by e*e, not by 2*x*e)
+        moving = [i for i, (x, e) in enumerate(zip(xs, es)) if x.dtype.kind == "f" and np.any(e)]
+        if len(moving) > 1:
+            steps = (-1.0, -0.5, 0.5, 1.0) if len(moving) == 2 else (-1.0, 1.0)
+            for signs in itertools.product(steps, repeat=len(moving)):
+                moved = list(xs)
+                for i, t in zip(moving, signs):
+                    moved[i] = xs[i] + t * es[i]
+                w = _wide(np.asarray(f(*moved, **attrs)))
+                spread = np.maximum(spread, _diff(w, v))
         if n.type.dtype.is_float:
             return v, spread + self.rounding(n, v)
         return v, np.where(spread > 0, INF, 0.0)

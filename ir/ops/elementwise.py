@@ -63,8 +63,10 @@ def _unary(name, ref, vjp, allowed="f", doc="", domain=None):
 
 
 # Approximated math (exp, log, tanh, ...): the CPU backend is within 1-3 ulp of the correctly
-# rounded result (backends/llvm/mathlib.py), GPU math libraries within a few.
-_MATH_ULPS = 4
+# rounded result (backends/llvm/mathlib.py), Triton's interpreter (numpy's float32 exp and log)
+# within 6 (softplus), GPU math libraries within a few. NOTE: the allowance counts units of
+# 2**-24 * |result|, which is between one half and one ulp of the result: 16 covers 8 ulps.
+_MATH_ULPS = 16
 
 _unary("neg", np.negative, lambda g, out, x: (-g,), "fi", "-x")
 _unary("abs", np.abs, lambda g, out, x: (g * op.sign(x),), "fi", "|x|")
@@ -74,9 +76,9 @@ _unary("exp", _exp, lambda g, out, x: (g * out,), doc="e**x",
 _unary("log", _log, lambda g, out, x: (g / x,), doc="natural logarithm",
        domain=Domain(Operand("fi", lo=0.05), ulps=_MATH_ULPS))
 _unary("sqrt", _sqrt, lambda g, out, x: (g * 0.5 / out,), doc="square root",
-       domain=Domain(Operand("fi", lo=0.01), ulps=2))
+       domain=Domain(Operand("fi", lo=0.01), ulps=4))
 _unary("rsqrt", _rsqrt, lambda g, out, x: (g * -0.5 * out * out * out,), doc="1/sqrt(x)",
-       domain=Domain(Operand("fi", lo=0.05), ulps=2))
+       domain=Domain(Operand("fi", lo=0.05), ulps=4))
 _unary("tanh", np.tanh, lambda g, out, x: (g * (1 - out * out),), doc="hyperbolic tangent")
 _unary("sigmoid", _sigmoid, lambda g, out, x: (g * out * (1 - out),), doc="1/(1+e**-x)")
 _unary("softplus", _softplus, lambda g, out, x: (g * op.sigmoid(x),), doc="log(1+e**x)")

@@ -126,22 +126,28 @@ def test_check_passes_a_correct_program():
     assert {"softmax", "exp", "sum", "kernel"} <= report.ops
 
 
-def test_check_reports_wrong_values_and_shapes(monkeypatch):
-    """A backend whose tanh is a little off, and one that returns 1-d for a 0-d output."""
+def _break_numpy_backend(monkeypatch, after_run):
+    """Make the numpy backend (in this process) pass every call's (inputs, outputs) through
+    ``after_run(inputs, outputs) -> outputs``: a stand-in for a broken backend."""
     from lamina.backends.numpy import backend as numpy_backend
 
     real = numpy_backend.compile
 
-    def off(graph, *a, **k):
+    def broken(graph, *a, **k):
         program = real(graph, *a, **k)
 
         def run(inputs, state):
             outs, up = program(inputs, state)
-            return [o * np.float32(1 + 1e-4) if o.dtype == np.float32 else o.reshape(-1)
-                    for o in outs], up
+            return after_run(inputs, outs), up
         return run
 
-    monkeypatch.setattr(numpy_backend, "compile", off)
+    monkeypatch.setattr(numpy_backend, "compile", broken)
+
+
+def test_check_reports_wrong_values_and_shapes(monkeypatch):
+    """A backend whose float32 results are a little off, and 1-d where they should be 0-d."""
+    _break_numpy_backend(monkeypatch, lambda inputs, outs: [
+        o * np.float32(1 + 1e-4) if o.dtype == np.float32 else o.reshape(-1) for o in outs])
     x = np.linspace(-1, 1, 6, dtype=np.float32)
     report = check_function(lambda x: (lm.tanh(x), x.astype(np.float64).sum()), _inputs(x),
                             ["numpy"])
@@ -151,21 +157,12 @@ def test_check_reports_wrong_values_and_shapes(monkeypatch):
 
 
 def test_check_reports_modified_inputs(monkeypatch):
-    from lamina.backends.numpy import backend as numpy_backend
+    def scribble(inputs, outs):
+        if inputs[0].size:
+            inputs[0].reshape(-1)[0] = 42  # a backend writing into its input
+        return outs
 
-    real = numpy_backend.compile
-
-    def scribble(graph, *a, **k):
-        program = real(graph, *a, **k)
-
-        def run(inputs, state):
-            outs, up = program(inputs, state)
-            if inputs[0].size:
-                inputs[0].reshape(-1)[0] = 42  # a backend writing into its input
-            return outs, up
-        return run
-
-    monkeypatch.setattr(numpy_backend, "compile", scribble)
+    _break_numpy_backend(monkeypatch, scribble)
     x = np.ones(4, np.float32)
     report = check_function(lambda x: (x * 2,), _inputs(x), ["numpy"])
     assert any(f.kind == "modified" for f in report.findings)
@@ -222,19 +219,8 @@ def test_minimizer_shrinks_a_failure_to_a_standalone_repro(tmp_path, monkeypatch
     """With the numpy backend made wrong (float32 results 1% off, in this process only), a long
     program shrinks to one step on small shapes; the repro file runs on its own (and passes
     there, where nothing is broken)."""
-    from lamina.backends.numpy import backend as numpy_backend
-
-    real = numpy_backend.compile
-
-    def off(graph, *a, **k):
-        program = real(graph, *a, **k)
-
-        def run(inputs, state):
-            outs, up = program(inputs, state)
-            return [o * np.float32(1.01) if o.dtype == np.float32 else o for o in outs], up
-        return run
-
-    monkeypatch.setattr(numpy_backend, "compile", off)
+    _break_numpy_backend(monkeypatch, lambda inputs, outs: [
+        o * np.float32(1.01) if o.dtype == np.float32 else o for o in outs])
     index = next(i for i in range(100) if len(generate(2, i).steps) > 8)
     p = generate(2, index)
     found = [f for f in check(p, ["numpy"]).findings if f.kind == "wrong"]

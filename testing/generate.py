@@ -221,6 +221,8 @@ class Generator:
         if not fresh_ok:
             return None
         shape = spec.shape if spec.shape is not None else self.g.shape()
+        if math.prod(shape) > self.g.max_elems:
+            raise Rejected(f"a fresh operand of shape {shape} is too large")
         dtype = _pick_dtype(rng, spec.kinds)
         if len(self.inputs) >= MAX_INPUTS or rng.random() < 0.25:
             lit = self.literal(spec, shape, dtype, tensor=first)
@@ -301,6 +303,8 @@ class Generator:
         if not isinstance(t, Tensor):
             raise Rejected(f"not a tensor: {type(t).__name__}")
         new = b.nodes[start:]
+        if any(n.type.size > 4 * self.g.max_elems for n in new):
+            raise Rejected("a value too large")  # before anything is computed
         try:
             if step.op == "grad":
                 value = self.evaluate_grad(step)
@@ -345,6 +349,11 @@ class Generator:
                 ctx.streams, len(b.state), len(self.params))
         try:
             step = make()
+        except Rejected:
+            step = None  # nothing fits; roll back below
+        try:
+            if step is None:
+                raise Rejected("no step")
             val = self.run_step(step)
         except Rejected:
             del b.nodes[mark[0]:], b.inputs[mark[1]:], self.inputs[mark[2]:], self.pool[mark[3]:]

@@ -114,9 +114,11 @@ def _same_bits(a, b) -> bool:
 
 
 def run_backend(make_fn, args, backend: str, expected, types, part: str, report: Report,
-                updates: dict | None = None) -> bool:
+                updates: dict | None = None, aot: str | None = None) -> bool:
     """Compile and run a fresh ``make_fn()`` on ``backend``; record findings; True if it ran.
-    ``updates``: the oracle's (value, err) of the state after one call (training programs)."""
+    ``updates``: the oracle's (value, err) of the state after one call (training programs);
+    ``aot``: a GPU target (``sm_80``) every Triton kernel must also compile for, ahead of time
+    (Triton's interpreter runs code that the GPU compiler may refuse)."""
     copies = [np.array(a, copy=True) for a in args]
     if PHASE is not None:
         PHASE(f"{backend} {part}")
@@ -137,6 +139,8 @@ def run_backend(make_fn, args, backend: str, expected, types, part: str, report:
         report.findings.append(Finding(backend, "internal", part, _where(e)))
         return False
     report.ops |= _ops_of(cf)
+    if aot and backend == "triton":
+        _compile_ahead(exe.program, aot, part, report)
     for p in compare(outs, expected, types, part):
         kind = "shape" if ": got " in p and "declared" in p or "not an ndarray" in p or \
             "returned" in p else "wrong"
@@ -169,6 +173,21 @@ def run_backend(make_fn, args, backend: str, expected, types, part: str, report:
     return True
 
 
+def _compile_ahead(program, target: str, part: str, report: Report) -> None:
+    from lamina.backends.triton import aot
+
+    if PHASE is not None:
+        PHASE(f"triton {part} (compiling for {target})")
+    for _, src in program.sources:
+        for s in [*src.prologue, src]:
+            try:
+                aot.compile_source(s, target)
+            except Exception as e:  # noqa: BLE001 - a kernel the GPU compiler refuses
+                report.findings.append(Finding("triton", "internal", part,
+                                               f"kernel {s.name} does not compile for {target}: "
+                                               + _where(e)))
+
+
 def make_grad(fn, types_in, types_out):
     """The gradient of ``sum_k (out_k * w_k).sum()`` over ``fn``'s float outputs, with respect
     to its float inputs: a function of (inputs..., weights...), or None."""
@@ -194,21 +213,22 @@ def weights(seed, types_out, outs: list[int]) -> list[np.ndarray]:
     return [rng.uniform(-1, 1, types_out[k].shape).astype(types_out[k].dtype.np) for k in outs]
 
 
-def check(p: Program, backends: list[str]) -> Report:
+def check(p: Program, backends: list[str], aot: str | None = None) -> Report:
     """Check program ``p`` on ``backends`` (see the module docstring)."""
     with warnings.catch_warnings():
         # numpy's promotion of a float64 argument meeting float32 parameters is what the
         # program asks for: lamina's warning about it is expected here
         warnings.simplefilter("ignore", PromotionWarning)
         return check_function(p.function, p.argument_inputs(), backends,
-                              seed=(p.seed, p.index), fresh=True)
+                              seed=(p.seed, p.index), fresh=True, aot=aot)
 
 
 def check_function(fn, inputs: list[Input], backends: list[str], seed=0,
-                   fresh: bool = False) -> Report:
+                   fresh: bool = False, aot: str | None = None) -> Report:
     """Check ``fn`` (returning a tuple of tensors) called with ``inputs`` (their data, passed
     as their views) on ``backends``, and its gradient. ``fresh``: ``fn()`` makes the function
-    (a training program: each backend gets its own parameters and optimizer state)."""
+    (a training program: each backend gets its own parameters and optimizer state); ``aot``:
+    a GPU target the Triton kernels must compile for."""
     make_fn = fn if fresh else (lambda: fn)
     report = Report()
     args = [i.as_argument() for i in inputs]
@@ -226,7 +246,7 @@ def check_function(fn, inputs: list[Input], backends: list[str], seed=0,
     expected = oracle.run(data, {k: v.numpy() for k, v in traced.variables.items()})
     report.ops |= {n.op for n in traced.nodes} | {n.op for n in graph.nodes}
     for b in backends:
-        run_backend(make_fn, args, b, expected, types, "program", report, oracle.updates)
+        run_backend(make_fn, args, b, expected, types, "program", report, oracle.updates, aot)
     if traced.state:
         return report  # a training step: its gradients are checked through the updates
     # the gradient of a weighted sum of the float outputs, with respect to the float inputs
@@ -247,5 +267,5 @@ def check_function(fn, inputs: list[Input], backends: list[str], seed=0,
         return report
     report.ops |= {n.op for n in gtraced.nodes} | {n.op for n in ggraph.nodes}
     for b in backends:
-        run_backend(lambda: gfn, args + ws, b, gexpected, gtypes, "gradient", report)
+        run_backend(lambda: gfn, args + ws, b, gexpected, gtypes, "gradient", report, aot=aot)
     return report

@@ -45,7 +45,16 @@ def backends_for(index: int, backends: list[str], triton_every: int) -> tuple[li
     return (backends if small else [b for b in backends if b != "triton"]), small
 
 
-def worker(seed: int, start: int, stop: int, backends: list[str], triton_every: int) -> None:
+def aot_target(index: int, aot_every: int) -> str | None:
+    """The GPU target program ``index``'s Triton kernels are compiled for (sm_80 and sm_90 in
+    turn), if it is one of every ``aot_every``-th."""
+    if aot_every <= 0 or index % aot_every:
+        return None
+    return ("sm_80", "sm_90")[(index // aot_every) % 2]
+
+
+def worker(seed: int, start: int, stop: int, backends: list[str], triton_every: int,
+           aot_every: int = 0) -> None:
     from lamina.testing import check as chk
     from lamina.testing.generate import generate
 
@@ -58,7 +67,7 @@ def worker(seed: int, start: int, stop: int, backends: list[str], triton_every: 
         except Exception as e:  # noqa: BLE001 - a generator bug: reported, not fatal
             _emit({"done": i, "generator": chk._where(e)})
             continue
-        report = chk.check(p, bk)
+        report = chk.check(p, bk, aot=aot_target(i, aot_every) if small else None)
         _emit({"done": i, "backends": bk, "steps": len(p.steps), "ops": sorted(report.ops),
                "invalid": report.invalid,
                "findings": [[f.backend, f.kind, f.part, f.detail] for f in report.findings]})
@@ -141,7 +150,8 @@ class _Worker:
 
 
 def run(n: int, seed: int = 0, start: int = 0, backends: list[str] | None = None,
-        triton_every: int = 5, jobs: int = 2, chunk: int = 25, timeout: float = 300.0,
+        triton_every: int = 5, aot_every: int = 25, jobs: int = 2, chunk: int = 25,
+        timeout: float = 300.0,
         minimize: bool = True, out_dir: str = "fuzz-repros", max_repros: int = 8,
         quiet: bool = False, worker_cmd: list[str] | None = None) -> Summary:
     """Check programs ``start .. start+n-1`` of ``seed``; see the module docstring.
@@ -155,7 +165,7 @@ def run(n: int, seed: int = 0, start: int = 0, backends: list[str] | None = None
     env = dict(os.environ, LAMINA_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
     cmd = worker_cmd or [sys.executable, "-m", "lamina.testing.fuzz", "--worker", "--seed",
                          str(seed), "--backends", ",".join(backends), "--triton-every",
-                         str(triton_every)]
+                         str(triton_every), "--aot-every", str(aot_every)]
     todo = [(a, min(a + chunk, start + n)) for a in range(start, start + n, chunk)]
     sel = selectors.DefaultSelector()
     active: list[_Worker] = []
@@ -190,7 +200,8 @@ def run(n: int, seed: int = 0, start: int = 0, backends: list[str] | None = None
     summary.seconds = time.monotonic() - t0
     if minimize and summary.failures:
         for sig, i in list(first.items())[:max_repros]:
-            path = _minimize_in_subprocess(seed, i, sig, backends, triton_every, out_dir)
+            path = _minimize_in_subprocess(seed, i, sig, backends, triton_every, aot_every,
+                                           out_dir)
             if path:
                 summary.repros.append(path)
     return summary
@@ -253,11 +264,13 @@ def _finish(w: _Worker, sel, active, todo, summary: Summary, first: dict, how: s
         todo.insert(0, (i + 1, w.hi))
 
 
-def _minimize_in_subprocess(seed, index, sig, backends, triton_every, out_dir) -> str | None:
+def _minimize_in_subprocess(seed, index, sig, backends, triton_every, aot_every,
+                            out_dir) -> str | None:
     backend, kind, part, _ = sig
     cmd = [sys.executable, "-m", "lamina.testing.fuzz", "--minimize-one", str(index),
            "--seed", str(seed), "--backends", ",".join(backends), "--triton-every",
-           str(triton_every), "--out", out_dir, "--finding", json.dumps([backend, kind, part])]
+           str(triton_every), "--aot-every", str(aot_every), "--out", out_dir,
+           "--finding", json.dumps([backend, kind, part])]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -266,22 +279,24 @@ def _minimize_in_subprocess(seed, index, sig, backends, triton_every, out_dir) -
     return lines[-1][len("repro: "):] if lines else None
 
 
-def minimize_one(seed, index, sig, backends, triton_every, out_dir) -> str:
+def minimize_one(seed, index, sig, backends, triton_every, aot_every, out_dir) -> str:
     from lamina.testing.check import Finding
     from lamina.testing.generate import generate
     from lamina.testing.minimize import minimize, write_repro
 
     _, small = backends_for(index, backends, triton_every)
+    aot = aot_target(index, aot_every) if small else None
     p = generate(seed, index, small)
     finding = Finding(sig[0], sig[1], sig[2], "")
     before = len(p.steps)
-    q = minimize(p, finding)
+    q = minimize(p, finding, aot=aot)
     # the repro's docstring names the failure as the minimized program shows it
     from lamina.testing.check import check
 
-    shown = [f for f in check(q, [b for b in ("numpy", sig[0]) if b in backends]).findings
+    shown = [f for f in check(q, [b for b in ("numpy", sig[0]) if b in backends],
+                              aot=aot).findings
              if f.signature() == finding.signature()] if sig[1] not in ("crash", "hang") else []
-    return write_repro(q, shown[0] if shown else finding, out_dir, before)
+    return write_repro(q, shown[0] if shown else finding, out_dir, before, aot)
 
 
 def probe(path: str, backends: list[str]) -> None:
@@ -305,6 +320,9 @@ def main(argv=None) -> int:
                     help="comma list (default: every runnable one of numpy,llvm,triton)")
     ap.add_argument("--triton-every", type=int, default=5,
                     help="every k-th program is small and runs on triton too (default 5)")
+    ap.add_argument("--aot-every", type=int, default=25,
+                    help="every k-th program's Triton kernels also compile for sm_80/sm_90, "
+                         "ahead of time (default 25; 0: never)")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--timeout", type=float, default=300.0,
                     help="seconds without progress before a program counts as hung")
@@ -321,17 +339,18 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     backends = a.backends.split(",") if a.backends else None
     if a.worker:
-        worker(a.seed, a.start, a.stop, backends, a.triton_every)
+        worker(a.seed, a.start, a.stop, backends, a.triton_every, a.aot_every)
         return 0
     if a.probe:
         probe(a.probe, backends)
         return 0
     if a.minimize_one is not None:
         path = minimize_one(a.seed, a.minimize_one, json.loads(a.finding), backends,
-                            a.triton_every, a.out)
+                            a.triton_every, a.aot_every, a.out)
         print(f"repro: {path}")
         return 0
-    s = run(a.n, a.seed, a.start, backends, a.triton_every, a.jobs, timeout=a.timeout,
+    s = run(a.n, a.seed, a.start, backends, a.triton_every, a.aot_every, a.jobs,
+            timeout=a.timeout,
             minimize=not a.no_minimize, out_dir=a.out, quiet=a.quiet)
     print(s.text(a.min_ops))
     if a.json:

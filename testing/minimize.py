@@ -39,13 +39,13 @@ def _backends(sig) -> list[str]:
     return ["numpy"] if backend in ("numpy", "frontend") else ["numpy", backend]
 
 
-def fails(p: Program, sig: tuple) -> bool:
+def fails(p: Program, sig: tuple, aot: str | None = None) -> bool:
     """Does ``p`` still show the failure ``sig`` = (backend, kind, part)?"""
     backend, kind, part = sig
     if kind in ("crash", "hang"):
         return _probe(p, backend, kind)
     try:
-        report = check(p, _backends(sig))
+        report = check(p, _backends(sig), aot=aot)
     except Exception:  # noqa: BLE001 - a candidate the checker cannot even build
         return False
     return any(f.signature() == sig for f in report.findings)
@@ -98,12 +98,14 @@ def resize(p: Program, old: int, new: int) -> Program:
     return p.copy(inputs=inputs)
 
 
-def minimize(p: Program, finding: Finding, budget_s: float = 120.0) -> Program:
+def minimize(p: Program, finding: Finding, budget_s: float = 120.0,
+             aot: str | None = None) -> Program:
+    """The smallest program found within ``budget_s`` that still shows ``finding``."""
     sig = finding.signature()
     deadline = time.monotonic() + budget_s
 
     def better(q):
-        return q is not None and time.monotonic() < deadline and fails(q, sig)
+        return q is not None and time.monotonic() < deadline and fails(q, sig, aot)
 
     p = p.live()
     if len(p.outputs) > 1:
@@ -138,8 +140,10 @@ def minimize(p: Program, finding: Finding, budget_s: float = 120.0) -> Program:
     return p
 
 
-def write_repro(p: Program, finding: Finding, directory: str, steps_before: int) -> str:
-    """Write ``repro_<seed>_<index>.py`` into ``directory``; returns its path."""
+def write_repro(p: Program, finding: Finding, directory: str, steps_before: int,
+                aot: str | None = None) -> str:
+    """Write ``repro_<seed>_<index>.py`` into ``directory``; returns its path. ``aot``: the GPU
+    target the Triton kernels were compiled for when the failure showed."""
     name = f"repro_{p.seed}_{p.index}.py"
     path = os.path.join(directory, name)
     inputs = "\n".join(f"    Input({i.name!r}, {array_literal(i.data)}, view={i.view!r}),"
@@ -151,10 +155,11 @@ def write_repro(p: Program, finding: Finding, directory: str, steps_before: int)
         body = "\n".join(("    " + line).rstrip() for line in p.source().splitlines())
         program = f"_init = {{\n{init}\n}}\n\n\ndef make():\n{body}\n    return program\n"
         call = f"check_function(make, INPUTS, {backends!r}, seed=({p.seed}, {p.index}), " \
-               "fresh=True)"
+               f"fresh=True, aot={aot!r})"
     else:
         program = p.source()
-        call = f"check_function(program, INPUTS, {backends!r}, seed=({p.seed}, {p.index}))"
+        call = f"check_function(program, INPUTS, {backends!r}, seed=({p.seed}, {p.index}), " \
+               f"aot={aot!r})"
     text = f'''"""lamina random-program checker: program {p.seed}:{p.index}, minimized from {steps_before} to {len(p.steps)} step(s).
 
 {finding}

@@ -14,8 +14,9 @@ eager (``--peers``).
 Method: every implementation is checked against run.py's float64 reference first. Then
 ``--rounds`` rounds, each a quiet phase and a busy phase: in the busy phase ``--busy`` separate
 processes (``python -c "while True: pass"``, started by this script, default 1: on a 2-core
-machine one core) spin, and every implementation runs for ``--seconds`` seconds (after a few
-warm-up calls) in each phase, so background load from elsewhere hits both conditions alike.
+machine one core) spin, and every implementation runs for ``--seconds`` seconds (after ``--settle``
+idle seconds, so that the previous library's spinning threads are asleep, and two warm-up
+calls) in each phase, so background load from elsewhere hits both conditions alike.
 Times are wall time per synchronized call (as in run.py); the table gives the median and the
 mean per condition and ``busy / quiet`` of each. ``bg cpu``: CPU other processes used in
 the quiet phases (in cores; the spinners make the busy phases >= --busy): a quiet column above
@@ -104,8 +105,11 @@ def _one_thread(runner: peers.Runner) -> peers.Runner:
     return peers.Runner(call, runner.fetch, runner.notes)
 
 
-def time_phase(runners: dict, seconds: float, warmup: int, times: dict) -> None:
+def time_phase(runners: dict, seconds: float, warmup: int, times: dict, settle: float) -> None:
     for name, runner in runners.items():
+        # NOTE: idle first: the previous library's worker threads spin for a while after its
+        # last call (OpenMP's for up to ~0.1 s), which would slow whoever runs next
+        time.sleep(settle)
         for _ in range(warmup):
             runner.call()
         ts = times[name]
@@ -148,12 +152,12 @@ def run_workload(wl: run.Workload, impls, args, log) -> list[dict]:
         for k in range(args.rounds):
             log(f"  round {k + 1}/{args.rounds}: quiet ...")
             meter.start()
-            time_phase(plain, args.seconds, 2, quiet)
+            time_phase(plain, args.seconds, 2, quiet, args.settle)
             meter.stop()
             log(f"  round {k + 1}/{args.rounds}: {args.busy} busy process(es) ...")
             with Busy(args.busy):
                 bmeter.start()
-                time_phase(plain, args.seconds, 2, busy)
+                time_phase(plain, args.seconds, 2, busy, args.settle)
                 bmeter.stop()
     finally:
         if gc_was:
@@ -200,6 +204,8 @@ def parse_args(argv):
     ap.add_argument("--seconds", type=float, help="seconds per implementation and phase "
                     "(default 2, --quick 0.1)")
     ap.add_argument("--rounds", type=int, help="quiet/busy rounds (default 3, --quick 1)")
+    ap.add_argument("--settle", type=float, default=0.3, metavar="S",
+                    help="idle seconds before each implementation's timing (default 0.3)")
     ap.add_argument("--threads", type=int, default=machine.usable_cores(),
                     help="threads for every library (default: the usable cores)")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",

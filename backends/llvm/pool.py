@@ -88,8 +88,18 @@ SYMBOLS = (RUN, INFO)
 
 MAX_CHUNKS = (1 << 12) - 1   # chunks of one job (more run on the submitting thread alone)
 MAX_THREADS = 256            # participants of one job
-WORKER_SPIN_NS = 100_000     # an idle worker spins this long before it sleeps
-WAIT_SPIN_NS = 50_000        # a submitter waiting for claimed chunks spins this long first
+# Spinning. An idle worker spins WORKER_SPIN_NS for the next job (the next kernel of a step
+# follows within microseconds; the next step, after Python's call overhead), offering its core
+# (sched_yield) every 64 rounds: if the submitter is queued on that core, it runs at once
+# instead of waiting for the spin to end. A submitter out of chunks spins WAIT_SPIN_NS for
+# the ones others claimed, then sleeps: a claimed chunk that takes longer is likely held by a
+# thread that lost its core, and may get it back sooner if the submitter leaves this one.
+# The submitter itself never yields: beside a busy process that would hand it a time slice.
+# Beside one spinning process on 2 cores (benchmarks/contention.py, MLP step), spins of 20-300
+# us and yields or not all measured within the noise (busy 13.5-15 ms per step).
+WORKER_SPIN_NS = 50_000
+WAIT_SPIN_NS = 20_000
+WORKER_YIELD = True
 
 _i1, _i8, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _i8p = _i8.as_pointer()
@@ -154,6 +164,7 @@ class _Builder:
             self.fn_pause = ir.Function(m, ir.FunctionType(_void, [_i32]), "llvm.aarch64.hint")
         self.syscall = ir.Function(m, ir.FunctionType(_i64, [_i64], var_arg=True), "syscall")
         self.getpid = ir.Function(m, ir.FunctionType(_i32, []), "getpid")
+        self.sched_yield = ir.Function(m, ir.FunctionType(_i32, []), "sched_yield")
         self.clock = ir.Function(m, ir.FunctionType(_i32, [_i32, self.timespec.as_pointer()]),
                                  "clock_gettime")
         start_t = ir.FunctionType(_i8p, [_i8p]).as_pointer()
@@ -270,9 +281,10 @@ class _Builder:
         b.ret_void()
         return f
 
-    def spin_until(self, f, b, changed, budget_ns, done_block, sleep_block):
+    def spin_until(self, f, b, changed, budget_ns, done_block, sleep_block, yield_=False):
         """Spin (with pause) until ``changed(b)`` is true -> done_block, or ``budget_ns`` has
-        passed -> sleep_block. The clock is read every 64 rounds."""
+        passed -> sleep_block. The clock is read every 64 rounds (and with ``yield_`` the core
+        offered to whatever else is runnable on it)."""
         head, tick, clock = (f.append_basic_block(x) for x in ("spin", "tick", "clock"))
         t0 = b.call(self.f_now, [])
         pre = b.block
@@ -287,6 +299,8 @@ class _Builder:
         i.add_incoming(i1, tick)
         b.cbranch(b.icmp_unsigned("==", b.and_(i1, _c(_i64, 63)), _c(_i64, 0)), clock, head)
         b.position_at_end(clock)
+        if yield_:
+            b.call(self.sched_yield, [])
         i.add_incoming(i1, clock)
         late = b.icmp_signed(">", b.sub(b.call(self.f_now, []), t0), _c(_i64, budget_ns))
         b.cbranch(late, sleep_block, head)
@@ -309,7 +323,7 @@ class _Builder:
         got = f.append_basic_block("got")
         self.spin_until(f, b, lambda bb: bb.icmp_unsigned("!=", self.load(bb, "seq", "acquire"),
                                                           seen),
-                        WORKER_SPIN_NS, got, blocks["sleep"])
+                        WORKER_SPIN_NS, got, blocks["sleep"], yield_=WORKER_YIELD)
         b.position_at_end(got)
         now = self.load(b, "seq", "acquire")
         seen.add_incoming(now, got)

@@ -22,8 +22,8 @@ nobody ever waits for a thread that is not running:
   chunk: whoever runs takes the rest.
 * **Finishing.** The submitter, out of chunks to claim, waits until ``done`` (chunks finished)
   reaches the count: it waits only for chunks that other participants already claimed, and so
-  are running (or were, when their thread lost its core: then the submitter spins briefly and
-  sleeps, leaving its core to that thread).
+  are running (or were, when their thread lost its core: then the submitter soon sleeps, and
+  leaves its core to that thread).
 * **Idle workers** spin for ``WORKER_SPIN_NS`` on the job counter ``seq`` (the next kernel of a
   step comes microseconds later), then sleep on it with a futex: an idle pool costs no CPU.
   A submitter wakes sleepers only when there are any.
@@ -88,17 +88,22 @@ SYMBOLS = (RUN, INFO)
 
 MAX_CHUNKS = (1 << 12) - 1   # chunks of one job (more run on the submitting thread alone)
 MAX_THREADS = 256            # participants of one job
-# Spinning. An idle worker spins WORKER_SPIN_NS for the next job (the next kernel of a step
-# follows within microseconds; the next step, after Python's call overhead), offering its core
-# (sched_yield) every 64 rounds: if the submitter is queued on that core, it runs at once
-# instead of waiting for the spin to end. A submitter out of chunks spins WAIT_SPIN_NS for
-# the ones others claimed, then sleeps: a claimed chunk that takes longer is likely held by a
-# thread that lost its core, and may get it back sooner if the submitter leaves this one.
-# The submitter itself never yields: beside a busy process that would hand it a time slice.
-# Beside one spinning process on 2 cores (benchmarks/contention.py, MLP step), spins of 20-300
-# us and yields or not all measured within the noise (busy 13.5-15 ms per step).
-WORKER_SPIN_NS = 50_000
-WAIT_SPIN_NS = 20_000
+# Spinning. An idle worker spins WORKER_SPIN_NS for the next job: the next kernel of a step
+# follows within microseconds, the next step after Python's call overhead, and the serial
+# kernels in between (small GEMMs) take up to a few hundred microseconds; waking a sleeping
+# worker takes 50-100 us on this (virtual) machine, longer than many kernels. Every 64 rounds
+# it offers its core (sched_yield): a submitter queued on that core runs at once instead of
+# after the spin (beside one busy process, 2 cores, MLP step: 1 ms spins without yielding
+# made a step 17.6-19 ms, with yielding 14 ms; 50 and 300 us with yielding 12.5-14.3 ms).
+# A submitter out of chunks spins for the chunks others claimed, twice as long as the longest
+# chunk it ran itself (within WAIT_SPIN_MIN_NS..WAIT_SPIN_MAX_NS), then sleeps: a claimed chunk
+# that takes longer is likely held by a thread that lost its core, which may get one back
+# sooner if the submitter leaves its own. While spinning it yields only when a worker holding
+# a chunk was last seen on its CPU; never otherwise: beside a busy process that would hand the
+# busy process a time slice.
+WORKER_SPIN_NS = 300_000
+WAIT_SPIN_MIN_NS = 20_000
+WAIT_SPIN_MAX_NS = 2_000_000
 WORKER_YIELD = True
 
 _i1, _i8, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -130,6 +135,14 @@ def _c(t, v):
     return ir.Constant(t, v)
 
 
+def _umax(b, x, y):
+    return b.select(b.icmp_unsigned(">", x, y), x, y)
+
+
+def _umin(b, x, y):
+    return b.select(b.icmp_unsigned("<", x, y), x, y)
+
+
 def _align(v: ir.GlobalVariable) -> int:
     t = v.type.pointee
     return t.width // 8 if isinstance(t, ir.IntType) else 8
@@ -156,6 +169,14 @@ class _Builder:
             v.initializer = _c(t, None)
             v.align = 64
             g[name] = v
+        # where[s * 8] = 1 + the CPU worker s runs a chunk on, 0 when it runs none (one cache
+        # line per slot: only its worker writes it)
+        wt = ir.ArrayType(_i64, MAX_THREADS * 8)
+        v = ir.GlobalVariable(m, wt, "pool.g.where")
+        v.linkage = "internal"
+        v.initializer = ir.Constant(wt, None)
+        v.align = 64
+        g["where"] = v
         self.timespec = ir.LiteralStructType([_i64, _i64])
         self.fn_pause = None
         if arch == "x86_64":
@@ -165,6 +186,7 @@ class _Builder:
         self.syscall = ir.Function(m, ir.FunctionType(_i64, [_i64], var_arg=True), "syscall")
         self.getpid = ir.Function(m, ir.FunctionType(_i32, []), "getpid")
         self.sched_yield = ir.Function(m, ir.FunctionType(_i32, []), "sched_yield")
+        self.getcpu = ir.Function(m, ir.FunctionType(_i32, []), "sched_getcpu")
         self.clock = ir.Function(m, ir.FunctionType(_i32, [_i32, self.timespec.as_pointer()]),
                                  "clock_gettime")
         start_t = ir.FunctionType(_i8p, [_i8p]).as_pointer()
@@ -243,12 +265,17 @@ class _Builder:
         return f
 
     def participate(self):
-        """void participate(i64 slot): claim and run chunks of the current job until none are
-        left (or the job has no place for this slot). See NOTE (1)-(4)."""
-        f, b = self.fn("pool.participate", _void, [_i64])
+        """i64 participate(i64 slot): claim and run chunks of the current job until none are
+        left (or the job has no place for this slot); returns the longest time one of them
+        took (ns). A worker marks the CPU it runs a chunk on in `where`. NOTE (1)-(4)."""
+        f, b = self.fn("pool.participate", _i64, [_i64])
         (slot,) = f.args
         blocks = {x: f.append_basic_block(x) for x in ("loop", "check", "claim", "run",
                                                        "last", "wake", "out")}
+        longest = b.alloca(_i64)
+        b.store(_c(_i64, 0), longest)
+        mark = b.gep(self.g["where"], [_c(_i64, 0), b.mul(slot, _c(_i64, 8))])
+        worker = b.icmp_signed(">", slot, _c(_i64, 0))
         b.branch(blocks["loop"])
         b.position_at_end(blocks["loop"])
         s = self.load(b, "state", "acquire")
@@ -266,7 +293,15 @@ class _Builder:
                         "acquire")
         b.cbranch(b.extract_value(res, 1), blocks["run"], blocks["loop"])
         b.position_at_end(blocks["run"])
+        with b.if_then(worker):
+            cpu = b.sext(b.call(self.getcpu, []), _i64)
+            b.store_atomic(b.add(cpu, _c(_i64, 1)), mark, "monotonic", 8)
+        t0 = b.call(self.f_now, [])
         b.call(fn, [data, nxt, slot])
+        took = b.sub(b.call(self.f_now, []), t0)
+        b.store(_umax(b, b.load(longest), took), longest)
+        with b.if_then(worker):
+            b.store_atomic(_c(_i64, 0), mark, "monotonic", 8)
         old = b.atomic_rmw("add", self.g["done"], _c(_i32, 1), "seq_cst")
         finished = b.icmp_unsigned("==", b.zext(b.add(old, _c(_i32, 1)), _i64), n)
         b.cbranch(finished, blocks["last"], blocks["loop"])
@@ -278,13 +313,13 @@ class _Builder:
         self.futex(b, "done", _FUTEX_WAKE_PRIVATE, _c(_i32, 1))
         b.branch(blocks["out"])
         b.position_at_end(blocks["out"])
-        b.ret_void()
+        b.ret(b.load(longest))
         return f
 
-    def spin_until(self, f, b, changed, budget_ns, done_block, sleep_block, yield_=False):
-        """Spin (with pause) until ``changed(b)`` is true -> done_block, or ``budget_ns`` has
-        passed -> sleep_block. The clock is read every 64 rounds (and with ``yield_`` the core
-        offered to whatever else is runnable on it)."""
+    def spin_until(self, f, b, changed, budget_ns, done_block, sleep_block, on_clock=None):
+        """Spin (with pause) until ``changed(b)`` is true -> done_block, or ``budget_ns`` (a
+        constant or a value) has passed -> sleep_block. The clock is read every 64 rounds,
+        after ``on_clock(b)`` when given."""
         head, tick, clock = (f.append_basic_block(x) for x in ("spin", "tick", "clock"))
         t0 = b.call(self.f_now, [])
         pre = b.block
@@ -299,10 +334,11 @@ class _Builder:
         i.add_incoming(i1, tick)
         b.cbranch(b.icmp_unsigned("==", b.and_(i1, _c(_i64, 63)), _c(_i64, 0)), clock, head)
         b.position_at_end(clock)
-        if yield_:
-            b.call(self.sched_yield, [])
-        i.add_incoming(i1, clock)
-        late = b.icmp_signed(">", b.sub(b.call(self.f_now, []), t0), _c(_i64, budget_ns))
+        if on_clock is not None:
+            on_clock(b)
+        i.add_incoming(i1, b.block)
+        budget = budget_ns if isinstance(budget_ns, ir.Value) else _c(_i64, budget_ns)
+        late = b.icmp_signed(">", b.sub(b.call(self.f_now, []), t0), budget)
         b.cbranch(late, sleep_block, head)
 
     def worker(self):
@@ -323,7 +359,9 @@ class _Builder:
         got = f.append_basic_block("got")
         self.spin_until(f, b, lambda bb: bb.icmp_unsigned("!=", self.load(bb, "seq", "acquire"),
                                                           seen),
-                        WORKER_SPIN_NS, got, blocks["sleep"], yield_=WORKER_YIELD)
+                        WORKER_SPIN_NS, got, blocks["sleep"],
+                        on_clock=(lambda bb: bb.call(self.sched_yield, [])) if WORKER_YIELD
+                        else None)
         b.position_at_end(got)
         now = self.load(b, "seq", "acquire")
         seen.add_incoming(now, got)
@@ -345,13 +383,20 @@ class _Builder:
         return f
 
     def wait_done(self):
-        """void wait_done(i64 n): until every chunk of the job has finished. NOTE (4)."""
-        f, b = self.fn("pool.wait_done", _void, [_i64])
+        """void wait_done(i64 n, i64 longest): until every chunk of the job has finished.
+        NOTE (4). Spins for twice the longest chunk this thread ran (within WAIT_SPIN_MIN_NS
+        and WAIT_SPIN_MAX_NS): a chunk still running after that is likely held by a thread
+        that lost its core. While spinning, it gives up its core (sched_yield) when a worker
+        holding a chunk was last seen on the same CPU: that worker is then queued behind us."""
+        f, b = self.fn("pool.wait_done", _void, [_i64, _i64])
         n = b.trunc(f.args[0], _i32)
+        budget = _umax(b, _c(_i64, WAIT_SPIN_MIN_NS),
+                       _umin(b, b.mul(f.args[1], _c(_i64, 2)), _c(_i64, WAIT_SPIN_MAX_NS)))
         out, sleep, recheck, wait = (f.append_basic_block(x)
                                      for x in ("out", "sleep", "recheck", "wait"))
         self.spin_until(f, b, lambda bb: bb.icmp_unsigned(
-            "==", self.load(bb, "done", "acquire"), n), WAIT_SPIN_NS, out, sleep)
+            "==", self.load(bb, "done", "acquire"), n), budget, out, sleep,
+            on_clock=self.yield_to_holder)
         b.position_at_end(sleep)
         self.store(b, "waiting", _c(_i32, 1), "seq_cst")
         b.branch(recheck)
@@ -365,6 +410,31 @@ class _Builder:
         self.store(b, "waiting", _c(_i32, 0))
         b.ret_void()
         return f
+
+    def yield_to_holder(self, b):
+        """sched_yield() if a worker running a chunk was last seen on this thread's CPU."""
+        f = b.function
+        cpu = b.call(self.getcpu, [])
+        me = b.add(b.sext(cpu, _i64), _c(_i64, 1))
+        limit = self.load(b, "limit")
+        hit = b.alloca(_i1)
+        b.store(_c(_i1, 0), hit)
+        head, body, done = (f.append_basic_block(x) for x in ("holders", "holder", "scanned"))
+        pre = b.block
+        b.cbranch(b.icmp_signed(">=", cpu, _c(_i32, 0)), head, done)
+        b.position_at_end(head)
+        s = b.phi(_i64)
+        s.add_incoming(_c(_i64, 1), pre)
+        b.cbranch(b.icmp_signed("<", s, limit), body, done)
+        b.position_at_end(body)
+        at = b.gep(self.g["where"], [_c(_i64, 0), b.mul(s, _c(_i64, 8))])
+        w = b.load_atomic(at, "monotonic", 8)
+        b.store(b.or_(b.load(hit), b.icmp_unsigned("==", w, me)), hit)
+        s.add_incoming(b.add(s, _c(_i64, 1)), body)
+        b.branch(head)
+        b.position_at_end(done)
+        with b.if_then(b.load(hit)):
+            b.call(self.sched_yield, [])
 
     def own_process(self):
         """void own_process(): make the pool this process's. After fork() the child sees the
@@ -394,6 +464,9 @@ class _Builder:
         # own_process() returned, which needs pid == me, stored below.
         for name in ("nworkers", "failed", "busy", "done", "waiting", "sleepers"):
             self.store(b, name, _c(_i32, 0))
+        for k in range(MAX_THREADS):  # marks of the parent's workers
+            at = b.gep(self.g["where"], [_c(_i64, 0), _c(_i64, 8 * k)])
+            b.store_atomic(_c(_i64, 0), at, "monotonic", 8)
         s = self.load(b, "state")  # keep the generation; no chunk left to claim
         self.store(b, "state", b.and_(s, _c(_i64, ~((1 << _GEN_SHIFT) - 1))))
         self.store(b, "pid", me, "release")
@@ -493,8 +566,8 @@ class _Builder:
         self.futex(b, "seq", _FUTEX_WAKE_PRIVATE, b.trunc(helpers, _i32))
         b.branch(blocks["work"])
         b.position_at_end(blocks["work"])
-        b.call(self.f_participate, [_c(_i64, 0)])
-        b.call(self.f_wait, [n])
+        longest = b.call(self.f_participate, [_c(_i64, 0)])
+        b.call(self.f_wait, [n, longest])
         self.store(b, "jobs", b.add(self.load(b, "jobs"), _c(_i64, 1)))
         self.store(b, "busy", _c(_i32, 0), "release")
         b.branch(blocks["out"])

@@ -132,6 +132,8 @@ def run_backend(make_fn, args, backend: str, expected, types, part: str, report:
             v.assign(start[k])
         again = cf(*args)
         after2 = {k: v.numpy().copy() for k, v in exe.variables.items()}
+        for k, v in exe.variables.items():  # shared state (the global random key) as it was
+            v.assign(start[k])
     except LaminaError as e:
         report.findings.append(Finding(backend, "refused", part, _where(e)))
         return False

@@ -303,6 +303,9 @@ class Generator:
         if not isinstance(t, Tensor):
             raise Rejected(f"not a tensor: {type(t).__name__}")
         new = b.nodes[start:]
+        for p in b.state:  # state the step read (lamina's global random key): its value now
+            if p not in self.env:
+                self.env[p] = self.ctx.variables[p.name].numpy()
         if any(n.type.size > 4 * self.g.max_elems for n in new):
             raise Rejected("a value too large")  # before anything is computed
         try:
@@ -394,8 +397,9 @@ class Generator:
         p = Program(self.g.seed, self.g.index, self.inputs, self.steps, outputs,
                     notes=[f"internal error while tracing: {self.broken}"]
                     if self.broken else [])
-        floats = [o for o in dict.fromkeys(outputs) if self.val(o).array.dtype.kind == "f"]
-        if self.params and floats and not self.broken:
+        floats = [] if self.broken else [
+            o for o in dict.fromkeys(outputs) if self.val(o).array.dtype.kind == "f"]
+        if self.params and floats:
             # a training step: the parameters move along the gradient of a loss of the outputs
             p.params = list(self.params)
             p.optimizer = OPTIMIZERS[int(rng.integers(len(OPTIMIZERS)))]

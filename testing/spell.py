@@ -142,11 +142,33 @@ def _arange(a, k, t, r):
     return f"lm.arange({k['shape'][0]}, dtype={fmt(k['dtype'])})"
 
 
-def _random(name):
+def _random(name, key=True):
+    """A draw with the program's key, or (``key=False``) with lamina's global key: state that
+    each call advances."""
     def render(a, k, t, r):
-        return f"lm.random.{name}({fmt(k['shape'])}, key={a[0]}, dtype={fmt(k['dtype'])})"
+        how = f"key={a[0]}, " if key else ""
+        return f"lm.random.{name}({fmt(k['shape'])}, {how}dtype={fmt(k['dtype'])})"
 
     return render
+
+
+def _same_shapes(render):
+    """Only for operands of one shape (the losses require it)."""
+    return lambda a, k, t, r: render(a, k, t, r) if len({x.shape for x in t}) == 1 else None
+
+
+def _cross_entropy(a, k, t, r):
+    x = t[0]
+    if x.ndim < 1 or k["axis"] % x.ndim != x.ndim - 1 or x.shape[-1] == 0:
+        return None
+    labels = r.integers(0, x.shape[-1], x.shape[:-1]).tolist()
+    how = r.choice(["mean", "sum", "none"])
+    return f"lm.nn.functional.cross_entropy({a[0]}, np.array({labels!r}, dtype='int64')" \
+           f".reshape({x.shape[:-1]}), reduction={how!r})"
+
+
+def _take_flat(a, k, t, r):
+    return f"lm.take({a[0]}, {a[1]})" if t[0].ndim == 1 else None
 
 
 def _reduce_fn(name):
@@ -157,15 +179,23 @@ SPELLINGS: dict[str, list] = {
     "neg": [lambda a, k, t, r: f"(-{a[0]})", _fn("lm.negative")],
     "abs": [_fn("abs"), _fn("lm.abs")],
     "sign": [_fn("lm.sign")],
-    "add": [_infix("+"), _fn("lm.add", 2)],
-    "sub": [_infix("-"), _fn("lm.subtract", 2)],
-    "mul": [_infix("*"), _fn("lm.multiply", 2)],
+    "add": [_infix("+"), _fn("lm.add", 2), lambda a, k, t, r: f"({a[1]} + {a[0]})"],
+    "sub": [_infix("-"), _fn("lm.subtract", 2), lambda a, k, t, r: f"(-({a[1]} - {a[0]}))",
+            _same_shapes(lambda a, k, t, r: f"lm.nn.functional.mse_loss({a[0]}, {a[1]}, "
+                                            f"reduction={r.choice(['mean', 'sum', 'none'])!r})")],
+    "mul": [_infix("*"), _fn("lm.multiply", 2), lambda a, k, t, r: f"({a[1]} * {a[0]})",
+            lambda a, k, t, r: f"lm.nn.functional.dropout({a[0]}, p=0.25)"],
     "div": [_infix("/"), _fn("lm.divide", 2)],
     "pow": [_infix("**"), _fn("lm.power", 2)],
-    "maximum": [_fn("lm.maximum", 2)],
-    "minimum": [_fn("lm.minimum", 2)],
-    "eq": [_infix("==")], "ne": [_infix("!=")], "lt": [_infix("<")], "le": [_infix("<=")],
-    "gt": [_infix(">")], "ge": [_infix(">=")],
+    "maximum": [_fn("lm.maximum", 2), lambda a, k, t, r: f"lm.clip({a[0]}, min={a[1]})"],
+    "minimum": [_fn("lm.minimum", 2), lambda a, k, t, r: f"{a[0]}.clip(max={a[1]})"],
+    # reflected spellings too: a literal on the left goes through the tensor's __r*__ method
+    "eq": [_infix("=="), lambda a, k, t, r: f"({a[1]} == {a[0]})"],
+    "ne": [_infix("!="), lambda a, k, t, r: f"({a[1]} != {a[0]})"],
+    "lt": [_infix("<"), lambda a, k, t, r: f"({a[1]} > {a[0]})"],
+    "le": [_infix("<="), lambda a, k, t, r: f"({a[1]} >= {a[0]})"],
+    "gt": [_infix(">"), lambda a, k, t, r: f"({a[1]} < {a[0]})"],
+    "ge": [_infix(">="), lambda a, k, t, r: f"({a[1]} <= {a[0]})"],
     "logical_and": [_infix("&")], "logical_or": [_infix("|")],
     "logical_not": [lambda a, k, t, r: f"(~{a[0]})"],
     "where": [_fn("lm.where", 3)],
@@ -185,15 +215,15 @@ SPELLINGS: dict[str, list] = {
     "slice": [_index],
     "concatenate": [lambda a, k, t, r: f"lm.concatenate([{', '.join(a)}], axis={k['axis']})",
                     _stack],
-    "take": [_lm_kw("lm.take"), _take_index],
+    "take": [_lm_kw("lm.take"), _take_index, _take_flat],
     "matmul": [_infix("@"), _fn("lm.matmul", 2)],
     "constant": [_full],
     "iota": [_arange],
-    "random_uniform": [_random("uniform")],
-    "random_normal": [_random("normal")],
+    "random_uniform": [_random("uniform"), _random("uniform", key=False)],
+    "random_normal": [_random("normal"), _random("normal", key=False)],
     "gelu": [lambda a, k, t, r: f"lm.gelu({a[0]}, approximate={k['approximate']!r})"],
     "softmax": [_lm_kw("lm.softmax")],
-    "log_softmax": [_lm_kw("lm.log_softmax")],
+    "log_softmax": [_lm_kw("lm.log_softmax"), _cross_entropy],
     "one_hot": [lambda a, k, t, r: f"lm.one_hot({a[0]}, {k['num_classes']}, "
                                    f"dtype={fmt(k['dtype'])})"],
 }

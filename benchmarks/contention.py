@@ -89,7 +89,9 @@ def _one_thread(runner: peers.Runner) -> peers.Runner:
     from lamina.backends.llvm.program import LLVMProgram
 
     def programs():
-        return {id(o): o for o in gc.get_objects() if isinstance(o, LLVMProgram)}
+        # type(o), not isinstance: the latter reads __class__, which some of torch's lazy
+        # module objects answer with a deprecation warning
+        return {id(o): o for o in gc.get_objects() if type(o) is LLVMProgram}
 
     before = programs()
     first = [runner.call()]

@@ -5,9 +5,9 @@
 For each case both are warmed up, then timed R times (fewer for the largest size); the median
 is reported. lamina is called through ctypes with its arguments prepared once (numpy's ``a @ b``
 likewise pays only its own call overhead). numpy and lamina are timed in separate phases, not
-call by call: on a 2-core machine, OpenBLAS's and libgomp's worker threads each spin for a while
-after a parallel call, and interleaving the two libraries makes each wait for the other's
-spinning threads.
+call by call: on a 2-core machine, OpenBLAS's and lamina's pool's worker threads each spin for
+a while after a parallel call, and interleaving the two libraries makes each wait for the
+other's spinning threads.
 
 Each phase also records the CPU time that *other* processes used meanwhile ("busy" column, as a
 fraction of all cores); a phase that was disturbed is retried a few times, and the column shows

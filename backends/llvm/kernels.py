@@ -2,7 +2,7 @@
 
 Every kernel becomes ``void k(i8** bufs, i64 lo, i64 hi, i32 nthreads)`` that computes its
 share ``[lo, hi)`` of a parallel axis (``extent`` in total), so the entry function can call it
-directly or hand it to OpenMP threads. Kinds (``classify``):
+directly or hand chunks of it to the thread pool (``pool.py``). Kinds (``classify``):
 
     flat        elementwise only, every operand full-size or scalar: one loop over the elements
     loop        elementwise and shape ops: a loop nest over the result's shape

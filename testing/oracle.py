@@ -153,6 +153,11 @@ class Oracle:
                     moved[i] = xs[i] + t * es[i]
                 w = _wide(np.asarray(f(*moved, **attrs)))
                 spread = np.maximum(spread, _diff(w, v))
+        if n.op in ("eq", "ne") and xs[0].dtype.kind == "f":
+            # equality flips at a single point, which moved operands step over: uncertain
+            # wherever the operands may meet within their bounds
+            near = np.abs(xs[0] - xs[1]) <= es[0] + es[1]
+            spread = spread + np.where(near & (es[0] + es[1] > 0), INF, 0.0)
         if n.type.dtype.is_float:
             return v, spread + self.rounding(n, v)
         return v, np.where(spread > 0, INF, 0.0)

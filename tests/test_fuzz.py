@@ -101,6 +101,15 @@ def test_comparison_of_close_values_is_uncertain():
     assert (e == 0).all() and v.tolist() == [True, False]
 
 
+def test_equality_within_the_bounds_is_uncertain():
+    """sigmoid(17) is 1 - 4e-8: float32 rounds it to 1.0, so `!= 1` may be either (equality is
+    one point: moving the operands by their bounds steps over it)."""
+    x = np.array([17, 1], np.int32)
+    (v, e), = _bound(lambda x: lm.sigmoid(x) != 1.0, x)
+    assert v.tolist() == [True, True]
+    assert np.isinf(e[0]) and e[1] == 0
+
+
 def test_mismatches_finds_a_value_outside_its_bound():
     v, e = np.array([1.0, 2.0, np.nan, np.inf]), np.array([1e-6, 1e-6, 0.0, 0.0])
     good = np.array([1.0, 2.0000005, np.nan, np.inf], np.float32)

@@ -318,6 +318,21 @@ def test_mse_loss_matches_numpy(backend, rng, reduction):
     assert_close(got, np.asarray(want, F32), dtype=np.float32)
 
 
+def test_losses_take_python_numbers(backend):
+    """A number as a loss's target (or label) is a 0-d tensor: it fits a 0-d prediction and
+    is a clear shape error otherwise (it was an AttributeError from inside lamina). Found by
+    the random-program checker (seed 0, program 187)."""
+    x0 = np.array(1.5, F32)
+    got = lm.compile(lambda a: F.mse_loss(a, 2), backend=backend)(x0)
+    assert_close(got, np.array(0.25, F32))
+    got = lm.compile(lambda a: F.binary_cross_entropy_with_logits(a, 1.0), backend=backend)(x0)
+    assert_close(got, np.array(np.log1p(np.exp(-1.5)), F32))
+    got = lm.compile(lambda z: F.cross_entropy(z, 2), backend=backend)(np.zeros(4, F32))
+    assert_close(got, np.array(np.log(4), F32))
+    with pytest.raises(lm.ShapeError, match="mse_loss"):
+        lm.compile(lambda a: F.mse_loss(a, 2.0), backend=backend)(np.ones(3, F32))
+
+
 # --- optimizers against numpy -----------------------------------------------------------------
 
 

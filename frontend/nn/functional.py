@@ -8,6 +8,7 @@ from __future__ import annotations
 from lamina.frontend import ops
 from lamina.frontend.ops import run
 from lamina.frontend.trace import user_loc
+from lamina.ir.builder import Var
 from lamina.ir.errors import DTypeError, LaminaError, ShapeError
 
 relu = ops.relu
@@ -18,6 +19,12 @@ gelu = ops.gelu
 softmax = ops.softmax
 log_softmax = ops.log_softmax
 one_hot = ops.one_hot
+
+
+def _tensor(b, x, dtype=None):
+    """A Python number argument as a 0-d tensor (``run`` keeps numbers as they are, so that
+    they take the other operand's dtype in arithmetic; the losses check shapes)."""
+    return x if isinstance(x, Var) else b.var(b.lift(x, dtype))
 
 
 def _reduce(loss, reduction: str, what: str):
@@ -42,6 +49,7 @@ def cross_entropy(logits, labels, reduction: str = "mean"):
     """
 
     def f(b, z, y):
+        z, y = _tensor(b, z), _tensor(b, y)
         if not y.dtype.is_int:
             raise DTypeError(f"cross_entropy: labels must be integer class indices, got "
                              f"{y.type} (for one-hot or soft targets, use "
@@ -62,6 +70,8 @@ def binary_cross_entropy_with_logits(logits, targets, reduction: str = "mean"):
     gradient is ``sigmoid(z) - t`` everywhere (also at z = 0)."""
 
     def f(b, z, t):
+        z = _tensor(b, z)
+        t = _tensor(b, t, z.dtype)
         if z.shape != t.shape:
             raise ShapeError(f"binary_cross_entropy_with_logits: logits {z.type} and targets "
                              f"{t.type} must have the same shape", user_loc())
@@ -76,6 +86,8 @@ def mse_loss(pred, target, reduction: str = "mean"):
     """Mean squared error."""
 
     def f(b, p, t):
+        p = _tensor(b, p)
+        t = _tensor(b, t, p.dtype)
         if p.shape != t.shape:
             raise ShapeError(f"mse_loss: prediction {p.type} and target {t.type} must have "
                              "the same shape", user_loc())

@@ -241,3 +241,16 @@ def test_minimizer_shrinks_a_failure_to_a_standalone_repro(tmp_path, monkeypatch
     monkeypatch.undo()
     r = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=300)
     assert "passes now" in r.stdout, r.stdout + r.stderr
+# --- the fixed budget (CI) --------------------------------------------------------------------
+
+
+def test_fixed_budget(tmp_path):
+    backends = [b for b in ("numpy", "llvm", "triton") if b in runnable()]
+    s = fuzz.run(500, seed=0, backends=backends, triton_every=5, jobs=2,
+                 out_dir=str(tmp_path / "repros"), quiet=True)
+    print(s.text())
+    assert s.checked["llvm"] == 500
+    if "triton" in backends:
+        assert s.checked["triton"] == 100
+    assert s.ok, s.text()
+    assert all(s.ops[o.name] > 0 for o in all_ops())

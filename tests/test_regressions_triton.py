@@ -5,6 +5,8 @@ of time for sm_80."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from helpers import assert_close
@@ -23,10 +25,11 @@ def _interpreter(monkeypatch):
     monkeypatch.setenv("LAMINA_TRITON_MODE", "interpret")
 
 
-def _check(f, *args, compile_for: str | None = None, computed_in=None):
+def _check(f, *args, compile_for: str | tuple = (), computed_in=None):
     """``f`` on triton matches the numpy reference: shape, dtype and numbers (to the tolerance
-    of ``computed_in``, default the result's dtype); with ``compile_for`` every kernel also
-    compiles ahead of time for that GPU target."""
+    of ``computed_in``, default the result's dtype); no kernel reads an operand that has no
+    elements (on a GPU its pointer is null); with ``compile_for`` (a GPU target or several)
+    every kernel also compiles ahead of time for it."""
     fc = lm.compile(f, backend="triton")
     got = fc(*args)
     want = lm.compile(f, backend="numpy")(*args)
@@ -39,10 +42,15 @@ def _check(f, *args, compile_for: str | None = None, computed_in=None):
             np.testing.assert_array_equal(g, w)
         else:
             assert_close(g, w, dtype=computed_in)
-    if compile_for:
+    for node, src in fc._variant().program.sources:
+        for s in [*src.prologue, src]:
+            for name, ref in zip(s.signature, s.args):
+                if ref[0] == "operand" and not node.inputs[ref[1]].type.nbytes:
+                    assert not re.search(rf"tl\.load\({name}\b", s.source), s.source
+    for target in [compile_for] if isinstance(compile_for, str) else compile_for:
         for _, src in fc._variant().program.sources:
             for s in [*src.prologue, src]:
-                aot.compile_source(s, compile_for)
+                aot.compile_source(s, target)
     return fc
 
 
@@ -308,3 +316,183 @@ def test_a_kernel_reading_a_reduction_at_another_row_is_refused(body):
     (kernel,) = g.nodes
     with pytest.raises(LaminaError, match="another row"):
         render(kernel, "k")
+
+
+# --- 7. loads at one address: a scalar pointer under a block mask, a 0-d value reshaped ------
+
+BOTH = ("sm_80", "sm_90")
+
+
+@pytest.mark.parametrize("dtype", [lm.int32, lm.float32, lm.float64, lm.bool_])
+def test_batched_gemm_of_a_constant_with_one_element_matrices(dtype):
+    """Checker seed 7, program 35: a (7,1,1) splat promoted to float32 times a (1,7) literal.
+    The A tile of batch ``bid`` is one element, read at ``a0 + bid``: a scalar pointer, which
+    got the masks of the M and K tiles (the tile axes of the size-1 axes it does not vary
+    along) and the interpreter refused the load."""
+    w = np.array([[1.58, 0.51, 0.48, 1.34, 0.04, 0.67, -0.97]], f32)
+    _check(lambda: lm.matmul(lm.full((7, 1, 1), 2, dtype), w), compile_for=BOTH)
+
+
+@pytest.mark.parametrize("name, f, shapes", [
+    ("a literal batch of 1x1 matrices", lambda x: np.full((5, 1, 1), 1.5, f32) @ x, [(1, 6)]),
+    ("batched row times column", lambda a, b: a @ b, [(4, 1, 3), (3, 1)]),
+    ("batched 1x1 times 1x1", lambda a, b: a @ b, [(3, 1, 1), (1, 1)]),
+    ("a constant batch, K=1", lambda x: lm.full((3, 4, 1), 2.0) @ x, [(1, 5)]),
+    ("a constant vector", lambda x: lm.full((3,), 2.0) @ x, [(3, 2)]),
+    ("both constant", lambda: lm.full((2, 1, 1), 2.0) @ lm.full((1, 1), 3.0), []),
+])
+def test_gemm_operands_that_do_not_vary_along_their_tiles(name, f, shapes):
+    args = [_randn(*s) for s in shapes]
+    _check(f, *args, compile_for=BOTH)
+    if args:  # the backward GEMMs: outer products and batch sums of the same operands
+        _check(lm.grad(lambda *a: (f(*a) * f(*a)).sum(), argnums=tuple(range(len(args)))),
+               *args, compile_for="sm_80")
+
+
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("red", ["sum", "max", "min", "argmax", "mean"])
+def test_reductions_of_a_one_element_slice(red, keepdims):
+    """A row program over one element read at a constant address (``x[1, 1]``: ``a0 + 3``)
+    loaded a 0-d value, and reshaping it to the 1x1 tile failed ("'dtype' object has no
+    attribute 'numel'")."""
+    x = _randn(3, 2)
+    _check(lambda x: getattr(x[1:2, 1:2], red)(axis=1, keepdims=keepdims), x, compile_for=BOTH)
+    _check(lambda x: getattr(x[2:, 1:], red)(keepdims=keepdims, axis=None if red != "argmax"
+                                              else 1), x)
+    _check(lambda x: getattr(x[2:3:2, 1:3:3], red)(axis=0, keepdims=keepdims) * 2, _randn(3, 4))
+    if red != "argmax":
+        _check(lm.grad(lambda x: getattr(x[1:2, 1:2], red)(axis=1).sum()), x,
+               compile_for="sm_80")
+
+
+def test_one_element_reads_in_other_kernels():
+    x = _randn(3, 2)
+    _check(lambda x: x[1:2, 1:2] * 2.0, x, compile_for="sm_80")
+    _check(lambda x: (x * x[2, 1]).sum(axis=1), x, compile_for="sm_80")
+    _check(lambda x: lm.softmax(x * x[2, 1], axis=1), x)
+    _check(lambda x, y: x[1:2] @ y + x[2:3, 1:2], x, _randn(2, 2), compile_for="sm_80")
+
+
+# --- 8. a reduction read through a concatenate, at its own row ------------------------------
+
+
+@pytest.mark.parametrize("keepdims", [True, False])
+@pytest.mark.parametrize("red", ["argmax", "sum", "max", "min", "mean"])
+def test_a_reduction_concatenated_alone(red, keepdims):
+    """Checker seed 7, program 1645: ``lm.concatenate([x.argmax(axis=1, keepdims=True)],
+    axis=2)``. The kernel reads the argmax through the concatenate at the row it reduced (as
+    fusion says); the code generator clamped the index into the piece (a new expression) and
+    then took the read for one of another row."""
+    x = _randn(2, 2, 2)
+    for axis in range(2 if keepdims else 1, -1, -1):
+        _check(lambda x: lm.concatenate([getattr(x, red)(axis=1, keepdims=keepdims)],
+                                        axis=axis), x, compile_for="sm_80" if axis else ())
+
+
+def test_reductions_concatenated_along_their_kept_axis_of_one():
+    """Each piece is read at the row (any index along an axis of one is its 0)."""
+    x, y = _randn(3, 2), _randn(3, 1)
+    _check(lambda x, y: lm.concatenate([x.max(axis=1, keepdims=True), y], axis=1) * x, x, y,
+           compile_for="sm_80")
+    _check(lambda x: lm.concatenate([x.max(axis=1, keepdims=True),
+                                     x.sum(axis=1, keepdims=True)], axis=1) * x, x)
+
+
+def _run_kernels(text: str, *inputs):
+    """A graph of hand-fused kernels, run under the interpreter; its outputs, and the
+    reference's."""
+    from lamina.backends.triton.interpret import InterpretProgram
+    from lamina.backends.triton.triton_backend import render_graph
+    from lamina.passes.memory import plan_memory
+
+    g = lm.ir.parse(text)
+    plan = plan_memory(g)
+    sources = render_graph(g, plan, None)
+    for _, src in sources:
+        aot.compile_source(src, "sm_80")
+    got, _ = InterpretProgram(g, plan, sources)(list(inputs), {})
+    want, _ = lm.ir.interpret(g, list(inputs))
+    return got, want
+
+
+ROW_SUM_THEN = """graph @f(%x: f32[8,3], %y: f32[4]) {{
+  %0 = kernel @k(%x, %y) : f32[8] {{
+    ^(%x: f32[8,3], %y: f32[4]):
+      %0 = sum(%x) {{axis=[1], keepdims=false}} : f32[8]
+      %1 = slice(%0) {{start=[0], stop=[4], step=[1]}} : f32[4]
+      %2 = {} : f32[8]
+      yield %2
+  }}
+  return %0
+}}
+"""
+
+
+@pytest.mark.parametrize("then", ["concatenate(%1, %y) {axis=0}",
+                                  "pad(%1) {lo=[0], hi=[4], interior=[0]}"])
+def test_a_reduction_read_where_a_clamp_is_its_row(then):
+    """A row kernel reading its row sums through the first of two concatenated pieces, or an
+    axis a pad does not move, reads them at the row wherever that value is selected (fusion's
+    index maps say so: ``_input_maps``); the code generator clamps the index there (another
+    expression) and refused the kernel."""
+    x, y = _randn(8, 3), _randn(4)
+    (got,), (want,) = _run_kernels(ROW_SUM_THEN.format(then), x, y)
+    assert_close(got, want)
+
+
+def test_a_reduction_read_through_a_later_piece_is_refused():
+    from lamina.backends.triton.codegen import render
+
+    g = lm.ir.parse(ROW_SUM_THEN.format("concatenate(%y, %1) {axis=0}"))
+    with pytest.raises(LaminaError, match="another row"):
+        render(g.nodes[0], "k")
+
+
+# --- 9. values with no elements are never read ----------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [f32, f64])
+@pytest.mark.parametrize("red", ["sum", "max", "min", "mean"])
+def test_reductions_of_an_empty_slice_and_their_gradients(red, dtype):
+    """Checker seed 7, program 1810: ``x[1:2:2, :1:3]`` of a (1,2) input is (0,1); its min
+    over axis 1 has no elements. The gradient pads an empty value back to (1,2): the pad
+    kernel read element 0 of the empty operand (a null pointer on a GPU) through a scalar
+    pointer under a block mask."""
+    x = _randn(1, 2, dtype=dtype)
+
+    def f(x):
+        return getattr(x[1:2:2, :1:3], red)(axis=1, keepdims=False)
+
+    _check(f, x, compile_for=BOTH)
+    _check(lm.grad(lambda x: f(x).sum()), x, compile_for=BOTH)
+    _check(lambda x: getattr(x[1:2:2, :1:3], red)(axis=1, keepdims=True) * 2.0 + 1.0, x)
+
+
+@pytest.mark.parametrize("name, f, shapes", [
+    ("an empty piece first and last", lambda x, y: lm.concatenate([y, x, y], axis=1) * 2.0,
+     [(3, 4), (3, 0)]),
+    ("an empty slice as a piece", lambda x: lm.concatenate([x[:, 4:], x, x[:, :0]], axis=1),
+     [(3, 4)]),
+    ("concatenated, then summed", lambda x: lm.concatenate([x[:, 4:], x], axis=1).sum(axis=1),
+     [(3, 4)]),
+    ("a sum of nothing broadcast", lambda x, y: x.sum(axis=0, keepdims=True) * y,
+     [(0, 3), (3, 3)]),
+    ("a sum of nothing times a vector", lambda x, y: x.sum() * y, [(0, 3), (2,)]),
+    ("an empty K, then a row sum", lambda a, b: (a @ b).sum(axis=1), [(3, 0), (0, 2)]),
+    ("an empty slice as K", lambda a, b: a[:, :0] @ b[:0] + 1.0, [(3, 2), (2, 2)]),
+])
+def test_empty_operands_of_non_empty_results(name, f, shapes):
+    args = [_randn(*s) for s in shapes]
+    _check(f, *args, compile_for="sm_80")
+    _check(lm.grad(lambda *a: (f(*a) * 3.0).sum(), argnums=tuple(range(len(args)))), *args,
+           compile_for="sm_80")
+
+
+@pytest.mark.parametrize("red", ["sum", "max", "min", "mean"])
+def test_reductions_with_no_rows(red):
+    """Zero-size results of every reduction (their kernels run no program, and compile).
+    (lamina refuses an argmax of any empty tensor.)"""
+    for shape, axis in [((0, 3), 1), ((2, 0, 3), 2), ((0, 1), 1)]:
+        for keepdims in (True, False):
+            _check(lambda x: getattr(x, red)(axis=axis, keepdims=keepdims) + 1, _randn(*shape),
+                   compile_for="sm_80")

@@ -18,14 +18,15 @@ does: elementwise ops evaluate their operands at the broadcast index, shape ops 
 the index (so they fuse for free), reductions and the matmul are computed once per program.
 An index is a tuple of ``Ix`` (a Triton expression and the tile axes it varies along: "f" flat
 lanes, "r"/"c" rows/columns, "m"/"n"/"k" GEMM tiles); loads are masked by those axes' masks.
-The scalar math of elementwise ops lives in ``scalar.py``.
+The scalar math of elementwise ops lives in ``scalar.py``, indices and the shape ops in
+``index.py``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
+from lamina.backends.triton.index import Indexing, Ix
 from lamina.backends.triton.scalar import HELPERS, LOW, POINTER, TV, ScalarMath, tl_type
 from lamina.backends.triton.spec import KernelSource
 from lamina.ir import dtypes as dt
@@ -35,7 +36,6 @@ from lamina.ir.ops.reduce import keep_shape, reduced_shape
 from lamina.ir.ops.reduce import reduce_axes as axes_of
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.ops.source import is_splat
-from lamina.ir.types import row_major_strides as strides_of
 
 REDUCTIONS = ("sum", "max", "min", "argmax")
 TILE_AXES = frozenset("rcmnk") | {"kb"}  # the axes of 2-D tiles (the flat lanes "f": 1-D)
@@ -62,23 +62,7 @@ def classify(kernel: Node) -> str:
     return "loop"
 
 
-@dataclass(frozen=True)
-class Ix:
-    """One axis of an index: a Triton expression (or an int) and the tile axes it varies on."""
-
-    e: str
-    deps: frozenset = frozenset()
-
-    @staticmethod
-    def const(k: int) -> Ix:
-        return Ix(str(int(k)))
-
-    @property
-    def is_const(self) -> bool:
-        return not self.deps
-
-
-class Gen(ScalarMath):
+class Gen(Indexing, ScalarMath):
     """Builds the body of one kernel: lines of Python, values memoized per scope."""
 
     def __init__(self, kernel: Node, name: str, error_codes: dict[int, int], guarded: bool,
@@ -147,56 +131,15 @@ class Gen(ScalarMath):
             m = f"{m} & ok" if m else "ok"
         return m
 
-    # --- index arithmetic -------------------------------------------------------------------
-
-    def remember(self, idx, shape, flat: Ix) -> None:
-        """``flat`` is the flat index of ``idx`` into ``shape`` (on the lanes it is valid on:
-        its tile axes, which reads through ``idx`` must be masked by, come with it). The first
-        one stays: a row's index ``r`` is what a read of a reduction result is checked by."""
-        self.linear_memo.setdefault((tuple(i.e for i in idx), tuple(shape)), flat)
-
-    def linear(self, idx, shape) -> Ix:
-        key = (tuple(i.e for i in idx), tuple(shape))
-        hit = self.linear_memo.get(key)
-        deps = frozenset().union(*[i.deps for i in idx]) if idx else frozenset()
-        if hit is not None:
-            return Ix(hit.e, hit.deps | deps)
-        terms = []
-        for i, s, d in zip(idx, strides_of(shape), shape):
-            if d == 1 or i.e == "0":
-                continue
-            terms.append(i.e if s == 1 else f"{i.e} * {s}")
-        if not terms:
-            return Ix("0")
-        e = terms[0] if len(terms) == 1 else self.tmp(" + ".join(terms), "l")
-        self.linear_memo[key] = Ix(e, deps)
-        return Ix(e, deps)
-
-    def delinear(self, flat: Ix, shape) -> tuple[Ix, ...]:
-        out = []
-        first = True
-        for d, s in zip(shape, strides_of(shape)):
-            if d == 1:
-                out.append(Ix("0"))
-                continue
-            q = flat.e if s == 1 else f"({flat.e} // {s})"
-            e = q if first else f"{q} % {d}"
-            out.append(Ix(self.tmp(e, "i") if e != flat.e else e, flat.deps))
-            first = False
-        self.remember(out, shape, flat)
-        return tuple(out)
-
-    @staticmethod
-    def bidx(src_shape, dst_shape, idx) -> tuple[Ix, ...]:
-        lead = len(dst_shape) - len(src_shape)
-        return tuple(Ix("0") if s == 1 and dst_shape[lead + j] != 1 else idx[lead + j]
-                     for j, s in enumerate(src_shape))
-
     # --- loads and stores -------------------------------------------------------------------
 
     def load(self, p: Param, idx) -> TV:
         flat = self.linear(idx, p.shape)
-        ptr = f"{self.arg_of[p]} + {flat.e if flat.e != '0' else 'tl.arange(0, 1)'}"
+        # one address for every lane: still a block of one pointer (a scalar pointer loads a
+        # 0-d value, which does not reshape to a tile)
+        at = flat.e if flat.deps else \
+            "tl.arange(0, 1)" if flat.e == "0" else f"{flat.e} + tl.arange(0, 1)"
+        ptr = f"{self.arg_of[p]} + {at}"
         m = self.mask_for(flat.deps)
         other = ", other=0" if m else ""
         text = f"tl.load({ptr}, mask={m}{other})" if m else f"tl.load({ptr})"
@@ -232,13 +175,19 @@ class Gen(ScalarMath):
         return out
 
     def compute(self, v: Value, idx) -> TV:
+        if not math.prod(v.shape):
+            # no elements: read only where no result is stored (masked-off lanes, pieces of a
+            # concatenate or pad that another value is selected over), and an empty operand's
+            # pointer is null on a GPU: never loaded, any value will do
+            return self.const(v.dtype, 0)
         if isinstance(v, Param):
             return self.load(v, idx)
         n: Node = v
         fixed = self.fixed.get(n)
         if fixed is not None:
+            row = [Ix(i.same, i.deps) if i.same else i for i in idx]
             if n.op in REDUCTIONS and math.prod(n.shape) > 1 \
-                    and self.linear(idx, n.shape).e != "r":
+                    and self.linear(row, n.shape).e != "r":
                 raise LaminaError(f"the triton backend cannot read the {n.op} result of kernel "
                                   f"@{self.name} at another row than the one it reduced (e.g. "
                                   "a row sum read through a transpose of a square); this is a "
@@ -307,86 +256,6 @@ class Gen(ScalarMath):
 
     op_random_normal = op_random_uniform
 
-    # --- index transformations --------------------------------------------------------------
-
-    def op_broadcast(self, n: Node, idx) -> TV:
-        x = n.inputs[0]
-        return self.value(x, self.bidx(x.shape, n.shape, idx))
-
-    def op_transpose(self, n: Node, idx) -> TV:
-        perm = n.attrs["perm"]
-        src = [None] * len(perm)
-        for i, p in enumerate(perm):
-            src[p] = idx[i]
-        return self.value(n.inputs[0], src)
-
-    def op_reshape(self, n: Node, idx) -> TV:
-        x = n.inputs[0]
-        if [d for d in x.shape if d != 1] == [d for d in n.shape if d != 1]:
-            kept = iter([i for i, d in zip(idx, n.shape) if d != 1])
-            return self.value(x, [Ix("0") if d == 1 else next(kept) for d in x.shape])
-        return self.value(x, self.delinear(self.linear(idx, n.shape), x.shape))
-
-    def op_slice(self, n: Node, idx) -> TV:
-        src = []
-        for i, start, step in zip(idx, n.attrs["start"], n.attrs["step"]):
-            e = i.e if step == 1 else f"{i.e} * {step}"
-            e = e if start == 0 else f"{e} + {start}"
-            src.append(Ix(self.tmp(e, "i") if e != i.e else e, i.deps))
-        return self.value(n.inputs[0], src)
-
-    def op_pad(self, n: Node, idx) -> TV:
-        x = n.inputs[0]
-        valid, src = [], []
-        for i, lo, inner, size in zip(idx, n.attrs["lo"], n.attrs["interior"], x.shape):
-            rel = f"({i.e} - {lo})" if lo else i.e
-            relc = self.tmp(f"tl.maximum({rel}, 0)", "i")
-            j = relc if inner == 0 else self.tmp(f"{relc} // {inner + 1}", "i")
-            ok = f"({rel} >= 0) & ({j} < {size})"
-            if inner:
-                ok += f" & ({relc} % {inner + 1} == 0)"
-            valid.append(ok)
-            src.append(Ix(self.tmp(f"tl.minimum({j}, {max(size - 1, 0)})", "i"), i.deps))
-        v = self.value(x, src)
-        zero = self.const(n.dtype, 0)
-        cond = self.tmp(" & ".join(f"({c})" for c in valid)) if valid else "1"
-        deps = frozenset().union(v.deps, *[i.deps for i in idx])
-        return TV(self.tmp(f"tl.where({cond}, {v.e}, {zero.e})"), deps, n.dtype)
-
-    def op_concatenate(self, n: Node, idx) -> TV:
-        a = n.attrs["axis"]
-        pos = idx[a]
-        result, offset = None, 0
-        deps = frozenset().union(*[i.deps for i in idx]) if idx else frozenset()
-        for x in n.inputs:
-            size = x.shape[a]
-            local = list(idx)
-            e = f"{pos.e} - {offset}" if offset else pos.e
-            local[a] = Ix(self.tmp(f"tl.minimum(tl.maximum({e}, 0), {size - 1})", "i"),
-                          pos.deps)
-            v = self.value(x, local)
-            deps |= v.deps
-            result = v.e if result is None else \
-                self.tmp(f"tl.where({pos.e} >= {offset}, {v.e}, {result})")
-            offset += size
-        return TV(result, deps, n.dtype)
-
-    def op_take(self, n: Node, idx) -> TV:
-        x, indices = n.inputs
-        a, k = n.attrs["axis"], len(indices.shape)
-        raw = self.value(indices, idx[a:a + k])
-        j = self.checked_index(raw, x.shape[a], n, raw.deps)
-        return self.value(x, list(idx[:a]) + [j] + list(idx[a + k:]))
-
-    def flag_error(self, bad: str, deps, n: Node) -> None:
-        """Write ``n``'s error code where ``bad`` (the runtime raises after the step)."""
-        self.uses_error = True
-        code = self.error_codes.get(id(n), 1)
-        m = self.mask_for(deps)
-        cond = self.tmp(f"({bad}) & {m}" if m else bad)
-        self.emit(f"tl.store(err + {cond}.to(tl.int32) * 0, "
-                  f"tl.full([], {code}, tl.int32), mask={cond})")
-
     # --- kernels ----------------------------------------------------------------------------
 
     def prelude(self) -> None:
@@ -403,14 +272,6 @@ class Gen(ScalarMath):
                   + (".to(tl.int64)" if self.index_type == "tl.int64" else ""))
         self.masks["f"] = f"(offs < {n})" if n % block else ""
         return block, Ix("offs", frozenset({"f"}))
-
-    def checked_index(self, raw: TV, size: int, n: Node, deps) -> Ix:
-        """An index value into an axis of ``size``: negative ones count from the end (once,
-        as numpy), out-of-range ones set ``n``'s error code and read a safe element."""
-        i = self.tmp(f"{raw.e}.to({self.index_type})", "i")
-        i = self.tmp(f"tl.where({i} < 0, {i} + {size}, {i})", "i")
-        self.flag_error(f"({i} < 0) | ({i} >= {size})", deps, n)
-        return Ix(self.tmp(f"tl.minimum(tl.maximum({i}, 0), {size - 1})", "i"), raw.deps)
 
     def loop_kernel(self) -> tuple[tuple[int, int, int], int]:
         root = self.root

@@ -6,8 +6,9 @@ be from it: the errors of the operands carried through the op, plus the op's own
 (``domain.ulps`` ulps of its result, in the declared dtype). So the tolerance follows the
 error growth of the actual computation instead of a loose constant:
 
-    elementwise   the op evaluated at operands moved by their error bounds (+-e, +-e/2):
-                  a first-order bound that sees jumps (sign, comparisons, casts) as well
+    elementwise   the op evaluated at operands moved by their error bounds (+-e, +-e/2, and
+                  0 where the bound reaches it): a first-order bound that sees jumps (sign,
+                  comparisons, casts) and singular points (x / 0, log 0) as well
     sum           sum of the bounds + gamma(n) * sum|x|     (n terms, gamma(n) = nu/(1-nu))
     max, min      max of the bounds over the reduced axes
     argmax        uncertain where another element may be the largest within the bounds
@@ -132,6 +133,15 @@ class Oracle:
                 for t in (-1.0, -0.5, 0.5, 1.0):
                     moved = list(xs)
                     moved[i] = x + t * e
+                    w = _wide(np.asarray(f(*moved, **attrs)))
+                    most = np.maximum(most, _diff(w, v))
+                # an operand whose bound reaches zero may be zero: the op's singular point
+                # (a division by it, its log, the 1/sqrt of a variance computed as 0), which
+                # no step of +-e lands on exactly
+                zero = np.abs(x) <= e
+                if np.any(zero):
+                    moved = list(xs)
+                    moved[i] = np.where(zero, 0.0, x)
                     w = _wide(np.asarray(f(*moved, **attrs)))
                     most = np.maximum(most, _diff(w, v))
                 spread = spread + most

@@ -20,7 +20,7 @@ from lamina.ir import dtypes as dt
 from lamina.ir.ops import all_ops
 from lamina.ir.ops.domain import Domain
 from lamina.testing import fuzz
-from lamina.testing.check import Finding, check, check_function
+from lamina.testing.check import Finding, check, check_function, oracle_graph
 from lamina.testing.generate import generate
 from lamina.testing.minimize import minimize, write_repro
 from lamina.testing.oracle import Oracle, gamma, mismatches, unit
@@ -81,7 +81,7 @@ def test_program_survives_json():
 
 
 def _bound(fn, *arrays):
-    g = lm.trace(fn, *arrays)
+    _, g = oracle_graph(fn, arrays)
     return Oracle(g).run(arrays)
 
 
@@ -108,6 +108,24 @@ def test_equality_within_the_bounds_is_uncertain():
     (v, e), = _bound(lambda x: lm.sigmoid(x) != 1.0, x)
     assert v.tolist() == [True, True]
     assert np.isinf(e[0]) and e[1] == 0
+
+
+def test_division_by_a_value_that_may_be_zero_is_unbounded():
+    """The gradient of std at a vector that is 0 up to rounding (the gradient of a softmax's
+    sum): float32 may compute the variance as exactly 0, and 0/0 is NaN. The oracle's bound must
+    reach the singular point, not stop at a large finite number (checker seed 1, program 232)."""
+    x = np.array([[1.7, 0.5, -1.1], [1.0, 0.4, 1.3], [0.1, 1.4, 0.7]], np.float32)
+
+    def f(x):
+        g = lm.grad(lambda x: lm.softmax(x, axis=0).sum())(x)
+        return lm.grad(lambda g: lm.std(g, axis=0).sum())(g)
+
+    (v, e), = _bound(f, x)
+    assert np.isinf(e).all()
+    (v, e), = _bound(lambda x: 1.0 / (x - x * (1 + 1e-9)), x)  # 0 up to rounding
+    assert np.isinf(e).all()
+    (v, e), = _bound(lambda x: 1.0 / (x + 3.0), x)  # far from 0: a tight bound
+    assert (e < 1e-5).all()
 
 
 def test_mismatches_finds_a_value_outside_its_bound():

@@ -88,6 +88,7 @@ class Summary:
     ops: Counter = field(default_factory=Counter)  # op -> programs exercising it
     seconds: float = 0.0
     repros: list = field(default_factory=list)
+    finished: int = 0  # programs done so far (the progress line)
 
     @property
     def ok(self) -> bool:
@@ -127,6 +128,45 @@ class Summary:
         for path in self.repros:
             out.append(f"repro: {path}")
         return "\n".join(out)
+
+
+class _Progress:
+    """Programs done, failures, time and time left, on stderr: one line redrawn on a terminal,
+    a line a minute in a log."""
+
+    every = 60.0  # seconds between lines in a log
+
+    def __init__(self, n: int, t0: float):
+        self.n, self.t0 = n, t0
+        self.tty = sys.stderr.isatty()
+        self.last = t0
+        self.drawn = False
+
+    def show(self, done: int, failures: int) -> None:
+        now = time.monotonic()
+        if now - self.last < (1.0 if self.tty else self.every):
+            return
+        self.last = now
+        spent = now - self.t0
+        left = spent / done * (self.n - done) if done else None
+        text = (f"  {done}/{self.n} programs, {failures} failure(s), {_clock(spent)} "
+                f"({'~' + _clock(left) + ' left' if left is not None else 'starting'})")
+        if self.tty:
+            sys.stderr.write("\r" + text.ljust(72))
+            self.drawn = True
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r" + " " * 72 + "\r")
+            sys.stderr.flush()
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}h{m % 60:02d}m" if m >= 60 else f"{m}m{s:02d}s"
 
 
 class _Worker:
@@ -171,6 +211,7 @@ def run(n: int, seed: int = 0, start: int = 0, backends: list[str] | None = None
     active: list[_Worker] = []
     first: dict[tuple, int] = {}  # failure signature -> first program index
     log = tempfile.TemporaryFile("w+")
+    progress = _Progress(n, t0)
     try:
         while todo or active:
             while todo and len(active) < jobs:
@@ -191,7 +232,11 @@ def run(n: int, seed: int = 0, start: int = 0, backends: list[str] | None = None
                 if time.monotonic() - w.last > timeout:
                     w.proc.kill()
                     _finish(w, sel, active, todo, summary, first, "hang")
+            if not quiet:
+                progress.show(summary.finished, len(summary.failures))
     finally:
+        if not quiet:
+            progress.close()
         for w in active:
             w.proc.kill()
         log.close()
@@ -220,6 +265,7 @@ def _event(w: _Worker, line: str, summary: Summary, first: dict, quiet: bool) ->
         return
     i = ev["done"]
     w.done = i
+    summary.finished += 1
     if "generator" in ev:
         summary.invalid.append((i, "generator: " + ev["generator"]))
         return

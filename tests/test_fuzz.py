@@ -215,6 +215,14 @@ def _fake_worker(tmp_path, body: str):
     return [sys.executable, str(script)]
 
 
+def test_driver_reports_progress_on_a_long_run(capsys, monkeypatch):
+    monkeypatch.setattr(fuzz._Progress, "every", 0.0)
+    p = fuzz._Progress(200, t0=fuzz.time.monotonic() - 90)
+    p.show(50, 1)
+    err = capsys.readouterr().err
+    assert err.startswith("  50/200 programs, 1 failure(s), 1m30s (~4m30s left)"), err
+
+
 def test_driver_counts_a_crash_and_goes_on(tmp_path):
     cmd = _fake_worker(tmp_path, """
         emit({"at": i, "phase": "llvm program"})

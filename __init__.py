@@ -87,7 +87,7 @@ from lamina.ir.errors import (
 from lamina.ir.types import TensorType
 
 _ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,
-            "lamina.random": random}
+            "lamina.random": random, "lamina.nn.init": nn.init}
 
 
 def _register_aliases():

@@ -22,8 +22,10 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from lamina.ir.builder import Builder
-from lamina.ir.errors import PromotionWarning, SourceLoc, TraceError
+from lamina.ir.errors import DTypeError, PromotionWarning, ShapeError, SourceLoc, TraceError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.tree import flatten
 from lamina.ir.types import type_of
@@ -158,6 +160,10 @@ class TraceContext:
         self.state_of: dict[int, Param] = {}  # id(Variable) -> its state parameter
         self.variables: dict[str, Variable] = {}  # state name -> Variable
         self.updates: dict[str, Value] = {}
+        # state name -> who wrote its update ("SGD.minimize", "fc.w.assign at model.py:12")
+        self.writers: dict[str, str] = {}
+        # id(Variable) -> the value a user ``assign`` gave it in this trace (later reads see it)
+        self.assigned: dict[int, object] = {}
         self.used_names: set[str] = set()
         self.streams = 0  # random streams handed out so far
         self.finalizers: list = []  # run before the graph is built (e.g. the RNG counter step)
@@ -180,25 +186,64 @@ class TraceContext:
         return None
 
     def read(self, var: Variable):
-        """The state parameter holding ``var`` in this graph, declared on first use."""
+        """``var``'s value in this graph: the value assigned to it earlier in this trace
+        (``assign_state``), else its state parameter, declared on first use."""
+        assigned = self.assigned.get(id(var))
+        if assigned is not None:
+            return assigned
+        return self.builder.var(self.state_param(var))
+
+    def state_param(self, var: Variable) -> Param:
+        """The state parameter holding ``var``'s value at the start of the call."""
         p = self.state_of.get(id(var))
         if p is None:
             name = self.unique(var.name)
             p = self.builder.add_state(name, var.type)
             self.state_of[id(var)] = p
             self.variables[name] = var
-        return self.builder.var(p)
+        return p
 
-    def assign(self, var: Variable, value) -> None:
-        """Record ``var``'s new value, applied after the call (reads in the graph see the old)."""
-        p = self.read(var).value
+    def assign(self, var: Variable, value, by: str = "") -> None:
+        """Record ``var``'s new value, applied after the call (reads in the graph see the old).
+        For lamina's own writers (optimizers, the random-number counter): one per state."""
+        p = self.state_param(var)
+        if p.name in self.updates:
+            raise TraceError(f"{var.name} is updated twice in one traced call "
+                             f"({self.writers.get(p.name, 'once')} and {by or 'again'}): a "
+                             "state has one writer per step", user_loc())
         b = self.builder
         v = b.cast(value, var.dtype)
         if v.shape != var.shape:
             v = v.broadcast_to(var.shape)
-        if p.name in self.updates:
-            raise TraceError(f"{var.name} is updated twice in one traced call", user_loc())
         self.updates[p.name] = v.value
+        self.writers[p.name] = by or "an update"
+
+    def assign_state(self, var: Variable, value, loc) -> None:
+        """A user's ``var.assign(value)`` inside a trace: the state's value from here on (later
+        reads see it) and its value after the call. Assigning again replaces it."""
+        p = self.state_param(var)
+        who = f"{var.name}.assign" + (f" at {loc.short}" if loc is not None else "")
+        if p.name in self.updates and id(var) not in self.assigned:
+            raise TraceError(f"{var.name} is updated by {self.writers[p.name]} in this step and "
+                             f"assigned by {who}: a state has one writer per step", loc)
+        b = self.builder
+        weak = isinstance(value, (bool, int, float)) and not hasattr(value, "dtype")
+        v = b.var(b.lift(value, var.dtype if weak else None))
+        if not weak:
+            if v.dtype is not var.dtype and not np.can_cast(v.dtype.np, var.dtype.np,
+                                                              "same_kind"):
+                raise DTypeError(f"{var.name}.assign: a {v.dtype.name} value cannot be "
+                                 f"assigned to {var.name}: {var.type} (cast it with .astype "
+                                 "first)", loc)
+            if v.shape != var.shape:
+                raise ShapeError(f"{var.name}.assign: the value is {v.type}, {var.name} is "
+                                 f"{var.type} (the shapes must be equal)", loc)
+        v = b.cast(v, var.dtype)
+        if v.shape != var.shape:
+            v = v.broadcast_to(var.shape)
+        self.updates[p.name] = v.value
+        self.writers[p.name] = who
+        self.assigned[id(var)] = v
 
     def check_widening(self, new_nodes, result) -> None:
         """Record a promotion in ``result`` (just emitted, after ``new_nodes``' casts) where a

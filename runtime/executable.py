@@ -110,7 +110,7 @@ class Executable:
         if getattr(self.program, "takes_variables", False):
             outs, updates = self.program(arrays, dict(self.variables))
             for name, value in updates.items():
-                self.variables[name].assign(value)
+                Variable.assign(self.variables[name], value)  # the host write, never traced
             return outs
         state = {name: v.storage for name, v in self.variables.items()}
         outs, updates = self.program(arrays, state)

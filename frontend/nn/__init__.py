@@ -1,9 +1,17 @@
-"""Neural-network building blocks: ``Module``, ``Parameter``, layers and ``functional``."""
+"""Neural-network building blocks: ``Module``, ``Parameter``, ``Buffer``, layers, ``init`` and
+``functional``."""
 
-from lamina.frontend.nn import functional
-from lamina.frontend.nn.layers import GELU, Dropout, Linear, ReLU, Sequential, Sigmoid, Tanh
+from lamina.frontend.nn import functional, init
+from lamina.frontend.nn.containers import ModuleDict, ModuleList, Sequential
+from lamina.frontend.nn.layers import GELU, Dropout, Flatten, Identity, Linear, ReLU, Sigmoid, Tanh
 from lamina.frontend.nn.module import Module
-from lamina.frontend.parameter import Parameter
+from lamina.frontend.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
+from lamina.frontend.nn.sparse import Embedding
+from lamina.frontend.parameter import Buffer, Parameter, ParameterView
 
 __all__ = ["GELU", "Dropout", "Linear", "Module", "Parameter", "ReLU", "Sequential", "Sigmoid",
-           "Tanh", "functional"]
+           "Tanh", "functional",
+           # buffers, containers, normalization, embedding, init (issue 9)
+           "BatchNorm1d", "BatchNorm2d", "Buffer", "Embedding", "Flatten", "GroupNorm",
+           "Identity", "LayerNorm", "ModuleDict", "ModuleList", "ParameterView", "RMSNorm",
+           "init"]

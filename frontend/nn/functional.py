@@ -107,3 +107,17 @@ def dropout(x, p: float = 0.5, training: bool = True):
 
     keep = uniform(x.shape) >= p
     return ops.where(keep, x * (1.0 / (1.0 - p)), 0.0)
+
+
+# --- layers' functional forms (issue 9) -------------------------------------------------------
+
+
+def linear(x, weight, bias=None):
+    """``x @ weight.T + bias`` with ``weight`` in PyTorch's layout [out, in]
+    (``nn.Linear``'s ``weight``; its ``w`` is that transposed)."""
+    y = ops.matmul(x, ops.transpose(weight))
+    return y if bias is None else y + bias
+
+
+from lamina.frontend.nn.norm import batch_norm, group_norm, layer_norm, rms_norm  # noqa: E402
+from lamina.frontend.nn.sparse import embedding  # noqa: E402

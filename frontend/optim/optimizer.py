@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lamina.frontend.parameter import Parameter
+from lamina.frontend.parameter import Buffer, Parameter
 from lamina.frontend.trace import require_trace, user_loc
 from lamina.ir.errors import GradError, LaminaError
 from lamina.ir.variable import Variable
@@ -25,6 +25,9 @@ class Optimizer:
         if not self.params:
             raise LaminaError(f"{type(self).__name__}: no parameters to optimize")
         for p in self.params:
+            if isinstance(p, Buffer):
+                raise LaminaError(f"{type(self).__name__}: {p.name} is a Buffer (state that "
+                                  "is not trained); pass model.parameters(), which has none")
             if not isinstance(p, Parameter):
                 raise LaminaError(f"{type(self).__name__}: expected Parameters, got "
                                   f"{type(p).__name__}")
@@ -68,11 +71,17 @@ class Optimizer:
         if loss_v.shape != () or not loss_v.dtype.is_float:
             raise GradError(f"minimize needs a scalar float loss, got {loss_v.type}; reduce it "
                             "first (e.g. .mean())", user_loc())
+        me = f"{type(self).__name__}.minimize"
+        for p in self.params:
+            if id(p) in ctx.assigned:
+                raise GradError(f"{p.name} is assigned in this step ({ctx.writers[p.name]}) "
+                                f"and updated by {me}: a state has one writer per step",
+                                user_loc())
         params = [ctx.read(p) for p in self.params]
         grads = [b.call("grad", loss_v, p) for p in params]
         lr = ctx.read(self._lr)
         for p, value, g in zip(self.params, params, grads):
-            ctx.assign(p, self.update(ctx, p, value, g, lr.astype(p.dtype)))
+            ctx.assign(p, self.update(ctx, p, value, g, lr.astype(p.dtype)), by=me)
         self.finish(ctx)
         return loss
 

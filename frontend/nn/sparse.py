@@ -1,0 +1,67 @@
+"""``Embedding``: a lookup table of vectors, and ``nn.functional.embedding``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lamina.frontend import ops
+from lamina.frontend.nn.module import Module
+from lamina.frontend.parameter import Parameter
+from lamina.frontend.random import host_rng
+from lamina.frontend.trace import user_loc
+from lamina.ir import dtypes as dt
+from lamina.ir.errors import DTypeError, LaminaError
+
+
+class Embedding(Module):
+    """A lookup table: ``weight[indices]`` for integer ``indices`` of any shape, giving
+    ``indices.shape + (embedding_dim,)``. As in PyTorch: ``weight`` is
+    [num_embeddings, embedding_dim], initialized from N(0, 1); with ``padding_idx`` that row
+    starts at zero and gets no gradient (it stays as it is in training).
+
+    >>> import numpy as np, lamina as lm
+    >>> from lamina import nn
+    >>> emb = nn.Embedding(10, 3, padding_idx=0)
+    >>> lm.compile(emb)(np.array([[0, 2], [4, 0]])).shape
+    (2, 2, 3)
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
+                 max_norm=None, dtype=dt.float32):
+        if max_norm is not None:
+            raise LaminaError("Embedding: max_norm is not supported (it renormalizes the "
+                              "weight in place during the forward pass)")
+        if padding_idx is not None:
+            if not -num_embeddings <= padding_idx < num_embeddings:
+                raise LaminaError(f"Embedding: padding_idx {padding_idx} is out of range for "
+                                  f"{num_embeddings} embeddings")
+            padding_idx %= num_embeddings
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.padding_idx = padding_idx
+        w = host_rng().standard_normal((num_embeddings, embedding_dim))
+        if padding_idx is not None:
+            w[padding_idx] = 0
+        self.weight = Parameter(w.astype(dt.dtype(dtype).np), "weight")
+
+    def __call__(self, indices):
+        return F.embedding(indices, self.weight, self.padding_idx)
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
+
+
+def embedding(indices, weight, padding_idx: int | None = None):
+    """Rows of ``weight`` picked by integer ``indices`` (``nn.functional.embedding``); with
+    ``padding_idx``, positions holding it pass no gradient to the weight."""
+
+    def f(b, idx, w):
+        if not idx.dtype.is_int:
+            raise DTypeError(f"embedding: indices must be integers, got {idx.type}", user_loc())
+        out = b.call("take", w, idx, axis=0)
+        if padding_idx is None:
+            return out
+        pad = ops.expand_dims(idx == padding_idx, -1)
+        return ops.where(pad, ops.stop_gradient(out), out)
+
+    return ops.run(f, indices, weight)

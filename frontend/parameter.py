@@ -124,8 +124,8 @@ class Buffer(StateTensor):
     >>> m = Counter()
     >>> f = lm.compile(m)
     >>> _ = f(np.zeros(3, np.float32)); _ = f(np.zeros(3, np.float32))
-    >>> m.state_dict()
-    OrderedDict({'calls': array(2)})
+    >>> dict(m.state_dict())
+    {'calls': array(2)}
     >>> m.parameters()
     []
     """

@@ -12,7 +12,7 @@ transposed, and its fans are counted on that layout, so ``xavier_uniform_(layer.
 >>> layer = nn.Linear(4, 8)
 >>> _ = nn.init.zeros_(layer.b)
 >>> _ = nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
->>> float(np.abs(layer.w.numpy()).max()) <= np.sqrt(6 / 4)
+>>> bool(np.abs(layer.w.numpy()).max() <= np.sqrt(6 / 4))
 True
 """
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from lamina.frontend import ops
 from lamina.frontend.nn.module import Module
 from lamina.frontend.parameter import Parameter
@@ -44,7 +42,7 @@ class Embedding(Module):
         self.weight = Parameter(w.astype(dt.dtype(dtype).np), "weight")
 
     def __call__(self, indices):
-        return F.embedding(indices, self.weight, self.padding_idx)
+        return embedding(indices, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
@@ -61,7 +59,8 @@ def embedding(indices, weight, padding_idx: int | None = None):
         out = b.call("take", w, idx, axis=0)
         if padding_idx is None:
             return out
-        pad = ops.expand_dims(idx == padding_idx, -1)
-        return ops.where(pad, ops.stop_gradient(out), out)
+        # the same values; at padding positions the gradient stops before the weight
+        pad = (idx == padding_idx).reshape(idx.shape + (1,))
+        return b.call("where", pad, b.call("stop_gradient", out), out)
 
     return ops.run(f, indices, weight)

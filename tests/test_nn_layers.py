@@ -1,0 +1,412 @@
+"""The layers of ``lamina.nn`` against PyTorch (a test-only oracle): the same weights, loaded by
+name from torch's ``state_dict``, the same input -> the same outputs and the same gradients
+(input and every parameter), in training and eval mode, on every backend; a few small cases on
+triton under Triton's interpreter. Also ``nn.init``, ``print(model)`` and ``load_state_dict``
+with PyTorch's names and layouts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+from helpers import assert_close
+
+import lamina as lm
+from lamina import nn, optim
+from lamina.frontend.nn import torch_names
+from lamina.frontend.trace import current
+
+torch = pytest.importorskip("torch")
+
+F32 = np.float32
+
+
+def _torch_sd(tm) -> dict:
+    return {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
+
+
+def _param_keys(model):
+    """(Parameter, PyTorch name, permutation from lamina's layout) for each parameter."""
+    seen, out = set(), []
+    for _, torch_path, perm, item in torch_names.walk(model):
+        if isinstance(item, nn.Parameter) and id(item) not in seen:
+            seen.add(id(item))
+            out.append((item, torch_path, perm))
+    return out
+
+
+def _lamina_run(model, backend, x, r, grad_x=True):
+    """Output, input gradient and parameter gradients of ``sum(model(x) * r)``, one compiled
+    call (gradients through the ``grad`` op, as ``Optimizer.minimize`` takes them)."""
+    params = [p for p, _, _ in _param_keys(model)]
+
+    def f(x, r):
+        b = current().builder
+        out = model(x)
+        loss = b.var(b.lift((out * r).sum()))
+        gx = b.call("grad", loss, x) if grad_x else None
+        return out, gx, [b.call("grad", loss, current().read(p)) for p in params]
+
+    return lm.compile(f, backend=backend)(x, r)
+
+
+def _torch_run(tm, x, r, grad_x=True):
+    tx = torch.tensor(x, requires_grad=grad_x and x.dtype.kind == "f")
+    tm.zero_grad()
+    out = tm(tx)
+    (out * torch.tensor(r)).sum().backward()
+    grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
+    return out.detach().numpy(), (tx.grad.numpy() if grad_x else None), grads
+
+
+def check_against_torch(model, tm, x, backend, train=True, grad_x=True, seed=0):
+    """Load ``tm``'s state dict into ``model``; compare outputs and gradients in the mode
+    ``train``, then the buffers (BatchNorm's running statistics after the step)."""
+    model.load_state_dict(_torch_sd(tm))
+    model.train(train)
+    tm.train(train)
+    with torch.no_grad():
+        shape = copy.deepcopy(tm)(torch.tensor(x)).shape  # a copy: its buffers may change
+    r = np.random.default_rng(seed + 1).standard_normal(tuple(shape)).astype(F32)
+    out, gx, gps = _lamina_run(model, backend, x, r, grad_x)
+    want_out, want_gx, want_g = _torch_run(tm, x, r, grad_x)
+    assert out.shape == want_out.shape and out.dtype == want_out.dtype
+    assert_close(out, want_out, atol=2e-6 * max(1.0, np.abs(want_out).max()))
+    if grad_x:
+        assert_close(gx, want_gx, atol=2e-6 * max(1.0, np.abs(want_gx).max()))
+    for (p, key, perm), g in zip(_param_keys(model), gps):
+        want = want_g[key]
+        got = g if perm is None else np.transpose(g, perm)
+        assert_close(got, want, atol=2e-6 * max(1.0, np.abs(want).max()), err_msg=key)
+    return model
+
+
+def _x(shape, seed=0, scale=1.0, shift=0.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale + shift).astype(F32)
+
+
+# --- Linear, Flatten, Identity, containers ----------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_matches_torch(backend, bias):
+    tm = torch.nn.Linear(5, 3, bias=bias)
+    check_against_torch(nn.Linear(5, 3, bias=bias), tm, _x((4, 5)), backend)
+    check_against_torch(nn.Linear(5, 3, bias=bias), tm, _x((2, 3, 5), 1), backend)
+
+
+def test_sequential_with_flatten_and_identity_matches_torch(backend):
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.Tanh(),
+                             torch.nn.Identity(), torch.nn.Linear(6, 2))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Identity(),
+                          nn.Linear(6, 2))
+    check_against_torch(model, tm, _x((3, 3, 4)), backend)
+
+
+@pytest.mark.parametrize("start,end,shape", [(1, -1, (2, 3, 4, 5)), (0, -1, (2, 3, 4)),
+                                             (1, 2, (2, 3, 4, 5)), (-2, -1, (2, 3, 4)),
+                                             (2, 2, (2, 3, 4))])
+def test_flatten_matches_torch(backend, start, end, shape):
+    x = _x(shape)
+    got = lm.compile(nn.Flatten(start, end), backend=backend)(x)
+    np.testing.assert_array_equal(got, torch.nn.Flatten(start, end)(torch.tensor(x)).numpy())
+
+
+def test_flatten_bad_dims_is_an_error():
+    with pytest.raises(lm.LaminaError, match="start_dim 2 and end_dim 1"):
+        lm.compile(nn.Flatten(2, 1))(np.zeros((2, 3, 4), F32))
+
+
+def test_module_list_and_dict_names_match_torch(backend):
+    class TNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(2)])
+            self.heads = torch.nn.ModuleDict({"a": torch.nn.Linear(4, 2),
+                                              "b": torch.nn.Linear(4, 3)})
+            self.out = torch.nn.Sequential(torch.nn.Linear(5, 5), torch.nn.ReLU())
+
+        def forward(self, x):
+            for blk in self.blocks:
+                x = torch.relu(blk(x))
+            return self.out(torch.cat([self.heads["a"](x), self.heads["b"](x)], -1))
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.blocks = nn.ModuleList()
+            for _ in range(2):
+                self.blocks.append(nn.Linear(4, 4))  # appended after the list was assigned
+            self.heads = nn.ModuleDict({"a": nn.Linear(4, 2), "b": nn.Linear(4, 3)})
+            self.out = nn.Sequential(nn.Linear(5, 5), nn.ReLU())
+
+        def __call__(self, x):
+            for blk in self.blocks:
+                x = lm.relu(blk(x))
+            return self.out(lm.concatenate([self.heads["a"](x), self.heads["b"](x)], -1))
+
+    torch.manual_seed(1)
+    model = Net()
+    names = ["blocks.0.w", "blocks.0.b", "blocks.1.w", "blocks.1.b", "heads.a.w", "heads.a.b",
+             "heads.b.w", "heads.b.b", "out.layers.0.w", "out.layers.0.b"]
+    # named at assignment, before any walk of the model: the IR uses the same names
+    assert [p.name for _, p in model._walk("") if isinstance(p, nn.Parameter)] == names
+    assert list(model.state_dict()) == names
+    check_against_torch(model, TNet(), _x((3, 4)), backend)
+    g = lm.trace(model, np.zeros((3, 4), F32))
+    assert sorted(p.name for p in g.state) == sorted(names)
+    assert len(model.blocks) == 2 and model.blocks[-1] is list(model.blocks)[1]
+    assert list(model.heads) == ["a", "b"] and "a" in model.heads
+
+
+def test_containers_refuse_non_modules():
+    with pytest.raises(lm.LaminaError, match="not a Module"):
+        nn.ModuleList([lambda x: x])
+    with pytest.raises(lm.LaminaError, match="keys"):
+        nn.ModuleDict({"a.b": nn.ReLU()})
+
+
+def test_sequential_indexing_and_append():
+    seq = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    seq.append(nn.Linear(3, 1))
+    assert len(seq) == 3 and isinstance(seq[1], nn.ReLU)
+    assert isinstance(seq[:2], nn.Sequential) and len(seq[:2]) == 2
+    assert list(seq.state_dict()) == ["layers.0.w", "layers.0.b", "layers.2.w", "layers.2.b"]
+
+
+# --- normalization ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape,normalized,kw", [
+    ((4, 8), 8, {}),
+    ((2, 3, 6), (3, 6), {"eps": 1e-3}),
+    ((3, 5), 5, {"elementwise_affine": False}),
+    ((2, 4, 5), 5, {"bias": False}),
+])
+def test_layer_norm_matches_torch(backend, shape, normalized, kw):
+    torch.manual_seed(0)
+    tm = torch.nn.LayerNorm(normalized, **kw)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.uniform_(0.5, 1.5)
+    check_against_torch(nn.LayerNorm(normalized, **kw), tm, _x(shape, 2, 3.0, 1.0), backend)
+
+
+@pytest.mark.parametrize("shape,normalized,kw", [
+    ((4, 8), 8, {}),
+    ((2, 3, 6), (3, 6), {"eps": 1e-4}),
+    ((3, 5), 5, {"elementwise_affine": False}),
+])
+def test_rms_norm_matches_torch(backend, shape, normalized, kw):
+    tm = torch.nn.RMSNorm(normalized, **kw)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.uniform_(0.5, 1.5)
+    check_against_torch(nn.RMSNorm(normalized, **kw), tm, _x(shape, 3, 2.0), backend)
+
+
+@pytest.mark.parametrize("groups,channels,shape,kw", [
+    (2, 4, (3, 4, 5), {}),
+    (1, 6, (2, 6, 3, 3), {"eps": 1e-3}),
+    (3, 3, (2, 3, 4, 2), {"affine": False}),
+])
+def test_group_norm_matches_torch(backend, groups, channels, shape, kw):
+    tm = torch.nn.GroupNorm(groups, channels, **kw)
+    with torch.no_grad():
+        for p in tm.parameters():
+            p.uniform_(0.5, 1.5)
+    check_against_torch(nn.GroupNorm(groups, channels, **kw), tm, _x(shape, 4, 2.0, 0.5),
+                        backend)
+
+
+BN_CASES = [
+    ("1d", (8, 5), {}),
+    ("1d", (4, 3, 6), {"momentum": 0.3, "eps": 1e-3}),
+    ("2d", (3, 4, 5, 5), {}),
+    ("2d", (2, 3, 4, 4), {"affine": False}),
+    ("2d", (2, 3, 3, 3), {"momentum": None}),
+    ("1d", (6, 4), {"track_running_stats": False}),
+]
+
+
+def _bn_pair(kind, features, kw):
+    torch_cls = torch.nn.BatchNorm1d if kind == "1d" else torch.nn.BatchNorm2d
+    cls = nn.BatchNorm1d if kind == "1d" else nn.BatchNorm2d
+    tm = torch_cls(features, **kw)
+    if tm.affine:
+        with torch.no_grad():
+            tm.weight.uniform_(0.5, 1.5)
+            tm.bias.uniform_(-0.5, 0.5)
+    if tm.track_running_stats:
+        tm.running_mean.uniform_(-1, 1)
+        tm.running_var.uniform_(0.5, 2)
+    return cls(features, **kw), tm
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind,shape,kw", BN_CASES)
+def test_batch_norm_matches_torch(backend, kind, shape, kw, train):
+    model, tm = _bn_pair(kind, shape[1], kw)
+    x = _x(shape, 5, 2.0, 1.0)
+    check_against_torch(model, tm, x, backend, train=train)
+    # the running statistics after the one step: updated in training, untouched in eval
+    for k, v in _torch_sd(tm).items():
+        got = model.state_dict()[k]
+        assert got.dtype == v.dtype, k
+        assert_close(got, v, err_msg=k)
+
+
+@pytest.mark.parametrize("kind,shape,kw", BN_CASES[:3] + BN_CASES[4:5])
+def test_batch_norm_running_stats_after_10_sgd_steps_match_torch(backend, kind, shape, kw):
+    """Running statistics updated inside one compiled train step (forward, loss, SGD), 10
+    steps, then eval-mode predictions: all as in PyTorch."""
+    torch.manual_seed(0)
+    bn, tbn = _bn_pair(kind, shape[1], kw)
+    flat = math.prod(shape[1:])
+    model = nn.Sequential(bn, nn.Flatten(), nn.Linear(flat, 3))
+    tm = torch.nn.Sequential(tbn, torch.nn.Flatten(), torch.nn.Linear(flat, 3))
+    model.load_state_dict(_torch_sd(tm))
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    topt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9)
+
+    @lm.compile(backend=backend)
+    def train_step(x, y):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.minimize(loss)
+        return loss
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        x = _x(shape, int(rng.integers(1 << 30)), 2.0, 0.5)
+        y = rng.integers(0, 3, shape[0])
+        loss = train_step(x, y)
+        topt.zero_grad()
+        tl = torch.nn.functional.cross_entropy(tm(torch.tensor(x)), torch.tensor(y))
+        tl.backward()
+        topt.step()
+        assert_close(loss, tl.item(), rtol=1e-5)
+    assert len(train_step.variants) == 1
+    want = _torch_sd(tm)
+    got = model.state_dict()
+    assert int(got["layers.0.num_batches_tracked"]) == 10
+    for k, v in want.items():
+        key = k if k in got else torch_names_to_lamina(model, k)
+        g = got[key] if key in got else None
+        g = g.T if k.endswith(".weight") and g is not None and g.ndim == 2 else g
+        assert_close(g, v, rtol=1e-4, atol=1e-5, err_msg=k)
+    model.eval()
+    tm.eval()
+    x = _x(shape, 99)
+    assert_close(lm.compile(model, backend=backend)(x), tm(torch.tensor(x)).detach().numpy(),
+                 rtol=1e-4, atol=1e-5)
+
+
+def torch_names_to_lamina(model, key):
+    for lm_path, torch_path, _, _ in torch_names.walk(model):
+        if torch_path == key:
+            return lm_path
+    raise KeyError(key)
+
+
+def test_batch_norm_errors():
+    bn = nn.BatchNorm2d(3)
+    with pytest.raises(lm.ShapeError, match=r"BatchNorm2d\(3\).*rank 4"):
+        lm.compile(bn)(np.zeros((2, 3, 4), F32))
+    with pytest.raises(lm.ShapeError, match="more than 1 value per channel"):
+        lm.compile(nn.BatchNorm1d(3))(np.zeros((1, 3), F32))
+    bn1 = nn.BatchNorm1d(3).eval()  # eval with one sample is fine (running statistics)
+    assert lm.compile(bn1)(np.ones((1, 3), F32)).shape == (1, 3)
+
+
+def test_batch_norm_eval_and_train_are_two_variants(backend):
+    bn = nn.BatchNorm1d(2)
+    f = lm.compile(bn, backend=backend)
+    x = np.array([[1, 10], [3, 30]], F32)
+    f(x)
+    assert int(bn.num_batches_tracked.numpy()) == 1
+    bn.eval()
+    y = f(x)
+    assert int(bn.num_batches_tracked.numpy()) == 1, "eval mode updates nothing"
+    rm, rv = bn.running_mean.numpy(), bn.running_var.numpy()
+    assert_close(y, (x - rm) / np.sqrt(rv + 1e-5))
+    bn.train()
+    f(x)
+    assert int(bn.num_batches_tracked.numpy()) == 2 and len(f.variants) == 2
+
+
+# --- Embedding --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0, 3, -1])
+def test_embedding_matches_torch(backend, padding_idx):
+    torch.manual_seed(0)
+    tm = torch.nn.Embedding(7, 4, padding_idx=padding_idx)
+    model = nn.Embedding(7, 4, padding_idx=padding_idx)
+    if padding_idx is not None:
+        row = padding_idx % 7
+        assert not model.weight.numpy()[row].any(), "the padding row starts at zero"
+        assert model.padding_idx == row
+    idx = np.array([[0, 3, 6], [3, 1, 6], [0, 0, 2]], np.int64)
+    check_against_torch(model, tm, idx, backend, grad_x=False)
+    check_against_torch(model, tm, idx.astype(np.int32)[0], backend, grad_x=False)
+
+
+def test_embedding_init_and_errors():
+    lm.random.seed(0)
+    w = nn.Embedding(1000, 16).weight.numpy()
+    assert w.shape == (1000, 16) and abs(w.mean()) < 0.02 and abs(w.std() - 1) < 0.02
+    with pytest.raises(lm.DTypeError, match="indices must be integers"):
+        lm.compile(nn.Embedding(4, 2))(np.zeros(3, F32))
+    with pytest.raises(lm.LaminaError, match="padding_idx 5 is out of range"):
+        nn.Embedding(4, 2, padding_idx=5)
+
+
+def test_embedding_padding_row_stays_put_in_training(backend):
+    emb = nn.Embedding(5, 3, padding_idx=1)
+    nn.init.normal_(emb.weight)
+    before = emb.weight.numpy()
+    opt = optim.SGD(emb.parameters(), lr=0.5)
+    step = lm.compile(lambda i: opt.minimize((emb(i) ** 2).sum()), backend=backend)
+    step(np.array([1, 2, 1, 4]))
+    after = emb.weight.numpy()
+    np.testing.assert_array_equal(after[1], before[1])
+    assert not np.allclose(after[2], before[2])
+
+
+# --- triton under the interpreter -------------------------------------------------------------
+
+
+@pytest.fixture
+def interpreted(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LAMINA_TRITON_MODE", "interpret")
+    return "triton"
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (nn.LayerNorm(6), torch.nn.LayerNorm(6), (3, 6)),
+    lambda: (nn.GroupNorm(2, 4), torch.nn.GroupNorm(2, 4), (2, 4, 3)),
+    lambda: (nn.RMSNorm(5), torch.nn.RMSNorm(5), (3, 5)),
+    lambda: (nn.Sequential(nn.Flatten(), nn.Linear(6, 2)),
+             torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 2)), (2, 2, 3)),
+], ids=["layer_norm", "group_norm", "rms_norm", "flatten_linear"])
+def test_layers_on_triton_interpreter(interpreted, make):
+    model, tm, shape = make()
+    check_against_torch(model, tm, _x(shape, 7, 2.0, 0.5), interpreted)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_batch_norm_on_triton_interpreter(interpreted, train):
+    model, tm = _bn_pair("2d", 3, {})
+    check_against_torch(model, tm, _x((2, 3, 2, 2), 8, 2.0, 1.0), interpreted, train=train)
+    for k, v in _torch_sd(tm).items():
+        assert_close(model.state_dict()[k], v, err_msg=k)
+
+
+def test_embedding_on_triton_interpreter(interpreted):
+    tm = torch.nn.Embedding(5, 3, padding_idx=2)
+    check_against_torch(nn.Embedding(5, 3, padding_idx=2), tm, np.array([[2, 4], [1, 2]]),
+                        interpreted, grad_x=False)

@@ -173,7 +173,7 @@ def test_assign_inside_lm_grad_and_minimize(backend):
     assert_close(c.scale.numpy(), np.full(3, s1 - 0.5 * 2 * s1 / 3, F32))
 
 
-# --- misuse ----------------------------------------------------------------------------------------
+# --- misuse ---------------------------------------------------------------------------------------
 
 
 def test_assign_of_a_wrong_shape_or_dtype_is_an_error():

@@ -119,5 +119,5 @@ def linear(x, weight, bias=None):
     return y if bias is None else y + bias
 
 
-from lamina.frontend.nn.norm import batch_norm, group_norm, layer_norm, rms_norm  # noqa: E402
-from lamina.frontend.nn.sparse import embedding  # noqa: E402
+from lamina.frontend.nn.norm import batch_norm, group_norm, layer_norm, rms_norm  # noqa: E402,F401
+from lamina.frontend.nn.sparse import embedding  # noqa: E402,F401

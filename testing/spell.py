@@ -230,6 +230,42 @@ SPELLINGS: dict[str, list] = {
 for _name in ("exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid", "softplus", "relu", "erf"):
     SPELLINGS[_name] = [_fn(f"lm.{_name}")]
 
+
+# --- nn.functional's layers (issue 9): another op's operands, a result of their own type --------
+
+
+def _embedding(a, k, t, r):
+    """``weight[indices]`` as nn.functional.embedding (a take along axis 0 of a matrix)."""
+    if k["axis"] != 0 or t[0].ndim != 2:
+        return None
+    pad = f", padding_idx={int(r.integers(t[0].shape[0]))}" \
+        if t[0].shape[0] and r.random() < 0.5 else ""
+    return f"lm.nn.functional.embedding({a[1]}, {a[0]}{pad})"
+
+
+def _normalization(a, k, t, r):
+    """A normalization of the operand (rsqrt's operands: floats; the result keeps the shape)."""
+    x = t[0]
+    if x.ndim < 1 or not math.prod(x.shape):
+        return None
+    how = ["layer_norm", "rms_norm"]
+    if x.ndim >= 2:
+        how.append("group_norm")
+        if math.prod(x.shape) // x.shape[1] > 1:
+            how.append("batch_norm")
+    fn = how[int(r.integers(len(how)))]
+    if fn == "layer_norm":
+        return f"lm.nn.functional.layer_norm({a[0]}, {fmt(x.shape[-1:])}, eps=1e-5)"
+    if fn == "rms_norm":
+        return f"lm.nn.functional.rms_norm({a[0]}, {fmt(x.shape[-1:])}, eps=1e-5)"
+    if fn == "group_norm":
+        return f"lm.nn.functional.group_norm({a[0]}, 1)"
+    return f"lm.nn.functional.batch_norm({a[0]}, None, None, training=True)"
+
+
+SPELLINGS["take"].append(_embedding)
+SPELLINGS["rsqrt"].append(_normalization)
+
 # ops whose domain is written for their public spelling (matmul takes 1-D vectors there)
 PUBLIC_ONLY = {"matmul"}
 

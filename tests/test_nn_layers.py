@@ -337,6 +337,41 @@ def test_batch_norm_eval_and_train_are_two_variants(backend):
     assert int(bn.num_batches_tracked.numpy()) == 2 and len(f.variants) == 2
 
 
+def test_functional_forms_match_torch(backend):
+    tF = torch.nn.functional
+    x, w, b = _x((3, 4, 5), 11, 2.0, 1.0), _x((5,), 12), _x((5,), 13)
+    ln = lm.compile(lambda x, w, b: nn.functional.layer_norm(x, 5, w, b), backend=backend)
+    assert_close(ln(x, w, b), tF.layer_norm(*map(torch.tensor, (x,)), (5,),
+                                            torch.tensor(w), torch.tensor(b)).numpy())
+    rms = lm.compile(lambda x: nn.functional.rms_norm(x, (4, 5), eps=1e-3), backend=backend)
+    assert_close(rms(x), tF.rms_norm(torch.tensor(x), (4, 5), eps=1e-3).numpy())
+    gn = lm.compile(lambda x: nn.functional.group_norm(x, 2), backend=backend)
+    assert_close(gn(x), tF.group_norm(torch.tensor(x), 2).numpy())
+    bn = lm.compile(lambda x: nn.functional.batch_norm(x, None, None, training=True),
+                    backend=backend)
+    assert_close(bn(x), tF.batch_norm(torch.tensor(x), None, None, training=True).numpy())
+    lin = lm.compile(lambda x, w: nn.functional.linear(x, w), backend=backend)
+    w2 = _x((3, 5), 14)
+    assert_close(lin(x, w2), tF.linear(torch.tensor(x), torch.tensor(w2)).numpy())
+
+
+def test_functional_forms_check_their_input():
+    with pytest.raises(lm.ShapeError, match=r"layer_norm: the input f32\[3,4\] must end with "
+                                            r"the normalized shape \[5\]"):
+        lm.compile(lambda x: nn.functional.layer_norm(x, 5))(np.zeros((3, 4), F32))
+    with pytest.raises(lm.ShapeError, match="divisible by num_groups=3"):
+        lm.compile(lambda x: nn.functional.group_norm(x, 3))(np.zeros((2, 4), F32))
+    with pytest.raises(lm.ShapeError, match=r"batch_norm: the input 2.0 must be \(N, C"):
+        lm.compile(lambda x: nn.functional.batch_norm(2.0, None, None, training=True) + x)(
+            np.zeros(1, F32))
+    with pytest.raises(lm.LaminaError, match="running statistics updated in training must "
+                                             "be Buffers"):
+        nn.functional.batch_norm(np.zeros((2, 3), F32), np.zeros(3, F32), np.ones(3, F32),
+                                 training=True)
+    with pytest.raises(lm.ShapeError, match="the normalized shape"):
+        lm.compile(lambda: nn.functional.rms_norm(2.0, 3))()
+
+
 # --- Embedding --------------------------------------------------------------------------------
 
 
@@ -352,6 +387,8 @@ def test_embedding_matches_torch(backend, padding_idx):
     idx = np.array([[0, 3, 6], [3, 1, 6], [0, 0, 2]], np.int64)
     check_against_torch(model, tm, idx, backend, grad_x=False)
     check_against_torch(model, tm, idx.astype(np.int32)[0], backend, grad_x=False)
+    row = lm.compile(lambda: model(3) * 1.0, backend=backend)()  # a Python int: one row
+    np.testing.assert_array_equal(row, model.weight.numpy()[3])
 
 
 def test_embedding_init_and_errors():

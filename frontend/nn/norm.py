@@ -17,6 +17,7 @@ from lamina.frontend.nn.module import Module
 from lamina.frontend.parameter import Buffer, Parameter
 from lamina.frontend.trace import current, user_loc
 from lamina.ir import dtypes as dt
+from lamina.ir.builder import Var
 from lamina.ir.errors import LaminaError, ShapeError
 
 
@@ -24,6 +25,11 @@ def _shape(normalized_shape) -> tuple[int, ...]:
     if isinstance(normalized_shape, (int, np.integer)):
         return (int(normalized_shape),)
     return tuple(int(n) for n in normalized_shape)
+
+
+def _var(b, v):
+    """A Python number operand as a 0-d tensor (``ops.run`` passes numbers through)."""
+    return v if isinstance(v, Var) else b.var(b.lift(v))
 
 
 def _check_trailing(what: str, v, shape) -> tuple[int, ...]:
@@ -56,6 +62,7 @@ def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     shape = _shape(normalized_shape)
 
     def f(b, v, w, bb):
+        v = _var(b, v)
         axes = _check_trailing("layer_norm", v, shape)
         y, _, _ = _normalize(b, v, axes, eps)
         return _affine(y, w, bb, shape)
@@ -69,6 +76,7 @@ def rms_norm(x, normalized_shape, weight=None, eps: float | None = None):
     shape = _shape(normalized_shape)
 
     def f(b, v, w):
+        v = _var(b, v)
         axes = _check_trailing("rms_norm", v, shape)
         e = float(np.finfo(v.dtype.np).eps) if eps is None else eps
         y = v * b.call("rsqrt", (v * v).mean(axis=axes, keepdims=True) + e)
@@ -81,6 +89,7 @@ def group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """Normalize (N, C, *) over each group of C/num_groups channels (and all other axes)."""
 
     def f(b, v, w, bb):
+        v = _var(b, v)
         if v.ndim < 2 or v.shape[1] % num_groups:
             raise ShapeError(f"group_norm: the input {v.type} must be (N, C, ...) with C "
                              f"divisible by num_groups={num_groups}", user_loc())
@@ -110,8 +119,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training: b
                               f"Buffers (they are state), got {type(s).__name__}", user_loc())
 
     def channel_shape(v):
-        if v.ndim < 2:
-            raise ShapeError(f"batch_norm: the input {v.type} must be (N, C, ...)", user_loc())
+        if not isinstance(v, Var) or v.ndim < 2:
+            raise ShapeError(f"batch_norm: the input {getattr(v, 'type', repr(v))} must be "
+                             "(N, C, ...)", user_loc())
         return (v.shape[1],) + (1,) * (v.ndim - 2), (0,) + tuple(range(2, v.ndim))
 
     def stats(b, v):

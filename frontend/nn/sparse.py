@@ -8,6 +8,7 @@ from lamina.frontend.parameter import Parameter
 from lamina.frontend.random import host_rng
 from lamina.frontend.trace import user_loc
 from lamina.ir import dtypes as dt
+from lamina.ir.builder import Var
 from lamina.ir.errors import DTypeError, LaminaError
 
 
@@ -54,6 +55,8 @@ def embedding(indices, weight, padding_idx: int | None = None):
     ``padding_idx``, positions holding it pass no gradient to the weight."""
 
     def f(b, idx, w):
+        if not isinstance(idx, Var):  # a Python int picks one row
+            idx = b.var(b.lift(idx))
         if not idx.dtype.is_int:
             raise DTypeError(f"embedding: indices must be integers, got {idx.type}", user_loc())
         out = b.call("take", w, idx, axis=0)

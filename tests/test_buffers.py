@@ -370,8 +370,21 @@ def test_linear_weight_view():
     x = np.ones((1, 3), F32)
     got = lm.compile(lambda x: nn.functional.linear(x, layer.weight, layer.bias))(x)
     assert_close(got, x @ layer.w.numpy() + layer.b.numpy())
+    assert_close(nn.functional.linear(x, layer.weight, layer.bias),  # eagerly too
+                 x @ layer.w.numpy() + layer.b.numpy())
     with pytest.raises(lm.LaminaError, match="weight.assign"):
         layer.weight = nn.Parameter(np.zeros((2, 3), F32))
+
+
+def test_embedding_from_pretrained(backend):
+    table = np.arange(12, dtype=F32).reshape(4, 3)
+    frozen = nn.Embedding.from_pretrained(table)
+    assert frozen.parameters() == [] and isinstance(frozen.weight, nn.Buffer)
+    np.testing.assert_array_equal(lm.compile(frozen, backend=backend)(np.array([3, 0])),
+                                  table[[3, 0]])
+    trainable = nn.Embedding.from_pretrained(table, freeze=False, padding_idx=1)
+    assert [n for n, _ in trainable.named_parameters()] == ["weight"]
+    np.testing.assert_array_equal(trainable.weight.numpy(), table)
 
 
 # --- nn.init ----------------------------------------------------------------------------------

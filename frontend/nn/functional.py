@@ -115,6 +115,10 @@ def dropout(x, p: float = 0.5, training: bool = True):
 def linear(x, weight, bias=None):
     """``x @ weight.T + bias`` with ``weight`` in PyTorch's layout [out, in]
     (``nn.Linear``'s ``weight``; its ``w`` is that transposed)."""
+    from lamina.frontend.parameter import ParameterView
+
+    if isinstance(weight, ParameterView):  # Linear.weight outside a trace
+        weight = weight.operand()
     y = ops.matmul(x, ops.transpose(weight))
     return y if bias is None else y + bias
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lamina.frontend import ops
 from lamina.frontend.nn.module import Module
-from lamina.frontend.parameter import Parameter
+from lamina.frontend.parameter import Buffer, Parameter
 from lamina.frontend.random import host_rng
 from lamina.frontend.trace import user_loc
 from lamina.ir import dtypes as dt
@@ -41,6 +43,26 @@ class Embedding(Module):
         if padding_idx is not None:
             w[padding_idx] = 0
         self.weight = Parameter(w.astype(dt.dtype(dtype).np), "weight")
+
+    @classmethod
+    def from_pretrained(cls, embeddings, freeze: bool = True, padding_idx: int | None = None):
+        """An Embedding holding ``embeddings`` [num, dim] (copied). With ``freeze`` (the
+        default) the weight is a Buffer: the same ``weight`` in ``state_dict()``, but not a
+        parameter, so optimizers leave it alone and no gradient is computed for it.
+
+        >>> import numpy as np
+        >>> from lamina import nn
+        >>> emb = nn.Embedding.from_pretrained(np.eye(3, dtype=np.float32))
+        >>> emb.parameters(), list(emb.state_dict())
+        ([], ['weight'])
+        """
+        arr = np.asarray(embeddings)
+        if arr.ndim != 2:
+            raise LaminaError(f"Embedding.from_pretrained: embeddings must be 2-D "
+                              f"[num_embeddings, embedding_dim], got shape {list(arr.shape)}")
+        emb = cls(arr.shape[0], arr.shape[1], padding_idx, dtype=dt.dtype(arr.dtype))
+        emb.weight = (Buffer if freeze else Parameter)(arr, name="weight")
+        return emb
 
     def __call__(self, indices):
         return embedding(indices, self.weight, self.padding_idx)

@@ -401,6 +401,9 @@ def test_init_fans_and_gains_follow_torch():
                             torch.nn.init.calculate_gain(name, param))
     with pytest.raises(lm.LaminaError, match="fewer than 2 dimensions"):
         nn.init.xavier_uniform_(nn.Parameter(np.zeros(3, F32)))
+    layer = nn.Linear(5, 7)  # counted on PyTorch's layout [7, 5], whichever name is given
+    assert nn.init.calculate_fan_in_and_fan_out(layer.w) == (5, 7)
+    assert nn.init._calculate_fan_in_and_fan_out(layer.weight) == (5, 7)
 
 
 @pytest.mark.parametrize("init,kw,check", [
@@ -428,6 +431,18 @@ def test_init_distributions(init, kw, check):
             assert w.min() < lo + 0.01 * (hi - lo) and w.max() > hi - 0.01 * (hi - lo)
         else:
             assert abs(w.mean() - a) < 0.02 * b + 1e-3 and abs(w.std() - b) < 0.02 * b
+
+
+def test_init_trunc_normal():
+    lm.random.seed(0)
+    p = nn.Parameter(np.zeros((100, 100), F32))
+    nn.init.trunc_normal_(p, mean=0.5, std=1.0, a=0.0, b=1.0)
+    v = p.numpy()
+    assert v.min() >= 0 and v.max() <= 1 and v.min() < 0.01 and v.max() > 0.99
+    # the mean of N(0.5, 1) restricted to [0, 1] is 0.5, by symmetry
+    assert abs(v.mean() - 0.5) < 0.01
+    with pytest.raises(lm.LaminaError, match="empty"):
+        nn.init.trunc_normal_(p, a=1, b=1)
 
 
 def test_init_constant_zeros_ones_and_orthogonal():

@@ -28,8 +28,9 @@ from lamina.frontend.trace import current, user_loc
 from lamina.ir.errors import LaminaError
 from lamina.ir.variable import Variable
 
-__all__ = ["calculate_gain", "constant_", "kaiming_normal_", "kaiming_uniform_", "normal_",
-           "ones_", "orthogonal_", "uniform_", "xavier_normal_", "xavier_uniform_", "zeros_"]
+__all__ = ["calculate_fan_in_and_fan_out", "calculate_gain", "constant_", "kaiming_normal_",
+           "kaiming_uniform_", "normal_", "ones_", "orthogonal_", "trunc_normal_", "uniform_",
+           "xavier_normal_", "xavier_uniform_", "zeros_"]
 
 
 def _torch_shape(tensor, what: str) -> tuple[int, ...]:
@@ -66,6 +67,16 @@ def _fans(shape, what: str) -> tuple[int, int]:
     return shape[1] * receptive, shape[0] * receptive
 
 
+def calculate_fan_in_and_fan_out(tensor) -> tuple[int, int]:
+    """(fan_in, fan_out) of a Parameter (or view) by PyTorch's rule on PyTorch's layout: what
+    a layer's default initialization uses (a bias bound of 1/sqrt(fan_in), as Conv's)."""
+    return _fans(_torch_shape(tensor, "calculate_fan_in_and_fan_out"),
+                 "calculate_fan_in_and_fan_out")
+
+
+_calculate_fan_in_and_fan_out = calculate_fan_in_and_fan_out  # PyTorch's (private) name
+
+
 def calculate_gain(nonlinearity: str, param=None) -> float:
     """PyTorch's recommended gain for a nonlinearity (``leaky_relu``'s ``param`` is its
     negative slope, default 0.01)."""
@@ -97,6 +108,21 @@ def normal_(tensor, mean: float = 0.0, std: float = 1.0):
     """Fill with N(mean, std**2)."""
     shape = _torch_shape(tensor, "normal_")
     return _fill(tensor, host_rng().normal(mean, std, size=shape))
+
+
+def trunc_normal_(tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
+                  b: float = 2.0):
+    """Fill with N(mean, std**2) restricted to [a, b] (values outside are drawn again)."""
+    shape = _torch_shape(tensor, "trunc_normal_")
+    if not a < b:
+        raise LaminaError(f"nn.init.trunc_normal_: the interval [{a}, {b}] is empty")
+    rng = host_rng()
+    out = rng.normal(mean, std, size=shape)
+    bad = (out < a) | (out > b)
+    while bad.any():
+        out[bad] = rng.normal(mean, std, size=int(bad.sum()))
+        bad = (out < a) | (out > b)
+    return _fill(tensor, out)
 
 
 def constant_(tensor, val: float):

@@ -7,7 +7,6 @@ with PyTorch's names and layouts.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -17,75 +16,12 @@ from helpers import assert_close
 import lamina as lm
 from lamina import nn, optim
 from lamina.frontend.nn import torch_names
-from lamina.frontend.trace import current
 
 torch = pytest.importorskip("torch")
 
+from nn_torch import check_against_torch, randn, torch_sd  # noqa: E402
+
 F32 = np.float32
-
-
-def _torch_sd(tm) -> dict:
-    return {k: v.detach().numpy().copy() for k, v in tm.state_dict().items()}
-
-
-def _param_keys(model):
-    """(Parameter, PyTorch name, permutation from lamina's layout) for each parameter."""
-    seen, out = set(), []
-    for _, torch_path, perm, item in torch_names.walk(model):
-        if isinstance(item, nn.Parameter) and id(item) not in seen:
-            seen.add(id(item))
-            out.append((item, torch_path, perm))
-    return out
-
-
-def _lamina_run(model, backend, x, r, grad_x=True):
-    """Output, input gradient and parameter gradients of ``sum(model(x) * r)``, one compiled
-    call (gradients through the ``grad`` op, as ``Optimizer.minimize`` takes them)."""
-    params = [p for p, _, _ in _param_keys(model)]
-
-    def f(x, r):
-        b = current().builder
-        out = model(x)
-        loss = b.var(b.lift((out * r).sum()))
-        gx = b.call("grad", loss, x) if grad_x else None
-        return out, gx, [b.call("grad", loss, current().read(p)) for p in params]
-
-    return lm.compile(f, backend=backend)(x, r)
-
-
-def _torch_run(tm, x, r, grad_x=True):
-    tx = torch.tensor(x, requires_grad=grad_x and x.dtype.kind == "f")
-    tm.zero_grad()
-    out = tm(tx)
-    (out * torch.tensor(r)).sum().backward()
-    grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
-    return out.detach().numpy(), (tx.grad.numpy() if grad_x else None), grads
-
-
-def check_against_torch(model, tm, x, backend, train=True, grad_x=True, seed=0):
-    """Load ``tm``'s state dict into ``model``; compare outputs and gradients in the mode
-    ``train``, then the buffers (BatchNorm's running statistics after the step)."""
-    model.load_state_dict(_torch_sd(tm))
-    model.train(train)
-    tm.train(train)
-    with torch.no_grad():
-        shape = copy.deepcopy(tm)(torch.tensor(x)).shape  # a copy: its buffers may change
-    r = np.random.default_rng(seed + 1).standard_normal(tuple(shape)).astype(F32)
-    out, gx, gps = _lamina_run(model, backend, x, r, grad_x)
-    want_out, want_gx, want_g = _torch_run(tm, x, r, grad_x)
-    assert out.shape == want_out.shape and out.dtype == want_out.dtype
-    assert_close(out, want_out, atol=2e-6 * max(1.0, np.abs(want_out).max()))
-    if grad_x:
-        assert_close(gx, want_gx, atol=2e-6 * max(1.0, np.abs(want_gx).max()))
-    for (p, key, perm), g in zip(_param_keys(model), gps):
-        want = want_g[key]
-        got = g if perm is None else np.transpose(g, perm)
-        assert_close(got, want, atol=2e-6 * max(1.0, np.abs(want).max()), err_msg=key)
-    return model
-
-
-def _x(shape, seed=0, scale=1.0, shift=0.0):
-    return (np.random.default_rng(seed).standard_normal(shape) * scale + shift).astype(F32)
 
 
 # --- Linear, Flatten, Identity, containers ----------------------------------------------------
@@ -94,8 +30,8 @@ def _x(shape, seed=0, scale=1.0, shift=0.0):
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_matches_torch(backend, bias):
     tm = torch.nn.Linear(5, 3, bias=bias)
-    check_against_torch(nn.Linear(5, 3, bias=bias), tm, _x((4, 5)), backend)
-    check_against_torch(nn.Linear(5, 3, bias=bias), tm, _x((2, 3, 5), 1), backend)
+    check_against_torch(nn.Linear(5, 3, bias=bias), tm, randn((4, 5)), backend)
+    check_against_torch(nn.Linear(5, 3, bias=bias), tm, randn((2, 3, 5), 1), backend)
 
 
 def test_sequential_with_flatten_and_identity_matches_torch(backend):
@@ -104,14 +40,14 @@ def test_sequential_with_flatten_and_identity_matches_torch(backend):
                              torch.nn.Identity(), torch.nn.Linear(6, 2))
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.Tanh(), nn.Identity(),
                           nn.Linear(6, 2))
-    check_against_torch(model, tm, _x((3, 3, 4)), backend)
+    check_against_torch(model, tm, randn((3, 3, 4)), backend)
 
 
 @pytest.mark.parametrize("start,end,shape", [(1, -1, (2, 3, 4, 5)), (0, -1, (2, 3, 4)),
                                              (1, 2, (2, 3, 4, 5)), (-2, -1, (2, 3, 4)),
                                              (2, 2, (2, 3, 4))])
 def test_flatten_matches_torch(backend, start, end, shape):
-    x = _x(shape)
+    x = randn(shape)
     got = lm.compile(nn.Flatten(start, end), backend=backend)(x)
     np.testing.assert_array_equal(got, torch.nn.Flatten(start, end)(torch.tensor(x)).numpy())
 
@@ -155,7 +91,7 @@ def test_module_list_and_dict_names_match_torch(backend):
     # named at assignment, before any walk of the model: the IR uses the same names
     assert [p.name for _, p in model._walk("") if isinstance(p, nn.Parameter)] == names
     assert list(model.state_dict()) == names
-    check_against_torch(model, TNet(), _x((3, 4)), backend)
+    check_against_torch(model, TNet(), randn((3, 4)), backend)
     g = lm.trace(model, np.zeros((3, 4), F32))
     assert sorted(p.name for p in g.state) == sorted(names)
     assert len(model.blocks) == 2 and model.blocks[-1] is list(model.blocks)[1]
@@ -192,7 +128,7 @@ def test_layer_norm_matches_torch(backend, shape, normalized, kw):
     with torch.no_grad():
         for p in tm.parameters():
             p.uniform_(0.5, 1.5)
-    check_against_torch(nn.LayerNorm(normalized, **kw), tm, _x(shape, 2, 3.0, 1.0), backend)
+    check_against_torch(nn.LayerNorm(normalized, **kw), tm, randn(shape, 2, 3.0, 1.0), backend)
 
 
 @pytest.mark.parametrize("shape,normalized,kw", [
@@ -205,7 +141,7 @@ def test_rms_norm_matches_torch(backend, shape, normalized, kw):
     with torch.no_grad():
         for p in tm.parameters():
             p.uniform_(0.5, 1.5)
-    check_against_torch(nn.RMSNorm(normalized, **kw), tm, _x(shape, 3, 2.0), backend)
+    check_against_torch(nn.RMSNorm(normalized, **kw), tm, randn(shape, 3, 2.0), backend)
 
 
 @pytest.mark.parametrize("groups,channels,shape,kw", [
@@ -218,7 +154,7 @@ def test_group_norm_matches_torch(backend, groups, channels, shape, kw):
     with torch.no_grad():
         for p in tm.parameters():
             p.uniform_(0.5, 1.5)
-    check_against_torch(nn.GroupNorm(groups, channels, **kw), tm, _x(shape, 4, 2.0, 0.5),
+    check_against_torch(nn.GroupNorm(groups, channels, **kw), tm, randn(shape, 4, 2.0, 0.5),
                         backend)
 
 
@@ -250,10 +186,10 @@ def _bn_pair(kind, features, kw):
 @pytest.mark.parametrize("kind,shape,kw", BN_CASES)
 def test_batch_norm_matches_torch(backend, kind, shape, kw, train):
     model, tm = _bn_pair(kind, shape[1], kw)
-    x = _x(shape, 5, 2.0, 1.0)
+    x = randn(shape, 5, 2.0, 1.0)
     check_against_torch(model, tm, x, backend, train=train)
     # the running statistics after the one step: updated in training, untouched in eval
-    for k, v in _torch_sd(tm).items():
+    for k, v in torch_sd(tm).items():
         got = model.state_dict()[k]
         assert got.dtype == v.dtype, k
         assert_close(got, v, err_msg=k)
@@ -268,7 +204,7 @@ def test_batch_norm_running_stats_after_10_sgd_steps_match_torch(backend, kind, 
     flat = math.prod(shape[1:])
     model = nn.Sequential(bn, nn.Flatten(), nn.Linear(flat, 3))
     tm = torch.nn.Sequential(tbn, torch.nn.Flatten(), torch.nn.Linear(flat, 3))
-    model.load_state_dict(_torch_sd(tm))
+    model.load_state_dict(torch_sd(tm))
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     topt = torch.optim.SGD(tm.parameters(), lr=0.1, momentum=0.9)
 
@@ -280,7 +216,7 @@ def test_batch_norm_running_stats_after_10_sgd_steps_match_torch(backend, kind, 
 
     rng = np.random.default_rng(0)
     for _ in range(10):
-        x = _x(shape, int(rng.integers(1 << 30)), 2.0, 0.5)
+        x = randn(shape, int(rng.integers(1 << 30)), 2.0, 0.5)
         y = rng.integers(0, 3, shape[0])
         loss = train_step(x, y)
         topt.zero_grad()
@@ -289,7 +225,7 @@ def test_batch_norm_running_stats_after_10_sgd_steps_match_torch(backend, kind, 
         topt.step()
         assert_close(loss, tl.item(), rtol=1e-5)
     assert len(train_step.variants) == 1
-    want = _torch_sd(tm)
+    want = torch_sd(tm)
     got = model.state_dict()
     assert int(got["layers.0.num_batches_tracked"]) == 10
     for k, v in want.items():
@@ -299,7 +235,7 @@ def test_batch_norm_running_stats_after_10_sgd_steps_match_torch(backend, kind, 
         assert_close(g, v, rtol=1e-4, atol=1e-5, err_msg=k)
     model.eval()
     tm.eval()
-    x = _x(shape, 99)
+    x = randn(shape, 99)
     assert_close(lm.compile(model, backend=backend)(x), tm(torch.tensor(x)).detach().numpy(),
                  rtol=1e-4, atol=1e-5)
 
@@ -339,7 +275,7 @@ def test_batch_norm_eval_and_train_are_two_variants(backend):
 
 def test_functional_forms_match_torch(backend):
     tF = torch.nn.functional
-    x, w, b = _x((3, 4, 5), 11, 2.0, 1.0), _x((5,), 12), _x((5,), 13)
+    x, w, b = randn((3, 4, 5), 11, 2.0, 1.0), randn((5,), 12), randn((5,), 13)
     ln = lm.compile(lambda x, w, b: nn.functional.layer_norm(x, 5, w, b), backend=backend)
     assert_close(ln(x, w, b), tF.layer_norm(*map(torch.tensor, (x,)), (5,),
                                             torch.tensor(w), torch.tensor(b)).numpy())
@@ -351,7 +287,7 @@ def test_functional_forms_match_torch(backend):
                     backend=backend)
     assert_close(bn(x), tF.batch_norm(torch.tensor(x), None, None, training=True).numpy())
     lin = lm.compile(lambda x, w: nn.functional.linear(x, w), backend=backend)
-    w2 = _x((3, 5), 14)
+    w2 = randn((3, 5), 14)
     assert_close(lin(x, w2), tF.linear(torch.tensor(x), torch.tensor(w2)).numpy())
 
 
@@ -432,14 +368,14 @@ def interpreted(monkeypatch):
 ], ids=["layer_norm", "group_norm", "rms_norm", "flatten_linear"])
 def test_layers_on_triton_interpreter(interpreted, make):
     model, tm, shape = make()
-    check_against_torch(model, tm, _x(shape, 7, 2.0, 0.5), interpreted)
+    check_against_torch(model, tm, randn(shape, 7, 2.0, 0.5), interpreted)
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_batch_norm_on_triton_interpreter(interpreted, train):
     model, tm = _bn_pair("2d", 3, {})
-    check_against_torch(model, tm, _x((2, 3, 2, 2), 8, 2.0, 1.0), interpreted, train=train)
-    for k, v in _torch_sd(tm).items():
+    check_against_torch(model, tm, randn((2, 3, 2, 2), 8, 2.0, 1.0), interpreted, train=train)
+    for k, v in torch_sd(tm).items():
         assert_close(model.state_dict()[k], v, err_msg=k)
 
 

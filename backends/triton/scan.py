@@ -75,8 +75,11 @@ class ScanKernel:
 
         def store(scanned: str, full) -> None:
             out = scanned if acc is s.dtype else self.tmp(f"{scanned}.to({tl_type(s.dtype)})")
-            self.store("out", self.linear(full, d), TV(out, frozenset({"r", "c"}), s.dtype),
-                       deps={"r", "c"})
+            flat = self.linear(full, d)
+            if not flat.deps:  # one element: still a block of pointers, like the value
+                flat = Ix(self.tmp(f"tl.zeros([{br}, {bc}], {self.index_type}) + {flat.e}"),
+                          frozenset({"r", "c"}))
+            self.store("out", flat, TV(out, frozenset({"r", "c"}), s.dtype), deps={"r", "c"})
 
         if one_pass:
             tile, full = chunk(columns(None))

@@ -1,9 +1,10 @@
 """Scan kernels of the Triton code generator (``cumsum``): a tile of rows x positions along the
 scanned axis per program, an associative scan with an add along the tile's columns (what
-``tl.cumsum`` is; Triton's interpreter cannot call ``tl.cumsum`` itself). An axis longer than one tile
-is swept in chunks (from the end when ``reverse``), each chunk's scan offset by the running total
-of the chunks before it. The scan's operand (its fused producers) is evaluated at the tile's
-positions like any other value; integers and bools accumulate in int64, half types in float32.
+``tl.cumsum`` is; Triton's interpreter cannot call ``tl.cumsum`` itself). An axis longer than
+one tile is swept in chunks (from the end when ``reverse``), each chunk's scan offset by the
+running total of the chunks before it. The scan's operand (its fused producers) is evaluated at
+the tile's positions like any other value; integers and bools accumulate in int64, half types
+in float32.
 
 ``ScanKernel`` is a mixin of ``codegen.Gen``.
 """

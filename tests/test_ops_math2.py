@@ -437,3 +437,64 @@ def test_functional_pad_errors_follow_torch():
         F.pad(x, (-1, 1), mode="replicate")
     with pytest.raises(lm.LaminaError, match="crops more than"):
         F.pad(x, (-2, -2))
+
+
+# --- Triton: the kernels compile ahead of time for GPUs -------------------------------------
+
+
+@pytest.mark.parametrize("target", ["sm_80", "sm_90"])
+def test_triton_kernels_compile_for_gpus(target, monkeypatch):
+    """The interpreter accepts Python that Triton's compiler may refuse: every kernel of the new
+    ops (both float widths and int64; a scan along a short and a chunked long axis, forward and
+    reverse) also compiles to a cubin."""
+    pytest.importorskip("torch", reason="Triton's interpreter needs torch")
+    from lamina.backends.triton import aot
+
+    monkeypatch.setenv("LAMINA_TRITON_MODE", "interpret")
+
+    def f(x, y, xd, i, j):
+        return (lm.sin(x) + lm.cos(x), lm.round(xd) + lm.floor(xd) - lm.ceil(x.astype(lm.float64)),
+                x // y + x % y, xd // 3.0 + xd % -2.5, i // j + i % j,
+                lm.cumsum(x, axis=1), lm.cumsum(x, axis=0, reverse=True), lm.cumsum(i > 0, 1),
+                lm.pad(x, ((1, 2), (3, 0)), mode="reflect"), F.pad(x, (1, 1), value=2.0))
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 9000)).astype(F32)
+    args = (x, np.full(9000, 1.5, F32), x.astype(F64), rng.integers(-9, 9, (3, 9000)),
+            rng.integers(-3, 4, 9000))
+    fc = lm.compile(f, backend="triton")
+    fc.lower(*args)  # compiled, not run (the interpreter is slow on these sizes)
+    kinds = set()
+    for _, src in fc._variant().program.sources:
+        for s in [*src.prologue, src]:
+            kinds.add(s.kind)
+            aot.compile_source(s, target)
+    assert {"scan", "loop"} <= kinds
+
+
+# --- the checker's oracle -----------------------------------------------------------------------
+
+
+def test_oracle_bounds_each_prefix_of_a_cumsum():
+    """The bound of prefix k is sum's for its k terms: it grows along the axis (reverse: from
+    the end), and a wrong prefix (one term missing) falls outside it."""
+    from lamina.testing.check import oracle_graph
+    from lamina.testing.oracle import Oracle, gamma, mismatches, unit
+
+    x = np.full((2, 1000), 0.1, F32)
+    for reverse in (False, True):
+        _, g = oracle_graph(lambda v: lm.cumsum(v, axis=1, reverse=reverse), [x])
+        (v, e), = Oracle(g).run([x])
+        k = np.arange(1, 1001)[::-1] if reverse else np.arange(1, 1001)
+        mag = k * float(np.float32(0.1))
+        np.testing.assert_allclose(v[0], mag, rtol=1e-12)
+        assert (e[0] >= [gamma(int(n), unit(lm.float32)) * m for n, m in zip(k, mag)]).all()
+        assert (np.diff(e[0]) > 0).all() if not reverse else (np.diff(e[0]) < 0).all()
+        wrong = v.astype(F32).copy()
+        wrong[0, 500] -= np.float32(0.1)
+        assert mismatches(wrong, v, e)[0, 500] and not mismatches(v.astype(F32), v, e).any()
+    xi = np.arange(6).reshape(2, 3)
+    _, g = oracle_graph(lambda v: lm.cumsum(v, axis=0), [xi])
+    (v, e), = Oracle(g).run([xi])
+    np.testing.assert_array_equal(v, np.cumsum(xi, 0))
+    assert not e.any()  # integers: exact

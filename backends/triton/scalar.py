@@ -253,7 +253,9 @@ class ScalarMath:
     def divmod_float(self, x: str, y: str, d: dt.DType) -> tuple[str, str]:
         """numpy's float floor division and remainder (its npy_divmod step by step, as the
         LLVM backend does): fmod (``%``), moved into the sign of y, and the quotient
-        (x - mod) / y rounded to the nearest integer."""
+        (x - mod) / y rounded to the nearest integer. NOTE: the interpreter's ``%`` is numpy's
+        exact fmod; on a GPU Triton computes it as x - trunc(x / y) * y with one FMA, which
+        the sign move turns into the right remainder (to an ulp) while |x / y| < 2^24."""
         f = lambda v: self.f(d, v)  # noqa: E731
         mod = self.tmp(f"{x} % {y}")  # C's fmod
         div = self.tmp(self.div(f"{x} - {mod}", y, d))

@@ -498,3 +498,12 @@ def test_oracle_bounds_each_prefix_of_a_cumsum():
     (v, e), = Oracle(g).run([xi])
     np.testing.assert_array_equal(v, np.cumsum(xi, 0))
     assert not e.any()  # integers: exact
+
+
+def test_artifact_carries_the_trig_table(tmp_path):
+    """sin's reduction table is data in the object code: a saved function runs after loading."""
+    f = lm.compile(lambda v: lm.sin(v) + lm.cumsum(v % 2.0, axis=0), backend="llvm")
+    x = np.linspace(-1e6, 1e6, 1001).astype(F32)
+    want = f(x)
+    f.save(str(tmp_path / "f.lamina"))
+    np.testing.assert_array_equal(lm.load(str(tmp_path / "f.lamina"))(x), want)

@@ -190,6 +190,138 @@ def astype(x, dtype):
     return run(lambda b, v: b.cast(v, dtype), x)
 
 
+# --- trigonometry, rounding, floor division and remainder --------------------------------------
+
+
+def sin(x):
+    """Sine (radians), elementwise.
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.compile(lm.sin)(np.array([0.0, np.pi / 2], np.float32))
+    array([0., 1.], dtype=float32)
+    """
+    return apply("sin", x)
+
+
+def cos(x):
+    """Cosine (radians), elementwise."""
+    return apply("cos", x)
+
+
+def floor(x):
+    """The largest integer <= x (integers are returned unchanged); zero gradient."""
+    return apply("floor", x)
+
+
+def ceil(x):
+    """The smallest integer >= x (integers are returned unchanged); zero gradient."""
+    return apply("ceil", x)
+
+
+def round(x, decimals: int = 0):
+    """Round to ``decimals`` places, halves to even (numpy's ``round``, ``torch.round``).
+
+    With ``decimals`` other than 0 a float is scaled by 10**decimals, rounded and scaled back,
+    as numpy does. Zero gradient.
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.compile(lm.round)(np.array([0.5, 1.5, 2.5, -0.5], np.float32))
+    array([ 0.,  2.,  2., -0.], dtype=float32)
+    """
+    import operator
+
+    try:
+        decimals = operator.index(decimals)
+    except TypeError:
+        raise LaminaError(f"round: decimals must be an int, got {decimals!r}",
+                          user_loc()) from None
+
+    def f(b, v):
+        if decimals == 0 or not v.dtype.is_float:
+            if decimals < 0 and not v.dtype.is_float:
+                raise LaminaError("round: negative decimals of an integer tensor are not "
+                                  "supported (cast it to a float first)", user_loc())
+            return b.call("round", v)
+        if decimals > 0:
+            scale = 10.0 ** decimals
+            return b.call("round", v * scale) / scale
+        scale = 10.0 ** -decimals
+        return b.call("round", v / scale) * scale
+
+    return run(f, x)
+
+
+def floor_divide(x, y):
+    """numpy's ``x // y``: floor(x / y) for floats and integers (integer division by zero
+    gives 0, as numpy does); zero gradient.
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.compile(lambda a, b: a // b)(np.array([7, -7], np.int64), np.array([2, 2]))
+    array([ 3, -4])
+    """
+    return apply("floor_divide", x, y)
+
+
+def remainder(x, y):
+    """numpy's ``x % y`` (``torch.remainder``): x - y * floor(x / y), with the sign of the
+    divisor (integer remainder by zero gives 0, as numpy does).
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.compile(lambda a: a % 3.0)(np.array([5.0, -5.0], np.float32))
+    array([2., 1.], dtype=float32)
+    """
+    return apply("remainder", x, y)
+
+
+mod = remainder
+
+
+def cumsum(x, axis=None, dtype=None, reverse: bool = False):
+    """Running sum along ``axis`` (numpy's ``cumsum``: ``axis=None`` runs over the flattened
+    tensor; PyTorch's ``cumsum(x, dim)``). Integers and bools accumulate in int64; ``dtype``
+    casts the input first. ``reverse=True`` sums from the end (JAX's ``lax.cumsum``).
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.compile(lambda x: lm.cumsum(x, axis=1))(np.array([[1, 2, 3], [4, 5, 6]]))
+    array([[ 1,  3,  6],
+           [ 4,  9, 15]])
+    """
+
+    def f(b, v):
+        if dtype is not None:
+            v = b.cast(v, dtype)
+        if axis is None:
+            v = v.reshape(-1)
+        elif v.ndim == 0:  # PyTorch: a 0-d tensor along dim 0 or -1 is itself
+            with b.located():
+                normalize_axis(axis, 1)
+            return b.call("cumsum", v.reshape(1), axis=0, reverse=reverse).reshape(())
+        return b.call("cumsum", v, axis=axis if axis is not None else 0, reverse=reverse)
+
+    return run(f, x)
+
+
+def pad(x, pad_width, mode: str = "constant", value=0, constant_values=None):
+    """numpy's ``pad``: ``pad_width`` is an int, a (before, after) pair or one pair per axis.
+
+    Modes: "constant" (``value``, or numpy's name ``constant_values``), "edge" (or
+    "replicate", PyTorch's name), "reflect" (mirrored without the edge), "symmetric" (with
+    it) and "wrap" (or "circular"). The gradient sums what each element was copied to.
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.pad(np.array([1, 2, 3]), (2, 1), mode="reflect")
+    array([3, 2, 1, 2, 3, 2])
+    """
+    from lamina.frontend.padding import pad_numpy
+
+    if constant_values is not None:
+        if value != 0:
+            raise LaminaError("pad: give the fill as value= or constant_values=, not both",
+                              user_loc())
+        value = constant_values
+    return run(lambda b, v: pad_numpy(b, v, pad_width, mode, value), x)
+
+
 # --- reductions and normalizations ------------------------------------------------------------
 
 

@@ -92,6 +92,15 @@ class Tensor(Var):
     def std(self, axis=None, keepdims=False):
         return ops.std(self, axis, keepdims)
 
+    def cumsum(self, axis=None, dtype=None):
+        return ops.cumsum(self, axis, dtype=dtype)
+
+    def round(self, decimals: int = 0):
+        return ops.round(self, decimals)
+
+    def __round__(self, ndigits=None):
+        return ops.round(self, ndigits or 0)
+
     def swapaxes(self, a: int, b: int):
         perm = list(range(self.ndim))
         perm[a], perm[b] = perm[b], perm[a]

@@ -274,6 +274,24 @@ class Var:
     def __rtruediv__(self, o):
         return self._call("div", o, self)
 
+    def __floordiv__(self, o):
+        return self._call("floor_divide", self, o)
+
+    def __rfloordiv__(self, o):
+        return self._call("floor_divide", o, self)
+
+    def __mod__(self, o):
+        return self._call("remainder", self, o)
+
+    def __rmod__(self, o):
+        return self._call("remainder", o, self)
+
+    def __divmod__(self, o):
+        return self.__floordiv__(o), self.__mod__(o)
+
+    def __rdivmod__(self, o):
+        return self.__rfloordiv__(o), self.__rmod__(o)
+
     def __pow__(self, o):
         return self._call("pow", self, o)
 

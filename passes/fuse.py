@@ -17,6 +17,9 @@ a cheap index operation (broadcast, reshape, transpose, ...). What a group may h
             keepdims=False result, a gather keep them)
     gemm    one matmul, the transposes/reshapes of its operands (strided views, no copy) and an
             elementwise epilogue over its result (bias, activation, residual, optimizer update)
+    scan    a scan (cumsum) as the root, with the elementwise and shape ops that produce its
+            operand (evaluated at each position as the scan reaches it); nothing after it: a
+            scan's result is read at other positions than it is written
     opaque  scatter_add, alone
 
 Every boundary is explained in the pass remarks (``LAMINA_DUMP`` writes them into the dump).
@@ -50,6 +53,8 @@ def category(n: Node) -> str:
         return "reduce"
     if n.op == "scatter_add" or n.op == "kernel":
         return "opaque"
+    if get_op(n.op).kind == "scan":
+        return "scan"
     if n.op == "constant":
         return "constant"
     return "map"  # elementwise, shape, iota, random, take
@@ -71,8 +76,8 @@ class Group:
         self.cut_at_moves = False
         self.maps: dict | None = None  # index maps of a reduce group's values (row_maps)
         self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
-        self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque"}.get(
-            category(root), "loop")
+        self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque",
+                     "scan": "scan"}.get(category(root), "loop")
         if self.kind == "reduce":
             self.reduce = (root.inputs[0].shape, reduce_axes(root))
 
@@ -134,6 +139,11 @@ class Fuser:
                                        "one a row program holds: it is computed whole first")
         if cat in ("opaque", "constant") or G.kind == "opaque":
             return self.decline(p, "scatter_add and non-splat constants are kernels of their own")
+        if cat == "scan":
+            return self.decline(p, f"a {p.op} is computed whole by a kernel of its own (it is "
+                                   "read at other positions than it writes)")
+        if G.kind == "scan" and cat != "map":
+            return self.decline(p, f"a {p.op} does not fuse into a scan's operand")
         if cat == "matmul":
             return self.take_matmul(G, p)
         if cat == "reduce":

@@ -10,6 +10,7 @@ error growth of the actual computation instead of a loose constant:
                   0 where the bound reaches it): a first-order bound that sees jumps (sign,
                   comparisons, casts) and singular points (x / 0, log 0) as well
     sum           sum of the bounds + gamma(n) * sum|x|     (n terms, gamma(n) = nu/(1-nu))
+    cumsum        the same per prefix: its k terms in any order (a tree scan on a GPU)
     max, min      max of the bounds over the reduced axes
     argmax        uncertain where another element may be the largest within the bounds
     matmul        |A| eB + eA |B| + eA eB + gamma(K) |A||B|
@@ -110,6 +111,8 @@ class Oracle:
             return self.matmul(n, xs, es)
         if op.kind == "shape":
             return self.shape_op(n, op, xs, es)
+        if op.kind == "scan":
+            return self.scan(n, op, xs[0], es[0])
         raise NotImplementedError(f"the oracle has no rule for {n.op} ({op.kind})")
 
     def rounding(self, n, v) -> np.ndarray | float:
@@ -197,6 +200,27 @@ class Oracle:
         u = unit(n.type.dtype)
         mag = np.sum(np.abs(x), axis=axes, keepdims=attrs["keepdims"])
         err = np.sum(eb, axis=axes, keepdims=attrs["keepdims"]) + gamma(count, u) * mag
+        return v, err + self.rounding(n, v)
+
+    def scan(self, n, op, x, e):
+        """A running sum: prefix k is a sum of k terms (any order), so sum's bound per prefix."""
+        a, reverse = n.attrs["axis"], n.attrs["reverse"]
+        v = _wide(np.asarray(op.ref(x, **n.attrs)))
+        eb = np.broadcast_to(e, x.shape).astype(np.float64)
+
+        def running(w):
+            if not reverse:
+                return np.cumsum(w, axis=a)
+            return np.flip(np.cumsum(np.flip(w, a), axis=a), a)
+
+        if not n.type.dtype.is_float:
+            return v, np.where(running(eb) > 0, INF, 0.0)
+        shape = [1] * x.ndim
+        shape[a] = x.shape[a]
+        terms = running(np.ones(shape))
+        nu = terms * unit(n.type.dtype)
+        g = np.where(nu < 1, nu / np.maximum(1 - nu, 1e-300), INF)
+        err = running(eb) + g * running(np.abs(x))
         return v, err + self.rounding(n, v)
 
     def argmax(self, n, x, e):

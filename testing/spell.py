@@ -266,6 +266,82 @@ def _normalization(a, k, t, r):
 SPELLINGS["take"].append(_embedding)
 SPELLINGS["rsqrt"].append(_normalization)
 
+
+# --- trigonometry, rounding, floor division, remainder, cumsum, padding -----------------------
+
+for _name in ("sin", "cos", "floor", "ceil"):
+    SPELLINGS[_name] = [_fn(f"lm.{_name}")]
+SPELLINGS["round"] = [_fn("lm.round"), lambda a, k, t, r: f"{a[0]}.round()",
+                      lambda a, k, t, r: f"round({a[0]})"]
+SPELLINGS["floor_divide"] = [_infix("//"), _fn("lm.floor_divide", 2),
+                             lambda a, k, t, r: f"divmod({a[0]}, {a[1]})[0]"]
+SPELLINGS["remainder"] = [_infix("%"), _fn("lm.remainder", 2), _fn("lm.mod", 2),
+                          lambda a, k, t, r: f"divmod({a[0]}, {a[1]})[1]"]
+
+
+def _cumsum(a, k, t, r):
+    if k["reverse"]:
+        return f"lm.cumsum({a[0]}, axis={k['axis']}, reverse=True)"
+    if t[0].ndim == 1 and r.random() < 0.3:
+        return f"lm.cumsum({a[0]})"  # numpy's axis=None: the flattened tensor
+    return f"{a[0]}.cumsum({k['axis']})" if r.random() < 0.4 else \
+        f"lm.cumsum({a[0]}, axis={k['axis']})"
+
+
+SPELLINGS["cumsum"] = [_cumsum]
+
+
+def _pad_pairs(k):
+    if any(k["interior"]):
+        return None
+    return tuple(zip(k["lo"], k["hi"]))
+
+
+def _lm_pad(a, k, t, r):
+    """lm.pad (numpy's convention) in any of its modes; only the constant mode with 0 is the
+    drawn op itself, the others copy elements (take) instead."""
+    pairs = _pad_pairs(k)
+    if pairs is None:
+        return None
+    modes = ["constant", "constant"]
+    if all(n > 0 for n, p in zip(t[0].shape, pairs) if any(p)):
+        modes += ["edge", "replicate", "reflect", "symmetric", "wrap"]
+    mode = str(r.choice(modes))
+    width = fmt(pairs)
+    if len(set(pairs)) == 1 and r.random() < 0.4:  # the same pair for every axis
+        lo, hi = pairs[0]
+        width = str(lo) if lo == hi else fmt(pairs[0])
+    if mode == "constant" and r.random() < 0.5:
+        return f"lm.pad({a[0]}, {width}, constant_values={fmt(float(r.choice([-1.5, 2.0])))})"
+    return f"lm.pad({a[0]}, {width}, mode={mode!r})"
+
+
+def _torch_pad(a, k, t, r):
+    """nn.functional.pad: (left, right) widths from the last axis backwards, in the modes whose
+    limits (PyTorch's) the widths meet."""
+    pairs = _pad_pairs(k)
+    if pairs is None or not pairs:
+        return None
+    used = int(r.integers(1, len(pairs) + 1))
+    if any(pairs[:len(pairs) - used]):
+        used = len(pairs)
+    flat = tuple(v for p in reversed(pairs[len(pairs) - used:]) for v in p)
+    shape = t[0].shape[len(pairs) - used:]
+    tail = pairs[len(pairs) - used:]
+    modes = ["constant"]
+    if all(n > 0 for n, p in zip(shape, tail) if any(p)):
+        modes.append("replicate")
+        if all(max(p) <= n for n, p in zip(shape, tail)):
+            modes.append("circular")
+        if all(max(p) < n for n, p in zip(shape, tail) if any(p)):
+            modes.append("reflect")
+    mode = str(r.choice(modes))
+    value = f", value={fmt(float(r.choice([0.0, 0.5, -2.0])))}" if mode == "constant" else ""
+    return f"lm.nn.functional.pad({a[0]}, {fmt(flat)}, mode={mode!r}{value})"
+
+
+SPELLINGS["pad"] = [_lm_pad, _torch_pad]
+
 # ops whose domain is written for their public spelling (matmul takes 1-D vectors there)
 PUBLIC_ONLY = {"matmul"}
 

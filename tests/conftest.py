@@ -16,7 +16,7 @@ from lamina.backends import runnable
 # Without a GPU, test modules in INTERPRETED also run triton under Triton's interpreter: every
 # op's kernels checked against numpy (the interpreter is too slow for the training tests).
 _CHOSEN = [b.strip() for b in os.environ.get("LAMINA_TEST_BACKENDS", "").split(",") if b.strip()]
-INTERPRETED = {"test_ops"}
+INTERPRETED = {"test_ops", "test_ops_math2"}
 
 
 def _default_backends() -> list[str]:

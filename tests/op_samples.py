@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -192,6 +192,49 @@ def take_by_hand(x, idx, axis):
     return x[(slice(None),) * axis + (idx,)]  # numpy fancy indexing: negatives wrap
 
 
+def floor_by_hand(x):
+    t = np.trunc(x)
+    return t - (x < t).astype(t.dtype)
+
+
+def round_by_hand(x):
+    """Halves to even, from floor and the fraction (not np.round)."""
+    f = floor_by_hand(x)
+    d = x - f
+    even = f - 2 * floor_by_hand(f / 2) == 0
+    return np.where(d > 0.5, f + 1, np.where(d < 0.5, f, np.where(even, f, f + 1)))
+
+
+def floor_divide_by_hand(x, y):
+    q = floor_by_hand(x / y)
+    return q if x.dtype.kind == "f" else q.astype(x.dtype)
+
+
+def remainder_by_hand(x, y):
+    r = x - y * floor_by_hand(x / y)
+    return r if x.dtype.kind == "f" else r.astype(x.dtype)
+
+
+def cumsum_by_hand(x, axis, reverse=False):
+    """Prefix sums as a product with a triangular matrix (not np.cumsum)."""
+    wide = x.astype(np.float64 if x.dtype.kind == "f" else np.int64)
+    moved = np.moveaxis(wide, axis, -1)
+    n = moved.shape[-1]
+    tri = (np.tril if reverse else np.triu)(np.ones((n, n), wide.dtype))
+    return np.moveaxis(moved @ tri, -1, axis)
+
+
+def away_from_multiples(shape):
+    """(x, y) with y away from 0 and x / y away from integers (a smooth remainder)."""
+
+    def make(rng, d):
+        y = away(shape)(rng, d)[0]
+        k = rng.integers(-3, 4, shape)
+        return [(y * (k + rng.uniform(0.2, 0.8, shape))).astype(d), y]
+
+    return make
+
+
 # --- Philox-4x32-10, written from the paper (Salmon et al., SC'11) with Python integers -------
 
 M32 = 0xFFFFFFFF
@@ -344,6 +387,51 @@ SAMPLES: dict[str, list[Case]] = {
             Case("known", fixed([0.0, 0.5, 1.0, -0.3, 2.0]),
                  lambda x: np.array([0.0, 0.5204998778130465, 0.8427007929497149,
                                      -0.3286267594591274, 0.9953222650189527]), grad=False)],
+    # --- trigonometry and rounding --------------------------------------------------------------
+    "sin": [Case("basic", rand((3, 4), lo=-4, hi=4), lambda x: np.imag(np.exp(1j * x))),
+            Case("quadrants", fixed([0.0, -0.0, math.pi / 2, math.pi, 1.5 * math.pi, -math.pi / 2,
+                                     2 * math.pi, 100.0, -12345.678, 3e5]),
+                 lambda x: np.imag(np.exp(1j * x)), grad=False)],
+    "cos": [Case("basic", rand((3, 4), lo=-4, hi=4), lambda x: np.real(np.exp(1j * x))),
+            Case("quadrants", fixed([0.0, math.pi / 2, math.pi, 1.5 * math.pi, -math.pi / 2,
+                                     100.0, -12345.678, 3e5]),
+                 lambda x: np.real(np.exp(1j * x)), grad=False)],
+    "floor": [Case("basic", rand((3, 4), lo=-5, hi=5), floor_by_hand, dtypes=NUMERIC),
+              Case("edges", fixed([-0.5, -1.0, 2.5, -2.5, 0.0, 1e-3, -1e-3, 7.0]),
+                   floor_by_hand, dtypes=NUMERIC)],
+    "ceil": [Case("basic", rand((3, 4), lo=-5, hi=5), lambda x: -floor_by_hand(-x),
+                  dtypes=NUMERIC),
+             Case("edges", fixed([-0.5, -1.0, 2.5, -2.5, 0.0, 1e-3, -1e-3, 7.0]),
+                  lambda x: -floor_by_hand(-x), dtypes=NUMERIC)],
+    "round": [Case("basic", rand((3, 4), lo=-5, hi=5), round_by_hand, dtypes=NUMERIC),
+              Case("halves", fixed([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999997, 3.7, -3.7]),
+                   round_by_hand, dtypes=FLOATS)],
+    "floor_divide": _binary_arith(floor_divide_by_hand, nonzero_y=True) + [
+        Case("int_edges", fixed([7, -7, 7, -7, 0, 5, -5], [2, 2, -2, -2, 3, 0, -1]),
+             lambda x, y: np.array([3, -4, -4, 3, 0, 0, 5]), dtypes=INTS),
+        Case("float_edges", fixed([1.0, -1.0, 7.5, -7.5, 0.25], [0.0, 0.0, 2.0, -2.0, -4.0]),
+             lambda x, y: np.array([np.inf, -np.inf, 3.0, 3.0, -1.0]), grad=False)],
+    "remainder": [Case("smooth", away_from_multiples((3, 4)), remainder_by_hand),
+                  Case("bcast_41_3", away_from_multiples((4, 3)), remainder_by_hand)] +
+    [replace(c, grad=False) for c in _binary_arith(remainder_by_hand, dtypes=INTS,
+                                                   nonzero_y=True)] + [
+        Case("int_edges", fixed([7, -7, 7, -7, 0, 5, -5], [2, 2, -2, -2, 3, 0, -1]),
+             lambda x, y: np.array([1, 1, -1, -1, 0, 0, 0]), dtypes=INTS, grad=False),
+        Case("float_signs", fixed([5.0, -5.0, 5.0, -5.0, 0.0], [3.0, 3.0, -3.0, -3.0, 2.0]),
+             lambda x, y: np.array([2.0, 1.0, -1.0, -2.0, 0.0]), grad=False)],
+    # --- scans -----------------------------------------------------------------------------------
+    "cumsum": [
+        Case("axis1", rand((3, 4, 5)), lambda x: cumsum_by_hand(x, 1), {"axis": 1},
+             dtypes=ALL, result=lambda d: d if d.kind == "f" else I64),
+        Case("last_reverse", rand((3, 6)), lambda x: cumsum_by_hand(x, 1, True),
+             {"axis": -1, "reverse": True}, dtypes=ALL,
+             result=lambda d: d if d.kind == "f" else I64),
+        Case("axis0_reverse", rand((5, 3)), lambda x: cumsum_by_hand(x, 0, True),
+             {"axis": 0, "reverse": True}, dtypes=NUMERIC,
+             result=lambda d: d if d.kind == "f" else I64),
+        Case("1d", rand((7,)), lambda x: cumsum_by_hand(x, 0), {"axis": 0}, dtypes=NUMERIC,
+             result=lambda d: d if d.kind == "f" else I64),
+    ],
     # --- binary arithmetic ------------------------------------------------------------------
     "add": _binary_arith(lambda x, y: x + y),
     "sub": _binary_arith(lambda x, y: x + (-y)),

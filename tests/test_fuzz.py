@@ -256,9 +256,14 @@ def test_minimizer_shrinks_a_failure_to_a_standalone_repro(tmp_path, monkeypatch
     there, where nothing is broken)."""
     _break_numpy_backend(monkeypatch, lambda inputs, outs: [
         o * np.float32(1.01) if o.dtype == np.float32 else o for o in outs])
-    index = next(i for i in range(100) if len(generate(2, i).steps) > 8)
-    p = generate(2, index)
-    found = [f for f in check(p, ["numpy"]).findings if f.kind == "wrong"]
+    # the first long program whose float32 outputs the breakage reaches (a program whose only
+    # float32 output is round(uniform) drawn from lamina's global key, advanced by whichever
+    # tests ran before, may be all zeros: 1% of 0 is 0)
+    for index in (i for i in range(100) if len(generate(2, i).steps) > 8):
+        p = generate(2, index)
+        found = [f for f in check(p, ["numpy"]).findings if f.kind == "wrong"]
+        if found:
+            break
     assert found
     q = minimize(p, found[0], budget_s=120)
     assert len(q.steps) < len(p.steps)

@@ -266,10 +266,26 @@ graph @kernels(%x: f32[4,3], %b: f32[3]) {
 }
 """
 
+# trigonometry, rounding, floor division, remainder and scans
+MATH2 = """
+graph @math2(%x: f32[2,3], %y: f32[3], %i: i32[2,3]) {
+  %0 = sin(%x) : f32[2,3]
+  %1 = cos(%x) : f32[2,3]
+  %2 = floor(%x) : f32[2,3]
+  %3 = ceil(%x) : f32[2,3]
+  %4 = round(%x) : f32[2,3]
+  %5 = floor_divide(%x, %y) : f32[2,3]
+  %6 = remainder(%x, %y) : f32[2,3]
+  %7 = cumsum(%x) {axis=1, reverse=false} : f32[2,3]
+  %8 = cumsum(%i) {axis=0, reverse=true} : i64[2,3]
+  return %0, %1, %2, %3, %4, %5, %6, %7, %8
+}
+"""
+
 ROUNDTRIP_CASES = {
     "every_op": EVERY_OP, "with_grad": WITH_GRAD, "state": STATE, "constants": CONSTANTS,
     "attrs": ATTRS, "empty": EMPTY, "passthrough": PASSTHROUGH, "scalars": SCALARS,
-    "locations": LOCATIONS, "zero_size": ZERO_SIZE, "kernels": KERNELS,
+    "locations": LOCATIONS, "zero_size": ZERO_SIZE, "kernels": KERNELS, "math2": MATH2,
 }
 
 
@@ -284,7 +300,7 @@ def test_roundtrip_cases_cover_every_registered_op():
 
 
 @pytest.mark.parametrize("name", ["every_op", "state", "constants", "attrs", "scalars",
-                                  "zero_size", "passthrough", "kernels"])
+                                  "zero_size", "passthrough", "kernels", "math2"])
 def test_reparsed_graph_behaves_the_same(name, rng):
     g = roundtrip(ROUNDTRIP_CASES[name])
     assert_same_behaviour(g, parse(print_graph(g)), rng)

@@ -496,3 +496,15 @@ def test_reductions_with_no_rows(red):
         for keepdims in (True, False):
             _check(lambda x: getattr(x, red)(axis=axis, keepdims=keepdims) + 1, _randn(*shape),
                    compile_for="sm_80")
+
+
+def test_a_row_result_reshaped_with_other_unit_axes():
+    """Checker seed 0, program 55: the gradient of where(c[2,2,2], x[2,2,1], y[1,2,2,2]) for x
+    sums over axes (0, 3) of [1,2,2,2] (keepdims) and reshapes to [2,2,1]: the same row index
+    with other size-1 axes, which read the reduction through a new flat index (refused as
+    another row's). A flat index depends on the axes that are not 1 only."""
+    c = np.array([[[False, True], [False, True]], [[True, False], [False, False]]])
+    x = RNG.standard_normal((2, 2, 1)).astype(f32)
+    y = RNG.standard_normal((1, 2, 2, 2)).astype(f32)
+    _check(lm.grad(lambda c, x, y: (lm.erf(lm.where(c, x, y)) ** 2).sum(), argnums=1), c, x, y,
+           compile_for="sm_80")

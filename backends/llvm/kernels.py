@@ -12,6 +12,9 @@ directly or hand chunks of it to the thread pool (``pool.py``). Kinds (``classif
                 accumulating into the result, then apply what follows the reduction
     gemm        the shared GEMM (``gemm.py``) with the kernel's other ops as its epilogue
     scatter     scatter_add (sequential)
+    scan        a scan (cumsum) over its fused operand: along the axis in order, per row with
+                the running value in a register when no axis after it varies, else a slice at
+                a time (each step reads the previous step's slice of the result)
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ def classify(kernel: Node) -> str:
         return "gemm"
     if "scatter_add" in ops:
         return "scatter"
+    if any(get_op(o).kind == "scan" for o in ops):
+        return "scan"
     reductions = [n for n in region.nodes if n.op in REDUCTIONS]
     root = region.outputs[0]
     if reductions:
@@ -444,6 +449,68 @@ class KernelEmitter:
         self.lo, self.hi = ir.Constant(I64, 0), ir.Constant(I64, 1)
         self.nest(g.shape, body, None)
         return 1, math.prod(g.shape)
+
+    # --- scan -------------------------------------------------------------------------------
+
+    def emit_scan(self):
+        em = self._em = self.emitter()
+        b = self.b
+        s = self.root
+        if get_op(s.op).kind != "scan":
+            raise AssertionError("a scan kernel's result is the scan")
+        x = s.inputs[0]
+        a, reverse = s.attrs["axis"], s.attrs["reverse"]
+        shape = s.shape
+        n = shape[a]
+        out = self.output_pointer()
+        outer = tuple(1 if i == a else d for i, d in enumerate(shape))
+        par = self.par_axis(outer)
+
+        def term(idx):
+            v = em.value(x, idx)
+            return v if x.dtype is s.dtype else L.convert(b, v, x.dtype, s.dtype)
+
+        def at(k):  # the position along the axis of step k
+            return b.sub(em.c64(n - 1), k) if reverse else k
+
+        def step(k, prev, v):
+            # the first element is copied (numpy keeps a -0.0 there), the others added
+            first = b.icmp_signed("==", k, em.c64(0))
+            return b.select(first, v, L.LOWER["add"](self.cx, s, prev, v))
+
+        if not any(d > 1 for d in shape[a + 1:]):
+            acc = self.alloca(L.compute_type(s.dtype))
+
+            def row(idx):
+                with self.loops.range(b, em.c64(0), em.c64(n), "s") as k:
+                    em.push()
+                    full = list(idx)
+                    full[a] = at(k)
+                    cur = step(k, b.load(acc), term(full))
+                    b.store(cur, acc)
+                    em.store(out, em.linear(full, shape), cur, s.dtype)
+                    em.pop()
+
+            self.nest(outer, row, par)
+        else:
+            with self.loops.range(b, em.c64(0), em.c64(n), "s") as k:
+                em.push()
+                pos = at(k)
+                # step 0 reads its own (unwritten) slice and discards it: always in bounds
+                before = b.select(b.icmp_signed("==", k, em.c64(0)), pos,
+                                  b.add(pos, em.c64(1)) if reverse else b.sub(pos, em.c64(1)))
+
+                def body(idx):
+                    prev = list(idx)
+                    prev[a] = before
+                    old = em.load(out, em.linear(prev, shape), s.dtype)
+                    em.store(out, em.linear(idx, shape), step(k, old, term(idx)), s.dtype)
+
+                self.nest(outer, body, par, fixed={a: pos})
+                em.pop()
+        if not math.prod(shape):
+            return 0, 0
+        return (outer[par] if par is not None else 1), math.prod(shape)
 
     # --- gemm -------------------------------------------------------------------------------
 

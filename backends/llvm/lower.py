@@ -190,6 +190,67 @@ for _name in ("exp", "log", "sigmoid", "softplus", "erf"):
 LOWER["tanh"] = _unary_math("tanh_fast")
 
 
+# --- trigonometry, rounding, floor division and remainder ---------------------------------------
+
+
+@lowers("sin", "cos")
+def lower_trig(cx, node, x):
+    from lamina.backends.llvm import trig
+
+    return getattr(trig, node.op)(cx.b, x)
+
+
+@lowers("floor", "ceil", "round")
+def lower_rounding(cx, node, x):
+    if not _is_float(x):
+        return x  # integers are whole already
+    # rint rounds halves to even in the default floating-point environment (numpy's round)
+    return cx.call({"floor": "floor", "ceil": "ceil", "round": "rint"}[node.op], x)
+
+
+def _int_divmod(b, x, y):
+    """numpy's integer floor division and remainder. x // 0 and x % 0 are 0 (numpy's values);
+    the hardware division never sees 0 or -1 (x86 traps on INT_MIN / -1): x // -1 is -x,
+    wrapping for INT_MIN as numpy does."""
+    zero, one = ir.Constant(x.type, 0), ir.Constant(x.type, 1)
+    by_zero = b.icmp_signed("==", y, zero)
+    by_minus_one = b.icmp_signed("==", y, ir.Constant(x.type, -1))
+    safe = b.select(b.or_(by_zero, by_minus_one), one, y)
+    q, r = b.sdiv(x, safe), b.srem(x, safe)  # truncated: r has the sign of x
+    fix = b.and_(b.icmp_signed("!=", r, zero),
+                 b.xor(b.icmp_signed("<", r, zero), b.icmp_signed("<", y, zero)))
+    q = b.select(fix, b.sub(q, one), q)
+    q = b.select(by_minus_one, b.sub(zero, x), b.select(by_zero, zero, q))
+    return q, b.select(fix, b.add(r, y), r)
+
+
+def _float_divmod(cx, x, y):
+    """numpy's float floor division and remainder (its npy_divmod, step by step, so that every
+    special case agrees): mod = fmod(x, y) (exact), moved into the sign of y; the quotient
+    (x - mod) / y, an integer up to rounding, rounded to the nearest integer."""
+    b = cx.b
+    t = x.type
+    zero, one, half = ir.Constant(t, 0.0), ir.Constant(t, 1.0), ir.Constant(t, 0.5)
+    mod = b.frem(x, y)  # C's fmod (a libm call per element: exact)
+    div = b.fdiv(b.fsub(x, mod), y)
+    moved = b.and_(b.fcmp_unordered("!=", mod, zero),  # NaN counts as nonzero, as in C
+                   b.xor(b.fcmp_ordered("<", y, zero), b.fcmp_ordered("<", mod, zero)))
+    mod = b.select(moved, b.fadd(mod, y), mod)
+    div = b.select(moved, b.fsub(div, one), div)
+    mod = b.select(b.fcmp_ordered("==", mod, zero), cx.call("copysign", zero, y), mod)
+    fl = cx.call("floor", div)
+    fl = b.select(b.fcmp_ordered(">", b.fsub(div, fl), half), b.fadd(fl, one), fl)
+    fl = b.select(b.fcmp_ordered("==", div, zero), cx.call("copysign", zero, b.fdiv(x, y)), fl)
+    by_zero = b.fcmp_ordered("==", y, zero)
+    return b.select(by_zero, b.fdiv(x, y), fl), b.select(by_zero, b.frem(x, y), mod)
+
+
+@lowers("floor_divide", "remainder")
+def lower_divmod(cx, node, x, y):
+    q, r = _float_divmod(cx, x, y) if _is_float(x) else _int_divmod(cx.b, x, y)
+    return q if node.op == "floor_divide" else r
+
+
 # --- comparisons and logic --------------------------------------------------------------------
 
 _CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}

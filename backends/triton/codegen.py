@@ -12,6 +12,7 @@ Kinds (``classify``):
              views (transpose, reshape, broadcast) and its elementwise epilogue applied to the
              accumulator before the only store
     scatter  scatter_add: a zero fill, then atomic adds
+    scan     cumsum: rows x positions along the axis per program, ``tl.cumsum`` (``scan.py``)
 
 Values are evaluated on demand at a multi-index (``Gen.value``), as the LLVM backend's emitter
 does: elementwise ops evaluate their operands at the broadcast index, shape ops only transform
@@ -28,6 +29,7 @@ import math
 
 from lamina.backends.triton.index import Indexing, Ix
 from lamina.backends.triton.scalar import HELPERS, LOW, POINTER, TV, ScalarMath, tl_type
+from lamina.backends.triton.scan import ScanKernel
 from lamina.backends.triton.spec import KernelSource
 from lamina.ir import dtypes as dt
 from lamina.ir.errors import LaminaError
@@ -57,12 +59,14 @@ def classify(kernel: Node) -> str:
         return "gemm"
     if "scatter_add" in ops:
         return "scatter"
+    if any(get_op(o).kind == "scan" for o in ops):
+        return "scan"
     if ops & set(REDUCTIONS):
         return "row"
     return "loop"
 
 
-class Gen(Indexing, ScalarMath):
+class Gen(Indexing, ScalarMath, ScanKernel):
     """Builds the body of one kernel: lines of Python, values memoized per scope."""
 
     def __init__(self, kernel: Node, name: str, error_codes: dict[int, int], guarded: bool,
@@ -552,6 +556,8 @@ class Gen(Indexing, ScalarMath):
             grid, warps = self.row_kernel()
         elif kind == "gemm":
             grid, warps, stages = self.gemm_kernel()
+        elif kind == "scan":
+            grid, warps = self.scan_kernel()
         else:
             grid, warps = self.scatter_kernel()
         args = [f"a{i}" for i in range(len(self.params))] + ["out"]

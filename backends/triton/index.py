@@ -46,8 +46,10 @@ class Indexing:
     @staticmethod
     def _key(idx, shape) -> tuple:
         """What the flat index of ``idx`` into ``shape`` depends on: the index along a size-1
-        axis is 0 wherever it is valid, so it is left out."""
-        return tuple(i.e for i, d in zip(idx, shape) if d != 1), tuple(shape)
+        axis is 0 wherever it is valid, so it is left out, and so is the axis itself (shapes
+        that differ in size-1 axes only share flat indices: a row's ``r`` through a reshape)."""
+        return (tuple(i.e for i, d in zip(idx, shape) if d != 1),
+                tuple(d for d in shape if d != 1))
 
     def remember(self, idx, shape, flat: Ix) -> None:
         """``flat`` is the flat index of ``idx`` into ``shape``. The first one stays: a row's

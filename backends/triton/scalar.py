@@ -149,6 +149,15 @@ class ScalarMath:
             text = self.tanh(e[0], d)
         elif op == "pow":
             text = self.pow(e[0], e[1], d)
+        elif op in ("sin", "cos"):
+            text = f"tl.{op}({e[0]})"  # libdevice's sinf/cos on a GPU: full range reduction
+        elif op in ("floor", "ceil"):
+            text = f"tl.{op}({e[0]})" if d.is_float else e[0]
+        elif op == "round":
+            text = self.round_even(e[0], d) if d.is_float else e[0]
+        elif op in ("floor_divide", "remainder"):
+            q, m = (self.divmod_float if d.is_float else self.divmod_int)(e[0], e[1], d)
+            text = q if op == "floor_divide" else m
         elif op in ("eq", "ne", "lt", "le", "gt", "ge"):
             sym = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}[op]
             text = f"{e[0]} {sym} {e[1]}"
@@ -228,6 +237,52 @@ class ScalarMath:
         r = self.tmp(f"tl.where({xw} < 0, {neg}, {mag})")
         r = self.tmp(f"tl.where(({yw} == 0) | ({xw} == 1), {one}, {r})")
         return f"{r}.to({tl_type(d)})"
+
+    def round_even(self, x: str, d: dt.DType) -> str:
+        """The nearest integer, halves to even (Triton has no rint): from floor(|x|) and the
+        exact fraction |x| - floor(|x|); the sign of x kept (round(-0.3) is -0.0)."""
+        f = lambda v: self.f(d, v)  # noqa: E731
+        a = self.tmp(f"tl.abs({x})")
+        r = self.tmp(f"tl.floor({a})")
+        frac = self.tmp(f"{a} - {r}")
+        odd = self.tmp(f"({r} - {f(2.0)} * tl.floor({r} * {f(0.5)})) == {f(1.0)}")
+        up = self.tmp(f"({frac} > {f(0.5)}) | (({frac} == {f(0.5)}) & {odd})")
+        r = self.tmp(f"tl.where({up}, {r} + {f(1.0)}, {r})")
+        return f"tl.where({x} < 0, -{r}, tl.where({x} == 0, {x}, {r}))"
+
+    def divmod_float(self, x: str, y: str, d: dt.DType) -> tuple[str, str]:
+        """numpy's float floor division and remainder (its npy_divmod step by step, as the
+        LLVM backend does): fmod (``%``), moved into the sign of y, and the quotient
+        (x - mod) / y rounded to the nearest integer. NOTE: the interpreter's ``%`` is numpy's
+        exact fmod; on a GPU Triton computes it as x - trunc(x / y) * y with one FMA, which
+        the sign move turns into the right remainder (to an ulp) while |x / y| < 2^24."""
+        f = lambda v: self.f(d, v)  # noqa: E731
+        mod = self.tmp(f"{x} % {y}")  # C's fmod
+        div = self.tmp(self.div(f"{x} - {mod}", y, d))
+        moved = self.tmp(f"({mod} != 0) & (({y} < 0) != ({mod} < 0))")  # NaN != 0
+        mod = self.tmp(f"tl.where({moved}, {mod} + {y}, {mod})")
+        div = self.tmp(f"tl.where({moved}, {div} - {f(1.0)}, {div})")
+        mod = self.tmp(f"tl.where({mod} == 0, tl.where({y} < 0, {f(-0.0)}, {f(0.0)}), {mod})")
+        fl = self.tmp(f"tl.floor({div})")
+        fl = self.tmp(f"tl.where({div} - {fl} > {f(0.5)}, {fl} + {f(1.0)}, {fl})")
+        q = self.tmp(self.div(x, y, d))
+        # a zero quotient has the sign of x / y (finite there: |x| < |y|)
+        fl = self.tmp(f"tl.where({div} == 0, {q} * {f(0.0)}, {fl})")
+        return self.tmp(f"tl.where({y} == 0, {q}, {fl})"), mod
+
+    def divmod_int(self, x: str, y: str, d: dt.DType) -> tuple[str, str]:
+        """numpy's integer floor division and remainder: by 0 both are 0, x // -1 is -x
+        (wrapping), and the hardware division sees neither."""
+        t = tl_type(d)
+        by_zero = self.tmp(f"{y} == 0")
+        by_m1 = self.tmp(f"{y} == -1")
+        safe = self.tmp(f"tl.where({by_zero} | {by_m1}, 1, {y}).to({t})")
+        q = self.tmp(f"{x} // {safe}")  # truncated (C), like the remainder below
+        r = self.tmp(f"{x} % {safe}")
+        fix = self.tmp(f"({r} != 0) & (({r} < 0) != ({y} < 0))")
+        q = self.tmp(f"tl.where({fix}, {q} - 1, {q})")
+        q = self.tmp(f"tl.where({by_m1}, -{x}, tl.where({by_zero}, 0, {q})).to({t})")
+        return q, self.tmp(f"tl.where({fix}, {r} + {y}, {r})")
 
     @staticmethod
     def cast(x: str, src: dt.DType, dst: dt.DType) -> str:

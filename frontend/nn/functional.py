@@ -125,3 +125,18 @@ def linear(x, weight, bias=None):
 
 from lamina.frontend.nn.norm import batch_norm, group_norm, layer_norm, rms_norm  # noqa: E402,F401
 from lamina.frontend.nn.sparse import embedding  # noqa: E402,F401
+
+
+def pad(input, pad, mode: str = "constant", value=None):
+    """PyTorch's ``F.pad``: ``pad`` lists (left, right) widths from the last axis backwards
+    (``(1, 1, 2, 0)`` pads the last axis by 1 on both sides and the one before by 2 in front).
+    Modes "constant" (``value``, default 0; negative widths crop), "reflect" (widths below the
+    axis' size), "replicate" and "circular".
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.nn.functional.pad(np.array([[1.0, 2.0]], np.float32), (1, 2), mode="replicate")
+    array([[1., 1., 2., 2., 2.]], dtype=float32)
+    """
+    from lamina.frontend.padding import pad_torch
+
+    return run(lambda b, v: pad_torch(b, v, pad, mode, value), input)

@@ -6,6 +6,7 @@ from lamina.ir.ops import (  # noqa: F401
     linalg,
     nn,
     reduce,
+    scan,
     shape,
     source,
     special,

@@ -90,6 +90,36 @@ _unary("relu", lambda x: np.maximum(x, 0).astype(x.dtype),
 _unary("erf", _erf, lambda g, out, x: (g * (2 / math.sqrt(math.pi)) * op.exp(-(x * x)),),
        doc="the error function")
 
+# --- trigonometry and rounding ---------------------------------------------------------------
+
+
+def _trig(fn):
+    def ref(x):
+        with np.errstate(invalid="ignore"):  # sin(inf) is NaN, as IEEE says
+            return fn(x)
+
+    return ref
+
+
+def _round_ref(x):
+    return np.round(x)  # half to even (numpy's rint); integers are returned unchanged
+
+
+# sin/cos: the CPU backend reduces the argument exactly (any float32, see backends/llvm/trig.py)
+# and is within 1 ulp; the domain keeps to the range models use (angles, timestep embeddings).
+_TRIG = Domain(Operand("fi", lo=-100.0, hi=100.0), ulps=_MATH_ULPS)
+_unary("sin", _trig(np.sin), lambda g, out, x: (g * op.cos(x),), doc="sine (radians)",
+       domain=_TRIG)
+_unary("cos", _trig(np.cos), lambda g, out, x: (-(g * op.sin(x)),), doc="cosine (radians)",
+       domain=_TRIG)
+# floor, ceil, round: piecewise constant, so no cotangent flows through them (as in JAX and
+# PyTorch); integers pass through unchanged (numpy 2 and PyTorch keep their dtype).
+_ROUNDING = Domain(Operand("fi", lo=-10.0, hi=10.0))
+_unary("floor", np.floor, ZERO_GRAD, "fi", "the largest integer <= x", domain=_ROUNDING)
+_unary("ceil", np.ceil, ZERO_GRAD, "fi", "the smallest integer >= x", domain=_ROUNDING)
+_unary("round", _round_ref, ZERO_GRAD, "fi", "the nearest integer, halves to even",
+       domain=_ROUNDING)
+
 # --- binary arithmetic ------------------------------------------------------------------------
 
 
@@ -138,6 +168,26 @@ _binary("div", _div, lambda g, out, x, y: (g / y, -g * out / y), "f", "x / y",
 _binary("pow", _pow, _pow_vjp, "f", "x ** y",
         domain=Domain(Operand("fi", lo=0.1, hi=4.0),
                       broadcasting(Operand("f", lo=-3.0, hi=3.0)), ulps=_MATH_ULPS))
+# numpy's floor division and remainder (``//`` and ``%``): the remainder has the sign of the
+# divisor and x == y * (x // y) + x % y. Integer division by zero gives 0 for both (numpy's
+# result; it warns, lamina does not), and x // -1 wraps for the most negative integer as numpy.
+_DIVISOR = Domain(Operand("fi"), broadcasting(Operand("fi", min_abs=0.25)), ulps=2)
+
+
+def _floor_divide(x, y):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.floor_divide(x, y)
+
+
+def _remainder(x, y):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.remainder(x, y)
+
+
+_binary("floor_divide", _floor_divide, ZERO_GRAD, doc="x // y: floor(x / y)", domain=_DIVISOR)
+_binary("remainder", _remainder,
+        lambda g, out, x, y: (g, -(g * op.floor_divide(x, y))),
+        doc="x % y: x - y * floor(x / y), the sign of y", domain=_DIVISOR)
 _binary("maximum", np.maximum, _max_vjp, doc="elementwise max")
 _binary("minimum", np.minimum, _min_vjp, doc="elementwise min")
 

@@ -83,11 +83,14 @@ def _forward(name):
     return method
 
 
-for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-              "__truediv__", "__rtruediv__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__",
-              "__neg__", "__pos__", "__abs__", "__lt__", "__le__", "__gt__", "__ge__",
-              "__getitem__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__",
-              "__divmod__", "__rdivmod__"):
+# The operators a state tensor (and a view of one) forwards to its operand.
+OPERATORS = ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+             "__truediv__", "__rtruediv__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__",
+             "__neg__", "__pos__", "__abs__", "__lt__", "__le__", "__gt__", "__ge__",
+             "__getitem__", "__floordiv__", "__rfloordiv__", "__mod__", "__rmod__",
+             "__divmod__", "__rdivmod__")
+
+for _name in OPERATORS:
     setattr(StateTensor, _name, _forward(_name))
 
 
@@ -213,8 +216,5 @@ class ParameterView:
         return f"<ParameterView {self.name} as {self.type}>"
 
 
-for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-              "__truediv__", "__rtruediv__", "__pow__", "__rpow__", "__matmul__", "__rmatmul__",
-              "__neg__", "__pos__", "__abs__", "__lt__", "__le__", "__gt__", "__ge__",
-              "__getitem__"):
+for _name in OPERATORS:
     setattr(ParameterView, _name, _forward(_name))

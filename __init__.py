@@ -66,6 +66,7 @@ from lamina.frontend.ops import (
     zeros,
     zeros_like,
 )
+from lamina.frontend.spatial import avg_pool, conv, conv_transpose, max_pool
 from lamina.frontend.tensor import Tensor
 from lamina.frontend.trace import trace
 from lamina.frontend.transforms import grad, value_and_grad
@@ -113,3 +114,4 @@ __all__ = [
     "stack", "std", "stop_gradient", "subtract", "sum", "take", "tanh", "trace", "transpose",
     "value_and_grad", "var", "where", "zeros", "zeros_like",
 ]
+__all__ += ["avg_pool", "conv", "conv_transpose", "max_pool"]  # convolution and pooling

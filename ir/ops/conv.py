@@ -72,12 +72,24 @@ def canon_padding(name: str, v, r: int) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def _spatial(name: str, types) -> int:
-    r = types[0].ndim - 2
+def spatial_ok(types) -> bool:
+    """Does the input have 1 or 2 spatial axes? (When not, canon leaves the attributes as
+    given and the type rule reports the dtype first, then the rank.)"""
+    return 1 <= types[0].ndim - 2 <= MAX_SPATIAL
+
+
+def check_spatial(name: str, t) -> int:
+    r = t.ndim - 2
     if not 1 <= r <= MAX_SPATIAL:
-        raise LaminaError(f"{name}: the input must be [N, C, L] (1-D) or [N, C, H, W] (2-D), "
-                          f"got {types[0]}")
+        raise ShapeError(f"{name}: the input must be [N, C, L] (1-D) or [N, C, H, W] (2-D), "
+                         f"got {t}")
     return r
+
+
+def _raw(attrs, defaults: dict) -> dict:
+    for k, v in defaults.items():
+        attrs.setdefault(k, v)
+    return attrs
 
 
 def out_size(n: int, lo: int, hi: int, k: int, stride: int, dilation: int) -> int:
@@ -88,7 +100,9 @@ def out_size(n: int, lo: int, hi: int, k: int, stride: int, dilation: int) -> in
 
 
 def _conv_canon(types, attrs):
-    r = _spatial("conv", types)
+    if not spatial_ok(types):
+        return _raw(attrs, {"stride": 1, "padding": 0, "dilation": 1, "groups": 1})
+    r = types[0].ndim - 2
     attrs["stride"] = _ints("conv", "stride", attrs.get("stride", 1), r, 1)
     attrs["dilation"] = _ints("conv", "dilation", attrs.get("dilation", 1), r, 1)
     attrs["padding"] = canon_padding("conv", attrs.get("padding", 0), r)
@@ -102,7 +116,7 @@ def _conv_infer(types, attrs):
     x, w = types
     d = same_dtype("conv", types)
     _kinds("conv", x, "f")
-    r, G = x.ndim - 2, attrs["groups"]
+    r, G = check_spatial("conv", x), attrs["groups"]
     if w.ndim != x.ndim:
         raise ShapeError(f"conv: the weight must be [out_channels, in_channels/groups, "
                          f"{', '.join(['k'] * r)}] for the input {x}, got {w}")
@@ -276,7 +290,7 @@ def _conv_rest(g, t, attrs):
 
 defop("conv", arity=2, kind="contract", attrs=("stride", "padding", "dilation", "groups"),
       canon=_conv_canon, infer=_conv_infer, ref=conv_ref, vjp=_conv_vjp, promote=(0, 1),
-      float_only=True, domain=Domain(Operand("fi"), _conv_rest, _conv_attrs),
+      float_only=True, domain=Domain(Operand("fi", ranks=(3, 4)), _conv_rest, _conv_attrs),
       doc="N-d convolution (cross-correlation) of [N, C, *S] with [O, C/groups, *K], "
           "PyTorch's layout")
 
@@ -285,7 +299,10 @@ defop("conv", arity=2, kind="contract", attrs=("stride", "padding", "dilation", 
 
 
 def _convt_canon(types, attrs):
-    r = _spatial("conv_transpose", types)
+    if not spatial_ok(types):
+        return _raw(attrs, {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1,
+                            "groups": 1})
+    r = types[0].ndim - 2
     attrs["stride"] = _ints("conv_transpose", "stride", attrs.get("stride", 1), r, 1)
     attrs["dilation"] = _ints("conv_transpose", "dilation", attrs.get("dilation", 1), r, 1)
     attrs["padding"] = _ints("conv_transpose", "padding", attrs.get("padding", 0), r, 0)
@@ -317,6 +334,7 @@ def _convt_infer(types, attrs):
     x, w = types
     d = same_dtype("conv_transpose", types)
     _kinds("conv_transpose", x, "f")
+    check_spatial("conv_transpose", x)
     G = attrs["groups"]
     if w.ndim != x.ndim:
         raise ShapeError(f"conv_transpose: the weight must be [in_channels, "
@@ -398,6 +416,7 @@ def _convt_rest(g, t, attrs):
 defop("conv_transpose", arity=2, kind="composite",
       attrs=("stride", "padding", "output_padding", "dilation", "groups"),
       canon=_convt_canon, infer=_convt_infer, ref=_convt_ref, decompose=_convt_decompose,
-      promote=(0, 1), float_only=True, domain=Domain(Operand("fi"), _convt_rest, _convt_attrs),
+      promote=(0, 1), float_only=True,
+      domain=Domain(Operand("fi", ranks=(3, 4)), _convt_rest, _convt_attrs),
       doc="transposed convolution (PyTorch's conv_transpose: weight [C, O/groups, *K])")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from lamina.ir.builder import op
 from lamina.ir.errors import LaminaError, ShapeError
-from lamina.ir.ops.conv import MAX_SPATIAL, _ints, windows
+from lamina.ir.ops.conv import MAX_SPATIAL, _ints, _raw, check_spatial, spatial_ok, windows
 from lamina.ir.ops.domain import Domain, Operand
 from lamina.ir.ops.registry import defop
 from lamina.ir.ops.rules import _kinds
@@ -40,10 +40,10 @@ def pool_out_size(n, k, stride, padding, dilation, ceil_mode) -> int:
 
 def _pool_canon(name: str, dilated: bool):
     def canon(types, attrs):
+        if not spatial_ok(types) or attrs.get("kernel") is None:
+            defaults = {"kernel": None, "stride": None, "padding": 0, "ceil_mode": False}
+            return _raw(attrs, {**defaults, **({"dilation": 1} if dilated else {})})
         r = types[0].ndim - 2
-        if not 1 <= r <= MAX_SPATIAL:
-            raise LaminaError(f"{name}: the input must be [N, C, L] (1-D) or [N, C, H, W] "
-                              f"(2-D), got {types[0]}")
         k = attrs["kernel"] = _ints(name, "kernel", attrs["kernel"], r, 1)
         stride = attrs.get("stride")
         attrs["stride"] = k if stride is None else _ints(name, "stride", stride, r, 1)
@@ -82,6 +82,9 @@ def _pool_infer(name):
     def infer(types, attrs):
         t = types[0]
         _kinds(name, t, "f")
+        check_spatial(name, t)
+        if attrs["kernel"] is None:
+            raise LaminaError(f"{name}: kernel is required")
         return TensorType(t.shape[:2] + tuple(_sizes(name, t, attrs)), t.dtype)
 
     return infer
@@ -188,7 +191,7 @@ defop("max_pool", arity=1, kind="composite",
       attrs=("kernel", "stride", "padding", "dilation", "ceil_mode"),
       canon=_pool_canon("max_pool", True), infer=_pool_infer("max_pool"), ref=_max_ref,
       decompose=_max_decompose, float_only=True,
-      domain=Domain(Operand("fi"), attrs=_pool_attrs(True)),
+      domain=Domain(Operand("fi", ranks=(3, 4)), attrs=_pool_attrs(True)),
       doc="maximum over sliding windows (padding reads -inf; gradient to the first maximum)")
 
 
@@ -220,6 +223,8 @@ def _divisor(x_shape, out, attrs) -> np.ndarray:
 
 def _avg_canon(types, attrs):
     attrs = _pool_canon("avg_pool", False)(types, attrs)
+    if attrs["kernel"] is None or not spatial_ok(types):
+        return _raw(attrs, {"count_include_pad": True, "divisor_override": None})
     attrs["count_include_pad"] = bool(attrs.get("count_include_pad", True))
     d = attrs.get("divisor_override")
     attrs["divisor_override"] = None if d is None else int(d)
@@ -277,5 +282,5 @@ defop("avg_pool", arity=1, kind="composite",
              "divisor_override"),
       canon=_avg_canon, infer=_pool_infer("avg_pool"), ref=_avg_ref, decompose=_avg_decompose,
       float_only=True,
-      domain=Domain(Operand("fi"), attrs=_avg_attrs),
+      domain=Domain(Operand("fi", ranks=(3, 4)), attrs=_avg_attrs),
       doc="mean over sliding windows (PyTorch's divisor rules)")

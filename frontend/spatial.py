@@ -67,6 +67,14 @@ def _spatial_rank(w_ndim: int, fn: str) -> int:
     return r
 
 
+def _conv(b, x, w, stride, padding, dilation, groups):
+    r = _spatial_rank(w.ndim, "conv")
+    xb, added = _batched(x, r, "conv")
+    pad = _padding(padding, w.shape, stride, dilation, "conv")
+    y = b.call("conv", xb, w, stride=stride, padding=pad, dilation=dilation, groups=groups)
+    return y.reshape(y.shape[1:]) if added else y
+
+
 def conv(x, weight, stride=1, padding=0, dilation=1, groups: int = 1):
     """Convolution (cross-correlation, as PyTorch) of ``x`` [N, C, *spatial] with ``weight``
     [O, C/groups, *kernel]; 1-D or 2-D after the weight's rank. ``padding``: an int or one per
@@ -77,16 +85,15 @@ def conv(x, weight, stride=1, padding=0, dilation=1, groups: int = 1):
     >>> lm.conv(x, np.ones((1, 1, 3), np.float32), padding=1)
     array([[[ 1.,  3.,  6.,  9.,  7.]]], dtype=float32)
     """
+    return run(lambda b, x, w: _conv(b, x, w, stride, padding, dilation, groups), x, weight)
 
-    def f(b, x, w):
-        r = _spatial_rank(w.ndim, "conv")
-        xb, added = _batched(x, r, "conv")
-        pad = _padding(padding, w.shape, stride, dilation, "conv")
-        y = b.call("conv", xb, w, stride=stride, padding=pad, dilation=dilation,
-                   groups=groups)
-        return y.reshape(y.shape[1:]) if added else y
 
-    return run(f, x, weight)
+def _conv_transpose(b, x, w, stride, padding, output_padding, dilation, groups):
+    r = _spatial_rank(w.ndim, "conv_transpose")
+    xb, added = _batched(x, r, "conv_transpose")
+    y = b.call("conv_transpose", xb, w, stride=stride, padding=padding,
+               output_padding=output_padding, dilation=dilation, groups=groups)
+    return y.reshape(y.shape[1:]) if added else y
 
 
 def conv_transpose(x, weight, stride=1, padding=0, output_padding=0, dilation=1,
@@ -99,15 +106,8 @@ def conv_transpose(x, weight, stride=1, padding=0, output_padding=0, dilation=1,
     >>> lm.conv_transpose(x, np.ones((1, 1, 3), np.float32), stride=2)
     array([[[1., 1., 2., 1., 1.]]], dtype=float32)
     """
-
-    def f(b, x, w):
-        r = _spatial_rank(w.ndim, "conv_transpose")
-        xb, added = _batched(x, r, "conv_transpose")
-        y = b.call("conv_transpose", xb, w, stride=stride, padding=padding,
-                   output_padding=output_padding, dilation=dilation, groups=groups)
-        return y.reshape(y.shape[1:]) if added else y
-
-    return run(f, x, weight)
+    return run(lambda b, x, w: _conv_transpose(b, x, w, stride, padding, output_padding,
+                                               dilation, groups), x, weight)
 
 
 def _pool_rank(x, kernel_size, fn: str) -> int:
@@ -163,28 +163,22 @@ def _check_rank(w, r: int, fn: str):
         raise ShapeError(f"{fn}: the weight must have {r + 2} axes, got {w.type}", user_loc())
 
 
-def _with_bias(y, bias, fn: str, unbatched: bool):
-    if bias is None:
-        return y
-    axis = 0 if unbatched else 1
-
-    def f(b, y, bias):
-        if bias.shape != (y.shape[axis],):
-            raise ShapeError(f"{fn}: bias must be [{y.shape[axis]}] (one per output channel), "
-                             f"got {bias.type}", user_loc())
-        return y + bias.reshape((y.shape[axis],) + (1,) * (y.ndim - axis - 1))
-
-    return run(f, y, bias)
+def _with_bias(b, y, bias, fn: str, r: int):
+    axis = 0 if y.ndim == r + 1 else 1  # unbatched: the channels come first
+    if bias.shape != (y.shape[axis],):
+        raise ShapeError(f"{fn}: bias must be [{y.shape[axis]}] (one per output channel), "
+                         f"got {bias.type}", user_loc())
+    return y + bias.reshape((y.shape[axis],) + (1,) * (y.ndim - axis - 1))
 
 
 def _conv_nd(r: int, name: str):
     def fn(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-        def f(b, x, w):
+        def f(b, x, w, *bias):
             _check_rank(w, r, name)
-            return conv(x, w, stride, padding, dilation, groups)
+            y = _conv(b, x, w, stride, padding, dilation, groups)
+            return _with_bias(b, y, bias[0], name, r) if bias else y
 
-        y = run(f, input, weight)
-        return _with_bias(y, bias, name, np.ndim(y) == r + 1)
+        return run(f, input, weight, *([] if bias is None else [bias]))
 
     fn.__name__ = name
     fn.__doc__ = (f"PyTorch's ``torch.nn.functional.{name}``: ``input`` [N, C, ...] (or "
@@ -195,12 +189,12 @@ def _conv_nd(r: int, name: str):
 def _conv_transpose_nd(r: int, name: str):
     def fn(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
            dilation=1):
-        def f(b, x, w):
+        def f(b, x, w, *bias):
             _check_rank(w, r, name)
-            return conv_transpose(x, w, stride, padding, output_padding, dilation, groups)
+            y = _conv_transpose(b, x, w, stride, padding, output_padding, dilation, groups)
+            return _with_bias(b, y, bias[0], name, r) if bias else y
 
-        y = run(f, input, weight)
-        return _with_bias(y, bias, name, np.ndim(y) == r + 1)
+        return run(f, input, weight, *([] if bias is None else [bias]))
 
     fn.__name__ = name
     fn.__doc__ = (f"PyTorch's ``torch.nn.functional.{name}`` (note its argument order: "

@@ -83,7 +83,7 @@ def conv(x, weight, stride=1, padding=0, dilation=1, groups: int = 1):
     >>> import numpy as np, lamina as lm
     >>> x = np.arange(5, dtype=np.float32).reshape(1, 1, 5)
     >>> lm.conv(x, np.ones((1, 1, 3), np.float32), padding=1)
-    array([[[ 1.,  3.,  6.,  9.,  7.]]], dtype=float32)
+    array([[[1., 3., 6., 9., 7.]]], dtype=float32)
     """
     return run(lambda b, x, w: _conv(b, x, w, stride, padding, dilation, groups), x, weight)
 

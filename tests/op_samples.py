@@ -316,7 +316,7 @@ def conv_by_hand(x, w, stride, padding, dilation, groups):
     """out[n, o, p] = sum over the group's channels c and taps j of
     x[n, c, p * stride + j * dilation - lo] * w[o, c, j] (outside x: 0)."""
     r = x.ndim - 2
-    N, C, n = x.shape[0], x.shape[1], x.shape[2:]
+    N, n = x.shape[0], x.shape[2:]
     O, Cg, k = w.shape[0], w.shape[1], w.shape[2:]
     out = [(n[i] + sum(padding[i]) - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1
            for i in range(r)]

@@ -69,7 +69,8 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum(be):
     x[0, 0] = 0.0  # a window of equal values
     for kw in (dict(kernel_size=2), dict(kernel_size=3, stride=1, padding=1),
                dict(kernel_size=(2, 3), stride=(1, 2), ceil_mode=True)):
-        _check(lambda x: F.max_pool2d(x, **kw), lambda x: TF.max_pool2d(x, **kw), x, be)
+        _check(lambda x, kw=kw: F.max_pool2d(x, **kw), lambda x, kw=kw: TF.max_pool2d(x, **kw),
+               x, be)
 
 
 def test_max_pool_propagates_nan_as_torch():

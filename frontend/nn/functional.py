@@ -21,7 +21,7 @@ log_softmax = ops.log_softmax
 one_hot = ops.one_hot
 
 # --- convolution and pooling (frontend/spatial.py) ---
-from lamina.frontend.spatial import (  # noqa: E402
+from lamina.frontend.spatial import (  # noqa: F401 (re-exported)
     adaptive_avg_pool1d,
     adaptive_avg_pool2d,
     avg_pool1d,

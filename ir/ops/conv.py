@@ -23,8 +23,6 @@ expand it into an im2col gather and a matmul (``passes/expand_conv.py``).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 

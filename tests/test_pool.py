@@ -46,6 +46,7 @@ MAX = {
     "2d_stride_gt_kernel": ((1, 1, 9, 9), 2, 3, 0, 1, True),
     "1d_k3_s1": ((3, 2, 10), 3, 1, 1, 1, False),
     "1d_ceil_dilation": ((1, 2, 11), 3, 2, 1, 2, True),
+    "2d_ceil_kernel_beyond_input": ((1, 2, 2, 3), 3, 2, 0, 1, True),
 }
 
 
@@ -94,6 +95,7 @@ AVG = {
     "2d_divisor_override": ((1, 2, 5, 5), 2, 1, 1, False, True, 3),
     "1d_pad_exclude_ceil": ((3, 2, 10), 3, 2, 1, True, False, None),
     "1d_k1": ((1, 1, 4), 1, 2, 0, False, True, None),
+    "1d_ceil_kernel_beyond_input": ((2, 1, 2), 3, 2, 0, True, True, None),
 }
 
 

@@ -28,10 +28,8 @@ from lamina.ir.types import TensorType
 
 def pool_out_size(n, k, stride, padding, dilation, ceil_mode) -> int:
     """PyTorch's output size (a ceil_mode window must start inside the input or its left
-    padding); below 1 when the input is too small."""
+    padding, and may be larger than the input); below 1 when the input is too small."""
     num = n + 2 * padding - dilation * (k - 1) - 1
-    if num < 0:
-        return 0
     out = (num + (stride - 1 if ceil_mode else 0)) // stride + 1
     if ceil_mode and (out - 1) * stride >= n + padding:
         out -= 1

@@ -252,3 +252,26 @@ def test_llvm_expands_conv_into_a_gather_and_a_gemm():
     g = lm.trace(lambda x, w: lm.conv(x, w), x, np.ones((4, 3, 1, 1), np.float32))
     ops = [n.op for n in expand_conv(g).nodes]
     assert "take" not in ops and "matmul" in ops
+
+
+def test_conv_training_kernels_compile_ahead_of_time_for_sm80_and_sm90():
+    """The Triton kernels of a conv + max_pool step (the im2col gathers, tl.dot GEMMs, the
+    pooling loops, forward and backward) compile to cubins without a GPU."""
+    pytest.importorskip("triton")
+    from test_triton_codegen import _sources_of
+
+    from lamina.backends.triton import aot
+
+    x = np.ones((2, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+
+    def step(x, w):
+        return lm.grad(lambda w: F.max_pool2d(lm.relu(F.conv2d(x, w, padding=1)), 2).sum())(w)
+
+    sources = _sources_of(step, x, w)
+    assert any(s.kind == "gemm" for s in sources)
+    for target in ("sm_80", "sm_90"):
+        for src in sources:
+            for s in [*src.prologue, src]:
+                binary = aot.compile_source(s, target)
+                assert binary.cubin[:4] == b"\x7fELF" and f".target {target}" in binary.ptx

@@ -212,8 +212,8 @@ def _max_pool_nd(r: int, name: str):
         if return_indices:
             raise LaminaError(f"{name}: return_indices=True is not supported", user_loc())
         k = _kernel_nd(kernel_size, r, name)
-        s = None if stride is None or (not isinstance(stride, int) and not len(stride)) \
-            else stride
+        s = None if stride is None or (isinstance(stride, (list, tuple)) and not stride) \
+            else stride  # PyTorch's default is stride=[]: the kernel
         return max_pool(input, k, s, padding, dilation, ceil_mode)
 
     fn.__name__ = name
@@ -225,8 +225,8 @@ def _avg_pool_nd(r: int, name: str):
     def fn(input, kernel_size, stride=None, padding=0, ceil_mode=False,
            count_include_pad=True, divisor_override=None):
         k = _kernel_nd(kernel_size, r, name)
-        s = None if stride is None or (not isinstance(stride, int) and not len(stride)) \
-            else stride
+        s = None if stride is None or (isinstance(stride, (list, tuple)) and not stride) \
+            else stride  # PyTorch's default is stride=[]: the kernel
         return avg_pool(input, k, s, padding, ceil_mode, count_include_pad, divisor_override)
 
     fn.__name__ = name

@@ -275,3 +275,21 @@ def test_conv_training_kernels_compile_ahead_of_time_for_sm80_and_sm90():
             for s in [*src.prologue, src]:
                 binary = aot.compile_source(s, target)
                 assert binary.cubin[:4] == b"\x7fELF" and f".target {target}" in binary.ptx
+
+
+@pytest.mark.parametrize("be", ["numpy", "llvm"])
+def test_conv_step_survives_an_artifact(be, tmp_path):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+
+    def f(x, w):
+        y = F.max_pool2d(lm.relu(F.conv2d(x, w, padding=1, stride=(1, 2))), 2, ceil_mode=True)
+        return y, lm.grad(lambda w: F.avg_pool2d(lm.conv(x, w), 2).sum())(w)
+
+    fc = lm.compile(f, backend=be)
+    want = fc(x, w)
+    fc.save(str(tmp_path / "conv.lamina"))
+    got = lm.load(str(tmp_path / "conv.lamina"))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

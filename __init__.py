@@ -76,6 +76,7 @@ from lamina.frontend.ops import (
     zeros,
     zeros_like,
 )
+from lamina.frontend.spatial import avg_pool, conv, conv_transpose, max_pool
 from lamina.frontend.tensor import Tensor
 from lamina.frontend.trace import trace
 from lamina.frontend.transforms import grad, value_and_grad
@@ -125,3 +126,4 @@ __all__ = [
     # trigonometry, rounding, floor division, remainder, scans and padding
     "ceil", "cos", "cumsum", "floor", "floor_divide", "mod", "pad", "remainder", "round", "sin",
 ]
+__all__ += ["avg_pool", "conv", "conv_transpose", "max_pool"]  # convolution and pooling

@@ -139,11 +139,12 @@ def _wants_print(name: str) -> bool:
 def known_pass_names() -> list[str]:
     """Names of lamina's own passes, in pipeline order: what ``LAMINA_PRINT_AFTER`` and
     ``fc.ir(stage)`` accept (besides ``traced`` and the passes of a custom pipeline)."""
-    from lamina.passes.fuse import fuse_kernels  # imported here: both import this module
+    from lamina.passes.expand_conv import expand_conv  # imported here: they import this
+    from lamina.passes.fuse import fuse_kernels
     from lamina.passes.pipeline import DEFAULT
 
     names = ["traced"]
-    for p in [*DEFAULT, fuse_kernels]:
+    for p in [*DEFAULT, expand_conv, fuse_kernels]:
         if pass_name(p) not in names:
             names.append(pass_name(p))
     return names

@@ -119,6 +119,8 @@ def fits(a: np.ndarray, spec: Operand) -> bool:
         return False
     if spec.shape is not None and a.shape != spec.shape:
         return False
+    if spec.ranks is not None and a.ndim not in spec.ranks:
+        return False
     if a.dtype.kind == "b" or a.size == 0:
         return True
     if a.dtype.kind == "f" and not np.isfinite(a).all():
@@ -220,7 +222,12 @@ class Generator:
             return v.name, v.tensor.type, v
         if not fresh_ok:
             return None
-        shape = spec.shape if spec.shape is not None else self.g.shape()
+        if spec.shape is not None:
+            shape = spec.shape
+        elif spec.ranks is not None:
+            shape = self.g.shape(rank=int(rng.choice(spec.ranks)))
+        else:
+            shape = self.g.shape()
         if math.prod(shape) > self.g.max_elems:
             raise Rejected(f"a fresh operand of shape {shape} is too large")
         dtype = _pick_dtype(rng, spec.kinds)

@@ -14,6 +14,7 @@ error growth of the actual computation instead of a loose constant:
     max, min      max of the bounds over the reduced axes
     argmax        uncertain where another element may be the largest within the bounds
     matmul        |A| eB + eA |B| + eA eB + gamma(K) |A||B|
+    conv          the same with the conv for the products, K = C/groups * kernel taps
     data movement the op applied to the bounds (a gather with uncertain indices: unknown)
 
 Integer and bool values are exact or *uncertain* (``err`` = inf): a comparison of two floats
@@ -34,6 +35,7 @@ from lamina.ir.ops.reduce import reduce_axes
 from lamina.ir.ops.registry import get as get_op
 
 INF = np.inf
+_COMPARISONS = {"eq", "ne", "lt", "le", "gt", "ge"}
 UNIT = {"f16": 2.0 ** -11, "bf16": 2.0 ** -8, "f32": 2.0 ** -24, "f64": 2.0 ** -53}
 
 
@@ -109,6 +111,8 @@ class Oracle:
             return self.argmax(n, xs[0], es[0])
         if n.op == "matmul":
             return self.matmul(n, xs, es)
+        if n.op == "conv":
+            return self.conv(n, xs, es)
         if op.kind == "shape":
             return self.shape_op(n, op, xs, es)
         if op.kind == "scan":
@@ -126,6 +130,11 @@ class Oracle:
     def elementwise(self, n, op, xs, es):
         f = op.ref
         attrs = n.attrs
+        if n.op in _COMPARISONS and n.inputs[0] is n.inputs[1]:
+            # a value compared with itself (x != x: max_pool's NaN test) is exact: its two
+            # operands are the same float, within its bound of the oracle's (NaN included);
+            # unknown where that bound is
+            return _wide(np.asarray(f(*xs, **attrs))), np.where(np.isfinite(es[0]), 0.0, INF)
         v = _wide(np.asarray(f(*xs, **attrs)))
         spread = np.zeros(np.shape(v))
         for i, (x, e) in enumerate(zip(xs, es)):
@@ -251,6 +260,18 @@ class Oracle:
         aa, ab = np.abs(a), np.abs(b)
         err = np.matmul(aa, eb) + np.matmul(ea, ab) + np.matmul(ea, eb)
         err = err + gamma(a.shape[-1], unit(n.type.dtype)) * np.matmul(aa, ab)
+        return v, err + self.rounding(n, v)
+
+    def conv(self, n, xs, es):
+        x, w = xs
+        ex, ew = (np.broadcast_to(e, a.shape) for e, a in zip(es, xs))
+        ref = get_op("conv").ref
+        attrs = n.attrs
+        v = ref(x, w, **attrs)
+        ax, aw = np.abs(x), np.abs(w)
+        err = ref(ax, ew, **attrs) + ref(ex, aw, **attrs) + ref(ex, ew, **attrs)
+        taps = int(np.prod(w.shape[1:]))  # the terms of one output: C/groups * kernel
+        err = err + gamma(taps, unit(n.type.dtype)) * ref(ax, aw, **attrs)
         return v, err + self.rounding(n, v)
 
     def shape_op(self, n, op, xs, es):

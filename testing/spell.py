@@ -342,6 +342,88 @@ def _torch_pad(a, k, t, r):
 
 SPELLINGS["pad"] = [_lm_pad, _torch_pad]
 
+
+# --- convolution and pooling (frontend/spatial.py) ---------------------------------------------
+
+
+def _torch_padding(k, t, r):
+    """PyTorch's spelling of (lo, hi) pairs: ints when symmetric, 'valid' / 'same' when they
+    are those (None otherwise)."""
+    pairs = k["padding"]
+    if all(lo == hi for lo, hi in pairs):
+        if not any(lo for lo, _ in pairs) and r.random() < 0.3:
+            return "'valid'"
+        ints = tuple(lo for lo, _ in pairs)
+        return fmt(ints[0]) if len(set(ints)) == 1 and r.random() < 0.5 else fmt(ints)
+    w = t[1].shape[2:]
+    same = tuple((d * (kk - 1) // 2, d * (kk - 1) - d * (kk - 1) // 2)
+                 for kk, d in zip(w, k["dilation"]))
+    if pairs == same and all(s == 1 for s in k["stride"]):
+        return "'same'"
+    return None
+
+
+def _conv_torch(a, k, t, r):
+    nd = t[0].ndim - 2
+    pad = _torch_padding(k, t, r)
+    if pad is None:
+        return None
+    return (f"lm.nn.functional.conv{nd}d({a[0]}, {a[1]}, stride={fmt(k['stride'])}, "
+            f"padding={pad}, dilation={fmt(k['dilation'])}, groups={k['groups']})")
+
+
+def _conv_transpose_torch(a, k, t, r):
+    nd = t[0].ndim - 2
+    return (f"lm.nn.functional.conv_transpose{nd}d({a[0]}, {a[1]}, stride={fmt(k['stride'])}, "
+            f"padding={fmt(k['padding'])}, output_padding={fmt(k['output_padding'])}, "
+            f"groups={k['groups']}, dilation={fmt(k['dilation'])})")
+
+
+def _pool_lm(name):
+    def render(a, k, t, r):
+        rest = dict(k)
+        kernel = rest.pop("kernel")
+        if rest["stride"] == kernel and r.random() < 0.5:
+            del rest["stride"]  # the default: the kernel
+        return f"lm.{name}({a[0]}, {fmt(kernel)}, {kwargs(rest)})"
+
+    return render
+
+
+def _pool_torch(name):
+    def render(a, k, t, r):
+        nd = t[0].ndim - 2
+        rest = dict(k)
+        kernel = rest.pop("kernel")
+        if rest.get("divisor_override", 0) is None:
+            del rest["divisor_override"]
+        if nd == 1 and "divisor_override" in rest:
+            return None  # PyTorch's avg_pool1d has none
+        size = kernel[0] if len(set(kernel)) == 1 and r.random() < 0.5 else kernel
+        return f"lm.nn.functional.{name}{nd}d({a[0]}, {fmt(size)}, {kwargs(rest)})"
+
+    return render
+
+
+def _global_avg(a, k, t, r):
+    x = t[0]
+    axis = k["axis"]
+    if x.ndim not in (3, 4) or not k["keepdims"] or x.dtype.kind != "f" or axis is None:
+        return None
+    axes = {a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)}
+    if axes != set(range(2, x.ndim)) or 0 in x.shape[2:]:
+        return None
+    return f"lm.nn.functional.adaptive_avg_pool{x.ndim - 2}d({a[0]}, 1)"
+
+
+SPELLINGS.update({
+    "conv": [_lm_kw("lm.conv"), _conv_torch],
+    "conv_transpose": [_lm_kw("lm.conv_transpose"), _conv_transpose_torch],
+    "max_pool": [_pool_lm("max_pool"), _pool_torch("max_pool")],
+    "avg_pool": [_pool_lm("avg_pool"), _pool_torch("avg_pool")],
+})
+SPELLINGS["mean"] = SPELLINGS["mean"] + [_global_avg]
+
 # ops whose domain is written for their public spelling (matmul takes 1-D vectors there)
 PUBLIC_ONLY = {"matmul"}
 

@@ -352,6 +352,111 @@ def _mean_result(d):
     return d if d.kind == "f" else F32
 
 
+# --- convolution and pooling, by hand (loops over every output element) -----------------------
+
+
+def conv_by_hand(x, w, stride, padding, dilation, groups):
+    """out[n, o, p] = sum over the group's channels c and taps j of
+    x[n, c, p * stride + j * dilation - lo] * w[o, c, j] (outside x: 0)."""
+    r = x.ndim - 2
+    N, n = x.shape[0], x.shape[2:]
+    O, Cg, k = w.shape[0], w.shape[1], w.shape[2:]
+    out = [(n[i] + sum(padding[i]) - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1
+           for i in range(r)]
+    y = np.zeros((N, O, *out))
+    for b, o in np.ndindex(N, O):
+        g = o // (O // groups)
+        for pos in np.ndindex(*out):
+            total = 0.0
+            for c in range(Cg):
+                for tap in np.ndindex(*k):
+                    at = [pos[i] * stride[i] + tap[i] * dilation[i] - padding[i][0]
+                          for i in range(r)]
+                    if all(0 <= at[i] < n[i] for i in range(r)):
+                        total += x[(b, g * Cg + c, *at)] * w[(o, c, *tap)]
+            y[(b, o, *pos)] = total
+    return y
+
+
+def conv_transpose_by_hand(x, w, stride, padding, output_padding, dilation, groups):
+    """Every input element adds x * w[c, o, j] at position p * stride + j * dilation - padding
+    of the output (PyTorch's definition)."""
+    r = x.ndim - 2
+    N, C, m = x.shape[0], x.shape[1], x.shape[2:]
+    Og, k = w.shape[1], w.shape[2:]
+    Cg = C // groups
+    out = [(m[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (k[i] - 1)
+           + output_padding[i] + 1 for i in range(r)]
+    y = np.zeros((N, groups * Og, *out))
+    for b, c in np.ndindex(N, C):
+        g = c // Cg
+        for pos in np.ndindex(*m):
+            for o in range(Og):
+                for tap in np.ndindex(*k):
+                    at = [pos[i] * stride[i] + tap[i] * dilation[i] - padding[i]
+                          for i in range(r)]
+                    if all(0 <= at[i] < out[i] for i in range(r)):
+                        y[(b, g * Og + o, *at)] += x[(b, c, *pos)] * w[(c, o, *tap)]
+    return y
+
+
+def _pool_windows(n, k, stride, padding, dilation, ceil_mode):
+    """Per output position: (start, taps) of PyTorch's windows along one axis."""
+    num = n + 2 * padding - dilation * (k - 1) - 1
+    out = (num + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= n + padding:
+        out -= 1
+    return [o * stride - padding for o in range(out)]
+
+
+def max_pool_by_hand(x, kernel, stride, padding, dilation, ceil_mode):
+    r = x.ndim - 2
+    starts = [_pool_windows(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i],
+                            ceil_mode) for i in range(r)]
+    y = np.zeros(x.shape[:2] + tuple(len(s) for s in starts))
+    for lead in np.ndindex(*x.shape[:2]):
+        for pos in np.ndindex(*y.shape[2:]):
+            vals = []
+            for tap in np.ndindex(*kernel):
+                at = [starts[i][pos[i]] + tap[i] * dilation[i] for i in range(r)]
+                if all(0 <= at[i] < x.shape[2 + i] for i in range(r)):
+                    vals.append(x[lead + tuple(at)])
+            y[lead + pos] = max(vals)
+    return y
+
+
+def avg_pool_by_hand(x, kernel, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override):
+    r = x.ndim - 2
+    n = x.shape[2:]
+    starts = [_pool_windows(n[i], kernel[i], stride[i], padding[i], 1, ceil_mode)
+              for i in range(r)]
+    y = np.zeros(x.shape[:2] + tuple(len(s) for s in starts))
+    for lead in np.ndindex(*x.shape[:2]):
+        for pos in np.ndindex(*y.shape[2:]):
+            total, inside, padded = 0.0, 1, 1
+            for i in range(r):
+                s0 = starts[i][pos[i]]
+                end = min(s0 + kernel[i], n[i] + padding[i])  # the window within the padding
+                padded *= end - s0
+                inside *= min(end, n[i]) - max(s0, 0)
+            for tap in np.ndindex(*kernel):
+                at = [starts[i][pos[i]] + tap[i] for i in range(r)]
+                if all(0 <= at[i] < n[i] for i in range(r)):
+                    total += x[lead + tuple(at)]
+            div = divisor_override or (padded if count_include_pad else inside)
+            y[lead + pos] = total / div
+    return y
+
+
+def _distinct(*shape):
+    """Floats without ties (a shuffled grid), for max_pool's gradient."""
+    def make(rng, d):
+        v = rng.permutation(np.prod(shape)).reshape(shape) / np.prod(shape) * 4 - 2
+        return [v.astype(d)]
+    return make
+
+
 SAMPLES: dict[str, list[Case]] = {
     # --- unary --------------------------------------------------------------------------------
     "neg": [Case("basic", rand((3, 4)), lambda x: 0 - x, dtypes=NUMERIC)],
@@ -677,5 +782,59 @@ SAMPLES: dict[str, list[Case]] = {
              lambda k, d=d: normal_expected(k, 2, (4, 3), d),
              lambda _, d=d: {"stream": 2, "dtype": d, "shape": (4, 3)}, dtypes=(d,))
         for d in FLOATS
+    ],
+    # --- convolution and pooling ----------------------------------------------------------------
+    "conv": [
+        Case("2d_stride_pad_dilation_groups", rand((2, 4, 7, 6), (6, 2, 3, 2)),
+             lambda x, w: conv_by_hand(x, w, (2, 1), ((1, 1), (1, 1)), (1, 2), 2),
+             {"stride": (2, 1), "padding": ((1, 1), (1, 1)), "dilation": (1, 2), "groups": 2}),
+        Case("2d_stride_skips_rows_asym_pad", rand((1, 3, 8, 5), (2, 3, 3, 2)),
+             lambda x, w: conv_by_hand(x, w, (3, 2), ((0, 2), (1, 0)), (1, 1), 1),
+             {"stride": (3, 2), "padding": ((0, 2), (1, 0)), "dilation": (1, 1), "groups": 1}),
+        Case("1d_depthwise_big_pad", rand((3, 2, 5), (4, 1, 2)),
+             lambda x, w: conv_by_hand(x, w, (2,), ((3, 3),), (2,), 2),
+             {"stride": (2,), "padding": ((3, 3),), "dilation": (2,), "groups": 2}),
+        Case("1x1_batch0", rand((0, 3, 4, 4), (5, 3, 1, 1)),
+             lambda x, w: conv_by_hand(x, w, (1, 1), ((0, 0), (0, 0)), (1, 1), 1),
+             {"stride": (1, 1), "padding": ((0, 0), (0, 0)), "dilation": (1, 1), "groups": 1},
+             grad=False),
+    ],
+    "conv_transpose": [
+        Case("2d_groups_output_padding", rand((2, 4, 3, 4), (4, 3, 3, 2)),
+             lambda x, w: conv_transpose_by_hand(x, w, (2, 3), (1, 0), (1, 2), (1, 1), 2),
+             {"stride": (2, 3), "padding": (1, 0), "output_padding": (1, 2),
+              "dilation": (1, 1), "groups": 2}),
+        Case("1d_dilation_crop", rand((1, 2, 4), (2, 2, 3)),
+             lambda x, w: conv_transpose_by_hand(x, w, (1,), (5,), (1,), (3,), 1),
+             {"stride": (1,), "padding": (5,), "output_padding": (1,), "dilation": (3,),
+              "groups": 1}),
+    ],
+    "max_pool": [
+        Case("2d_pad_ceil", _distinct(2, 3, 7, 6),
+             lambda x: max_pool_by_hand(x, (3, 2), (2, 2), (1, 1), (1, 1), True),
+             {"kernel": (3, 2), "stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
+              "ceil_mode": True}),
+        Case("1d_dilation_overlap", _distinct(2, 2, 9),
+             lambda x: max_pool_by_hand(x, (3,), (1,), (1,), (2,), False),
+             {"kernel": (3,), "stride": (1,), "padding": (1,), "dilation": (2,),
+              "ceil_mode": False}),
+        Case("ties", lambda rng, d: [np.round(draw(rng, d, (1, 2, 4, 4))).astype(d)],
+             lambda x: max_pool_by_hand(x, (2, 2), (2, 2), (0, 0), (1, 1), False),
+             {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1),
+              "ceil_mode": False}, grad=False),
+    ],
+    "avg_pool": [
+        Case("2d_pad_exclude_ceil", rand((2, 2, 5, 7)),
+             lambda x: avg_pool_by_hand(x, (3, 2), (2, 2), (1, 1), True, False, None),
+             {"kernel": (3, 2), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True,
+              "count_include_pad": False, "divisor_override": None}),
+        Case("2d_include_pad_ceil", rand((1, 3, 6, 5)),
+             lambda x: avg_pool_by_hand(x, (2, 3), (2, 2), (1, 1), True, True, None),
+             {"kernel": (2, 3), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True,
+              "count_include_pad": True, "divisor_override": None}),
+        Case("1d_divisor_override", rand((2, 3, 7)),
+             lambda x: avg_pool_by_hand(x, (3,), (2,), (0,), False, True, 2),
+             {"kernel": (3,), "stride": (2,), "padding": (0,), "ceil_mode": False,
+              "count_include_pad": True, "divisor_override": 2}),
     ],
 }

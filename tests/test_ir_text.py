@@ -282,11 +282,23 @@ graph @math2(%x: f32[2,3], %y: f32[3], %i: i32[2,3]) {
 }
 """
 
+# convolution and pooling: nested (lo, hi) pairs, none
+CONV = """
+graph @f(%x: f32[1,2,5,5], %w: f32[4,1,3,2], %x1: f32[2,4,6], %wt: f32[4,3,2]) {
+  %0 = conv(%x, %w) {stride=[2, 1], padding=[[1, 1], [0, 2]], dilation=[1, 2], groups=2} : f32[1,4,3,5]
+  %1 = conv_transpose(%x1, %wt) {stride=[2], padding=[1], output_padding=[1], dilation=[1], groups=2} : f32[2,6,11]
+  %2 = max_pool(%x) {kernel=[3, 3], stride=[2, 2], padding=[1, 1], dilation=[1, 1], ceil_mode=true} : f32[1,2,3,3]
+  %3 = avg_pool(%x1) {kernel=[2], stride=[2], padding=[1], ceil_mode=false, count_include_pad=false, divisor_override=none} : f32[2,4,4]
+  return %0, %1, %2, %3
+}
+"""
+
 ROUNDTRIP_CASES = {
     "every_op": EVERY_OP, "with_grad": WITH_GRAD, "state": STATE, "constants": CONSTANTS,
     "attrs": ATTRS, "empty": EMPTY, "passthrough": PASSTHROUGH, "scalars": SCALARS,
     "locations": LOCATIONS, "zero_size": ZERO_SIZE, "kernels": KERNELS, "math2": MATH2,
 }
+ROUNDTRIP_CASES["conv"] = CONV
 
 
 @pytest.mark.parametrize("name", sorted(ROUNDTRIP_CASES))
@@ -300,7 +312,7 @@ def test_roundtrip_cases_cover_every_registered_op():
 
 
 @pytest.mark.parametrize("name", ["every_op", "state", "constants", "attrs", "scalars",
-                                  "zero_size", "passthrough", "kernels", "math2"])
+                                  "zero_size", "passthrough", "kernels", "math2", "conv"])
 def test_reparsed_graph_behaves_the_same(name, rng):
     g = roundtrip(ROUNDTRIP_CASES[name])
     assert_same_behaviour(g, parse(print_graph(g)), rng)

@@ -34,9 +34,11 @@ needs_torch = pytest.mark.skipif(
 def _sources_of(fn, *args):
     """The rendered kernels of ``fn`` compiled for these arguments (nothing runs)."""
     exe = lm.compile(fn, backend="numpy").lower(*args)
-    from lamina.passes.fuse import fuse_kernels
+    from lamina.backends import get_backend
 
-    graph = fuse_kernels(exe.graph)
+    graph = exe.graph
+    for p in get_backend("triton").passes:  # conv expansion, fusion
+        graph = p(graph)
     return [src for _, src in render_graph(graph, plan_memory(graph))]
 
 

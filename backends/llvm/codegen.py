@@ -45,8 +45,9 @@ MAX_KERNEL_CHUNKS = 128
 CHUNK_ALIGN = 16
 ACCUMULATE_MIN = 128
 # Part of cache keys: bump when generated code changes meaning. 4: kernels and GEMMs call the
-# thread pool (pool.py, ABI in its symbol names) instead of GOMP_parallel; 5: other chunk sizes.
-CODEGEN_VERSION = "6"
+# thread pool (pool.py, ABI in its symbol names) instead of GOMP_parallel; 5: other chunk sizes;
+# 7: a reshape of a kernel input reads at its own flat index (emitter._op_reshape).
+CODEGEN_VERSION = "7"
 
 
 def kernel_chunks(extent: int, work: int, min_size: int = 1) -> tuple[int, int]:

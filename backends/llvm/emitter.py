@@ -215,6 +215,10 @@ class Emitter:
 
     def _op_reshape(self, n: Node, idx):
         x = n.inputs[0]
+        if isinstance(x, Param) and self.flat_shapes is None:
+            # a row-major buffer: the reshape's flat index is the element's offset (no
+            # delinearizing div/mod per element: conv's im2col gather reads its input so)
+            return self.load(self.pointers[x], self.linear(idx, n.shape), x.dtype)
         squeezed_in = [d for d in x.shape if d != 1]
         squeezed_out = [d for d in n.shape if d != 1]
         if squeezed_in == squeezed_out:  # only size-1 axes added or removed

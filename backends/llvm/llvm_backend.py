@@ -32,6 +32,7 @@ from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph
 from lamina.ir.printer import print_graph
+from lamina.passes.expand_conv import expand_conv
 from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import plan_memory
@@ -151,7 +152,7 @@ def gemm_dtypes(graph: Graph) -> list[str]:
 
 class LLVMBackend:
     name = "llvm"
-    passes = (fuse_kernels,)
+    passes = (expand_conv, fuse_kernels)  # no conv lowering of its own yet: im2col + GEMM
 
     def __init__(self):
         self.cache = None

@@ -24,6 +24,7 @@ from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
+from lamina.passes.expand_conv import expand_conv
 from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import RISKY, error_sites, plan_memory
@@ -79,7 +80,7 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 
 class TritonBackend:
     name = "triton"
-    passes = (fuse_kernels,)
+    passes = (expand_conv, fuse_kernels)  # no conv lowering of its own yet: im2col + GEMM
 
     def __init__(self):
         self.last_compile: dict = {}

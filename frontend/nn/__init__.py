@@ -3,6 +3,18 @@
 
 from lamina.frontend.nn import functional, init
 from lamina.frontend.nn.containers import ModuleDict, ModuleList, Sequential
+from lamina.frontend.nn.conv import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AvgPool1d,
+    AvgPool2d,
+    Conv1d,
+    Conv2d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    MaxPool1d,
+    MaxPool2d,
+)
 from lamina.frontend.nn.layers import GELU, Dropout, Flatten, Identity, Linear, ReLU, Sigmoid, Tanh
 from lamina.frontend.nn.module import Module
 from lamina.frontend.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
@@ -15,3 +27,5 @@ __all__ = ["GELU", "Dropout", "Linear", "Module", "Parameter", "ReLU", "Sequenti
            "BatchNorm1d", "BatchNorm2d", "Buffer", "Embedding", "Flatten", "GroupNorm",
            "Identity", "LayerNorm", "ModuleDict", "ModuleList", "ParameterView", "RMSNorm",
            "init"]
+__all__ += ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "Conv1d",
+            "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d"]

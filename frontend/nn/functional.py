@@ -20,6 +20,20 @@ softmax = ops.softmax
 log_softmax = ops.log_softmax
 one_hot = ops.one_hot
 
+# --- convolution and pooling (frontend/spatial.py) ---
+from lamina.frontend.spatial import (  # noqa: F401 (re-exported)
+    adaptive_avg_pool1d,
+    adaptive_avg_pool2d,
+    avg_pool1d,
+    avg_pool2d,
+    conv1d,
+    conv2d,
+    conv_transpose1d,
+    conv_transpose2d,
+    max_pool1d,
+    max_pool2d,
+)
+
 
 def _tensor(b, x, dtype=None):
     """A Python number argument as a 0-d tensor (``run`` keeps numbers as they are, so that

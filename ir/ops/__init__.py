@@ -1,10 +1,12 @@
 """The op declarations. Importing this package registers every op in ``registry.REGISTRY``."""
 
 from lamina.ir.ops import (  # noqa: F401
+    conv,
     elementwise,
     kernel,
     linalg,
     nn,
+    pool,
     reduce,
     scan,
     shape,

@@ -30,6 +30,7 @@ class Operand:
     hi: float | None = None
     min_abs: float = 0.0  # every value at least this far from 0 (a divisor)
     shape: tuple[int, ...] | None = None  # exact shape (None: the checker chooses)
+    ranks: tuple[int, ...] | None = None  # the ranks it may have (None: any; conv: 3 or 4)
 
     def with_shape(self, shape) -> Operand:
         return Operand(self.kinds, self.lo, self.hi, self.min_abs, tuple(shape))

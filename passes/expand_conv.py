@@ -1,0 +1,88 @@
+"""Expand ``conv`` into an im2col gather and a matmul, for backends without a conv lowering of
+their own (llvm and triton today; numpy runs the reference). Runs after the default pipeline,
+before fusion, so the matmul meets the GEMM kernels and their epilogues (bias, activation).
+
+    conv(x [N, C, *n], w [O, C/G, *k])  ->
+        xp   = pad(x)                                      zero padding, if any
+        idx  = sum_i (tap_i * dilation_i + out_i * stride_i) * stride_of_axis_i(xp)
+                                                           [prod k, prod out], from iotas
+        cols = take(xp.reshape(N, C, prod n'), idx, axis=2)  [N, C, prod k, prod out]
+        y    = w.reshape(G, O/G, C/G * prod k) @ cols.reshape(N, G, C/G * prod k, prod out)
+        y.reshape(N, O, *out)
+
+A 1x1 conv of stride 1 without padding is the matmul alone (no gather).
+
+NOTE: the plan for speed (a later step). ``cols`` is k-fold the input in memory. The fast CPU
+lowering is an implicit GEMM on the packed GEMM (``backends/llvm/gemm.py``): the GEMM packs its
+B panels (K x NR) straight from the input through the same index arithmetic (row
+``c * prod k + tap``, column ``out``; padding as zeros by a bounds test per panel row), so no
+im2col tensor exists and the epilogue (bias, ReLU, residual) stays fused; the weight is the A
+operand as is. Its two gradients are conv nodes too (``ir/ops/conv.py``), so they take the same
+path; the input gradient's interior zeros (stride > 1) are skipped by packing only the taps that
+land on a row (a sub-pixel decomposition per stride phase). The Triton lowering is the same
+implicit GEMM with ``tl.dot`` over K blocks of gathered input tiles. A backend that lowers
+conv itself simply leaves this pass out of its ``passes``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lamina.ir import dtypes as dt
+from lamina.ir.builder import op
+from lamina.ir.graph import Graph
+from lamina.passes.manager import remark
+from lamina.passes.rewrite import rewrite
+
+
+def im2col_conv(b, x, w, stride, padding, dilation, groups):
+    """The conv of ``x`` and ``w`` (builder Vars) as a gather and a matmul (see the module
+    docstring)."""
+    r = x.ndim - 2
+    N, C, n = x.shape[0], x.shape[1], x.shape[2:]
+    O, Cg, k = w.shape[0], w.shape[1], w.shape[2:]
+    G, Og = groups, O // groups
+    out = [(n[i] + sum(padding[i]) - dilation[i] * (k[i] - 1) - 1) // stride[i] + 1
+           for i in range(r)]
+    KK, M = math.prod(k), math.prod(out)
+    lo, hi = [p[0] for p in padding], [p[1] for p in padding]
+    if KK == 1 and all(s == 1 for s in stride) and not any(lo + hi):
+        cols = x.reshape(N, C, M)  # a 1x1 conv: the input is the matrix already
+    else:
+        if any(lo + hi):
+            x = op.pad(x, lo=(0, 0, *lo), hi=(0, 0, *hi), interior=(0,) * (r + 2))
+        padded = x.shape[2:]
+        shape = tuple(k) + tuple(out)
+        idx = None
+        for i in range(r):
+            step = math.prod(padded[i + 1:])  # row-major stride of axis i of the padded input
+            tap = b.var(b.emit("iota", (), {"axis": i, "dtype": dt.int64, "shape": shape}))
+            pos = b.var(b.emit("iota", (), {"axis": r + i, "dtype": dt.int64, "shape": shape}))
+            term = tap * (dilation[i] * step) + pos * (stride[i] * step)
+            idx = term if idx is None else idx + term
+        idx = idx.reshape(KK, M)
+        cols = op.take(x.reshape(N, C, math.prod(padded)), idx, axis=2)  # [N, C, KK, M]
+    if G == 1:
+        y = w.reshape(O, Cg * KK) @ cols.reshape(N, Cg * KK, M)
+    else:
+        y = w.reshape(G, Og, Cg * KK) @ cols.reshape(N, G, Cg * KK, M)
+    return y.reshape(N, O, *out)
+
+
+def expand_conv(g: Graph) -> Graph:
+    """Replace every conv node by :func:`im2col_conv`."""
+    count = 0
+
+    def rule(b, n, ins):
+        nonlocal count
+        if n.op != "conv":
+            return None
+        count += 1
+        x, w = (b.var(v) for v in ins)
+        return b.lift(im2col_conv(b, x, w, **n.attrs))
+
+    if not any(n.op == "conv" for n in g.nodes):
+        return g
+    new = rewrite(g, rule)
+    remark(f"expanded {count} conv(s) into im2col gathers and matmuls")
+    return new

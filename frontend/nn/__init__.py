@@ -29,3 +29,7 @@ __all__ = ["GELU", "Dropout", "Linear", "Module", "Parameter", "ReLU", "Sequenti
            "init"]
 __all__ += ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "Conv1d",
             "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d"]
+# attention (issue 9)
+from lamina.frontend.nn.attention import MultiheadAttention  # noqa: E402
+
+__all__ += ["MultiheadAttention"]

@@ -154,3 +154,7 @@ def pad(input, pad, mode: str = "constant", value=None):
     from lamina.frontend.padding import pad_torch
 
     return run(lambda b, v: pad_torch(b, v, pad, mode, value), input)
+
+
+# --- attention (frontend/nn/attention.py) ---
+from lamina.frontend.nn.attention import scaled_dot_product_attention  # noqa: E402,F401

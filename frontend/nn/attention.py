@@ -78,8 +78,9 @@ def _weights(b, q: Var, k: Var, v: Var, mask, is_causal: bool, scale, enable_gqa
             raise ShapeError(f"{what}: enable_gqa: key {k.type} and value {v.type} must have "
                              "the same number of heads (axis -3)", user_loc())
         k = _repeat_heads(b, k, q.shape[-3], what, "key")
+    v_batch = v.shape[:-3] + (q.shape[-3],) if enable_gqa else v.shape[:-2]
     try:
-        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v_batch)
     except ValueError:
         raise ShapeError(f"{what}: the batch axes of query {q.type}, key {k.type} and value "
                          f"{v.type} do not broadcast", user_loc()) from None

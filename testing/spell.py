@@ -424,6 +424,22 @@ SPELLINGS.update({
 })
 SPELLINGS["mean"] = SPELLINGS["mean"] + [_global_avg]
 
+
+def _sdpa_softmax(a, k, t, r):
+    """softmax over the last axis as attention with zero scores, the operand as the float mask
+    and the identity as the values (query [..., L, 1], key [..., S, 1], value eye(S))."""
+    x = t[0]
+    if x.ndim < 2 or k["axis"] % x.ndim != x.ndim - 1 or not math.prod(x.shape) \
+            or x.dtype.kind != "f" or x.dtype.bits not in (32, 64):  # (f16 matmul: no llvm GEMM)
+        return None
+    lead, s, d = x.shape[:-1], x.shape[-1], fmt(x.dtype)
+    return (f"lm.nn.functional.scaled_dot_product_attention(lm.zeros({fmt(lead + (1,))}, {d}), "
+            f"lm.zeros({fmt(lead[:-1] + (s, 1))}, {d}), lm.astype(np.eye({s}, dtype='float32'), "
+            f"{d}), attn_mask={a[0]})")
+
+
+SPELLINGS["softmax"] = SPELLINGS["softmax"] + [_sdpa_softmax]
+
 # ops whose domain is written for their public spelling (matmul takes 1-D vectors there)
 PUBLIC_ONLY = {"matmul"}
 

@@ -330,3 +330,14 @@ def test_mha_errors():
     for fn, match in cases:
         with pytest.raises(lm.LaminaError, match=match):
             lm.compile(fn)(x)
+
+
+def test_mha_runs_eagerly():
+    model, tm = _pair(8, 2, batch_first=True)
+    model.load_state_dict(torch_sd(tm))
+    x = randn((2, 5, 8), 1)
+    out, w = model(x, x, x)
+    want_out, want_w = tm(*(torch.tensor(x),) * 3)
+    _close(out, want_out.detach().numpy(), "output")
+    _close(w, want_w.detach().numpy(), "weights")
+    assert "embed_dim=8, num_heads=2, batch_first=True" in repr(model)

@@ -260,11 +260,11 @@ class MultiheadAttention(Module):
         query, key, value = (x if hasattr(x, "shape") else np.asarray(x, np.float32)
                              for x in (query, key, value))
         E, H = self.embed_dim, self.num_heads
-        ranks = {len(x.shape) for x in (query, key, value)}
+        shapes = [list(x.shape) for x in (query, key, value)]
+        ranks = {len(s) for s in shapes}
         if len(ranks) != 1 or ranks.pop() not in (2, 3):
             raise ShapeError(f"{_MHA}: query, key and value must all be 3-d (batched) or 2-d "
-                             f"(unbatched), got shapes {[list(x.shape) for x in (query, key, value)]}",
-                             user_loc())
+                             f"(unbatched), got shapes {shapes}", user_loc())
         unbatched = len(query.shape) == 2
         q, k, v = (self._batch_first(x, unbatched) for x in (query, key, value))
         (n, L, qe), (nk, S, ke), (nv, Sv, ve) = q.shape, k.shape, v.shape

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, directional_fd
 
 import lamina as lm
 from lamina import nn
@@ -109,6 +109,32 @@ def test_sdpa_fully_masked_row_is_zero_as_torch(backend, kind):
 def test_sdpa_grouped_query_attention_matches_torch(backend):
     check_sdpa(backend, randn((2, 6, 5, 4), 1), randn((2, 2, 7, 4), 2), randn((2, 2, 7, 3), 3),
                enable_gqa=True, is_causal=True)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool_mask_with_empty_row", "float_mask_gqa"])
+def test_sdpa_gradients_match_float64_finite_differences(backend, kind):
+    rng = np.random.default_rng(6)
+    q, k, v = (rng.standard_normal(s) for s in ((2, 4, 5, 3), (2, 2, 6, 3), (2, 2, 6, 2)))
+    kw = {"enable_gqa": True}
+    if kind == "causal":
+        kw["is_causal"] = True
+    elif kind == "bool_mask_with_empty_row":
+        mask = rng.random((5, 6)) > 0.3
+        mask[3] = False
+        kw["attn_mask"] = mask
+    else:
+        kw["attn_mask"] = rng.standard_normal((1, 4, 5, 6))
+    o = rng.standard_normal((2, 4, 5, 2))
+
+    def loss(q, k, v):
+        return (SDPA(q, k, v, scale=0.7, **kw) * o).sum()
+
+    gq, gk, gv = lm.compile(lm.grad(loss, argnums=(0, 1, 2)), backend=backend)(q, k, v)
+    assert gq.dtype == np.float64
+    ds = [rng.standard_normal(x.shape) for x in (q, k, v)]
+    analytic = float(sum((g * d).sum() for g, d in zip((gq, gk, gv), ds)))
+    numeric = directional_fd(lambda *xs: float(loss(*xs)), [q, k, v], ds)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-9)
 
 
 def test_sdpa_runs_eagerly():
@@ -232,6 +258,19 @@ def test_mha_float_and_3d_masks_match_torch(backend):
     am = randn((2 * 4, 4, 6), 3)
     kpm = randn((2, 6), 4)
     check_mha(backend, model, tm, q, kv, kv, attn_mask=am, key_padding_mask=kpm)
+
+
+def test_mha_fully_padded_sequence_gives_zero_attention():
+    """Every key of a sequence padded out: lamina's attention gives 0 there (the output is
+    out_proj's bias), as PyTorch's need_weights=False path in training mode does (its
+    need_weights=True and inference fast paths give NaN)."""
+    model, tm = _pair(8, 2, batch_first=True)
+    x = randn((2, 3, 8), 1)
+    kpm = np.array([[True] * 3, [False, False, True]])
+    check_mha("numpy", model, tm, x, x, x, key_padding_mask=kpm, need_weights=False)
+    out, w = lm.compile(lambda x: model(x, x, x, key_padding_mask=kpm))(x)
+    assert_close(out[0], np.broadcast_to(model.out_proj.b.host_value(), (3, 8)))
+    assert np.all(w[0] == 0) and np.isfinite(w).all()
 
 
 def test_mha_init_and_names_are_torch_s():

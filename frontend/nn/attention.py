@@ -5,8 +5,9 @@ The attention weights of one query row are ``softmax(q @ k.T * scale + bias)`` o
 ``_weights`` is the one place that spells them (a fused, flash-style lowering can replace it
 later without touching the callers). It is the usual stable softmax with one difference: a
 row where every key is masked out (all scores -inf) gets weights 0, so its output is 0 and no
-NaN reaches the gradients. PyTorch's ``scaled_dot_product_attention`` gives the same 0 rows;
-its ``MultiheadAttention`` gives NaN rows with ``need_weights=True`` (its unfused path).
+NaN reaches the gradients. PyTorch's ``scaled_dot_product_attention`` gives the same 0 rows,
+as does its ``MultiheadAttention`` with ``need_weights=False`` in training; its
+``need_weights=True`` and inference fast paths give NaN rows there.
 """
 
 from __future__ import annotations

@@ -444,3 +444,14 @@ def test_random_draw_broadcast_in_an_elementwise_kernel(backend, shape, lead):
     draw = lm.compile(lambda: lm.random.uniform(shape, key=7), backend="numpy")()
     want = x - 1 / np.sqrt(1 / (1 + np.exp(-draw.astype(np.float64))))
     same(got, want.astype(np.float32))
+
+
+# --- dtypes the backend does not have ----------------------------------------------------------
+
+
+def test_half_precision_matmul_is_a_clear_error_on_llvm():
+    """A float16 matmul raised KeyError: 16 from the GEMM library lookup; an elementwise op of
+    float16 already said that the backend does not support it."""
+    a = np.ones((4, 4), np.float16)
+    with pytest.raises(lm.LaminaError, match="does not support float16"):
+        lm.compile(lambda a: a @ a, backend="llvm")(a)

@@ -27,6 +27,7 @@ from lamina.backends import objcheck
 from lamina.backends.llvm import gemm, jit, pool
 from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen
 from lamina.backends.llvm.kernels import scratch_need
+from lamina.backends.llvm.lower import storage_type
 from lamina.backends.llvm.program import LLVMProgram
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
@@ -146,6 +147,7 @@ def gemm_dtypes(graph: Graph) -> list[str]:
     for n in graph.nodes:
         for m in (n.region.nodes if n.region is not None else ()):
             if m.op == "matmul" and m.dtype.is_float:
+                storage_type(m.dtype)  # float16, bfloat16: a clear error, as for other ops
                 out.add({32: "f32", 64: "f64"}[m.dtype.bits])
     return sorted(out)
 

@@ -53,3 +53,23 @@ def test_mlp_digits_reaches_97_percent(backend, capsys):
 def test_logistic_regression_reaches_95_percent(backend):
     acc = _run_example("logistic_regression", ["--backend", backend])
     assert acc >= 0.95, f"held-out accuracy {acc:.2%}"
+
+
+def test_readme_cnn_and_transformer_block_runs():
+    """The README's CNN and Transformer block example runs as printed (a train step, the
+    printed model, a causal block's output shape)."""
+    import contextlib
+    import io
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    head = "A CNN and a Transformer block, written with these layers"
+    assert head in text
+    code = text.split(head, 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    lines = out.getvalue().splitlines()
+    assert float(lines[0]) > 0  # the loss of the first step
+    assert "(4): BatchNorm2d(32, eps=1e-05, momentum=0.1" in out.getvalue()
+    assert lines[-1] == "(2, 10, 64)"

@@ -8,9 +8,10 @@ computed here, in float32 as PyTorch's CPU kernels compute them (the same source
 same boundaries):
 
 - nearest: ``src = min(floor(dst * scale), in - 1)`` (PyTorch's legacy 'nearest'), with
-  ``scale = 1 / scale_factor`` when a scale factor is given and ``in / out`` otherwise. An
+  ``scale = 1 / scale_factor`` when a scale factor is given and ``in / out`` otherwise (and, as
+  PyTorch, ``src = dst`` when out = in and ``dst // 2`` when out = 2 in, whatever the factor). An
   integer factor (every source element repeated k times) is a reshape and a broadcast, the fast
-  path of a CNN decoder; other sizes are one ``take`` with the index array.
+  path of a CNN decoder (both axes in one); other sizes are one ``take`` with the index array.
 - linear: ``src = (dst + 0.5) * scale - 0.5`` clamped at 0 (``align_corners=False``) or
   ``dst * (in - 1) / (out - 1)`` (``align_corners=True``); the result is
   ``take(x, i0) * (1 - t) + take(x, i1) * t`` with ``i0 = floor(src)``,
@@ -107,22 +108,41 @@ def _take(b, x, idx: np.ndarray, axis: int):
     return b.call("take", x, b.var(b.lift(idx)), axis=axis)
 
 
-def _repeat(x, axis: int, k: int):
-    """Each element along ``axis`` repeated ``k`` times (reshape + broadcast + reshape)."""
-    s = x.shape
-    y = x.reshape(s[:axis + 1] + (1,) + s[axis + 1:])
-    y = y.broadcast_to(s[:axis + 1] + (k,) + s[axis + 1:])
-    return y.reshape(s[:axis] + (s[axis] * k,) + s[axis + 1:])
+def _repeat(x, reps: dict):
+    """Each element along each axis ``a`` in ``reps`` repeated ``reps[a]`` times, all axes in
+    one reshape + broadcast + reshape."""
+    split, wide, out = [], [], []
+    for a, n in enumerate(x.shape):
+        split.append(n), wide.append(n), out.append(n * reps.get(a, 1))
+        if a in reps:
+            split.append(1), wide.append(reps[a])
+    return x.reshape(tuple(split)).broadcast_to(tuple(wide)).reshape(tuple(out))
 
 
-def _nearest_axis(b, x, axis: int, n_out: int, factor, exact: bool):
-    n_in = x.shape[axis]
-    idx = nearest_indices(n_in, n_out, factor, exact)
-    if n_out == n_in and np.array_equal(idx, np.arange(n_out)):
-        return x
+def _integer_repeat(n_in: int, n_out: int, idx: np.ndarray) -> int | None:
+    """k when ``idx`` repeats every source element k times, else None."""
     if n_out % n_in == 0 and np.array_equal(idx, np.arange(n_out) // (n_out // n_in)):
-        return _repeat(x, axis, n_out // n_in)
-    return _take(b, x, idx, axis)
+        return n_out // n_in
+    return None
+
+
+def _nearest(b, x, outs, factors, exact: bool):
+    """Nearest resizing of the spatial axes: the axes with an integer factor in one repeat,
+    the others a ``take`` each."""
+    reps, gathers = {}, []
+    for i, (n_out, fac) in enumerate(zip(outs, factors)):
+        a, n_in = 2 + i, x.shape[2 + i]
+        idx = nearest_indices(n_in, n_out, fac, exact)
+        if n_out == n_in and np.array_equal(idx, np.arange(n_out)):
+            continue
+        k = _integer_repeat(n_in, n_out, idx)
+        if k is not None:
+            reps[a] = k
+        else:
+            gathers.append((a, idx))
+    for a, idx in gathers:
+        x = _take(b, x, idx, a)
+    return _repeat(x, reps) if reps else x
 
 
 def _linear_axis(b, x, axis: int, n_out: int, factor, align_corners: bool):
@@ -176,11 +196,10 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
             raise DTypeError(f"{fn}: mode {mode!r} needs a float input, got {x.type}",
                              user_loc())
         outs, factors = _sizes(x.shape, r, size, scale_factor, recompute_scale_factor)
+        if mode not in _LINEAR:
+            return _nearest(b, x, outs, factors, mode == "nearest-exact")
         for i, (n, fac) in reversed(list(enumerate(zip(outs, factors)))):  # W, then H
-            if mode in _LINEAR:
-                x = _linear_axis(b, x, 2 + i, n, fac, align)
-            else:
-                x = _nearest_axis(b, x, 2 + i, n, fac, mode == "nearest-exact")
+            x = _linear_axis(b, x, 2 + i, n, fac, align)
         return x
 
     return run(f, input)

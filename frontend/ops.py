@@ -192,13 +192,12 @@ def masked_fill(x, mask, value):
         if shape != v.shape:
             raise ShapeError(f"masked_fill: the mask {m.type} does not broadcast to the "
                              f"tensor's shape {v.type}", user_loc())
-        if isinstance(fill, Var):
-            if fill.ndim != 0:
-                raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got "
-                                 f"{fill.type}", user_loc())
-            fill = b.cast(fill, v.dtype) if fill.dtype != v.dtype else fill
-        else:
-            fill = b.var(b.lift(fill, v.dtype))
+        if not isinstance(fill, Var):  # a number: its own dtype, then x's (2.7 -> 2 in ints)
+            fill = b.var(b.lift(fill))
+        if fill.ndim != 0:
+            raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got "
+                             f"{fill.type}", user_loc())
+        fill = b.cast(fill, v.dtype) if fill.dtype != v.dtype else fill
         return b.call("where", m, fill, v)
 
     return run(f, x, mask, value)

@@ -97,6 +97,17 @@ def test_masked_fill_with_a_traced_value_and_integers(backend):
     np.testing.assert_array_equal(out, torch.tensor(x).masked_fill(torch.tensor(m), -7).numpy())
 
 
+@pytest.mark.parametrize("xdtype,value", [(np.int64, 2.7), (np.int32, -3), (np.float32, True),
+                                          (np.bool_, 1), (np.float64, np.float32(0.5))])
+def test_masked_fill_casts_the_value_to_the_tensors_dtype(backend, xdtype, value):
+    x = (np.arange(6).reshape(2, 3) % 2).astype(xdtype)
+    m = np.array([[True, False, True], [False, False, True]])
+    got = lm.compile(lambda x: lm.masked_fill(x, m, value), backend=backend)(x)
+    want = torch.tensor(x).masked_fill(torch.tensor(m), value).numpy()
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+
+
 def test_masked_fill_causal_attention_scores(backend):
     """The Transformer use: -inf above the diagonal, then softmax."""
     s = _randn((2, 4, 4), 5)

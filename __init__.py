@@ -36,6 +36,7 @@ from lamina.frontend.ops import (
     log,
     log_softmax,
     logsumexp,
+    masked_fill,
     matmul,
     max,
     maximum,
@@ -127,3 +128,4 @@ __all__ = [
     "ceil", "cos", "cumsum", "floor", "floor_divide", "mod", "pad", "remainder", "round", "sin",
 ]
 __all__ += ["avg_pool", "conv", "conv_transpose", "max_pool"]  # convolution and pooling
+__all__ += ["masked_fill"]  # masking (issue 9)

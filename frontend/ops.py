@@ -170,6 +170,39 @@ def where(cond, x, y):
     return run(f, cond, x, y)
 
 
+def masked_fill(x, mask, value):
+    """PyTorch's ``masked_fill``: ``value`` where the boolean ``mask`` (broadcast to ``x``'s
+    shape) is true, ``x`` elsewhere; the result keeps ``x``'s shape and dtype.
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.masked_fill(np.array([1.0, 2.0, 3.0], np.float32), np.array([True, False, True]), 0)
+    array([0., 2., 0.], dtype=float32)
+    """
+
+    def f(b, v, m, fill):
+        if not isinstance(m, Var):
+            m = b.var(b.lift(np.asarray(m)))
+        if not m.dtype.is_bool:
+            raise LaminaError(f"masked_fill: the mask must be bool, got {m.type} (compare it, "
+                              "e.g. mask != 0)", user_loc())
+        try:
+            shape = np.broadcast_shapes(m.shape, v.shape)
+        except ValueError:
+            shape = None
+        if shape != v.shape:
+            raise ShapeError(f"masked_fill: the mask {m.type} does not broadcast to the "
+                             f"tensor's shape {v.type}", user_loc())
+        if not isinstance(fill, Var):  # a number: its own dtype, then x's (2.7 -> 2 in ints)
+            fill = b.var(b.lift(fill))
+        if fill.ndim != 0:
+            raise ShapeError(f"masked_fill: value must be a number or a 0-d tensor, got "
+                             f"{fill.type}", user_loc())
+        fill = b.cast(fill, v.dtype) if fill.dtype != v.dtype else fill
+        return b.call("where", m, fill, v)
+
+    return run(f, x, mask, value)
+
+
 def clip(x, min=None, max=None):
     def f(b, v):
         if min is not None:

@@ -92,6 +92,9 @@ class Tensor(Var):
     def std(self, axis=None, keepdims=False):
         return ops.std(self, axis, keepdims)
 
+    def masked_fill(self, mask, value):
+        return ops.masked_fill(self, mask, value)
+
     def cumsum(self, axis=None, dtype=None):
         return ops.cumsum(self, axis, dtype=dtype)
 
@@ -175,9 +178,30 @@ def _expand_ellipsis(key: tuple, ndim: int) -> tuple:
     return key[:i] + (slice(None),) * max(0, ndim - used) + key[i + 1:]
 
 
+_MASK_HELP = ("a boolean mask selects a number of elements that depends on the mask's values, "
+              "so the result has no static shape; keep the shape with lm.where(mask, x, 0), "
+              "(x * mask).sum() or lm.masked_fill(x, ~mask, value) (x.masked_fill(...)), or "
+              "select with a constant numpy bool array known while tracing")
+
+
+def _is_bool_mask(k) -> bool:
+    if isinstance(k, Var):
+        return k.dtype.is_bool
+    if isinstance(k, (np.ndarray, list)):
+        return np.asarray(k).dtype == np.bool_
+    return False
+
+
 def _gather(x: Tensor, key: tuple, arrays: list[int]):
     key = _expand_ellipsis(key, x.ndim)
     arrays = [i for i, k in enumerate(key) if _is_array_index(k)]
+    masks = [i for i in arrays if _is_bool_mask(key[i])]
+    if any(isinstance(key[i], Var) for i in masks):
+        m = next(key[i] for i in masks if isinstance(key[i], Var))
+        raise TraceError(f"x[mask] with a traced boolean mask ({m.type}): {_MASK_HELP}",
+                         user_loc())
+    if masks:
+        return _select_constant_mask(x, key, arrays)
     full = all(isinstance(k, slice) and (k.start, k.stop, k.step) == (None, None, None)
                for i, k in enumerate(key) if i not in arrays)
     if len(arrays) != 1 or not full or any(k is None for k in key):
@@ -186,9 +210,35 @@ def _gather(x: Tensor, key: tuple, arrays: list[int]):
     idx = key[arrays[0]]
     if isinstance(idx, (np.ndarray, list)):
         idx = np.asarray(idx)
-        if idx.dtype == np.bool_:
-            raise TraceError("boolean mask indexing gives a data-dependent shape; use "
-                             "lm.where(mask, x, 0) instead", user_loc())
     elif not idx.dtype.is_int:
         raise LaminaError(f"array indices must be integers, got {idx.type}", user_loc())
     return x._call("take", x, idx, axis=arrays[0])
+
+
+def _select_constant_mask(x: Tensor, key: tuple, arrays: list[int]):
+    """``x[..., mask, ...]`` with a numpy bool ``mask`` (numpy semantics): the mask's axes
+    become one axis holding the selected elements in row-major order, a ``take`` with the
+    constant indices ``flatnonzero(mask)``."""
+    a = arrays[0]
+    full = all(isinstance(k, slice) and (k.start, k.stop, k.step) == (None, None, None)
+               for i, k in enumerate(key) if i != a)
+    if len(arrays) != 1 or not full:
+        raise TraceError("lamina supports one boolean-mask index with ':' on the other axes "
+                         "(x[mask] or x[:, mask])", user_loc())
+    mask = np.asarray(key[a])
+    k = mask.ndim
+    if k == 0:
+        raise TraceError("a 0-d boolean index (x[True]) is not supported; use "
+                         "x[None] or lm.where", user_loc())
+    if x.shape[a:a + k] != mask.shape:
+        raise ShapeError(f"boolean index of shape {list(mask.shape)} does not match the "
+                         f"indexed axes {list(x.shape[a:a + k])} of {x.type} (from axis {a})",
+                         user_loc())
+    idx = np.flatnonzero(mask)
+    y = x.reshape(x.shape[:a] + (int(mask.size),) + x.shape[a + k:]) if k != 1 else x
+    if idx.size == 0:  # take cannot produce an empty axis from indices: slice instead
+        return index(y, (slice(None),) * a + (slice(0, 0),))
+    if idx.size == mask.size:
+        return y
+    return y._call("take", y, idx, axis=a)
+

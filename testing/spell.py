@@ -10,6 +10,7 @@ writes a spelling for it.
 
 from __future__ import annotations
 
+import ast
 import math
 
 import numpy as np
@@ -439,6 +440,74 @@ def _sdpa_softmax(a, k, t, r):
 
 
 SPELLINGS["softmax"] = SPELLINGS["softmax"] + [_sdpa_softmax]
+
+
+# --- masks and upsampling (issue 9) ------------------------------------------------------------
+
+
+def _is_literal(src: str) -> bool:
+    """Whether an operand's source is a Python number (not an array-like)."""
+    try:
+        return isinstance(ast.literal_eval(src), (bool, int, float))
+    except (ValueError, SyntaxError):
+        return False
+
+
+def _masked_fill(a, k, t, r):
+    """``where(c, v, x)`` as ``masked_fill(x, c, v)`` where ``v`` has one element (or as
+    ``masked_fill(v, ~c, x)`` where ``x`` has), the other broadcast to the result's shape."""
+    c, v, x = t
+    try:
+        shape = tuple(np.broadcast_shapes(c.shape, v.shape, x.shape))
+    except ValueError:
+        return None
+    if v.dtype != x.dtype or not c.dtype.is_bool:
+        return None
+    forms = []
+    for (fill, ft), (base, bt), cond in (((a[1], v), (a[2], x), a[0]),
+                                         ((a[2], x), (a[1], v), f"(~{a[0]})")):
+        if math.prod(ft.shape) != 1 or _is_literal(base):
+            continue
+        value = fill if ft.ndim == 0 else f"{fill}.reshape(())"
+        tensor = base if bt.shape == shape else f"lm.broadcast_to({base}, {fmt(shape)})"
+        forms.append(f"lm.masked_fill({tensor}, {cond}, {value})")
+    return forms[int(r.integers(len(forms)))] if forms else None
+
+
+def _interpolate(a, k, t, r):
+    """A gather of n positions along an axis has the type of ``interpolate`` to n positions
+    along that axis (its own values: the oracle evaluates the program as written): directly on
+    the last axes of [N, C, L] / [N, C, H, W], else through a reshape to [P, 1, L, Q]."""
+    x, idx = t
+    axis, n_out = k["axis"], math.prod(idx.shape)
+    if not n_out or 0 in x.shape or x.ndim == 0:
+        return None
+    out_shape = x.shape[:axis] + idx.shape + x.shape[axis + 1:]
+    direct = x.ndim in (3, 4) and axis >= 2
+    src, shape, ax = a[0], x.shape, axis
+    if not direct:
+        shape = (math.prod(x.shape[:axis]), 1, x.shape[axis], math.prod(x.shape[axis + 1:]))
+        src, ax = f"{a[0]}.reshape({fmt(shape)})", 2
+    size = list(shape[2:])
+    size[ax - 2] = n_out
+    modes = ["nearest", "nearest-exact"]
+    if x.dtype.kind == "f":
+        modes.append("linear" if len(shape) == 3 else "bilinear")
+    mode = modes[int(r.integers(len(modes)))]
+    extra = f", align_corners={bool(r.random() < 0.5)}" if mode in ("linear", "bilinear") else ""
+    if n_out % shape[ax] == 0 and r.random() < 0.5:  # an integer scale factor
+        factors = [1] * (len(shape) - 2)
+        factors[ax - 2] = n_out // shape[ax]
+        how = f"scale_factor={fmt(tuple(factors))}"
+    else:
+        how = f"size={fmt(tuple(size))}"
+    call = f"lm.nn.functional.interpolate({src}, {how}, mode={mode!r}{extra})"
+    return call if tuple(out_shape) == tuple(shape[:ax]) + (n_out,) + tuple(shape[ax + 1:]) \
+        else f"{call}.reshape({fmt(tuple(out_shape))})"
+
+
+SPELLINGS["where"] = SPELLINGS["where"] + [_masked_fill]
+SPELLINGS["take"] = SPELLINGS["take"] + [_interpolate]
 
 # ops whose domain is written for their public spelling (matmul takes 1-D vectors there)
 PUBLIC_ONLY = {"matmul"}

@@ -19,6 +19,7 @@ from lamina.frontend.nn.layers import GELU, Dropout, Flatten, Identity, Linear, 
 from lamina.frontend.nn.module import Module
 from lamina.frontend.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
 from lamina.frontend.nn.sparse import Embedding
+from lamina.frontend.nn.upsample import Upsample
 from lamina.frontend.parameter import Buffer, Parameter, ParameterView
 
 __all__ = ["GELU", "Dropout", "Linear", "Module", "Parameter", "ReLU", "Sequential", "Sigmoid",
@@ -33,3 +34,5 @@ __all__ += ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", 
 from lamina.frontend.nn.attention import MultiheadAttention  # noqa: E402
 
 __all__ += ["MultiheadAttention"]
+
+__all__ += ["Upsample"]  # upsampling

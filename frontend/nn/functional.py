@@ -140,6 +140,9 @@ def linear(x, weight, bias=None):
 from lamina.frontend.nn.norm import batch_norm, group_norm, layer_norm, rms_norm  # noqa: E402,F401
 from lamina.frontend.nn.sparse import embedding  # noqa: E402,F401
 
+# --- upsampling (frontend/nn/upsample.py) ---
+from lamina.frontend.nn.upsample import interpolate  # noqa: E402,F401
+
 
 def pad(input, pad, mode: str = "constant", value=None):
     """PyTorch's ``F.pad``: ``pad`` lists (left, right) widths from the last axis backwards

@@ -508,3 +508,17 @@ def test_a_row_result_reshaped_with_other_unit_axes():
     y = RNG.standard_normal((1, 2, 2, 2)).astype(f32)
     _check(lm.grad(lambda c, x, y: (lm.erf(lm.where(c, x, y)) ** 2).sum(), argnums=1), c, x, y,
            compile_for="sm_80")
+
+
+# --- 8. a float64 GEMM with a broadcast tile ---------------------------------------------------
+
+
+@pytest.mark.parametrize("shapes", [[(8, 1, 48), (8, 48, 1)], [(3, 1, 40), (40, 5)],
+                                    [(6, 33), (33, 1)]])
+def test_float64_gemm_of_a_row_or_a_column_compiles_for_the_gpu(shapes):
+    """Checker seed 3, program 2250 (the weight gradient of a grouped conv_transpose1d, in
+    float64): batched [1, 48] @ [48, 1] products. The A tile is one row broadcast over the M
+    tile, and Triton's sm_80 pipeline failed on a float64 tl.dot of it (TritonGPUPrefetch:
+    'PassManager::run failed'); such tiles are multiplied and summed instead."""
+    args = [_randn(*s).astype(f64) for s in shapes]
+    _check(lambda a, b: a @ b, *args, compile_for=BOTH)

@@ -497,7 +497,11 @@ class Gen(Indexing, ScalarMath, ScanKernel):
             ae = self.tmp(f"tl.where({self.masks['k']}, {ae}, 0)")
         if self.masks["kb"] and "kb" not in bv.deps:
             be = self.tmp(f"tl.where({self.masks['kb']}, {be}, 0)")
-        if d.is_float:
+        # an operand the same in every row (A) or column (B) is a broadcast tile: Triton's
+        # sm_80 pipeline fails on a float64 tl.dot of one (TritonGPUPrefetch; checker seed 3,
+        # program 2250): multiply and sum instead, which is all a row or column of one needs
+        broadcast = "m" not in av.deps or "n" not in bv.deps
+        if d.is_float and not (d is dt.float64 and broadcast):
             prec = "tf32" if (d is dt.float32 and ALLOW_TF32) else "ieee"
             out = ", out_dtype=tl.float64" if d is dt.float64 else ""
             self.emit(f"acc = tl.dot({ae}, {be}, acc, input_precision=\"{prec}\"{out})"

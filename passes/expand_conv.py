@@ -62,11 +62,28 @@ def im2col_conv(b, x, w, stride, padding, dilation, groups):
             idx = term if idx is None else idx + term
         idx = idx.reshape(KK, M)
         cols = op.take(x.reshape(N, C, math.prod(padded)), idx, axis=2)  # [N, C, KK, M]
+        if G == 1 and M < 64 and KK >= 4 * M:
+            return _by_input_channel(cols, w, out)
     if G == 1:
         y = w.reshape(O, Cg * KK) @ cols.reshape(N, Cg * KK, M)
     else:
         y = w.reshape(G, Og, Cg * KK) @ cols.reshape(N, G, Cg * KK, M)
     return y.reshape(N, O, *out)
+
+
+def _by_input_channel(cols, w, out):
+    """A conv with a large kernel and a small output (a conv's weight gradient: the kernel is
+    the forward's output grid, the output its taps) as one GEMM per input channel, summed:
+    ``y[n, o, q] = sum_c W_c[o, :] @ cols[n, c, :, q]`` with the taps as K and the (n, q)
+    pairs as the GEMM's columns, instead of a GEMM with as few columns as the output has
+    positions and the whole batch as K."""
+    N, C, KK, M = cols.shape
+    O = w.shape[0]
+    r = w.ndim - 2
+    wc = w.reshape(O, C, KK).transpose(1, 0, 2)                 # [C, O, KK]
+    bc = cols.transpose(1, 2, 0, 3).reshape(C, KK, N * M)       # [C, KK, N*M]
+    z = (wc @ bc).sum(axis=0)                                   # [O, N*M]
+    return z.reshape(O, N, *out).transpose(1, 0, *range(2, 2 + r))
 
 
 def expand_conv(g: Graph) -> Graph:

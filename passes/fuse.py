@@ -35,6 +35,7 @@ from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.ops.reduce import keep_shape, reduce_axes, reduced_shape
 from lamina.ir.ops.registry import get as get_op
 from lamina.ir.ops.source import is_splat
+from lamina.passes.gemm_operand import INDEX_OPS, operand_layout, static_value
 from lamina.passes.manager import remark
 
 # Index arithmetic only: cloned into every kernel that reads them instead of materialized.
@@ -70,6 +71,7 @@ class Group:
         self.inputs: list[Value] = []
         self.matmul: Node | None = root if root.op == "matmul" else None
         self.operand_side: set[Node] = set()  # views between a buffer and the matmul
+        self.index_side: set[Node] = set()  # a gather's index there, evaluated at compile time
         self.domain = root.shape  # the iteration space of loop kernels and epilogues
         # producers of index moves (transpose, take, ...) stay out: set on a second try when
         # the first one had to leave a reduction out because a move read it at other rows
@@ -115,8 +117,11 @@ def _varies_on_leading_axes(shape, domain) -> bool:
 
 
 class Fuser:
-    def __init__(self, g: Graph):
+    def __init__(self, g: Graph, gather_operands: bool = False):
         self.g = g
+        # the backend's GEMM reads operands through any index ops with per-axis offset
+        # tables (passes/gemm_operand.py): slices, gathers with a constant index, reshapes
+        self.gather_operands = gather_operands
         self.users = g.users()
         # (producer, consumer group's root, why): turned into remarks once kernels have names
         self.boundaries: list[tuple[Node, Node, str]] = []
@@ -157,9 +162,21 @@ class Fuser:
                 # an operand of the matmul: only strided views of a buffer (and what it is a
                 # view of may already be here, for the epilogue: then that must be one too)
                 chain = _member_cone(p, G.members | {p})
-                if all(self.is_view(v) for v in chain) and all(
-                        u is G.matmul or u in G.operand_side for u in users if u in G.members):
+                inside = all(u is G.matmul or u in G.operand_side
+                             for u in users if u in G.members)
+                if inside and all(self.is_view(v) for v in chain) and (
+                        not self.gather_operands or self.gemm_reads(G, p)):
                     G.operand_side.update(chain)
+                    return True
+                if (inside and self.gather_operands and all(v.op in INDEX_OPS for v in chain)
+                        and self.gemm_reads(G, p)):
+                    G.operand_side.update(chain)
+                    return True
+                if (inside and self.gather_operands and static_value(p) is not None
+                        and all((u.op == "take" and u.inputs[1] is p and u.inputs[0] is not p)
+                                or u in G.index_side for u in users if u in G.members)):
+                    G.operand_side.update(chain)  # a gather's index: known when compiling
+                    G.index_side.update(chain)
                     return True
                 return self.decline(p, "a matmul reads its operands through strides; this "
                                        "producer is computed, so it is materialized")
@@ -267,6 +284,22 @@ class Fuser:
             return (p.inputs[0].shape, reduce_axes(p)) == (d, axes)
         return p.shape == d or G.row_class(p.shape)
 
+    def gemm_reads(self, G: Group, p: Node) -> bool:
+        """Can the GEMM read each operand that ``p`` feeds (with ``p`` inside the kernel)
+        through offset tables: A with strides, B with strides or tables?"""
+        members = G.members | {p}
+        mm = G.matmul
+
+        def is_base(v):
+            return not (isinstance(v, Node) and v in members)
+
+        for side in (0, 1):
+            if p not in _member_cone(mm.inputs[side], members):
+                continue
+            if operand_layout(mm, side, is_base, static_value, side == 1) is None:
+                return False
+        return True
+
     @staticmethod
     def is_view(p: Node) -> bool:
         """A view GEMM packing can read through strides (a reshape only of a buffer)."""
@@ -289,8 +322,10 @@ class Fuser:
                     if not isinstance(p, Node) or p in G.members:
                         continue
                     if p.op == "constant" and is_splat(p):
-                        if G.kind == "gemm" and any(u is G.matmul or u in G.operand_side
-                                                    for u in self.users_of(p)):
+                        if G.kind == "gemm" and any(
+                                (u is G.matmul or u in G.operand_side)
+                                and u not in G.index_side
+                                for u in self.users_of(p)):
                             continue  # a GEMM reads operands from memory: a literal then
                         G.members.add(p)
                         G.clones.add(p)
@@ -627,5 +662,14 @@ def fuse_kernels(g: Graph) -> Graph:
     return Fuser(g).run()
 
 
+def fuse_kernels_gather(g: Graph) -> Graph:
+    """:func:`fuse_kernels` for a backend whose GEMM reads operands through offset tables
+    (llvm): a conv's im2col gather joins the GEMM as its B operand instead of a tensor."""
+    if any(n.region is not None for n in g.nodes):
+        return g
+    return Fuser(g, gather_operands=True).run()
+
+
 fuse_kernels.pass_name = "fused"
+fuse_kernels_gather.pass_name = "fused"
 fuse = fuse_kernels

@@ -78,6 +78,8 @@ from llvmlite import ir
 from lamina.backends.llvm import jit, pool
 
 GEMM_SYMBOL = {"f32": "lamina_gemm_f32", "f64": "lamina_gemm_f64"}
+# The same GEMM with B read through offset tables (an implicit-GEMM operand: conv patches):
+GATHER_SYMBOL = {d: s + "_gather" for d, s in GEMM_SYMBOL.items()}
 MAX_GEMM_THREADS = 64      # slots of one call (each holds packing buffers)
 CHUNKS_PER_THREAD = 4      # tiles per thread the tiling aims for (see _Emitter.entry)
 MAX_GEMM_CHUNKS = 1024     # more tiles than this: several per chunk
@@ -99,9 +101,12 @@ def _epilogue_type(dtype: str) -> ir.FunctionType:
 EPILOGUE_TYPE = {d: _epilogue_type(d) for d in _SCALAR}
 
 
-def _gemm_type(dtype: str) -> ir.FunctionType:
+def _gemm_type(dtype: str, gather: bool = False) -> ir.FunctionType:
+    """The entry's type; with ``gather``, B's (row stride, column stride) become two ``i64*``
+    offset tables (see GATHER_SYMBOL)."""
     t = _SCALAR[dtype].as_pointer()
-    return ir.FunctionType(_void, [_i64, _i64, _i64, t, _i64, _i64, t, _i64, _i64, t, _i64,
+    bst = [_i64.as_pointer()] * 2 if gather else [_i64, _i64]
+    return ir.FunctionType(_void, [_i64, _i64, _i64, t, _i64, _i64, t, *bst, t, _i64,
                                    _i64, _i64, _i64, _i64, EPILOGUE_TYPE[dtype].as_pointer(),
                                    _i8p, _i32])
 
@@ -471,19 +476,74 @@ class _Emitter:
             with _for(b, nv, _c64(w), name="z") as x:  # zero padding
                 b.store(zero, b.gep(d, [x]))
 
+    def pack_table(self) -> ir.Function:
+        """void pack_bt(i64 kc, i64 n, T* src, i64* kofs, i64* jofs, T* dst): `n` columns of a
+        B given by offset tables, B[k, x] = src[kofs[k] + jofs[x]] (an implicit-GEMM operand:
+        the patches of a conv input, whose rows are (channel, tap) and columns the output
+        positions), into zero-padded NR-column panels like ``pack("b")``. A panel whose NR
+        column offsets are consecutive (a run inside one row of the image) is copied with
+        vector loads; another full panel loads its NR offsets once and gathers each k row with
+        scalar loads; the last, partial panel is copied element by element."""
+        w, vl, vt = self.nr, self.vl, self.vt
+        i64p = _i64.as_pointer()
+        fn, b = _new_fn(self.m, self.prefix + "pack_bt", _void,
+                        [_i64, _i64, self.tp, i64p, i64p, self.tp])
+        fn.attributes.add("noinline")
+        kc, n, src, kofs, jofs, dst = fn.args
+        al = _BYTES[self.dtype]
+        zero = ir.Constant(self.t, 0.0)
+        with _for(b, _c64(0), _cdiv(b, n, _c64(w)), name="p") as p:
+            x0 = b.mul(p, _c64(w))
+            nv = _min(b, b.sub(n, x0), _c64(w))
+            jo = b.gep(jofs, [x0])
+            dp = b.gep(dst, [b.mul(x0, kc)])
+            full = b.icmp_signed("==", nv, _c64(w))
+            first = b.load(jo)
+            last = b.load(b.gep(jo, [b.sub(nv, _c64(1))]))
+            run = b.and_(full, b.icmp_signed("==", b.sub(last, first), _c64(w - 1)))
+            with b.if_else(run) as (then, other):
+                with then, _for(b, _c64(0), kc, name="k") as k:
+                    sp = b.gep(src, [b.add(b.load(b.gep(kofs, [k])), first)])
+                    d = b.gep(dp, [b.mul(k, _c64(w))])
+                    for v in range(w // vl):
+                        x = b.load(_vptr(b, sp, _c64(v * vl), vt), align=al)
+                        b.store(x, _vptr(b, d, _c64(v * vl), vt), align=al)
+                with other, b.if_else(full) as (t2, o2):
+                    with t2:
+                        offs = [b.load(b.gep(jo, [_c64(x)])) for x in range(w)]
+                        with _for(b, _c64(0), kc, name="k") as k:
+                            sp = b.gep(src, [b.load(b.gep(kofs, [k]))])
+                            d = b.gep(dp, [b.mul(k, _c64(w))])
+                            for v in range(w // vl):
+                                vec = ir.Constant(vt, ir.Undefined)
+                                for lane in range(vl):
+                                    x = b.load(b.gep(sp, [offs[v * vl + lane]]))
+                                    vec = b.insert_element(vec, x, ir.Constant(_i32, lane))
+                                b.store(vec, _vptr(b, d, _c64(v * vl), vt), align=al)
+                    with o2, _for(b, _c64(0), kc, name="k") as k:
+                        sp = b.gep(src, [b.load(b.gep(kofs, [k]))])
+                        d = b.gep(dp, [b.mul(k, _c64(w))])
+                        with _for(b, _c64(0), nv, name="x") as x:
+                            b.store(b.load(b.gep(sp, [b.load(b.gep(jo, [x]))])), b.gep(d, [x]))
+                        with _for(b, nv, _c64(w), name="z") as x:
+                            b.store(zero, b.gep(d, [x]))
+        b.ret_void()
+        return fn
+
     # tiles and chunks --------------------------------------------------------------------------
     # The job: the entry's arguments, the tiling it chose and the workspace (see entry()).
     JOB = ("M", "N", "K", "A", "rsA", "csA", "B", "rsB", "csB", "C", "ldc", "batch", "bsA",
            "bsB", "bsC", "epi", "ctx", "ws", "stride", "boff", "kstep", "nib", "njb", "pm",
-           "pn", "nbmax", "upc", "units", "tags")
+           "pn", "nbmax", "upc", "units", "tags", "kofs", "jofs")
 
     def job_fields(self):
         ep = EPILOGUE_TYPE[self.dtype].as_pointer()
         types = {"A": self.tp, "B": self.tp, "C": self.tp, "ws": self.tp, "epi": ep,
-                 "ctx": _i8p, "tags": _i64.as_pointer()}
+                 "ctx": _i8p, "tags": _i64.as_pointer(), "kofs": _i64.as_pointer(),
+                 "jofs": _i64.as_pointer()}
         return [types.get(name, _i64) for name in self.JOB]
 
-    def tile(self, uk, pack_a, pack_b) -> ir.Function:
+    def tile(self, uk, pack_a, pack_b, pack_bt) -> ir.Function:
         """void tile(job*, i64 slot, i64 bi, i64 jb, i64 ib): C[rows of ib, columns of jb] of
         matrix bi, with the packing buffers of `slot`.
 
@@ -519,12 +579,23 @@ class _Emitter:
         kstep, nbmax = f["kstep"], f["nbmax"]
         tag_at = b.gep(f["tags"], [slot])
         tag = b.add(b.mul(bi, f["njb"]), jb)
+        kofs = f["kofs"]
+        tables = b.icmp_unsigned("!=", kofs, ir.Constant(kofs.type, None))
         with b.if_then(b.icmp_signed("!=", b.load(tag_at), tag)):
-            src = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), b.mul(j0, f["csB"]))])
-            with _for(b, _c64(0), kpos, kstep, name="pb") as pc:
-                kc = _min(b, b.sub(K, pc), kstep)
-                b.call(pack_b, [kc, nbw, b.gep(src, [b.mul(pc, f["rsB"])]), f["csB"], f["rsB"],
-                                b.gep(bfull, [b.mul(pc, nbmax)])])
+            with b.if_else(tables) as (then, other):
+                with then:  # B through offset tables: B[k, j] = B[bi*bsB + kofs[k] + jofs[j]]
+                    src = b.gep(f["B"], [b.mul(bi, f["bsB"])])
+                    jt = b.gep(f["jofs"], [j0])
+                    with _for(b, _c64(0), kpos, kstep, name="pbt") as pc:
+                        kc = _min(b, b.sub(K, pc), kstep)
+                        b.call(pack_bt, [kc, nbw, src, b.gep(kofs, [pc]), jt,
+                                         b.gep(bfull, [b.mul(pc, nbmax)])])
+                with other:
+                    src = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), b.mul(j0, f["csB"]))])
+                    with _for(b, _c64(0), kpos, kstep, name="pb") as pc:
+                        kc = _min(b, b.sub(K, pc), kstep)
+                        b.call(pack_b, [kc, nbw, b.gep(src, [b.mul(pc, f["rsB"])]), f["csB"],
+                                        f["rsB"], b.gep(bfull, [b.mul(pc, nbmax)])])
             b.store(tag, tag_at)
         epi, ctx = f["epi"], f["ctx"]
         has_epi = b.icmp_unsigned("!=", epi, ir.Constant(epi.type, None))
@@ -573,19 +644,26 @@ class _Emitter:
         return fn
 
     # the entry point -----------------------------------------------------------------------------
-    def entry(self, chunk) -> ir.Function:
+    def entry(self, chunk, gather: bool = False) -> ir.Function:
         """The GEMM: choose the tiling, take a workspace, run the chunks on the pool.
 
         Tiling: column blocks as wide as NC (and as the workspace budget allows: each slot
         holds a K x block packed B); then row blocks of at most MC rows, more of them until
         there are CHUNKS_PER_THREAD tiles per thread (and a multiple of the thread count, so
         equal threads finish together); if the rows run out first (small M), narrower column
-        blocks. Many matrices in the batch: a tile is a whole matrix (or its MC-row part)."""
+        blocks. Many matrices in the batch: a tile is a whole matrix (or its MC-row part).
+        With ``gather`` (the GATHER_SYMBOL entry), B's row and column strides are offset
+        tables instead (``kofs`` over K, ``jofs`` over N)."""
         cfg, m = self.cfg, self.m
-        fn = ir.Function(m, _gemm_type(self.dtype), GEMM_SYMBOL[self.dtype])
+        sym = (GATHER_SYMBOL if gather else GEMM_SYMBOL)[self.dtype]
+        fn = ir.Function(m, _gemm_type(self.dtype, gather), sym)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC, epi, ctx,
          nthreads) = fn.args
+        null = ir.Constant(_i64.as_pointer(), None)
+        kofs, jofs = (rsB, csB) if gather else (null, null)
+        if gather:
+            rsB = csB = _c64(0)
         done = fn.append_basic_block("done")
         body = fn.append_basic_block("body")
         empty = b.or_(b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0))),
@@ -635,7 +713,8 @@ class _Emitter:
         vals = dict(M=M, N=N, K=K, A=A, rsA=rsA, csA=csA, B=B, rsB=rsB, csB=csB, C=C, ldc=ldc,
                     batch=batch, bsA=bsA, bsB=bsB, bsC=bsC, epi=epi, ctx=ctx,
                     ws=b.bitcast(ws, self.tp), stride=stride, boff=boff, kstep=kstep, nib=nib,
-                    njb=njb, pm=pm, pn=pn, nbmax=nbmax, upc=upc, units=units, tags=tp)
+                    njb=njb, pm=pm, pn=pn, nbmax=nbmax, upc=upc, units=units, tags=tp,
+                    kofs=kofs, jofs=jofs)
         for k, name in enumerate(self.JOB):
             b.store(vals[name], b.gep(job, [ir.Constant(_i32, 0), ir.Constant(_i32, k)]))
         b.call(pool.declare_run(m), [chunk, b.bitcast(job, _i8p), nchunks, b.trunc(nt, _i32)])
@@ -692,15 +771,17 @@ class _Emitter:
 def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
     """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
     e = _Emitter(module, dtype, cfg or default_config(dtype))
-    return e.entry(e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"))))
+    chunk = e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), e.pack_table()))
+    e.entry(chunk, gather=True)
+    return e.entry(chunk)
 
 
-def declare_gemm(module: ir.Module, dtype: str) -> ir.Function:
+def declare_gemm(module: ir.Module, dtype: str, gather: bool = False) -> ir.Function:
     """Declare (not define) the GEMM for dtype in another module, to call it from there."""
-    name = GEMM_SYMBOL[dtype]
+    name = (GATHER_SYMBOL if gather else GEMM_SYMBOL)[dtype]
     if name in module.globals:
         return module.globals[name]
-    return ir.Function(module, _gemm_type(dtype), name)
+    return ir.Function(module, _gemm_type(dtype, gather), name)
 
 
 # Engines are never freed: jit.Engine hands the shared cached TargetMachine to MCJIT, which takes
@@ -718,6 +799,8 @@ class GemmLibrary:
         _KEEP_ALIVE.append(engine)
         self.addresses = {d: engine.address(s) for d, s in GEMM_SYMBOL.items()
                           if engine.has(s)}
+        self.gather_addresses = {d: engine.address(s) for d, s in GATHER_SYMBOL.items()
+                                 if engine.has(s)}
         self._fns = {}
 
     @classmethod
@@ -732,6 +815,34 @@ class GemmLibrary:
                                      i64, i64, i64, i64, vp, vp, ctypes.c_int32)
             self._fns[dtype] = proto(self.addresses[dtype])
         return self._fns[dtype]
+
+    def gather_matmul(self, a, src, kofs, jofs, out, bsb: int = 0,
+                      nthreads: int | None = None):
+        """``out[i] = a[i] @ B[i]`` with ``B[i][k, j] = src.flat[i*bsb + kofs[k] + jofs[j]]``
+        (the gather entry; for tests): ``a`` [M, K] or [batch, M, K] (a batch of 1
+        broadcasts), ``out`` [batch, M, N] contiguous, ``src`` contiguous."""
+        import numpy as np
+
+        a3 = a if a.ndim == 3 else a[None]
+        batch, m, n = out.shape
+        k = a3.shape[2]
+        assert src.flags.c_contiguous and out.flags.c_contiguous and a.dtype == out.dtype
+        kofs = np.ascontiguousarray(kofs, np.int64)
+        jofs = np.ascontiguousarray(jofs, np.int64)
+        assert kofs.shape == (k,) and jofs.shape == (n,)
+        es = a.itemsize
+        sa = [s // es for s in a3.strides]
+        if a3.shape[0] == 1:
+            sa[0] = 0
+        dtype = "f32" if es == 4 else "f64"
+        i64, vp = ctypes.c_int64, ctypes.c_void_p
+        proto = ctypes.CFUNCTYPE(None, i64, i64, i64, vp, i64, i64, vp, vp, vp, vp, i64,
+                                 i64, i64, i64, i64, vp, vp, ctypes.c_int32)
+        fn = proto(self.gather_addresses[dtype])
+        fn(m, n, k, a3.ctypes.data, sa[1], sa[2], src.ctypes.data, kofs.ctypes.data,
+           jofs.ctypes.data, out.ctypes.data, n, batch, sa[0], bsb, m * n, None, None,
+           jit.threads() if nthreads is None else nthreads)
+        return out
 
     def call_args(self, a, b, out, nthreads: int | None = None, epilogue: int = 0,
                   ctx: int = 0) -> tuple:

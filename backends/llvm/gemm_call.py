@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from llvmlite import ir
 
 from lamina.backends.llvm import gemm
 from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
 from lamina.ir.graph import Node, Param
+from lamina.passes.gemm_operand import operand_layout, static_value
 
 I64, I32, I8 = L.I64, L.I32, L.I8
 I8P = I8.as_pointer()
-
-
-def resolve_view(v) -> tuple[Param, tuple[int, ...], tuple[int, ...]]:
-    """(parameter, shape, element strides) of a value built from a parameter by views."""
-    if isinstance(v, Param):
-        return v, v.shape, strides_of(v.shape)
-    p, shape, st = resolve_view(v.inputs[0])
-    if v.op == "transpose":
-        perm = v.attrs["perm"]
-        return p, tuple(shape[k] for k in perm), tuple(st[k] for k in perm)
-    if v.op == "reshape":
-        if tuple(st) != strides_of(shape):
-            raise AssertionError("fusion only lets reshapes of contiguous operands into GEMMs")
-        return p, v.shape, strides_of(v.shape)
-    if v.op == "broadcast":
-        lead = len(v.shape) - len(shape)
-        new = [0] * lead + [0 if d == 1 and t != 1 else s
-                            for d, t, s in zip(shape, v.shape[lead:], st)]
-        return p, v.shape, tuple(new)
-    raise AssertionError(f"{v.op} is not a view")
 
 
 def _batch_strides(shape, strides, batch_shape) -> list[int]:
@@ -73,16 +55,32 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
         return _integer_matmul(ke, mm)
     b = ke.b
     dtype = {32: "f32", 64: "f64"}[mm.dtype.bits]
-    fn = gemm.declare_gemm(ke.cg.module, dtype)
-    pa, sha, sta = resolve_view(mm.inputs[0])
-    pb, shb, stb = resolve_view(mm.inputs[1])
+    outer = dict(zip(region.inputs, ke.node.inputs))
+
+    def is_base(v):
+        return isinstance(v, Param)
+
+    def const_of(v):  # a gather's index: computed in the kernel, or a constant operand
+        return static_value(v, resolve=lambda x: outer.get(x, x))
+
+    oa = operand_layout(mm, 0, is_base, const_of, False)
+    ob = operand_layout(mm, 1, is_base, const_of, True)
+    if oa is None or ob is None:
+        raise AssertionError("fusion let an operand into a GEMM that it cannot read")
+    fn = gemm.declare_gemm(ke.cg.module, dtype, gather=ob.gathered)
+    sha, shb = mm.inputs[0].shape, mm.inputs[1].shape
     M, K = sha[-2], sha[-1]
     N = shb[-1]
     batch_shape = mm.shape[:-2]
     nbatch = math.prod(batch_shape)
-    ba = _batch_strides(sha, sta, batch_shape)
-    bb = _batch_strides(shb, stb, batch_shape)
+    ba, bb = oa.batch, ob.batch
     ptrs = ke.operand_pointers()
+    base_a = b.gep(ptrs[oa.base], [_c(oa.offset)])
+    base_b = b.gep(ptrs[ob.base], [_c(ob.offset)])
+    if ob.gathered:  # B through offset tables (module constants)
+        b_strides = [_table(ke, "kofs", ob.rows, K), _table(ke, "jofs", ob.cols, N)]
+    else:
+        b_strides = [_c(ob.rows), _c(ob.cols)]
     out = ke.output_pointer()
     scratch = ke.scratch_pointer()
     has_epilogue = region.outputs[0] is not mm
@@ -101,14 +99,14 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
 
     def call(a_ptr, b_ptr, c_ptr, count, bsa, bsb, base):
         b.store(base, base_at)
-        b.call(fn, [_c(M), _c(N), _c(K), a_ptr, _c(sta[-2]), _c(sta[-1]),
-                    b_ptr, _c(stb[-2]), _c(stb[-1]), c_ptr, _c(N),
+        b.call(fn, [_c(M), _c(N), _c(K), a_ptr, _c(oa.rows), _c(oa.cols),
+                    b_ptr, *b_strides, c_ptr, _c(N),
                     count, _c(bsa), _c(bsb), _c(M * N), epi_arg, b.bitcast(ctx, I8P),
                     ke.nthreads])
 
     ua, ub = _uniform(ba, batch_shape), _uniform(bb, batch_shape)
     if ua is not None and ub is not None:
-        call(ptrs[pa], ptrs[pb], c, _c(nbatch), ua, ub, _c(0))  # no matrix: no call
+        call(base_a, base_b, c, _c(nbatch), ua, ub, _c(0))  # no matrix: no call
     else:  # batch strides that do not flatten: one call per matrix
         em = ke.emitter()
         ke._em = em
@@ -118,7 +116,7 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
             off_b = _dot(b, idx, bb)
             flat = em.linear(idx, batch_shape)
             off_c = b.mul(flat, _c(M * N))
-            call(b.gep(ptrs[pa], [off_a]), b.gep(ptrs[pb], [off_b]), b.gep(c, [off_c]),
+            call(b.gep(base_a, [off_a]), b.gep(base_b, [off_b]), b.gep(c, [off_c]),
                  _c(1), 0, 0, flat)
 
         ke.nest(batch_shape, one, None)
@@ -127,6 +125,18 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
 
 def _c(v: int) -> ir.Constant:
     return ir.Constant(I64, v)
+
+
+def _table(ke, what: str, t, n: int):
+    """An ``i64*`` to a constant table of the module (a stride becomes its table)."""
+    t = np.arange(n, dtype=np.int64) * t if isinstance(t, int) else t
+    module = ke.cg.module
+    g = ir.GlobalVariable(module, ir.ArrayType(I64, n), module.get_unique_name(
+        f"{ke.name}.{what}"))
+    g.linkage = "internal"
+    g.global_constant = True
+    g.initializer = ir.Constant(ir.ArrayType(I64, n), [int(x) for x in t])
+    return ke.b.gep(g, [ir.Constant(I32, 0), ir.Constant(I32, 0)])
 
 
 def _dot(b, idx, strides):

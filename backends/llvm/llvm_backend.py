@@ -34,7 +34,7 @@ from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph
 from lamina.ir.printer import print_graph
 from lamina.passes.expand_conv import expand_conv
-from lamina.passes.fuse import fuse_kernels
+from lamina.passes.fuse import fuse_kernels_gather
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import plan_memory
 from lamina.runtime import cache as cache_mod
@@ -120,6 +120,7 @@ class GemmLib:
         self.lib = lib
         self.dtype = dtype
         llvm.add_symbol(gemm.GEMM_SYMBOL[dtype], lib.addresses[dtype])
+        llvm.add_symbol(gemm.GATHER_SYMBOL[dtype], lib.gather_addresses[dtype])
 
 
 @functools.cache
@@ -131,12 +132,13 @@ def gemm_library(dtype: str) -> GemmLib:
         source = f.read().decode()
     parts = cache_mod.key_parts(source, f"gemm-{dtype}", versions(), jit.host().key())
     c = cache_mod.Cache()
-    name, symbol = f"lamina_gemm_{dtype}", gemm.GEMM_SYMBOL[dtype]
-    obj = c.get(name, parts, check=_cached_object_check(f"cached {name}", (symbol,)))
+    name = f"lamina_gemm_{dtype}"
+    symbol = (gemm.GEMM_SYMBOL[dtype], gemm.GATHER_SYMBOL[dtype])
+    obj = c.get(name, parts, check=_cached_object_check(f"cached {name}", symbol))
     if obj is not None:
         return GemmLib(gemm.GemmLibrary.from_object(obj), dtype)
     lib = gemm.build_library(dtypes=(dtype,))
-    _check_fresh(lib.object_code, name, (symbol,))
+    _check_fresh(lib.object_code, name, symbol)
     c.put(name, parts, lib.object_code)
     return GemmLib(lib, dtype)
 
@@ -154,7 +156,8 @@ def gemm_dtypes(graph: Graph) -> list[str]:
 
 class LLVMBackend:
     name = "llvm"
-    passes = (expand_conv, fuse_kernels)  # no conv lowering of its own yet: im2col + GEMM
+    # conv: an im2col gather the GEMM reads through offset tables (an implicit GEMM)
+    passes = (expand_conv, fuse_kernels_gather)
 
     def __init__(self):
         self.cache = None
@@ -242,7 +245,8 @@ class LLVMBackend:
             fname = f"gemm.{d}.o"
             if fname not in files:
                 raise ArtifactError(f"{fname}: missing (the IR calls the {d} GEMM)")
-            gemms[d] = check_object(files[fname], fname, (gemm.GEMM_SYMBOL[d],))
+            gemms[d] = check_object(files[fname], fname,
+                                    (gemm.GEMM_SYMBOL[d], gemm.GATHER_SYMBOL[d]))
         _check_binding(graph, target, files,
                        ["kernels.o", "pool.o", *(f"gemm.{d}.o" for d in dtypes)])
         if not pool.loaded():  # else this process's pool serves (one per process)

@@ -72,6 +72,9 @@ class Group:
         self.matmul: Node | None = root if root.op == "matmul" else None
         self.operand_side: set[Node] = set()  # views between a buffer and the matmul
         self.index_side: set[Node] = set()  # a gather's index there, evaluated at compile time
+        # a reshape splitting the matmul's last axis (conv: H*W -> H, W): the epilogue then
+        # indexes the domain as [..., row, 0, ..., column] (see _splits_columns)
+        self.split: Node | None = None
         self.domain = root.shape  # the iteration space of loop kernels and epilogues
         # producers of index moves (transpose, take, ...) stay out: set on a second try when
         # the first one had to leave a reduction out because a move read it at other rows
@@ -164,6 +167,12 @@ class Fuser:
                 chain = _member_cone(p, G.members | {p})
                 inside = all(u is G.matmul or u in G.operand_side
                              for u in users if u in G.members)
+                if (inside and self.gather_operands and static_value(p) is not None
+                        and all((u.op == "take" and u.inputs[1] is p and u.inputs[0] is not p)
+                                or u in G.index_side for u in users if u in G.members)):
+                    G.operand_side.update(chain)  # a gather's index: known when compiling
+                    G.index_side.update(chain)
+                    return True
                 if inside and all(self.is_view(v) for v in chain) and (
                         not self.gather_operands or self.gemm_reads(G, p)):
                     G.operand_side.update(chain)
@@ -172,16 +181,14 @@ class Fuser:
                         and self.gemm_reads(G, p)):
                     G.operand_side.update(chain)
                     return True
-                if (inside and self.gather_operands and static_value(p) is not None
-                        and all((u.op == "take" and u.inputs[1] is p and u.inputs[0] is not p)
-                                or u in G.index_side for u in users if u in G.members)):
-                    G.operand_side.update(chain)  # a gather's index: known when compiling
-                    G.index_side.update(chain)
-                    return True
                 return self.decline(p, "a matmul reads its operands through strides; this "
                                        "producer is computed, so it is materialized")
             if p.shape != G.domain and p.op not in CHEAP:
                 return self.decline(p, "the epilogue runs over the matmul's output shape")
+            if G.split is not None:
+                bad = _splits_columns(p, G.domain, len(G.matmul.shape) - 1)
+                if bad:
+                    return self.decline(p, f"the epilogue's {p.op} {bad}")
             return True
         if G.kind == "reduce":
             d, _ = G.reduce
@@ -250,9 +257,18 @@ class Fuser:
     def take_matmul(self, G: Group, p: Node) -> bool:
         if G.kind != "loop":
             return self.decline(p, f"a {G.kind} kernel cannot hold a matmul")
+        split = None
         if p.shape != G.domain:
-            return self.decline(p, "the epilogue's shape differs from the matmul's")
+            split = self.split_reshape(G, p)
+            if split is None:
+                return self.decline(p, "the epilogue's shape differs from the matmul's")
         for m in G.members:
+            if split is not None:
+                if m is split:
+                    continue
+                bad = _splits_columns(m, G.domain, len(p.shape) - 1)
+                if bad:
+                    return self.decline(p, f"the epilogue's {m.op} {bad}")
             if m.op in MOVES_INDEX and _reads(m, p, G.members):
                 # a GEMM tile knows its own elements only (a square matmul's transpose)
                 return self.decline(p, f"the epilogue reads it through a {m.op}, at other "
@@ -269,9 +285,25 @@ class Fuser:
             if bad is not None:
                 return self.decline(p, f"its operand is also read by the epilogue, through a "
                                        f"{bad.op} the GEMM cannot read as a strided view")
-        G.kind, G.matmul = "gemm", p
+        G.kind, G.matmul, G.split = "gemm", p, split
         G.operand_side.update(v for chain in chains for v in chain)
         return True
+
+    def split_reshape(self, G: Group, p: Node) -> Node | None:
+        """The member reshaping matmul ``p``'s output to the kernel's domain by splitting its
+        last axis only (a conv's [N, O, H*W] -> [N, O, H, W]), when the backend's GEMM
+        epilogue can index it so (gather_operands: llvm) and it is ``p``'s only user."""
+        if not self.gather_operands:
+            return None
+        users = self.users_of(p)
+        if len(users) != 1 or users[0] not in G.members or users[0].op != "reshape":
+            return None
+        r = users[0]
+        lead = len(p.shape) - 1
+        if (r.shape != G.domain or tuple(r.shape[:lead]) != tuple(p.shape[:lead])
+                or math.prod(r.shape[lead:]) != p.shape[-1]):
+            return None
+        return r
 
     def row_clonable(self, G: Group, p: Node) -> bool:
         """A row program recomputes a row-shaped producer that others use too (rather than
@@ -283,6 +315,14 @@ class Fuser:
         if category(p) == "reduce":
             return (p.inputs[0].shape, reduce_axes(p)) == (d, axes)
         return p.shape == d or G.row_class(p.shape)
+
+    def static_index(self, G: Group, p: Node) -> bool:
+        """A gather index known when compiling (iota arithmetic): every GEMM kernel reading
+        through the gather takes its own copy, evaluated at compile time, never stored."""
+        return (self.gather_operands and G.kind == "gemm"
+                and any(u in G.index_side or (u.op == "take" and u.inputs[1] is p)
+                        for u in self.users_of(p) if u in G.members)
+                and static_value(p) is not None)
 
     def gemm_reads(self, G: Group, p: Node) -> bool:
         """Can the GEMM read each operand that ``p`` feeds (with ``p`` inside the kernel)
@@ -338,7 +378,8 @@ class Fuser:
                         if self.absorbable(G, p):
                             G.members.add(p)
                             pending = True
-                    elif (p.op in CHEAP or self.row_clonable(G, p)) and self.absorbable(G, p):
+                    elif (p.op in CHEAP or self.row_clonable(G, p) or self.static_index(G, p)
+                          ) and self.absorbable(G, p):
                         G.members.add(p)
                         G.clones.add(p)
                         pending = True
@@ -573,6 +614,37 @@ def _reads(m: Node, p: Node, members: set[Node]) -> bool:
     return False
 
 
+def _splits_columns(m: Node, domain, lead: int) -> str | None:
+    """Why ``m`` cannot be evaluated at the index ``[..., row, 0, ..., 0, column]`` that a GEMM
+    epilogue with a split reshape uses for the domain (its axes from ``lead`` on are the
+    matmul's columns, split), or None. A value spanning the split axes whole is right there
+    if it computes row-major linear positions (elementwise ops, reshapes, casts, broadcasts,
+    buffers); one constant across them never sees the column index."""
+    n = len(domain) - lead
+    full = list(domain[lead:])
+
+    def split_dims(shape):
+        tail = list(shape[max(0, len(shape) - n):])
+        return [1] * (n - len(tail)) + tail
+
+    def kind(shape):
+        d = split_dims(shape)
+        return "ones" if all(x == 1 for x in d) else "full" if d == full else "part"
+
+    k = kind(m.shape)
+    if k == "ones":
+        return None
+    if k == "part":
+        return "spans part of the split axes"
+    if m.op == "constant" and is_splat(m):
+        return None
+    if not (m.op in ("reshape", "cast", "broadcast") or get_op(m.op).kind == "elementwise"):
+        return f"reads the split axes of {list(domain)} by position"
+    if m.op != "reshape" and any(kind(x.shape) == "part" for x in m.inputs):
+        return "broadcasts along part of the split axes"
+    return None
+
+
 def _member_cone(v: Node, members: set[Node]) -> list[Node]:
     """``v`` and the members it is computed from, through members only."""
     out, todo = [], [v]
@@ -615,7 +687,7 @@ def kernel_name(G: Group, used: Counter) -> str:
     """``fused_<ops>`` after the ops it holds (as Inductor names kernels), made unique."""
     seen: list[str] = []
     for m in _in_order(G):
-        if m.op != "constant" and m.op not in seen:
+        if m.op != "constant" and m.op not in seen and m not in G.index_side:
             seen.append(m.op)
     base = "fused_" + "_".join(seen[:5]) + ("_etc" if len(seen) > 5 else "")
     used[base] += 1
@@ -642,11 +714,17 @@ def _in_order(G: Group) -> list[Node]:
 def describe(G: Group) -> str:
     ops = [m.op for m in _in_order(G) if m.op != "constant"]
     if G.kind == "gemm":
-        epi = [o for o in ops if o not in ("matmul",) and o not in VIEWS]
-        views = [o for o in ops if o in VIEWS]
+        order = [m for m in _in_order(G) if m.op != "constant"]
+        side = [m.op for m in order if m in G.operand_side and m not in G.index_side]
+        index = [m.op for m in order if m in G.index_side]
+        epi = [m.op for m in order if m not in G.operand_side and m is not G.matmul]
         text = "gemm"
-        if views:
-            text += f" reading {', '.join(views)} operands as strided views"
+        if side and all(o in VIEWS for o in side):
+            text += f" reading {', '.join(side)} operands as strided views"
+        elif side:
+            text += (f" reading operands through {', '.join(side)} (offset tables: no copy)")
+        if index:
+            text += f"; its gather index ({len(index)} ops on iotas) is evaluated when compiling"
         return text + (f", epilogue {', '.join(epi)}" if epi else "")
     if G.kind == "reduce":
         d, axes = G.reduce

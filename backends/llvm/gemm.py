@@ -510,16 +510,7 @@ class _Emitter:
                         b.store(x, _vptr(b, d, _c64(v * vl), vt), align=al)
                 with other, b.if_else(full) as (t2, o2):
                     with t2:
-                        offs = [b.load(b.gep(jo, [_c64(x)])) for x in range(w)]
-                        with _for(b, _c64(0), kc, name="k") as k:
-                            sp = b.gep(src, [b.load(b.gep(kofs, [k]))])
-                            d = b.gep(dp, [b.mul(k, _c64(w))])
-                            for v in range(w // vl):
-                                vec = ir.Constant(vt, ir.Undefined)
-                                for lane in range(vl):
-                                    x = b.load(b.gep(sp, [offs[v * vl + lane]]))
-                                    vec = b.insert_element(vec, x, ir.Constant(_i32, lane))
-                                b.store(vec, _vptr(b, d, _c64(v * vl), vt), align=al)
+                        self._pack_runs(b, fn, kc, src, kofs, jo, dp)
                     with o2, _for(b, _c64(0), kc, name="k") as k:
                         sp = b.gep(src, [b.load(b.gep(kofs, [k]))])
                         d = b.gep(dp, [b.mul(k, _c64(w))])
@@ -529,6 +520,60 @@ class _Emitter:
                             b.store(zero, b.gep(d, [x]))
         b.ret_void()
         return fn
+
+    def _pack_runs(self, b, fn, kc, src, kofs, jo, dp):
+        """A full panel of a table B whose offsets are not one run. Each vector of VL columns
+        that is at most two runs of consecutive offsets (a stride-1 conv whose output rows are
+        at least VL wide: a vector crosses one row boundary at most) is two masked vector loads
+        per k; otherwise every value is loaded by itself (offsets hoisted out of the k loop)."""
+        w, vl, vt = self.nr, self.vl, self.vt
+        al = _BYTES[self.dtype]
+        offs = [b.load(b.gep(jo, [_c64(x)])) for x in range(w)]
+        splits, ok = [], ir.Constant(_i1, 1)
+        for v in range(w // vl):
+            o = offs[v * vl:(v + 1) * vl]
+            # r: the first lane that does not continue lane 0's run (vl: none)
+            r = _c64(vl)
+            for lane in range(vl - 1, 0, -1):
+                brk = b.icmp_signed("!=", b.sub(o[lane], o[0]), _c64(lane))
+                r = b.select(brk, _c64(lane), r)
+            # the lanes from r on must form one run too
+            start = _c64(0)
+            for lane in range(1, vl):
+                start = b.select(b.icmp_signed("==", r, _c64(lane)),
+                                 b.sub(o[lane], _c64(lane)), start)
+            for lane in range(1, vl):
+                after = b.icmp_signed(">=", _c64(lane), r)
+                good = b.icmp_signed("==", b.sub(o[lane], _c64(lane)), start)
+                ok = b.and_(ok, b.or_(b.not_(after), good))
+            splits.append((o[0], r, start))
+        lane_ids = ir.Constant(ir.VectorType(_i64, vl), list(range(vl)))
+        al32 = ir.Constant(_i32, al)
+        with b.if_else(ok) as (then, other):
+            with then:
+                masks = []
+                for first, r, start in splits:
+                    rv = b.insert_element(ir.Constant(ir.VectorType(_i64, vl), ir.Undefined), r,
+                                          ir.Constant(_i32, 0))
+                    rv = b.shuffle_vector(rv, rv, ir.Constant(ir.VectorType(_i32, vl), [0] * vl))
+                    lo = b.icmp_signed("<", lane_ids, rv)
+                    masks.append((first, start, lo, b.not_(lo)))
+                with _for(b, _c64(0), kc, name="k") as k:
+                    sp = b.gep(src, [b.load(b.gep(kofs, [k]))])
+                    d = b.gep(dp, [b.mul(k, _c64(w))])
+                    for v, (first, start, lo, hi) in enumerate(masks):
+                        x = b.call(self.mload, [_vptr(b, sp, first, vt), al32, lo, self.zero_v()])
+                        x = b.call(self.mload, [_vptr(b, sp, start, vt), al32, hi, x])
+                        b.store(x, _vptr(b, d, _c64(v * vl), vt), align=al)
+            with other, _for(b, _c64(0), kc, name="k") as k:
+                sp = b.gep(src, [b.load(b.gep(kofs, [k]))])
+                d = b.gep(dp, [b.mul(k, _c64(w))])
+                for v in range(w // vl):
+                    vec = ir.Constant(vt, ir.Undefined)
+                    for lane in range(vl):
+                        x = b.load(b.gep(sp, [offs[v * vl + lane]]))
+                        vec = b.insert_element(vec, x, ir.Constant(_i32, lane))
+                    b.store(vec, _vptr(b, d, _c64(v * vl), vt), align=al)
 
     # tiles and chunks --------------------------------------------------------------------------
     # The job: the entry's arguments, the tiling it chose and the workspace (see entry()).

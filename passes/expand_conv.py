@@ -73,17 +73,19 @@ def im2col_conv(b, x, w, stride, padding, dilation, groups):
 
 def _by_input_channel(cols, w, out):
     """A conv with a large kernel and a small output (a conv's weight gradient: the kernel is
-    the forward's output grid, the output its taps) as one GEMM per input channel, summed:
-    ``y[n, o, q] = sum_c W_c[o, :] @ cols[n, c, :, q]`` with the taps as K and the (n, q)
-    pairs as the GEMM's columns, instead of a GEMM with as few columns as the output has
-    positions and the whole batch as K."""
+    the forward's output grid, the output its taps) as one GEMM per input channel ``c``,
+    summed: ``y[n, :, q] = sum_c (cols[n, c, :, q] @ W[:, c, :].T)`` with the kernel's taps as
+    K, the (n, q) pairs as rows and the output channels as columns. Its A operand, the
+    patches, is read through offset tables whose K runs follow the image's rows (two masked
+    vector loads per VL values); a GEMM with the output positions as columns would have
+    only as many as the kernel has taps."""
     N, C, KK, M = cols.shape
     O = w.shape[0]
     r = w.ndim - 2
-    wc = w.reshape(O, C, KK).transpose(1, 0, 2)                 # [C, O, KK]
-    bc = cols.transpose(1, 2, 0, 3).reshape(C, KK, N * M)       # [C, KK, N*M]
-    z = (wc @ bc).sum(axis=0)                                   # [O, N*M]
-    return z.reshape(O, N, *out).transpose(1, 0, *range(2, 2 + r))
+    a = cols.transpose(1, 0, 3, 2).reshape(C, N * M, KK)        # [C, N*M, KK]
+    bw = w.reshape(O, C, KK).transpose(1, 2, 0)                 # [C, KK, O]
+    z = (a @ bw).sum(axis=0)                                    # [N*M, O]
+    return z.reshape(N, *out, O).transpose(0, r + 1, *range(1, r + 1))
 
 
 def expand_conv(g: Graph) -> Graph:

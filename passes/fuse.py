@@ -326,7 +326,7 @@ class Fuser:
 
     def gemm_reads(self, G: Group, p: Node) -> bool:
         """Can the GEMM read each operand that ``p`` feeds (with ``p`` inside the kernel)
-        through offset tables: A with strides, B with strides or tables?"""
+        with strides or offset tables (passes/gemm_operand.py)?"""
         members = G.members | {p}
         mm = G.matmul
 
@@ -336,7 +336,7 @@ class Fuser:
         for side in (0, 1):
             if p not in _member_cone(mm.inputs[side], members):
                 continue
-            if operand_layout(mm, side, is_base, static_value, side == 1) is None:
+            if operand_layout(mm, side, is_base, static_value, True) is None:
                 return False
         return True
 

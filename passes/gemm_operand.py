@@ -14,7 +14,7 @@ for one table ``T_a`` per axis, as long as every step keeps that form:
 
 The GEMM then needs, for the operand as a batch of matrices: batch strides (affine batch
 tables), and a row and a column table; affine ones are plain strides (``pack``), others are
-read by the gather entry of the GEMM (``gemm.GATHER_SYMBOL``: B only). Fusion
+read by the gather entry of the GEMM (``gemm.GATHER_SYMBOL``). Fusion
 (``passes/fuse.py``) asks :func:`operand_layout` whether a producer can join a GEMM kernel as
 part of its operand; the llvm backend asks it again for the tables. The analysis is exact
 (no sampling) and costs the sum of the axis sizes (plus a reshape's merged group).
@@ -218,7 +218,8 @@ class Operand:
 
 def operand_layout(mm: Node, side: int, is_base, const_of, tables_ok: bool) -> Operand | None:
     """How the GEMM of matmul ``mm`` reads operand ``side`` (0: A, 1: B): None when it cannot
-    without a copy. ``tables_ok``: whether row/column tables are acceptable (B only)."""
+    without a copy. ``tables_ok``: whether row/column tables are acceptable (the gather entry
+    of the GEMM reads both operands through tables)."""
     v = mm.inputs[side]
     lay = layout_of(v, is_base, const_of)
     if lay is None:

@@ -149,10 +149,10 @@ def test_conv_runs_as_an_implicit_gemm_with_its_epilogue():
     gemm_lines = [line for line in text.splitlines()
                   if line.startswith("# remark: @") and ": gemm" in line]
     # every conv (forward, input gradient, weight gradients) reads its patches through
-    # offset tables: the only gather stored is the input gradient's flipped weight
+    # offset tables (the input gradient's flipped weight too): no gather is stored
     gathers = [line for line in text.splitlines()
                if line.startswith("# remark: @") and ": loop" in line and "take" in line]
-    assert len(gathers) == 1 and "loop over [8, 8, 3, 3]" in gathers[0], gathers
+    assert gathers == []
     assert sum("offset tables" in line for line in gemm_lines) == 5
     # the first conv's bias and ReLU run in its GEMM's epilogue
     assert any("epilogue" in line and "add, relu" in line for line in gemm_lines)
@@ -227,3 +227,12 @@ def test_a_slice_of_a_matrix_is_read_by_the_gemm_without_a_copy():
     np.testing.assert_allclose(f(a, b), a[3:35:2, 1:29] @ b[1:29, ::2], rtol=1e-5, atol=1e-5)
     kinds = [line for line in f.ir("fused").splitlines() if "remark: kernels:" in line]
     assert kinds == ["# remark: kernels: 1 gemm"], kinds
+
+
+def test_kernel_cache_keys_follow_the_code_generators_source():
+    """A cached object code from another version of the code generator (the GEMM's calling
+    convention changed under an unchanged IR text) must never be loaded: it crashed."""
+    from lamina.backends.llvm import codegen, llvm_backend
+
+    assert llvm_backend.versions()["codegen"].endswith(codegen.source_digest())
+    assert len(codegen.source_digest()) == 16

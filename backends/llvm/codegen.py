@@ -16,6 +16,9 @@ order), and the threads that are running claim them one by one.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,10 +47,24 @@ CHUNK_WORK = 1 << 14
 MAX_KERNEL_CHUNKS = 128
 CHUNK_ALIGN = 16
 ACCUMULATE_MIN = 128
-# Part of cache keys: bump when generated code changes meaning. 4: kernels and GEMMs call the
-# thread pool (pool.py, ABI in its symbol names) instead of GOMP_parallel; 5: other chunk sizes;
-# 7: a reshape of a kernel input reads at its own flat index (emitter._op_reshape).
-CODEGEN_VERSION = "7"
+# Part of cache keys (with a hash of this backend's source, ``source_digest``, so that a
+# change to the code generator never meets an object code it made before): bump when
+# generated code changes meaning. 4: kernels and GEMMs call the thread pool (pool.py, ABI in
+# its symbol names) instead of GOMP_parallel; 5: other chunk sizes; 7: a reshape of a kernel
+# input reads at its own flat index (emitter._op_reshape); 8: the GEMM's gather entry.
+CODEGEN_VERSION = "8"
+
+
+@functools.cache
+def source_digest() -> str:
+    """A hash of the llvm backend's source files (the code generator and the GEMM/pool ABI)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(here)):
+        if name.endswith(".py"):
+            with open(os.path.join(here, name), "rb") as f:
+                h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
 
 
 def kernel_chunks(extent: int, work: int, min_size: int = 1) -> tuple[int, int]:

@@ -78,7 +78,9 @@ from llvmlite import ir
 from lamina.backends.llvm import jit, pool
 
 GEMM_SYMBOL = {"f32": "lamina_gemm_f32", "f64": "lamina_gemm_f64"}
-# The same GEMM with B read through offset tables (an implicit-GEMM operand: conv patches):
+# The same GEMM with A and/or B read through offset tables (implicit-GEMM operands: a conv's
+# patches): four extra i64* arguments arofs, akofs (A[i, k] = A[arofs[i] + akofs[k]]) and kofs,
+# jofs (B[k, j] = B[kofs[k] + jofs[j]]); a null pair means that operand uses its strides.
 GATHER_SYMBOL = {d: s + "_gather" for d, s in GEMM_SYMBOL.items()}
 MAX_GEMM_THREADS = 64      # slots of one call (each holds packing buffers)
 CHUNKS_PER_THREAD = 4      # tiles per thread the tiling aims for (see _Emitter.entry)
@@ -102,13 +104,12 @@ EPILOGUE_TYPE = {d: _epilogue_type(d) for d in _SCALAR}
 
 
 def _gemm_type(dtype: str, gather: bool = False) -> ir.FunctionType:
-    """The entry's type; with ``gather``, B's (row stride, column stride) become two ``i64*``
-    offset tables (see GATHER_SYMBOL)."""
+    """The entry's type; ``gather`` adds four ``i64*`` offset tables (see GATHER_SYMBOL)."""
     t = _SCALAR[dtype].as_pointer()
-    bst = [_i64.as_pointer()] * 2 if gather else [_i64, _i64]
-    return ir.FunctionType(_void, [_i64, _i64, _i64, t, _i64, _i64, t, *bst, t, _i64,
+    tables = [_i64.as_pointer()] * 4 if gather else []
+    return ir.FunctionType(_void, [_i64, _i64, _i64, t, _i64, _i64, t, _i64, _i64, t, _i64,
                                    _i64, _i64, _i64, _i64, EPILOGUE_TYPE[dtype].as_pointer(),
-                                   _i8p, _i32])
+                                   _i8p, _i32, *tables])
 
 
 @dataclass(frozen=True)
@@ -521,6 +522,115 @@ class _Emitter:
         b.ret_void()
         return fn
 
+    def _runs(self, b, o):
+        """For VL offsets ``o`` (i64 values): (r, start, ok): lanes < r continue lane 0's run
+        (o[0] + lane), lanes >= r the run ``start + lane``; ok: that describes all lanes."""
+        vl = self.vl
+        r = _c64(vl)
+        for lane in range(vl - 1, 0, -1):
+            brk = b.icmp_signed("!=", b.sub(o[lane], o[0]), _c64(lane))
+            r = b.select(brk, _c64(lane), r)
+        start = _c64(0)
+        for lane in range(1, vl):
+            start = b.select(b.icmp_signed("==", r, _c64(lane)), b.sub(o[lane], _c64(lane)),
+                             start)
+        ok = ir.Constant(_i1, 1)
+        for lane in range(1, vl):
+            after = b.icmp_signed(">=", _c64(lane), r)
+            good = b.icmp_signed("==", b.sub(o[lane], _c64(lane)), start)
+            ok = b.and_(ok, b.or_(b.not_(after), good))
+        return r, start, ok
+
+    def _lanes_below(self, b, r):
+        """The lane mask ``lane < r``."""
+        vl = self.vl
+        vi = ir.VectorType(_i64, vl)
+        rv = b.insert_element(ir.Constant(vi, ir.Undefined), r, ir.Constant(_i32, 0))
+        rv = b.shuffle_vector(rv, rv, ir.Constant(ir.VectorType(_i32, vl), [0] * vl))
+        return b.icmp_signed("<", ir.Constant(vi, list(range(vl))), rv)
+
+    def pack_table_a(self) -> ir.Function:
+        """void pack_at(i64 kc, i64 n, T* src, i64* rofs, i64* kofs, T* dst): `n` rows of an A
+        given by offset tables, A[i, k] = src[rofs[i] + kofs[k]] (a conv's patches with the
+        output positions as K: its weight gradient), into zero-padded MR-row panels like
+        ``pack("a")``. VL k's at a time: when their offsets are at most two runs (one output
+        row boundary), each row's VL values are two masked vector loads, and the rows are
+        transposed in registers; otherwise, and for the k tail, values are copied one by one."""
+        w, vl, vt = self.cfg.mr, self.vl, self.vt
+        i64p = _i64.as_pointer()
+        fn, b = _new_fn(self.m, self.prefix + "pack_at", _void,
+                        [_i64, _i64, self.tp, i64p, i64p, self.tp])
+        fn.attributes.add("noinline")
+        kc, n, src, rofs, kofs, dst = fn.args
+        al = _BYTES[self.dtype]
+        al32 = ir.Constant(_i32, al)
+        zero = ir.Constant(self.t, 0.0)
+        lo_sh = ir.Constant(ir.VectorType(_i32, vl), [j // 2 + (j % 2) * vl for j in range(vl)])
+        hi_sh = ir.Constant(ir.VectorType(_i32, vl),
+                            [vl // 2 + j // 2 + (j % 2) * vl for j in range(vl)])
+        kmain = b.mul(b.sdiv(kc, _c64(vl)), _c64(vl))
+        with _for(b, _c64(0), _cdiv(b, n, _c64(w)), name="p") as p:
+            x0 = b.mul(p, _c64(w))
+            nv = _min(b, b.sub(n, x0), _c64(w))
+            dp = b.gep(dst, [b.mul(x0, kc)])
+            # row bases (a row past the matrix reads row 0 and is zeroed)
+            bases = []
+            for x in range(w):
+                inside = b.icmp_signed("<", _c64(x), nv)
+                at = b.select(inside, b.add(x0, _c64(x)), x0)
+                bases.append((inside, b.gep(src, [b.load(b.gep(rofs, [at]))])))
+            with _for(b, _c64(0), kmain, vl, name="kt") as k0:
+                o = [b.load(b.gep(kofs, [b.add(k0, _c64(j))])) for j in range(vl)]
+                r, start, ok = self._runs(b, o)
+                with b.if_else(ok) as (then, other):
+                    with then:
+                        low = self._lanes_below(b, r)
+                        high = b.not_(low)
+                        for g in range(0, w, vl):  # VL rows at a time
+                            rows = []
+                            for x in range(g, g + vl):
+                                if x >= w:
+                                    rows.append(self.zero_v())
+                                    continue
+                                inside, base = bases[x]
+                                v = b.call(self.mload, [_vptr(b, base, o[0], vt), al32, low,
+                                                        self.zero_v()])
+                                v = b.call(self.mload, [_vptr(b, base, start, vt), al32, high,
+                                                        v])
+                                rows.append(b.select(inside, v, self.zero_v()))
+                            for _ in range(vl.bit_length() - 1):
+                                nxt = []
+                                for i in range(vl // 2):
+                                    x, y = rows[i], rows[i + vl // 2]
+                                    nxt += [b.shuffle_vector(x, y, lo_sh),
+                                            b.shuffle_vector(x, y, hi_sh)]
+                                rows = nxt
+                            width = min(vl, w - g)
+                            st = _lane_mask(b, _c64(width), vl)
+                            for j in range(vl):  # rows[j] holds k = k0 + j
+                                d = _vptr(b, dp, b.add(b.mul(b.add(k0, _c64(j)), _c64(w)),
+                                                       _c64(g)), vt)
+                                if width == vl:
+                                    b.store(rows[j], d, align=al)
+                                else:
+                                    b.call(self.mstore, [rows[j], d, al32, st])
+                    with other:
+                        for j in range(vl):
+                            d = b.gep(dp, [b.mul(b.add(k0, _c64(j)), _c64(w))])
+                            for x in range(w):
+                                inside, base = bases[x]
+                                v = b.load(b.gep(base, [o[j]]))
+                                b.store(b.select(inside, v, zero), b.gep(d, [_c64(x)]))
+            with _for(b, kmain, kc, name="kr") as k:
+                off = b.load(b.gep(kofs, [k]))
+                d = b.gep(dp, [b.mul(k, _c64(w))])
+                for x in range(w):
+                    inside, base = bases[x]
+                    v = b.load(b.gep(base, [off]))
+                    b.store(b.select(inside, v, zero), b.gep(d, [_c64(x)]))
+        b.ret_void()
+        return fn
+
     def _pack_runs(self, b, fn, kc, src, kofs, jo, dp):
         """A full panel of a table B whose offsets are not one run. Each vector of VL columns
         that is at most two runs of consecutive offsets (a stride-1 conv whose output rows are
@@ -579,16 +689,17 @@ class _Emitter:
     # The job: the entry's arguments, the tiling it chose and the workspace (see entry()).
     JOB = ("M", "N", "K", "A", "rsA", "csA", "B", "rsB", "csB", "C", "ldc", "batch", "bsA",
            "bsB", "bsC", "epi", "ctx", "ws", "stride", "boff", "kstep", "nib", "njb", "pm",
-           "pn", "nbmax", "upc", "units", "tags", "kofs", "jofs")
+           "pn", "nbmax", "upc", "units", "tags", "kofs", "jofs", "arofs", "akofs")
 
     def job_fields(self):
         ep = EPILOGUE_TYPE[self.dtype].as_pointer()
         types = {"A": self.tp, "B": self.tp, "C": self.tp, "ws": self.tp, "epi": ep,
                  "ctx": _i8p, "tags": _i64.as_pointer(), "kofs": _i64.as_pointer(),
-                 "jofs": _i64.as_pointer()}
+                 "jofs": _i64.as_pointer(), "arofs": _i64.as_pointer(),
+                 "akofs": _i64.as_pointer()}
         return [types.get(name, _i64) for name in self.JOB]
 
-    def tile(self, uk, pack_a, pack_b, pack_bt) -> ir.Function:
+    def tile(self, uk, pack_a, pack_b, pack_bt, pack_at) -> ir.Function:
         """void tile(job*, i64 slot, i64 bi, i64 jb, i64 ib): C[rows of ib, columns of jb] of
         matrix bi, with the packing buffers of `slot`.
 
@@ -645,14 +756,21 @@ class _Emitter:
         epi, ctx = f["epi"], f["ctx"]
         has_epi = b.icmp_unsigned("!=", epi, ir.Constant(epi.type, None))
         a_src = b.gep(f["A"], [b.add(b.mul(bi, f["bsA"]), b.mul(i0, f["rsA"]))])
+        arofs = f["arofs"]
+        a_tables = b.icmp_unsigned("!=", arofs, ir.Constant(arofs.type, None))
         cb = b.gep(f["C"], [b.mul(bi, f["bsC"])])
         ldc = f["ldc"]
         with _for(b, _c64(0), kpos, kstep, name="pc") as pc:
             kc = _min(b, b.sub(K, pc), kstep)
             first = b.icmp_signed("==", pc, _c64(0))
             call_epi = b.and_(b.icmp_signed(">=", b.add(pc, kc), K), has_epi)
-            b.call(pack_a, [kc, b.sub(i1, i0), b.gep(a_src, [b.mul(pc, f["csA"])]), f["rsA"],
-                            f["csA"], abuf])
+            with b.if_else(a_tables) as (then, other):
+                with then:  # A through offset tables: A[i, k] = A[bi*bsA + arofs[i] + akofs[k]]
+                    b.call(pack_at, [kc, b.sub(i1, i0), b.gep(f["A"], [b.mul(bi, f["bsA"])]),
+                                     b.gep(f["arofs"], [i0]), b.gep(f["akofs"], [pc]), abuf])
+                with other:
+                    b.call(pack_a, [kc, b.sub(i1, i0), b.gep(a_src, [b.mul(pc, f["csA"])]),
+                                    f["rsA"], f["csA"], abuf])
             bblk = b.gep(bfull, [b.mul(pc, nbmax)])
             with _for(b, i0, i1, _c64(cfg.mr), name="ir") as ir_:
                 mr = _min(b, b.sub(i1, ir_), _c64(cfg.mr))
@@ -704,11 +822,9 @@ class _Emitter:
         fn = ir.Function(m, _gemm_type(self.dtype, gather), sym)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         (M, N, K, A, rsA, csA, B, rsB, csB, C, ldc, batch, bsA, bsB, bsC, epi, ctx,
-         nthreads) = fn.args
+         nthreads) = fn.args[:18]
         null = ir.Constant(_i64.as_pointer(), None)
-        kofs, jofs = (rsB, csB) if gather else (null, null)
-        if gather:
-            rsB = csB = _c64(0)
+        arofs, akofs, kofs, jofs = fn.args[18:] if gather else (null,) * 4
         done = fn.append_basic_block("done")
         body = fn.append_basic_block("body")
         empty = b.or_(b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0))),
@@ -759,7 +875,7 @@ class _Emitter:
                     batch=batch, bsA=bsA, bsB=bsB, bsC=bsC, epi=epi, ctx=ctx,
                     ws=b.bitcast(ws, self.tp), stride=stride, boff=boff, kstep=kstep, nib=nib,
                     njb=njb, pm=pm, pn=pn, nbmax=nbmax, upc=upc, units=units, tags=tp,
-                    kofs=kofs, jofs=jofs)
+                    kofs=kofs, jofs=jofs, arofs=arofs, akofs=akofs)
         for k, name in enumerate(self.JOB):
             b.store(vals[name], b.gep(job, [ir.Constant(_i32, 0), ir.Constant(_i32, k)]))
         b.call(pool.declare_run(m), [chunk, b.bitcast(job, _i8p), nchunks, b.trunc(nt, _i32)])
@@ -816,7 +932,8 @@ class _Emitter:
 def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
     """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
     e = _Emitter(module, dtype, cfg or default_config(dtype))
-    chunk = e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), e.pack_table()))
+    chunk = e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), e.pack_table(),
+                           e.pack_table_a()))
     e.entry(chunk, gather=True)
     return e.entry(chunk)
 
@@ -861,32 +978,53 @@ class GemmLibrary:
             self._fns[dtype] = proto(self.addresses[dtype])
         return self._fns[dtype]
 
-    def gather_matmul(self, a, src, kofs, jofs, out, bsb: int = 0,
-                      nthreads: int | None = None):
-        """``out[i] = a[i] @ B[i]`` with ``B[i][k, j] = src.flat[i*bsb + kofs[k] + jofs[j]]``
-        (the gather entry; for tests): ``a`` [M, K] or [batch, M, K] (a batch of 1
-        broadcasts), ``out`` [batch, M, N] contiguous, ``src`` contiguous."""
+    def gather_matmul(self, a, src, kofs, jofs, out, bsb: int = 0, nthreads: int | None = None,
+                      a_tables=None, bsa: int = 0):
+        """``out[i] = A[i] @ B[i]`` with ``B[i][k, j] = src.flat[i*bsb + kofs[k] + jofs[j]]``
+        (the gather entry; for tests). ``a``: [M, K] or [batch, M, K] (a batch of 1
+        broadcasts); or, with ``a_tables=(rofs, akofs)``, a contiguous array read as
+        ``A[i][r, k] = a.flat[i*bsa + rofs[r] + akofs[k]]``. ``out`` [batch, M, N]
+        contiguous, ``src`` contiguous; ``kofs=None``: ``src`` is a plain [batch, K, N]."""
         import numpy as np
 
-        a3 = a if a.ndim == 3 else a[None]
         batch, m, n = out.shape
-        k = a3.shape[2]
-        assert src.flags.c_contiguous and out.flags.c_contiguous and a.dtype == out.dtype
-        kofs = np.ascontiguousarray(kofs, np.int64)
-        jofs = np.ascontiguousarray(jofs, np.int64)
-        assert kofs.shape == (k,) and jofs.shape == (n,)
-        es = a.itemsize
-        sa = [s // es for s in a3.strides]
-        if a3.shape[0] == 1:
-            sa[0] = 0
-        dtype = "f32" if es == 4 else "f64"
+        assert out.flags.c_contiguous and a.dtype == out.dtype
+        tabs = []
+        if a_tables is None:
+            a3 = a if a.ndim == 3 else a[None]
+            k = a3.shape[2]
+            es = a.itemsize
+            sa = [s // es for s in a3.strides]
+            if a3.shape[0] == 1:
+                sa[0] = 0
+            tabs += [None, None]
+        else:
+            assert a.flags.c_contiguous
+            rofs, akofs = (np.ascontiguousarray(t, np.int64) for t in a_tables)
+            k = len(akofs)
+            assert rofs.shape == (m,)
+            sa = [bsa, 0, 0]
+            tabs += [rofs, akofs]
+        if kofs is None:
+            assert src.shape[-2:] == (k, n) and src.flags.c_contiguous
+            sb = [k * n if src.ndim == 3 and src.shape[0] > 1 else 0, n, 1]
+            tabs += [None, None]
+        else:
+            assert src.flags.c_contiguous
+            kofs = np.ascontiguousarray(kofs, np.int64)
+            jofs = np.ascontiguousarray(jofs, np.int64)
+            assert kofs.shape == (k,) and jofs.shape == (n,)
+            sb = [bsb, 0, 0]
+            tabs += [kofs, jofs]
+        dtype = "f32" if out.itemsize == 4 else "f64"
         i64, vp = ctypes.c_int64, ctypes.c_void_p
-        proto = ctypes.CFUNCTYPE(None, i64, i64, i64, vp, i64, i64, vp, vp, vp, vp, i64,
-                                 i64, i64, i64, i64, vp, vp, ctypes.c_int32)
+        proto = ctypes.CFUNCTYPE(None, i64, i64, i64, vp, i64, i64, vp, i64, i64, vp, i64,
+                                 i64, i64, i64, i64, vp, vp, ctypes.c_int32, vp, vp, vp, vp)
         fn = proto(self.gather_addresses[dtype])
-        fn(m, n, k, a3.ctypes.data, sa[1], sa[2], src.ctypes.data, kofs.ctypes.data,
-           jofs.ctypes.data, out.ctypes.data, n, batch, sa[0], bsb, m * n, None, None,
-           jit.threads() if nthreads is None else nthreads)
+        fn(m, n, k, a.ctypes.data, sa[1], sa[2], src.ctypes.data, sb[1], sb[2],
+           out.ctypes.data, n, batch, sa[0], sb[0], m * n, None, None,
+           jit.threads() if nthreads is None else nthreads,
+           *[None if t is None else t.ctypes.data for t in tabs])
         return out
 
     def call_args(self, a, b, out, nthreads: int | None = None, epilogue: int = 0,

@@ -63,11 +63,12 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
     def const_of(v):  # a gather's index: computed in the kernel, or a constant operand
         return static_value(v, resolve=lambda x: outer.get(x, x))
 
-    oa = operand_layout(mm, 0, is_base, const_of, False)
+    oa = operand_layout(mm, 0, is_base, const_of, True)
     ob = operand_layout(mm, 1, is_base, const_of, True)
     if oa is None or ob is None:
         raise AssertionError("fusion let an operand into a GEMM that it cannot read")
-    fn = gemm.declare_gemm(ke.cg.module, dtype, gather=ob.gathered)
+    gather = oa.gathered or ob.gathered
+    fn = gemm.declare_gemm(ke.cg.module, dtype, gather=gather)
     sha, shb = mm.inputs[0].shape, mm.inputs[1].shape
     M, K = sha[-2], sha[-1]
     N = shb[-1]
@@ -77,10 +78,15 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
     ptrs = ke.operand_pointers()
     base_a = b.gep(ptrs[oa.base], [_c(oa.offset)])
     base_b = b.gep(ptrs[ob.base], [_c(ob.offset)])
-    if ob.gathered:  # B through offset tables (module constants)
-        b_strides = [_table(ke, "kofs", ob.rows, K), _table(ke, "jofs", ob.cols, N)]
-    else:
-        b_strides = [_c(ob.rows), _c(ob.cols)]
+    null = ir.Constant(I64.as_pointer(), None)
+    tables = []  # the gather entry's: A's rows and k, B's k and columns (module constants)
+    if gather:
+        tables = ([_table(ke, "arows", oa.rows, M), _table(ke, "acols", oa.cols, K)]
+                  if oa.gathered else [null, null])
+        tables += ([_table(ke, "brows", ob.rows, K), _table(ke, "bcols", ob.cols, N)]
+                   if ob.gathered else [null, null])
+    a_strides = [_c(0), _c(0)] if oa.gathered else [_c(oa.rows), _c(oa.cols)]
+    b_strides = [_c(0), _c(0)] if ob.gathered else [_c(ob.rows), _c(ob.cols)]
     out = ke.output_pointer()
     scratch = ke.scratch_pointer()
     has_epilogue = region.outputs[0] is not mm
@@ -99,10 +105,10 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
 
     def call(a_ptr, b_ptr, c_ptr, count, bsa, bsb, base):
         b.store(base, base_at)
-        b.call(fn, [_c(M), _c(N), _c(K), a_ptr, _c(oa.rows), _c(oa.cols),
+        b.call(fn, [_c(M), _c(N), _c(K), a_ptr, *a_strides,
                     b_ptr, *b_strides, c_ptr, _c(N),
                     count, _c(bsa), _c(bsb), _c(M * N), epi_arg, b.bitcast(ctx, I8P),
-                    ke.nthreads])
+                    ke.nthreads, *tables])
 
     ua, ub = _uniform(ba, batch_shape), _uniform(bb, batch_shape)
     if ua is not None and ub is not None:

@@ -25,7 +25,7 @@ from llvmlite import binding as llvm
 
 from lamina.backends import objcheck
 from lamina.backends.llvm import gemm, jit, pool
-from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen
+from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen, source_digest
 from lamina.backends.llvm.kernels import scratch_need
 from lamina.backends.llvm.lower import storage_type
 from lamina.backends.llvm.program import LLVMProgram
@@ -50,7 +50,8 @@ def _lamina_version() -> str:
 
 
 def versions() -> dict[str, str]:
-    return {**jit.versions(), "lamina": _lamina_version(), "codegen": CODEGEN_VERSION}
+    return {**jit.versions(), "lamina": _lamina_version(),
+            "codegen": f"{CODEGEN_VERSION}-{source_digest()}"}
 
 
 # Symbols RuntimeDyld provides itself rather than looking them up.

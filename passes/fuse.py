@@ -336,8 +336,11 @@ class Fuser:
         for side in (0, 1):
             if p not in _member_cone(mm.inputs[side], members):
                 continue
-            if operand_layout(mm, side, is_base, static_value, True) is None:
+            o = operand_layout(mm, side, is_base, static_value, True)
+            if o is None:
                 return False
+            if o.gathered and any(s == 0 and d > 1 for s, d in zip(o.batch, mm.shape[:-2])):
+                return False  # gathered again for every matrix of the batch: store it once
         return True
 
     @staticmethod

@@ -296,3 +296,14 @@ class Emitter:
         i = self._clamp(i, x.shape[a])
         return self.value(x, list(idx[:a]) + [i] + list(idx[a + k:]))
 
+    # --- pooling (one output element: its window combined in registers) --------------------
+
+    def _op_max_pool(self, n: Node, idx):
+        from lamina.backends.llvm import pooling
+
+        return pooling.max_value(self, n, idx)
+
+    def _op_avg_pool(self, n: Node, idx):
+        from lamina.backends.llvm import pooling
+
+        return pooling.avg_value(self, n, idx)

@@ -12,6 +12,8 @@ directly or hand chunks of it to the thread pool (``pool.py``). Kinds (``classif
                 accumulating into the result, then apply what follows the reduction
     gemm        the shared GEMM (``gemm.py``) with the kernel's other ops as its epilogue
     scatter     scatter_add (sequential)
+    window      a pooling gradient (``pooling.py``): per window of each plane, with an
+                elementwise epilogue where windows do not overlap
     scan        a scan (cumsum) over its fused operand: along the axis in order, per row with
                 the running value in a register when no axis after it varies, else a slice at
                 a time (each step reads the previous step's slice of the result)
@@ -52,6 +54,8 @@ def classify(kernel: Node) -> str:
         return "scatter"
     if any(get_op(o).kind == "scan" for o in ops):
         return "scan"
+    if any(o in ("max_pool_grad", "avg_pool_grad") for o in ops):
+        return "window"
     reductions = [n for n in region.nodes if n.op in REDUCTIONS]
     root = region.outputs[0]
     if reductions:
@@ -511,6 +515,13 @@ class KernelEmitter:
         if not math.prod(shape):
             return 0, 0
         return (outer[par] if par is not None else 1), math.prod(shape)
+
+    # --- pooling gradients ------------------------------------------------------------------
+
+    def emit_window(self):
+        from lamina.backends.llvm.pooling import emit_window
+
+        return emit_window(self)
 
     # --- gemm -------------------------------------------------------------------------------
 

@@ -93,24 +93,51 @@ def window_taps(em, geo, oidx):
         yield t, idx, ok
 
 
-def _better(b, v, m):
-    """Does tap value ``v`` replace the running maximum ``m``? (strictly larger, or NaN)"""
-    return b.or_(b.fcmp_ordered(">", v, m), b.fcmp_unordered("uno", v, v))
+def _scan(em, n, x, geo, oidx, marks=None):
+    """Max pooling's scan of the window at ``oidx``: (the maximum, NaN if a tap is NaN; and
+    with ``marks`` (one LLVM value per tap), the mark of the tap it chooses, or -1 for a
+    window without an input element).
+
+    PyTorch's rule: from the first tap in the input, a tap replaces the choice when strictly
+    larger or NaN (so the last NaN wins). Computed branch-free: a running maximum over the
+    non-NaN taps (one ordered compare per tap: maxss, or a blend) and, apart, the last NaN;
+    the NaN, when there is one, decides. Every select has a single floating-point compare for
+    its condition, which x86 lowers to masks, not to a branch per tap."""
+    b = em.b
+    t = L.compute_type(n.dtype)
+    ninf = ir.Constant(t, -math.inf)
+    taps = list(window_taps(em, geo, oidx))
+    m, nan = ninf, ir.Constant(t, 0.0)
+    ch = nan_ch = None
+    if marks is not None:
+        unset = ir.Constant(marks[0].type, -1)
+        nan_ch = unset
+        ch = marks[0] if taps[0][2] is None else unset
+        if taps[0][2] is not None:  # the first tap in the input, when none is larger
+            for (k, _, ok), mark in reversed(list(zip(taps, marks))):
+                ch = mark if ok is None else b.select(ok, mark, ch)
+    for (k, tidx, ok), mark in zip(taps, marks or [None] * len(taps)):
+        v = em.value(x, tidx)
+        if ok is not None:
+            v = b.select(ok, v, ninf)
+        larger = b.fcmp_ordered(">", v, m)
+        m = b.select(larger, v, m)
+        is_nan = b.fcmp_unordered("uno", v, v)
+        nan = b.select(is_nan, v, nan)
+        if marks is not None:
+            ch = b.select(larger, mark, ch)
+            nan_ch = b.select(is_nan, mark, nan_ch)
+    saw_nan = b.fcmp_unordered("uno", nan, nan)
+    value = b.select(saw_nan, nan, m)
+    if marks is None:
+        return value, None
+    return value, b.select(saw_nan, nan_ch, ch)
 
 
 def max_value(em, n, idx):
     """``max_pool`` at output index ``idx``."""
-    b = em.b
     x = n.inputs[0]
-    t = L.compute_type(n.dtype)
-    ninf = ir.Constant(t, -math.inf)
-    m = None
-    for _, tidx, ok in window_taps(em, _geometry(n.attrs, x.shape, n.shape), idx):
-        v = em.value(x, tidx)
-        if ok is not None:
-            v = b.select(ok, v, ninf)
-        m = v if m is None else b.select(_better(b, v, m), v, m)
-    return m
+    return _scan(em, n, x, _geometry(n.attrs, x.shape, n.shape), idx)[0]
 
 
 def _divisor(em, n_attrs, geo, oidx, t):
@@ -159,33 +186,17 @@ def avg_value(em, n, idx):
 
 
 def _chosen(em, p, geo, oidx, positions: bool):
-    """The tap ``max_pool`` chooses in the window at ``oidx``: its number (i32), or with
-    ``positions`` its flat position in the plane (i64); -1 for a window without an input
-    element (PyTorch: the first in-input tap, then one strictly larger or NaN)."""
-    b = em.b
+    """The tap ``max_pool`` chooses in the window at ``oidx`` (``_scan``): its number as a
+    float (compared with floats, the selects that route the gradient stay branch-free), or
+    with ``positions`` its flat position in the plane (i64); -1 for none."""
     x = p.inputs[0]
     plane = [g[0] for g in geo]
-    it = I64 if positions else I32
-    m = ch = None
-    may_be_unset = False
-    for t, tidx, ok in window_taps(em, geo, oidx):
-        v = em.value(x, tidx)
-        mark = em.linear(tidx[2:], plane) if positions else ir.Constant(I32, t)
-        if ch is None:
-            m = v
-            ch = mark if ok is None else b.select(ok, mark, ir.Constant(it, -1))
-            may_be_unset = ok is not None
-            continue
-        better = _better(b, v, m)
-        if may_be_unset:
-            better = b.or_(better, b.icmp_signed("<", ch, ir.Constant(it, 0)))
-        if ok is not None:
-            better = b.and_(better, ok)
-        else:
-            may_be_unset = False
-        m = b.select(better, v, m)
-        ch = b.select(better, mark, ch)
-    return ch
+    taps = list(window_taps(em, geo, oidx))
+    if positions:
+        marks = [em.linear(tidx[2:], plane) for _, tidx, _ in taps]
+    else:
+        marks = [ir.Constant(L.compute_type(p.dtype), float(k)) for k, _, _ in taps]
+    return _scan(em, p, x, geo, oidx, marks)[1]
 
 
 def _share(em, p, geo, oidx):
@@ -316,7 +327,8 @@ def _emit_tiled(ke, em, p, geo, par):
                 else:
                     tap = int(np.ravel_multi_index([q[2] for q in parts], [g[2] for g in geo]))
                     if p.op == "max_pool_grad":
-                        value = b.select(b.icmp_signed("==", ch, ir.Constant(I32, tap)), gv, zero)
+                        mine = b.fcmp_ordered("==", ch, ir.Constant(t, float(tap)))
+                        value = b.select(mine, gv, zero)
                     else:
                         value = share
                 _write(ke, em, p, idx, value, cond)

@@ -389,7 +389,7 @@ defop("max_pool_grad", arity=2, kind="window",
       attrs=("kernel", "stride", "padding", "dilation", "ceil_mode"),
       canon=_pool_canon("max_pool_grad", True), infer=_max_grad_infer, ref=_max_grad_ref,
       vjp=_max_grad_vjp, decompose=_max_grad_decompose, promote=(0, 1), float_only=True,
-      domain=Domain(via="lm.grad"),
+      domain=Domain(None, via="lm.grad"),
       doc="max_pool's input gradient: each window's gradient to its first maximum")
 
 
@@ -501,15 +501,17 @@ defop("avg_pool", arity=1, kind="window", attrs=_AVG_ATTRS,
 def _avg_grad_canon(types, attrs):
     size = attrs.get("size")
     attrs = _avg_canon(types, attrs, "avg_pool_grad")
-    if size is None:
-        raise LaminaError("avg_pool_grad: size (the input's spatial shape) is required")
-    attrs["size"] = tuple(int(n) for n in size)
+    attrs["size"] = None if size is None else tuple(int(n) for n in size)
     return attrs
 
 
 def _avg_grad_infer(types, attrs):
     (g,) = types
+    _kinds("avg_pool_grad", g, "f")
+    check_spatial("avg_pool_grad", g)
     size = attrs["size"]
+    if size is None:
+        raise LaminaError("avg_pool_grad: size (the input's spatial shape) is required")
     if len(size) != g.ndim - 2:
         raise ShapeError(f"avg_pool_grad: size {list(size)} does not match the gradient {g}")
     x = TensorType(g.shape[:2] + tuple(size), g.dtype)
@@ -541,7 +543,7 @@ def _avg_grad_vjp(h, out, g, size, **attrs):
 
 defop("avg_pool_grad", arity=1, kind="window", attrs=_AVG_ATTRS + ("size",),
       canon=_avg_grad_canon, infer=_avg_grad_infer, ref=_avg_grad_ref, vjp=_avg_grad_vjp,
-      decompose=_avg_grad_decompose, float_only=True, domain=Domain(via="lm.grad"),
+      decompose=_avg_grad_decompose, float_only=True, domain=Domain(None, via="lm.grad"),
       doc="avg_pool's input gradient: each window's gradient spread evenly over it")
 
 

@@ -193,3 +193,37 @@ def test_global_average_pool_is_a_reduction_not_a_window():
     ops = {op for k in _kernels(f, x, o) for op in _ops(k)}
     assert not ops & {"avg_pool", "avg_pool_grad"}
     _check(lambda x: F.adaptive_avg_pool2d(x, 1), lambda x: TF.adaptive_avg_pool2d(x, 1), x)
+
+
+def _random_config(rng):
+    r = int(rng.integers(1, 3))
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 4))) + tuple(
+        int(rng.integers(1, 9)) for _ in range(r))
+    k, s, p, d = [], [], [], []
+    for n in shape[2:]:
+        dd = int(rng.choice([1, 1, 2]))
+        kk = int(rng.integers(1, min(3, (n - 1) // dd + 1) + 1))
+        k.append(kk), d.append(dd), s.append(int(rng.choice([1, 2, kk, kk + 1])))
+        p.append(int(rng.integers(0, kk // 2 + 1)))
+    return shape, tuple(k), tuple(s), tuple(p), tuple(d), bool(rng.random() < 0.4)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_geometries_match_torch(seed):
+    """Random pooling geometries (the checker's ranges), max with ReLU before it and avg,
+    forward and gradient, against PyTorch."""
+    rng = np.random.default_rng(100 + seed)
+    shape, k, s, p, d, ceil = _random_config(rng)
+    r = len(shape) - 2
+    tmax, tavg = (TF.max_pool1d, TF.avg_pool1d) if r == 1 else (TF.max_pool2d, TF.avg_pool2d)
+    lmax, lavg = (F.max_pool1d, F.avg_pool1d) if r == 1 else (F.max_pool2d, F.avg_pool2d)
+    try:
+        tmax(torch.zeros(shape), k, s, p, d, ceil)
+    except RuntimeError:
+        pytest.skip("PyTorch rejects this geometry")
+    n = int(np.prod(shape))
+    x = (rng.permutation(n).reshape(shape) / n * 4 - 2).astype(np.float32)
+    _check(lambda x: lmax(lm.relu(x), k, s, p, d, ceil),
+           lambda x: tmax(TF.relu(x), k, s, p, d, ceil), x)
+    inc = bool(rng.random() < 0.5)
+    _check(lambda x: lavg(x, k, s, p, ceil, inc), lambda x: tavg(x, k, s, p, ceil, inc), x)

@@ -25,7 +25,15 @@ def _expand(b, node, ins):
 
 
 def expand_pool(g: Graph) -> Graph:
-    """Replace every pooling node by its decomposition."""
+    """Replace every pooling node by its decomposition.
+
+    >>> import numpy as np, lamina as lm
+    >>> g = lm.trace(lambda x: lm.max_pool(x, 2), np.ones((1, 1, 4, 4), np.float32))
+    >>> [n.op for n in g.nodes]
+    ['max_pool']
+    >>> sorted({n.op for n in expand_pool(g).nodes})
+    ['gt', 'logical_or', 'ne', 'slice', 'where']
+    """
     found = [n.op for n in g.nodes if get_op(n.op).kind == "window"]
     if not found:
         return g

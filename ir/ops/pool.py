@@ -1,14 +1,26 @@
 """Pooling over the spatial axes of ``[N, C, *spatial]`` (1-D or 2-D): ``max_pool`` and
-``avg_pool``, with PyTorch's kernel / stride / padding / dilation / ceil_mode semantics.
+``avg_pool``, with PyTorch's kernel / stride / padding / dilation / ceil_mode semantics, and
+their input gradients ``max_pool_grad(x, g)`` and ``avg_pool_grad(g, size=...)``.
 
-Both are composites: one strided slice of the padded input per kernel tap, combined in tap
-order (row-major), so the work is the output size times the taps and every backend runs them
-as fused loops. ``max_pool`` keeps a running maximum that a tap replaces only when strictly
-larger (or NaN), ``m = where((s > m) | (s != s), s, m)``: its value is the window's maximum
-(NaN if any element is NaN) and its gradient goes, through the ``where`` chain, to the first
-maximum of each window in scan order, as PyTorch's does. Padding reads as ``-inf`` for max and
-``0`` for the average, whose divisor is PyTorch's (``count_include_pad``, ``ceil_mode``
-windows clipped at the padded edge, ``divisor_override``) computed at trace time.
+All four are primitives of kind ``window``: backends with pooling kernels compute them as
+loops (llvm: ``backends/llvm/pooling.py``; the forward one output element at a time, fused
+with its producers; the backward one window at a time, each input element written once where
+windows do not overlap). Each also declares a ``decompose`` into slices, pads and ``where``
+chains (one strided slice of the padded input per kernel tap, in row-major tap order) that
+``passes/expand_pool.py`` substitutes for backends without such kernels (triton) and for the
+random-program checker's float64 oracle.
+
+Max pooling follows PyTorch exactly: padding reads ``-inf``; a window's choice starts at its
+first element inside the input and moves to a later tap only when that one is strictly larger
+or NaN. So the value is the maximum (NaN if any element is NaN), ties send the gradient to the
+first maximum in scan order, the last NaN takes it, and a window of ``-inf`` gives it to its
+first element in the input. The average's divisor is PyTorch's (``count_include_pad``,
+``ceil_mode`` windows clipped at the padded edge, ``divisor_override``).
+
+Why primitives and not composites: autodiff of the ``where`` chain gave the gradient as k*k
+padded partial sums per window (the CNN step ran ~26 small kernels for two pooling layers);
+as ops of their own each pass is one loop that reads its input once, and the gradient needs no
+stored argmax (it recomputes the window's choice from the input it reads anyway).
 """
 
 from __future__ import annotations
@@ -554,7 +566,11 @@ GRADS = ("max_pool_grad", "avg_pool_grad")
 
 def tiling(attrs) -> bool:
     """Do the windows never overlap (stride at least the dilated kernel, on every axis)?
-    Then every input element belongs to at most one window."""
+    Then every input element belongs to at most one window.
+
+    >>> tiling({"kernel": (2, 2), "stride": (2, 2)}), tiling({"kernel": (3,), "stride": (2,)})
+    (True, False)
+    """
     r = len(attrs["kernel"])
     dil = attrs.get("dilation") or (1,) * r
     return all(s >= (k - 1) * d + 1 for k, s, d in zip(attrs["kernel"], attrs["stride"], dil))

@@ -33,8 +33,6 @@ from llvmlite import ir
 from lamina.backends.llvm import lower as L
 from lamina.ir.ops.pool import GRADS, _counts, tiling
 
-I32, I64 = L.I32, L.I64
-
 
 def _geometry(attrs, in_shape, out_shape):
     r = len(attrs["kernel"])

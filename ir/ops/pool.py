@@ -177,13 +177,14 @@ def _untaps(parts, x_shape, attrs):
     for tap, part in reversed(list(zip(np.ndindex(*attrs["kernel"]), parts))):
         start = [tap[i] * dil[i] for i in range(r)]
         stop = [start[i] + (out[i] - 1) * attrs["stride"][i] + 1 for i in range(r)]
-        placed = op.pad(part, lo=(0, 0, *start), hi=(0, 0, *[padded[i] - stop[i] for i in range(r)]),
+        after = [padded[i] - stop[i] for i in range(r)]
+        placed = op.pad(part, lo=(0, 0, *start), hi=(0, 0, *after),
                         interior=(0, 0, *[s - 1 for s in attrs["stride"]]))
         total = placed if total is None else total + placed
     N, C = x_shape[:2]
     if any(lo) or any(hi):
-        total = op.slice(total, start=(0, 0, *lo), stop=(N, C, *[lo[i] + used[i] for i in range(r)]),
-                         step=(1,) * (r + 2))
+        end = [lo[i] + used[i] for i in range(r)]
+        total = op.slice(total, start=(0, 0, *lo), stop=(N, C, *end), step=(1,) * (r + 2))
     if used != list(x_shape[2:]):
         total = op.pad(total, lo=(0,) * (r + 2),
                        hi=(0, 0, *[x_shape[2 + i] - used[i] for i in range(r)]),

@@ -28,7 +28,7 @@ from llvmlite import ir
 
 from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
-from lamina.passes.fuse import row_map, row_maps
+from lamina.passes.fuse import POOL_GRADS, row_map, row_maps
 from lamina.ir.graph import Node, Param
 from lamina.ir.ops.reduce import keep_shape, reduced_shape
 from lamina.ir.ops.reduce import reduce_axes as axes_of
@@ -54,7 +54,7 @@ def classify(kernel: Node) -> str:
         return "scatter"
     if any(get_op(o).kind == "scan" for o in ops):
         return "scan"
-    if any(o in ("max_pool_grad", "avg_pool_grad") for o in ops):
+    if any(o in POOL_GRADS for o in ops):
         return "window"
     reductions = [n for n in region.nodes if n.op in REDUCTIONS]
     root = region.outputs[0]
@@ -186,6 +186,12 @@ class KernelEmitter:
     # --- dispatch ---------------------------------------------------------------------------
 
     def emit(self) -> KernelFn:
+        # pooling's windows along a row are few (7, 14): LLVM's cost model leaves such loops
+        # scalar, at half the speed (the taps are interleaved loads, shuffled into vectors)
+        if self.kind == "loop":
+            from lamina.backends.llvm.pooling import vectorizable_windows
+
+            self.loops.force_vectorize = vectorizable_windows(self.region)
         extent, work = getattr(self, f"emit_{self.kind}")()
         self.finish()
         return KernelFn(self.name, self.kind, extent, work)

@@ -91,6 +91,21 @@ def window_taps(em, geo, oidx):
         yield t, idx, ok
 
 
+# ops in loops that LLVM can always vectorize (no calls, no stores besides the result)
+_PLAIN = {"broadcast", "reshape", "transpose", "slice", "pad", "concatenate", "iota",
+          "constant", "max_pool", "avg_pool", "max_pool_grad", "avg_pool_grad", "add", "sub",
+          "mul", "div", "neg", "abs", "sign", "maximum", "minimum", "relu", "sqrt", "eq", "ne",
+          "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not", "where", "cast",
+          "alias", "stop_gradient"}
+
+
+def vectorizable_windows(region) -> bool:
+    """Does a kernel compute pooling windows, with ops the vectorizer always takes? (Its
+    innermost window loop is then vectorized whatever LLVM's cost model says.)"""
+    ops = {n.op for n in region.nodes}
+    return bool(ops & {"max_pool", "avg_pool", *GRADS}) and ops <= _PLAIN
+
+
 def _scan(em, n, x, geo, oidx, marks=None):
     """Max pooling's scan of the window at ``oidx``: (the maximum, NaN if a tap is NaN; and
     with ``marks`` (one LLVM value per tap), the mark of the tap it chooses, or -1 for a
@@ -331,7 +346,12 @@ def _emit_tiled(ke, em, p, geo, par):
                         value = share
                 _write(ke, em, p, idx, value, cond)
 
+        # no element of a cell outside the input: no branch in the loop, which vectorizes
+        inside = all(u - pd >= 0 and (out - 1) * s + u - pd < n
+                     for (n, out, k, s, pd, d) in geo for u in range(s))
+        ke.loops.force_vectorize = inside and vectorizable_windows(ke.region)
         _nest(ke, em, [(0, o) for o in outs], window, "w")
+        ke.loops.force_vectorize = False
         # the elements after the last cell, axis by axis (earlier axes within the cells)
         for i, (n, out, k, s, pd, d) in enumerate(geo):
             end = max(0, out * s - pd)

@@ -20,6 +20,10 @@ a cheap index operation (broadcast, reshape, transpose, ...). What a group may h
     scan    a scan (cumsum) as the root, with the elementwise and shape ops that produce its
             operand (evaluated at each position as the scan reaches it); nothing after it: a
             scan's result is read at other positions than it is written
+    window  a pooling gradient (max_pool_grad, avg_pool_grad) with the producers of its
+            operands; where its windows do not overlap, also the elementwise consumers of its
+            result over the same shape (ReLU's backward), evaluated as each element is
+            written, like a GEMM epilogue. Overlapping windows accumulate: nothing after it
     opaque  scatter_add, alone
 
 Every boundary is explained in the pass remarks (``LAMINA_DUMP`` writes them into the dump).
@@ -43,6 +47,8 @@ CHEAP = {"broadcast", "reshape", "transpose", "slice", "iota", "cast"}
 REDUCTIONS = {"sum", "max", "min", "argmax"}
 # Shape ops that read their input at other positions than they write.
 MOVES_INDEX = {"transpose", "reshape", "slice", "pad", "concatenate", "take"}
+# Pooling gradients: computed per window (backends/llvm/pooling.py), not per element.
+POOL_GRADS = {"max_pool_grad", "avg_pool_grad"}
 # Operand producers a GEMM reads through strides instead of a copy.
 VIEWS = {"transpose", "reshape", "broadcast"}
 
@@ -56,6 +62,8 @@ def category(n: Node) -> str:
         return "opaque"
     if get_op(n.op).kind == "scan":
         return "scan"
+    if n.op in POOL_GRADS:
+        return "window"
     if n.op == "constant":
         return "constant"
     return "map"  # elementwise, shape, iota, random, take
@@ -82,7 +90,7 @@ class Group:
         self.maps: dict | None = None  # index maps of a reduce group's values (row_maps)
         self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
         self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque",
-                     "scan": "scan"}.get(category(root), "loop")
+                     "scan": "scan", "window": "window"}.get(category(root), "loop")
         if self.kind == "reduce":
             self.reduce = (root.inputs[0].shape, reduce_axes(root))
 
@@ -152,6 +160,10 @@ class Fuser:
                                    "read at other positions than it writes)")
         if G.kind == "scan" and cat != "map":
             return self.decline(p, f"a {p.op} does not fuse into a scan's operand")
+        if cat == "window":
+            return self.take_window(G, p)
+        if G.kind == "window" and cat != "map":
+            return self.decline(p, f"a {p.op} does not fuse into a pooling gradient's operands")
         if cat == "matmul":
             return self.take_matmul(G, p)
         if cat == "reduce":
@@ -304,6 +316,24 @@ class Fuser:
                 or math.prod(r.shape[lead:]) != p.shape[-1]):
             return None
         return r
+
+    def take_window(self, G: Group, p: Node) -> bool:
+        """A pooling gradient below an elementwise epilogue over its shape (non-overlapping
+        windows write each element once: the epilogue runs as it is written)."""
+        from lamina.ir.ops.pool import tiling
+
+        if G.kind != "loop":
+            return self.decline(p, f"a {G.kind} kernel cannot hold a pooling gradient")
+        if not tiling(p.attrs):
+            return self.decline(p, "its windows overlap: it accumulates in a kernel of its own")
+        if p.shape != G.domain:
+            return self.decline(p, "the epilogue's shape differs from the pooling gradient's")
+        for m in G.members:
+            if _reads(m, p, G.members) and (get_op(m.op).kind != "elementwise"
+                                             or m.shape != G.domain):
+                return self.decline(p, f"{m.op} after it is not an elementwise epilogue")
+        G.kind = "window"
+        return True
 
     def row_clonable(self, G: Group, p: Node) -> bool:
         """A row program recomputes a row-shaped producer that others use too (rather than

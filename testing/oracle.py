@@ -63,7 +63,10 @@ class Oracle:
     """Evaluate ``graph`` (primitive ops: after decompose and autodiff) on ``inputs``."""
 
     def __init__(self, graph: Graph):
-        self.graph = graph
+        from lamina.passes.expand_pool import expand_pool
+
+        # pooling and its gradients in the ops they are defined by (slices, pads, where)
+        self.graph = expand_pool(graph)
 
     def run(self, inputs, state: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(value, err) of every output; ``self.updates`` gets those of the state updates."""

@@ -449,6 +449,48 @@ def avg_pool_by_hand(x, kernel, stride, padding, ceil_mode, count_include_pad,
     return y
 
 
+def max_pool_grad_by_hand(x, g, kernel, stride, padding, dilation, ceil_mode):
+    """Each window's gradient to its first maximum (the last NaN), PyTorch's rule."""
+    r = x.ndim - 2
+    starts = [_pool_windows(x.shape[2 + i], kernel[i], stride[i], padding[i], dilation[i],
+                            ceil_mode) for i in range(r)]
+    dx = np.zeros(x.shape)
+    for lead in np.ndindex(*x.shape[:2]):
+        for pos in np.ndindex(*g.shape[2:]):
+            best = None
+            for tap in np.ndindex(*kernel):
+                at = tuple(starts[i][pos[i]] + tap[i] * dilation[i] for i in range(r))
+                if all(0 <= at[i] < x.shape[2 + i] for i in range(r)):
+                    v = x[lead + at]
+                    if best is None or v > x[lead + best] or np.isnan(v):
+                        best = at
+            dx[lead + best] += g[lead + pos]
+    return dx
+
+
+def avg_pool_grad_by_hand(g, kernel, stride, padding, ceil_mode, count_include_pad,
+                          divisor_override, size):
+    """Each window's gradient over its divisor, to every input element of the window."""
+    r = g.ndim - 2
+    starts = [_pool_windows(size[i], kernel[i], stride[i], padding[i], 1, ceil_mode)
+              for i in range(r)]
+    dx = np.zeros(g.shape[:2] + tuple(size))
+    for lead in np.ndindex(*g.shape[:2]):
+        for pos in np.ndindex(*g.shape[2:]):
+            inside, padded, taps = 1, 1, []
+            for i in range(r):
+                s0 = starts[i][pos[i]]
+                end = min(s0 + kernel[i], size[i] + padding[i])
+                padded *= end - s0
+                inside *= min(end, size[i]) - max(s0, 0)
+            div = divisor_override or (padded if count_include_pad else inside)
+            for tap in np.ndindex(*kernel):
+                at = tuple(starts[i][pos[i]] + tap[i] for i in range(r))
+                if all(0 <= at[i] < size[i] for i in range(r)):
+                    dx[lead + at] += g[lead + pos] / div
+    return dx
+
+
 def _distinct(*shape):
     """Floats without ties (a shuffled grid), for max_pool's gradient."""
     def make(rng, d):
@@ -822,6 +864,39 @@ SAMPLES: dict[str, list[Case]] = {
              lambda x: max_pool_by_hand(x, (2, 2), (2, 2), (0, 0), (1, 1), False),
              {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1),
               "ceil_mode": False}, grad=False),
+    ],
+    "max_pool_grad": [
+        Case("2d_tiled_leftover", lambda rng, d: _distinct(2, 3, 5, 7)(rng, d) + [
+                 draw(rng, d, (2, 3, 2, 3))],
+             lambda x, g: max_pool_grad_by_hand(x, g, (2, 2), (2, 2), (0, 0), (1, 1), False),
+             {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "dilation": (1, 1),
+              "ceil_mode": False}, grad=False),
+        Case("2d_pad_ceil_overlap", lambda rng, d: _distinct(1, 2, 7, 6)(rng, d) + [
+                 draw(rng, d, (1, 2, 4, 4))],
+             lambda x, g: max_pool_grad_by_hand(x, g, (3, 2), (2, 2), (1, 1), (1, 1), True),
+             {"kernel": (3, 2), "stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
+              "ceil_mode": True}, grad=False),
+        Case("1d_dilation_gap", lambda rng, d: _distinct(2, 2, 11)(rng, d) + [
+                 draw(rng, d, (2, 2, 3))],
+             lambda x, g: max_pool_grad_by_hand(x, g, (2,), (4,), (1,), (2,), True),
+             {"kernel": (2,), "stride": (4,), "padding": (1,), "dilation": (2,),
+              "ceil_mode": True}, grad=False),
+    ],
+    "avg_pool_grad": [
+        Case("2d_pad_exclude_ceil", rand((2, 2, 3, 4)),
+             lambda g: avg_pool_grad_by_hand(g, (3, 2), (2, 2), (1, 1), True, False, None,
+                                             (5, 7)),
+             {"kernel": (3, 2), "stride": (2, 2), "padding": (1, 1), "ceil_mode": True,
+              "count_include_pad": False, "divisor_override": None, "size": (5, 7)}),
+        Case("2d_tiled_leftover", rand((1, 3, 2, 3)),
+             lambda g: avg_pool_grad_by_hand(g, (2, 2), (2, 2), (0, 0), False, True, None,
+                                             (5, 7)),
+             {"kernel": (2, 2), "stride": (2, 2), "padding": (0, 0), "ceil_mode": False,
+              "count_include_pad": True, "divisor_override": None, "size": (5, 7)}),
+        Case("1d_divisor_override", rand((2, 3, 3)),
+             lambda g: avg_pool_grad_by_hand(g, (3,), (2,), (0,), False, True, 2, (7,)),
+             {"kernel": (3,), "stride": (2,), "padding": (0,), "ceil_mode": False,
+              "count_include_pad": True, "divisor_override": 2, "size": (7,)}),
     ],
     "avg_pool": [
         Case("2d_pad_exclude_ceil", rand((2, 2, 5, 7)),

@@ -300,6 +300,16 @@ ROUNDTRIP_CASES = {
 }
 ROUNDTRIP_CASES["conv"] = CONV
 
+# pooling gradients (what autodiff makes of max_pool and avg_pool)
+POOL_GRADS = """
+graph @f(%x: f32[1,2,5,5], %g: f32[1,2,3,3], %g1: f32[2,4,4]) {
+  %0 = max_pool_grad(%x, %g) {kernel=[3, 3], stride=[2, 2], padding=[1, 1], dilation=[1, 1], ceil_mode=true} : f32[1,2,5,5]
+  %1 = avg_pool_grad(%g1) {kernel=[2], stride=[2], padding=[1], ceil_mode=false, count_include_pad=false, divisor_override=none, size=[6]} : f32[2,4,6]
+  return %0, %1
+}
+"""
+ROUNDTRIP_CASES["pool_grads"] = POOL_GRADS
+
 
 @pytest.mark.parametrize("name", sorted(ROUNDTRIP_CASES))
 def test_roundtrip(name):

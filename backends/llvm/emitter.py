@@ -29,6 +29,26 @@ class Loops:
     def __init__(self, fn: ir.Function):
         self.fn = fn
         self.count = 0
+        # Innermost loops closed while this is set ask LLVM to vectorize them whatever its
+        # cost model says (pooling: window loops of 7 or 14 iterations, left scalar
+        # otherwise). Only for loops that can be vectorized: LLVM warns on stderr otherwise.
+        self.force_vectorize = False
+        self._hint = None
+        self._open: list[_LoopContext] = []
+
+    def hint(self):
+        """``!llvm.loop`` metadata that enables vectorization (a self-referential node)."""
+        if self._hint is None:
+            m = self.fn.module
+            enable = m.add_metadata([ir.MetaDataString(m, "llvm.loop.vectorize.enable"),
+                                     ir.Constant(ir.IntType(1), 1)])
+            # one vector per iteration: two would leave a loop of 14 mostly to the remainder
+            single = m.add_metadata([ir.MetaDataString(m, "llvm.loop.interleave.count"),
+                                     ir.Constant(ir.IntType(32), 1)])
+            node = m.add_metadata([enable, single, ir.MetaDataString(m, "lamina.loop")])
+            node.operands = (node, enable, single)
+            self._hint = node
+        return self._hint
 
     def range(self, b: ir.IRBuilder, lo: ir.Value, hi: ir.Value, name: str = "i"):
         return _LoopContext(self, b, lo, hi, name)
@@ -37,9 +57,13 @@ class Loops:
 class _LoopContext:
     def __init__(self, loops: Loops, b: ir.IRBuilder, lo, hi, name):
         self.loops, self.b, self.lo, self.hi, self.name = loops, b, lo, hi, name
+        self.inner = False  # holds another loop
 
     def __enter__(self) -> ir.Value:
         b, fn = self.b, self.loops.fn
+        if self.loops._open:
+            self.loops._open[-1].inner = True
+        self.loops._open.append(self)
         self.loops.count += 1
         k = self.loops.count
         pre = b.block
@@ -55,12 +79,15 @@ class _LoopContext:
         return self.iv
 
     def __exit__(self, *exc):
+        self.loops._open.pop()
         if exc[0] is not None:
             return False
         b = self.b
         nxt = b.add(self.iv, ir.Constant(I64, 1), name=f"{self.name}.next")
         self.iv.add_incoming(nxt, b.block)
-        b.branch(self.header)
+        latch = b.branch(self.header)
+        if self.loops.force_vectorize and not self.inner:
+            latch.set_metadata("llvm.loop", self.loops.hint())
         b.position_at_end(self.exit)
         return False
 
@@ -296,3 +323,14 @@ class Emitter:
         i = self._clamp(i, x.shape[a])
         return self.value(x, list(idx[:a]) + [i] + list(idx[a + k:]))
 
+    # --- pooling (one output element: its window combined in registers) --------------------
+
+    def _op_max_pool(self, n: Node, idx):
+        from lamina.backends.llvm import pooling
+
+        return pooling.max_value(self, n, idx)
+
+    def _op_avg_pool(self, n: Node, idx):
+        from lamina.backends.llvm import pooling
+
+        return pooling.avg_value(self, n, idx)

@@ -12,6 +12,8 @@ directly or hand chunks of it to the thread pool (``pool.py``). Kinds (``classif
                 accumulating into the result, then apply what follows the reduction
     gemm        the shared GEMM (``gemm.py``) with the kernel's other ops as its epilogue
     scatter     scatter_add (sequential)
+    window      a pooling gradient (``pooling.py``): per window of each plane, with an
+                elementwise epilogue where windows do not overlap
     scan        a scan (cumsum) over its fused operand: along the axis in order, per row with
                 the running value in a register when no axis after it varies, else a slice at
                 a time (each step reads the previous step's slice of the result)
@@ -26,7 +28,7 @@ from llvmlite import ir
 
 from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.emitter import Emitter, Loops, strides_of
-from lamina.passes.fuse import row_map, row_maps
+from lamina.passes.fuse import POOL_GRADS, row_map, row_maps
 from lamina.ir.graph import Node, Param
 from lamina.ir.ops.reduce import keep_shape, reduced_shape
 from lamina.ir.ops.reduce import reduce_axes as axes_of
@@ -52,6 +54,8 @@ def classify(kernel: Node) -> str:
         return "scatter"
     if any(get_op(o).kind == "scan" for o in ops):
         return "scan"
+    if any(o in POOL_GRADS for o in ops):
+        return "window"
     reductions = [n for n in region.nodes if n.op in REDUCTIONS]
     root = region.outputs[0]
     if reductions:
@@ -182,6 +186,12 @@ class KernelEmitter:
     # --- dispatch ---------------------------------------------------------------------------
 
     def emit(self) -> KernelFn:
+        # pooling's windows along a row are few (7, 14): LLVM's cost model leaves such loops
+        # scalar, at half the speed (the taps are interleaved loads, shuffled into vectors)
+        if self.kind == "loop":
+            from lamina.backends.llvm.pooling import vectorizable_windows
+
+            self.loops.force_vectorize = vectorizable_windows(self.region)
         extent, work = getattr(self, f"emit_{self.kind}")()
         self.finish()
         return KernelFn(self.name, self.kind, extent, work)
@@ -511,6 +521,13 @@ class KernelEmitter:
         if not math.prod(shape):
             return 0, 0
         return (outer[par] if par is not None else 1), math.prod(shape)
+
+    # --- pooling gradients ------------------------------------------------------------------
+
+    def emit_window(self):
+        from lamina.backends.llvm.pooling import emit_window
+
+        return emit_window(self)
 
     # --- gemm -------------------------------------------------------------------------------
 

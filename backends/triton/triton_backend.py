@@ -25,6 +25,7 @@ from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
 from lamina.passes.expand_conv import expand_conv
+from lamina.passes.expand_pool import expand_pool
 from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import RISKY, error_sites, plan_memory
@@ -80,7 +81,8 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 
 class TritonBackend:
     name = "triton"
-    passes = (expand_conv, fuse_kernels)  # no conv lowering of its own yet: im2col + GEMM
+    # no conv or pooling lowering of its own yet: im2col + GEMM, pooling as where chains
+    passes = (expand_pool, expand_conv, fuse_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}

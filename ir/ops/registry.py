@@ -20,13 +20,15 @@ from lamina.ir.types import TensorType
 #   shape        moves or selects data without arithmetic (reshape, slice, ...)
 #   contract     matmul and (later) conv
 #   scan         prefix results along one axis (cumsum): a kernel of its own, with producers
+#   window       pooling over sliding windows and its gradients (ir/ops/pool.py): a backend
+#                computes them in loop kernels or expands them (``decompose``) first
 #   source       no tensor inputs (constant, iota)
 #   random       counter-based random numbers (pure: same key, same numbers)
 #   composite    defined by ``decompose`` into other ops
 #   special      handled by a pass (grad)
 #   kernel       a fused region (made by passes.fuse), lowered as one unit by a backend
 KINDS = ("elementwise", "reduce", "shape", "contract", "source", "random", "composite", "special",
-         "kernel", "scan")
+         "kernel", "scan", "window")
 
 # The value of ``vjp`` for ops whose result is discrete (comparisons, argmax, iota): no
 # cotangent flows through them, so the gradient with respect to their inputs is zero.

@@ -24,8 +24,7 @@ from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
-from lamina.passes.expand_conv import expand_conv
-from lamina.passes.fuse import fuse_kernels
+from lamina.backends.triton.conv import fuse_conv_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import RISKY, error_sites, plan_memory
 
@@ -80,7 +79,9 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 
 class TritonBackend:
     name = "triton"
-    passes = (expand_conv, fuse_kernels)  # no conv lowering of its own yet: im2col + GEMM
+    # conv is lowered by the backend itself (an implicit GEMM per conv kernel: conv.py), so the
+    # im2col expansion (passes/expand_conv.py) is not among its passes
+    passes = (fuse_conv_kernels,)
 
     def __init__(self):
         self.last_compile: dict = {}
@@ -210,7 +211,7 @@ class TritonBackend:
 
 # --- reading an artifact's kernels.json (untrusted input) -----------------------------------
 
-_KINDS = ("loop", "row", "gemm", "scatter")  # what codegen.classify names
+_KINDS = ("loop", "row", "gemm", "scatter", "scan")  # what codegen.classify names
 _WARPS = (1, 2, 4, 8, 16, 32)
 _MAX_GRID = 2 ** 31 - 1  # CUDA's limit on grid.x (lamina's grids are static numbers)
 _MAX_SHARED = 1 << 20  # bytes; no GPU has more shared memory per block

@@ -152,6 +152,9 @@ class ConvKernel:
         av = self.value(x, (batch, c, *where))
         # B: the weight at (g*Og + o, c, *tap), read as [K, N]
         kb = self.delinear(Ix("rk[:, None]", frozenset({"kb"})), (Cg, *kernel))
+        if w.shape[0] > 1:  # a weight row is contiguous along K: o * K + k
+            self.remember((oc, *kb), w.shape,
+                          Ix(self.tmp(f"{oc.e} * {K} + rk[:, None]", "l"), frozenset({"n", "kb"})))
         bv = self.value(w, (oc, *kb))
         ae, be = self.tile(av, bm, bk), self.tile(bv, bk, bn)
         # lanes outside the input (padding) or past K add nothing: a masked load reads zeros

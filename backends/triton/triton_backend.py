@@ -54,7 +54,8 @@ def mode() -> str:
 
 def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node, KernelSource]]:
     """The Triton source of every kernel of a planned graph, in schedule order; with ``tune``
-    (a GPU target, on that GPU) matmul tiles are chosen by timing (``autotune.py``)."""
+    (a GPU target, on that GPU) matmul and conv tiles are chosen by timing
+    (``autotune.py``)."""
     codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
     out, names = [], set()
     risky_before = False
@@ -67,7 +68,7 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
             name, k = f"{base}_{k}", k + 1
         names.add(name)
         gemm = None
-        if tune and any(m.op == "matmul" for m in n.region.nodes):
+        if tune and any(m.op in ("matmul", "conv") for m in n.region.nodes):
             from lamina.backends.triton import autotune
 
             gemm = autotune.choose(n, name, codes, risky_before, tune)

@@ -218,3 +218,22 @@ def test_empty_convs(ws):
     C = ws[1]
     x, w = _randn(2, C, 5), _randn(*ws)
     _check(lambda x, w: lm.conv(x, w, padding=1) + 1.0, x, w, compile_for=("sm_80",))
+
+
+def test_conv_and_scan_kernels_survive_an_artifact(tmp_path):
+    """A saved triton artifact (its kernels' sources and sm_80/sm_90 cubins) loads and runs:
+    the conv kernel is a "gemm" kernel, and a cumsum's "scan" kernel is a kind the loader
+    accepts (it refused it before)."""
+    x, w = _randn(1, 2, 3, 4), _randn(3, 2, 2, 2)
+
+    def f(x, w):
+        return lm.relu(lm.conv(x, w, padding=((1, 0), (0, 1)))), lm.cumsum(x, axis=3)
+
+    fc = lm.compile(f, backend="triton")
+    want = fc(x, w)
+    kinds = {src.kind for src in _kernels(fc)}
+    assert kinds == {"gemm", "scan"}
+    fc.save(str(tmp_path / "conv.lamina"))
+    got = lm.load(str(tmp_path / "conv.lamina"))(x, w)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

@@ -164,7 +164,21 @@ class ConvKernel:
             ae = self.tmp(f"tl.where({' & '.join(zero_a)}, {ae}, 0)")
         if self.masks["kb"] and "kb" not in bv.deps:
             be = self.tmp(f"tl.where({self.masks['kb']}, {be}, 0)")
-        self.mma(ae, be, "m" not in av.deps or "n" not in bv.deps, d)
+        # an operand the same in every row (A) or column (B) is a broadcast tile, which
+        # Triton's sm_80 pipeline fails on in a float64 tl.dot (see Gen.mma): the rows or
+        # columns past the tile's end are zeros, which makes it a tile of its own
+        broadcast = False
+        if "m" not in av.deps:
+            if self.masks["m"]:
+                ae = self.tmp(f"tl.where({self.masks['m']}, {ae}, 0)")
+            else:
+                broadcast = True
+        if "n" not in bv.deps:
+            if self.masks["n"]:
+                be = self.tmp(f"tl.where({self.masks['n']}, {be}, 0)")
+            else:
+                broadcast = True
+        self.mma(ae, be, broadcast, d)
         self.pop()
         self.indent -= 1
         for k in ("k", "kb", "p"):

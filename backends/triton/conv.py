@@ -58,11 +58,13 @@ class ConvFuser(Fuser):
         return G
 
     def absorbable(self, G: Group, p: Node) -> bool:
-        if p.op == "conv":
-            if G.kind == "loop" and G.cut_at_moves:
-                return self.decline(p, "a conv is a kernel of its own here")
+        if p.op == "conv":  # as a matmul: only into a loop group, as its elementwise epilogue
             return self.take_matmul(G, p)
         return super().absorbable(G, p)
+
+    def decline(self, p: Node, reason: str) -> bool:
+        # the remarks name the conv where the matmul rules speak of a matmul
+        return super().decline(p, reason.replace("matmul", "conv") if p.op == "conv" else reason)
 
 
 def fuse_conv_kernels(g: Graph) -> Graph:

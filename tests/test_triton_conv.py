@@ -123,6 +123,21 @@ def test_no_im2col_tensor_in_memory():
         next(m for m in node.region.nodes if m.op == "conv")) == (64, 3, 18, 1)
 
 
+def test_operands_are_read_through_their_views():
+    """A transposed input and a reshaped weight are read in place by the conv kernel (strided
+    loads, no copy); a computed operand is a kernel of its own."""
+    x, w = _randn(3, 2, 5, 4), _randn(4 * 3 * 2 * 2)
+
+    def f(x, w):
+        return lm.conv(x.transpose(1, 0, 2, 3), w.reshape(4, 3, 2, 2), padding=((0, 1), (1, 0)))
+
+    fc = _check(f, x, w)
+    (src,) = _kernels(fc)
+    assert "transpose" in src.source.splitlines()[0]
+    fc = _check(lambda x, w: lm.conv(lm.exp(x), w), _randn(1, 2, 4), _randn(3, 2, 2))
+    assert len(_kernels(fc)) == 2
+
+
 @pytest.mark.parametrize("dtype", [f32, f64], ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["1d_stride2_pad1_batch2", "1d_dilation3_groups2",
                                   "2d_stride_2_1_asymmetric", "2d_dilation_groups",

@@ -82,7 +82,14 @@ fuse_conv_kernels.pass_name = "fused"
 
 
 def conv_problem(conv: Node) -> tuple[int, int, int, int]:
-    """(M, N, K, groups) of the implicit GEMM of a conv node (N: output channels per group)."""
+    """(M, N, K, groups) of the implicit GEMM of a conv node (N: output channels per group).
+
+    >>> import numpy as np, lamina as lm
+    >>> x, w = np.ones((2, 4, 8, 8), np.float32), np.ones((6, 2, 3, 3), np.float32)
+    >>> g = lm.trace(lambda x, w: lm.conv(x, w, stride=2, padding=1, groups=2), x, w)
+    >>> conv_problem(next(n for n in g.nodes if n.op == "conv"))  # 2 * 4 * 4 positions
+    (32, 3, 18, 2)
+    """
     x, w = conv.inputs
     G = conv.attrs["groups"]
     M = conv.shape[0] * math.prod(conv.shape[2:])

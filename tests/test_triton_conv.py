@@ -234,11 +234,11 @@ def test_conv_kernels_and_gradients_compile_for_sm80_and_sm90(xs, ws, kw, dtype)
     assert all("tl.dot(" in s.source for s in convs)
 
 
-@pytest.mark.parametrize("ws", [(0, 2, 3), (2, 0, 3)], ids=["no_output_channels",
-                                                               "no_input_channels"])
-def test_empty_convs(ws):
-    C = ws[1]
-    x, w = _randn(2, C, 5), _randn(*ws)
+@pytest.mark.parametrize("xs, ws", [((2, 2, 5), (0, 2, 3)), ((2, 0, 5), (2, 0, 3)),
+                                    ((0, 2, 5), (3, 2, 3))],
+                         ids=["no_output_channels", "no_input_channels", "no_batch"])
+def test_empty_convs(xs, ws):
+    x, w = _randn(*xs), _randn(*ws)
     _check(lambda x, w: lm.conv(x, w, padding=1) + 1.0, x, w, compile_for=("sm_80",))
 
 

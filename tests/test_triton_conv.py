@@ -82,6 +82,8 @@ FORWARD = {
     "2d_pad_beyond_kernel": ((1, 1, 3, 4), (2, 1, 2, 2), 2, 3, 1, 1),
     "2d_1x1": ((3, 4, 3, 2), (5, 4, 1, 1), 1, 0, 1, 1),
     "2d_kernel_3x1_stride_skips_rows": ((1, 2, 8, 7), (3, 2, 3, 1), 3, 0, 1, 1),
+    # several row and column tiles (float64: 64 x 64 tiles), swept in the GEMM's grouped order
+    "2d_many_tiles": ((1, 2, 12, 12), (70, 2, 3, 3), 1, 1, 1, 1),
 }
 
 

@@ -112,13 +112,17 @@ class ConvKernel:
         M, Og, K, G = conv_problem(cv)
         d = cv.dtype
         bm, bn, bk, warps, stages = self.gemm or gemm_candidates(M, Og, K, d)[0]
-        nn = _cdiv(Og, bn)
+        nm, nn, gm = _cdiv(M, bm), _cdiv(Og, bn), 8
         it = ".to(tl.int64)" if self.index_type == "tl.int64" else ""
         self.prelude()
         self.emit("pid = tl.program_id(0)")
         self.emit("g = tl.program_id(1)")
-        self.emit(f"pid_m = pid // {nn}")
-        self.emit(f"pid_n = pid % {nn}")
+        # groups of gm row tiles sweep the column tiles together (the GEMM's order: their
+        # input rows and weight columns stay in L2)
+        self.emit(f"first_m = (pid // {gm * nn}) * {gm}")
+        self.emit(f"gsize = tl.minimum({nm} - first_m, {gm})")
+        self.emit(f"pid_m = first_m + (pid % {gm * nn}) % gsize")
+        self.emit(f"pid_n = (pid % {gm * nn}) // gsize")
         self.emit(f"rm = (pid_m * {bm} + tl.arange(0, {bm}){it})[:, None]")
         self.emit(f"rn = (pid_n * {bn} + tl.arange(0, {bn}){it})[None, :]")
         self.masks["m"] = f"(rm < {M})" if M % bm else ""
@@ -203,4 +207,4 @@ class ConvKernel:
             flat = Ix(self.tmp(f"tl.full([{bm}, {bn}], 0, {self.index_type}) + {flat.e}", "l"),
                       frozenset({"m", "n"}))
         self.store("out", flat, v, deps={"m", "n"})
-        return (_cdiv(M, bm) * nn, G, 1), warps, stages
+        return (nm * nn, G, 1), warps, stages

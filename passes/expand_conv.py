@@ -1,6 +1,7 @@
-"""Expand ``conv`` into an im2col gather and a matmul, for backends without a conv lowering of
-their own (llvm and triton today; numpy runs the reference). Runs after the default pipeline,
-before fusion, so the matmul meets the GEMM kernels and their epilogues (bias, activation).
+"""Expand ``conv`` into an im2col gather and a matmul, for backends whose GEMM reads the
+gather itself (llvm; triton lowers conv in its own kernel, numpy runs the reference). Runs
+after the default pipeline, before fusion, so the matmul meets the GEMM kernels and their
+epilogues (bias, activation).
 
     conv(x [N, C, *n], w [O, C/G, *k])  ->
         xp   = pad(x)                                      zero padding, if any
@@ -10,18 +11,16 @@ before fusion, so the matmul meets the GEMM kernels and their epilogues (bias, a
         y    = w.reshape(G, O/G, C/G * prod k) @ cols.reshape(N, G, C/G * prod k, prod out)
         y.reshape(N, O, *out)
 
-A 1x1 conv of stride 1 without padding is the matmul alone (no gather).
+A 1x1 conv of stride 1 without padding is the matmul alone (no gather). A conv with a large
+kernel and a small output (a weight gradient) is one GEMM per input channel with the patches
+as A (``_by_input_channel``).
 
-NOTE: the plan for speed (a later step). ``cols`` is k-fold the input in memory. The fast CPU
-lowering is an implicit GEMM on the packed GEMM (``backends/llvm/gemm.py``): the GEMM packs its
-B panels (K x NR) straight from the input through the same index arithmetic (row
-``c * prod k + tap``, column ``out``; padding as zeros by a bounds test per panel row), so no
-im2col tensor exists and the epilogue (bias, ReLU, residual) stays fused; the weight is the A
-operand as is. Its two gradients are conv nodes too (``ir/ops/conv.py``), so they take the same
-path; the input gradient's interior zeros (stride > 1) are skipped by packing only the taps that
-land on a row (a sub-pixel decomposition per stride phase). The Triton lowering is the same
-implicit GEMM with ``tl.dot`` over K blocks of gathered input tiles. A backend that lowers
-conv itself simply leaves this pass out of its ``passes``.
+``cols`` is never stored on llvm: ``idx`` is a separable function of (tap, position), so the
+fusion pass lets the gather into the GEMM kernel as its operand and the GEMM reads it through
+offset tables while it packs its panels (``passes/gemm_operand.py``, the gather entry of
+``backends/llvm/gemm.py``): an implicit GEMM, with the epilogue fused through the final
+reshape. Not done yet: the input gradient of a strided conv multiplies the zeros it inserts
+between the cotangent's rows (a sub-pixel decomposition per stride phase would skip them).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Tile configs for GEMM kernels, chosen by timing (on the GPU, once per kernel and target).
 
-``codegen.gemm_candidates`` lists a few tile configs per shape; the first is a sound default
-(what runs without a GPU, and for small matmuls). On a GPU, ``choose`` compiles each candidate,
-times it on scratch buffers (never the model's: a fused epilogue may update state in place) and
-keeps the fastest. The choice is cached on disk by the kernel's IR, the target and Triton's
-version, so the timing happens once per machine.
+``codegen.gemm_candidates`` lists a few tile configs per shape (of a matmul, or of the implicit
+GEMM of a conv kernel); the first is a sound default (what runs without a GPU, and for small
+matmuls). On a GPU, ``choose`` compiles each candidate, times it on scratch buffers (never the
+model's: a fused epilogue may update state in place) and keeps the fastest. The choice is cached
+on disk by the kernel's IR, the target and Triton's version, so the timing happens once per
+machine.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from lamina.backends.triton import aot
 from lamina.backends.triton.codegen import gemm_candidates, render
+from lamina.backends.triton.conv import conv_problem
 from lamina.ir import config
 from lamina.ir.graph import Node
 from lamina.ir.printer import print_graph
@@ -27,6 +29,12 @@ REPEAT = 10
 
 
 def gemm_problem(node: Node) -> tuple[int, int, int, object]:
+    """(M, N, K, dtype) of the GEMM of a gemm kernel, K times the batches (or groups, for the
+    implicit GEMM of a conv: ``conv.conv_problem``)."""
+    convs = [m for m in node.region.nodes if m.op == "conv"]
+    if convs:
+        M, N, K, groups = conv_problem(convs[0])
+        return M, N, K * groups, convs[0].dtype
     (mm,) = [m for m in node.region.nodes if m.op == "matmul"]
     batch = math.prod(mm.shape[:-2])
     return mm.shape[-2], mm.shape[-1], mm.inputs[0].shape[-1] * batch, mm.dtype

@@ -10,7 +10,8 @@ Kinds (``classify``):
              cross-entropy are one kernel, one read of the input)
     gemm     one matmul through ``tl.dot`` on register tiles, its operands read through their
              views (transpose, reshape, broadcast) and its elementwise epilogue applied to the
-             accumulator before the only store
+             accumulator before the only store; or one conv, the same implicit GEMM over
+             input tiles gathered from the input by index arithmetic (``conv.py``)
     scatter  scatter_add: a zero fill, then atomic adds
     scan     cumsum: rows x positions along the axis per program, ``tl.cumsum`` (``scan.py``)
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import math
 
+from lamina.backends.triton.conv import ConvKernel
 from lamina.backends.triton.index import Indexing, Ix
 from lamina.backends.triton.scalar import HELPERS, LOW, POINTER, TV, ScalarMath, tl_type
 from lamina.backends.triton.scan import ScanKernel
@@ -55,7 +57,7 @@ def _pow2(n: int) -> int:
 
 def classify(kernel: Node) -> str:
     ops = {n.op for n in kernel.region.nodes}
-    if "matmul" in ops:
+    if "matmul" in ops or "conv" in ops:
         return "gemm"
     if "scatter_add" in ops:
         return "scatter"
@@ -66,7 +68,7 @@ def classify(kernel: Node) -> str:
     return "loop"
 
 
-class Gen(Indexing, ScalarMath, ScanKernel):
+class Gen(Indexing, ScalarMath, ScanKernel, ConvKernel):
     """Builds the body of one kernel: lines of Python, values memoized per scope."""
 
     def __init__(self, kernel: Node, name: str, error_codes: dict[int, int], guarded: bool,
@@ -197,7 +199,7 @@ class Gen(Indexing, ScalarMath, ScanKernel):
                                   "a row sum read through a transpose of a square); this is a "
                                   "fusion bug: use backend='llvm' and report it", n.loc)
             return fixed
-        if n.op == "matmul" or n.op in REDUCTIONS:
+        if n.op in ("matmul", "conv") or n.op in REDUCTIONS:
             raise LaminaError(f"the triton backend cannot read the {n.op} result of kernel "
                               f"@{self.name} at another position inside the same kernel "
                               "(e.g. a transpose of a square matmul in its epilogue); "
@@ -497,18 +499,7 @@ class Gen(Indexing, ScalarMath, ScanKernel):
             ae = self.tmp(f"tl.where({self.masks['k']}, {ae}, 0)")
         if self.masks["kb"] and "kb" not in bv.deps:
             be = self.tmp(f"tl.where({self.masks['kb']}, {be}, 0)")
-        # an operand the same in every row (A) or column (B) is a broadcast tile: Triton's
-        # sm_80 pipeline fails on a float64 tl.dot of one (TritonGPUPrefetch; checker seed 3,
-        # program 2250): multiply and sum instead, which is all a row or column of one needs
-        broadcast = "m" not in av.deps or "n" not in bv.deps
-        if d.is_float and not (d is dt.float64 and broadcast):
-            prec = "tf32" if (d is dt.float32 and ALLOW_TF32) else "ieee"
-            out = ", out_dtype=tl.float64" if d is dt.float64 else ""
-            self.emit(f"acc = tl.dot({ae}, {be}, acc, input_precision=\"{prec}\"{out})"
-                      if d in (dt.float32, dt.float64) else f"acc = tl.dot({ae}, {be}, acc)")
-        else:
-            self.helpers.add("add")
-            self.emit(f"acc += tl.reduce({ae}[:, :, None] * {be}[None, :, :], 1, _add)")
+        self.mma(ae, be, "m" not in av.deps or "n" not in bv.deps, d)
         self.pop()
         self.indent -= 1
         self.masks.pop("k")
@@ -523,6 +514,21 @@ class Gen(Indexing, ScalarMath, ScanKernel):
         flat = Ix(self.tmp(f"{base}rm * {N} + rn", "l"), frozenset({"m", "n"}))
         self.store("out", flat, v, deps={"m", "n"})
         return (nm * nn, math.prod(batch), 1), warps, stages
+
+    def mma(self, ae: str, be: str, broadcast: bool, d: dt.DType) -> None:
+        """``acc += ae @ be`` for tiles [BM, BK] and [BK, BN] of ``d`` (the accumulator: float32,
+        float64 for float64, the type itself for integers)."""
+        # an operand the same in every row (A) or column (B) is a broadcast tile: Triton's
+        # sm_80 pipeline fails on a float64 tl.dot of one (TritonGPUPrefetch; checker seed 3,
+        # program 2250): multiply and sum instead, which is all a row or column of one needs
+        if d.is_float and not (d is dt.float64 and broadcast):
+            prec = "tf32" if (d is dt.float32 and ALLOW_TF32) else "ieee"
+            out = ", out_dtype=tl.float64" if d is dt.float64 else ""
+            self.emit(f"acc = tl.dot({ae}, {be}, acc, input_precision=\"{prec}\"{out})"
+                      if d in (dt.float32, dt.float64) else f"acc = tl.dot({ae}, {be}, acc)")
+        else:
+            self.helpers.add("add")
+            self.emit(f"acc += tl.reduce({ae}[:, :, None] * {be}[None, :, :], 1, _add)")
 
     def scatter_kernel(self) -> tuple[tuple[int, int, int], int]:
         (s,) = [m for m in self.region.nodes if m.op == "scatter_add"]
@@ -559,7 +565,8 @@ class Gen(Indexing, ScalarMath, ScanKernel):
         elif kind == "row":
             grid, warps = self.row_kernel()
         elif kind == "gemm":
-            grid, warps, stages = self.gemm_kernel()
+            conv = any(m.op == "conv" for m in self.region.nodes)
+            grid, warps, stages = self.conv_kernel() if conv else self.gemm_kernel()
         elif kind == "scan":
             grid, warps = self.scan_kernel()
         else:

@@ -24,9 +24,8 @@ from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
-from lamina.passes.expand_conv import expand_conv
+from lamina.backends.triton.conv import fuse_conv_kernels
 from lamina.passes.expand_pool import expand_pool
-from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import RISKY, error_sites, plan_memory
 
@@ -56,7 +55,8 @@ def mode() -> str:
 
 def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node, KernelSource]]:
     """The Triton source of every kernel of a planned graph, in schedule order; with ``tune``
-    (a GPU target, on that GPU) matmul tiles are chosen by timing (``autotune.py``)."""
+    (a GPU target, on that GPU) matmul and conv tiles are chosen by timing
+    (``autotune.py``)."""
     codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
     out, names = [], set()
     risky_before = False
@@ -69,7 +69,7 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
             name, k = f"{base}_{k}", k + 1
         names.add(name)
         gemm = None
-        if tune and any(m.op == "matmul" for m in n.region.nodes):
+        if tune and any(m.op in ("matmul", "conv") for m in n.region.nodes):
             from lamina.backends.triton import autotune
 
             gemm = autotune.choose(n, name, codes, risky_before, tune)
@@ -81,8 +81,10 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 
 class TritonBackend:
     name = "triton"
-    # no conv or pooling lowering of its own yet: im2col + GEMM, pooling as where chains
-    passes = (expand_pool, expand_conv, fuse_kernels)
+    # conv is lowered by the backend itself (an implicit GEMM per conv kernel: conv.py), so the
+    # im2col expansion (passes/expand_conv.py) is not among its passes; pooling has no kernel
+    # of its own yet: its where chains (passes/expand_pool.py)
+    passes = (expand_pool, fuse_conv_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}
@@ -212,7 +214,7 @@ class TritonBackend:
 
 # --- reading an artifact's kernels.json (untrusted input) -----------------------------------
 
-_KINDS = ("loop", "row", "gemm", "scatter")  # what codegen.classify names
+_KINDS = ("loop", "row", "gemm", "scatter", "scan")  # what codegen.classify names
 _WARPS = (1, 2, 4, 8, 16, 32)
 _MAX_GRID = 2 ** 31 - 1  # CUDA's limit on grid.x (lamina's grids are static numbers)
 _MAX_SHARED = 1 << 20  # bytes; no GPU has more shared memory per block

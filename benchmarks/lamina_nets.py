@@ -11,6 +11,7 @@ import numpy as np
 
 from peers import Runner
 
+
 def _models():
     import lamina as lm
     from lamina import nn
@@ -60,6 +61,7 @@ def _loaded(model, params: dict):
 def _fetch_state(model, params: dict):
     """``fetch`` for a train step's Runner: [loss, *parameters] in ``params``' order, each read
     through its PyTorch name (``model.fc.weight`` is a Linear's [out, in] view of ``fc.w``)."""
+
     def read(name):
         obj = model
         for part in name.split("."):

@@ -103,7 +103,10 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 WORKLOAD_NAMES = ("gelu", "softmax", "layernorm", "matmul512", "matmul1024", "mlp_step",
                   "cnn_train", "transformer_train", "attention_long", "compile")
 TRAIN_STEPS = ("mlp_step", "cnn_train", "transformer_train")  # the compile rows
-MEMORY_WORKLOADS = ("attention_long",)  # peak memory measured in fresh processes
+# Peak memory measured in fresh processes; timed one implementation at a time (each built,
+# checked, timed and dropped before the next), not interleaved: a non-fused full-size attention
+# holds GiBs, and all of them alive at once would not fit a small machine.
+MEMORY_WORKLOADS = ("attention_long",)
 COMPILING_PEERS = ("torch.compile", "torch.compile[max-autotune-no-cudagraphs]", "jax.jit")
 LR = 0.01
 EPS = 1e-5
@@ -411,8 +414,11 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
         except Exception as e:  # noqa: BLE001 - reported in the table
             row["status"], row["note"] = "error", f"{type(e).__name__}: {e}".splitlines()[0]
             del runners[name]
-    reps = {n: int(min(plan["max_reps"], max(plan["min_reps"], plan["seconds"] / est[n])))
-            for n in runners}
+    # at least min_reps calls, but only 3 of a call slower than 10 x (seconds / min_reps) (a
+    # non-fused attention over 2048 tokens can take seconds per call)
+    reps = {n: int(min(plan["max_reps"], max(
+        plan["min_reps"] if est[n] * plan["min_reps"] <= 10 * plan["seconds"] else 3,
+        plan["seconds"] / est[n]))) for n in runners}
     times = {n: [] for n in runners}
     meters = {n: machine.CpuMeter() for n in runners}
     gc.collect()
@@ -693,7 +699,13 @@ def main(argv=None) -> int:
             log(f"{wl.title}: peak memory, each implementation in a fresh process ...")
             mem = run_memory(wl, impls, args.quick, args.threads, log)
         log(f"{wl.title}: checking and timing {len(impls)} implementations ...")
-        wl_rows = run_workload(wl, impls, plan, log)
+        if name in MEMORY_WORKLOADS:
+            wl_rows = []
+            for impl in impls:
+                wl_rows += run_workload(wl, [impl], plan, log)
+                gc.collect()
+        else:
+            wl_rows = run_workload(wl, impls, plan, log)
         for r in wl_rows:
             if r["impl"] in mem:
                 r["memory"] = mem[r["impl"]]

@@ -14,9 +14,9 @@ alone, so that nothing another library allocated or cached is counted:
    most memory the process held during the call beyond its inputs: held + the call's
    temporaries + its results). ``call`` = peak - held is the call's own working memory.
 
-``first`` is the high-water mark of steps 2-3 together (the first call, compilation included)
-minus the baseline; the same number where ``clear_refs`` cannot be written (then ``peak`` is
-not measured).
+``first`` is the high-water mark of step 2 (the build and the first calls, compilation
+included) minus the baseline. Where ``clear_refs`` cannot be written, ``first`` is the process's
+lifetime high-water mark minus the baseline and ``peak`` is not measured.
 
 glibc's malloc keeps freed memory for reuse and moves its mmap threshold up after large frees,
 so a freed block may stay resident and hide a later allocation from the RSS. The child runs with
@@ -60,6 +60,7 @@ def measure(build) -> dict:
     (call this after the imports and the inputs). Sizes in MiB."""
     gc.collect()
     base = _status("VmRSS")
+    reset_peak()  # so that "first" does not see what came before the baseline
     runner = build()
     out = runner.call()
     del out

@@ -107,7 +107,8 @@ def test_references_equal_torch_autograd(run):
     """nets.py's hand-written forward, backward and SGD update, in float64, against PyTorch's
     modules and autograd (benchmarks/peers.py's torch versions, run in float64)."""
     torch = pytest.importorskip("torch")
-    peer = run.peers.make("torch", 1)
+    threads = torch.get_num_threads()
+    peer = run.peers.make("torch", 1)  # sets torch's threads: restored below
     for name in ("cnn_train", "transformer_train", "attention_long"):
         wl = run.make_workload(name, quick=True)
         f8 = {k: (v.astype(np.float64) if getattr(v, "dtype", None) == np.float32 else v)
@@ -121,6 +122,7 @@ def test_references_equal_torch_autograd(run):
             got = runner.fetch(runner.call())
         finally:
             torch.set_default_dtype(default)
+            torch.set_num_threads(threads)
         assert len(got) == len(wl.reference)
         for g, r in zip(got, wl.reference):
             assert g.dtype == np.float64

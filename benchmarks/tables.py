@@ -100,8 +100,8 @@ throughput: GB/s = bytes an ideal fused kernel reads + writes, per median time; 
   (GB/s rows) or of the measured FMA peak (GFLOP/s rows): see 'limits used' above.
 t / best peer: median time / median time of the fastest peer in this run (> 1: slower; < 1:
   faster); (by min): the same with the fastest times, less sensitive to background load.
-max err: max |result - float64 numpy reference| / max |reference| (MLP: parameters relative to
-  the size of the reference update).
+max err: max |result - float64 numpy reference| / max |reference| (train steps: the updated
+  parameters' error beyond half a float32 ulp, relative to the size of the reference update).
 1st call s: includes compilation where there is one (in this process; lamina and torch.compile
   may reuse their on-disk caches from earlier runs).
 bg cpu: cores used by other processes while this row was timed (high: a noisy row)."""

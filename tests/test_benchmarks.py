@@ -130,6 +130,14 @@ def test_references_equal_torch_autograd(run):
                                        err_msg=name)
 
 
+def test_full_size_attention_leaves_out_the_reference_backend(run):
+    """By default the full-size attention_long does not run lamina's numpy backend (~8 GiB)."""
+    assert run.too_big("lamina[numpy]", "attention_long", quick=False)
+    assert not run.too_big("lamina[numpy]", "attention_long", quick=True)
+    assert not run.too_big("lamina[llvm]", "attention_long", quick=False)
+    assert not run.too_big("lamina[numpy]", "cnn_train", quick=False)
+
+
 def test_check_catches_a_wrong_result(run):
     wl = run.make_workload("softmax", quick=True)
     wrong = wl.reference[0].astype(np.float32).copy()

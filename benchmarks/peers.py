@@ -18,6 +18,12 @@ Workloads and their inputs (dicts of numpy arrays; ``run.py`` documents the size
     mlp_step   x (B, D), y (B,) int64, params [w1, b1, w2, b2, w3, b3] (w: (in, out)), lr
                one SGD step of relu MLP + mean cross-entropy; ``call`` returns the loss and
                updates the peer's own copy of the parameters; ``fetch`` gives [loss, *params].
+    cnn_train, transformer_train
+               the network steps of ``nets.py``: x, y (or target), params (a dict in PyTorch's
+               state_dict names and layouts), lr (and heads); ``fetch`` gives [loss, *params]
+               in the dict's order.
+    attention  q, k, v, dout [B, H, T, D]: causal scaled dot-product attention forward and the
+               gradients of sum(out * dout); ``fetch`` gives [out, dq, dk, dv].
 """
 
 from __future__ import annotations
@@ -29,8 +35,11 @@ from typing import Any
 
 import numpy as np
 
+import nets  # benchmarks/ is on sys.path (run.py and gpu.py put it there)
+
 GELU_C = math.sqrt(2.0 / math.pi)
-WORKLOADS = ("gelu", "softmax", "layernorm", "matmul", "mlp_step")
+WORKLOADS = ("gelu", "softmax", "layernorm", "matmul", "mlp_step", "cnn_train",
+             "transformer_train", "attention")
 
 
 @dataclass
@@ -131,6 +140,21 @@ class NumpyPeer(Peer):
         return Runner(lambda: np_mlp_step(own, x, y, lr),
                       lambda loss: [np.asarray(loss, np.float32), *(p.copy() for p in own)])
 
+    def cnn_train(self, x, y, params, lr):
+        own = {k: v.copy() for k, v in params.items()}
+        return Runner(lambda: nets.cnn_step(own, x, y, lr),
+                      lambda loss: [np.asarray(loss, np.float32),
+                                    *(v.copy() for v in own.values())])
+
+    def transformer_train(self, x, target, params, heads, lr):
+        own = {k: v.copy() for k, v in params.items()}
+        return Runner(lambda: nets.transformer_step(own, x, target, heads, lr),
+                      lambda loss: [np.asarray(loss, np.float32),
+                                    *(v.copy() for v in own.values())])
+
+    def attention(self, q, k, v, dout):
+        return Runner(lambda: nets.attention_fwd_bwd(q, k, v, dout), lambda out: list(out))
+
 
 # --- PyTorch ------------------------------------------------------------------------------------
 
@@ -214,6 +238,90 @@ class TorchPeer(Peer):
         return Runner(lambda: f(tx, ty),
                       lambda loss: [self._numpy(loss), *map(self._numpy, ps)])
 
+    def _train(self, model, params, loss_fn, args, lr):
+        """One SGD step of ``model`` (loaded with ``params`` by name) on ``loss_fn(model,
+        *args)``: zero_grad, backward, step; torch.compile compiles the whole step."""
+        torch = self.torch
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
+        model.to(self.device)
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        targs = [self._t(a) for a in args]
+
+        def step(*args):
+            loss = loss_fn(model, *args)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss
+
+        f = self._fn(step)
+        state = model.state_dict()
+        return Runner(lambda: f(*targs),
+                      lambda loss: [self._numpy(loss), *(self._numpy(state[k]) for k in params)])
+
+    def cnn_train(self, x, y, params, lr):
+        F = self.torch.nn.functional
+        classes, flat = params["fc.weight"].shape
+        model = _torch_models(self.torch)[0](params["conv1.weight"].shape[0],
+                                             params["conv2.weight"].shape[0], flat, classes)
+        return self._train(model, params, lambda m, x, y: F.cross_entropy(m(x), y), (x, y), lr)
+
+    def transformer_train(self, x, target, params, heads, lr):
+        F = self.torch.nn.functional
+        hidden, e = params["fc1.weight"].shape
+        model = _torch_models(self.torch)[1](e, heads, hidden, x.shape[1])
+        return self._train(model, params, lambda m, x, t: F.mse_loss(m(x), t), (x, target), lr)
+
+    def attention(self, q, k, v, dout):
+        torch = self.torch
+        F = torch.nn.functional
+        f = self._fn(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        qkv = [self._t(a).requires_grad_() for a in (q, k, v)]
+        td = self._t(dout)
+
+        def call():
+            out = f(*qkv)
+            return (out.detach(), *torch.autograd.grad(out, qkv, td))
+
+        return Runner(call, lambda out: [self._numpy(t) for t in out])
+
+
+def _torch_models(torch):
+    """The PyTorch modules of ``nets.py``'s networks (their state_dict names are nets')."""
+    nn, F = torch.nn, torch.nn.functional
+
+    class CNN(nn.Module):
+        def __init__(self, c1, c2, flat, classes):
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+            self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+            self.fc = nn.Linear(flat, classes)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+            x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+            return self.fc(x.flatten(1))
+
+    class Block(nn.Module):
+        def __init__(self, e, heads, hidden, t):
+            super().__init__()
+            self.ln1 = nn.LayerNorm(e)
+            self.attn = nn.MultiheadAttention(e, heads, batch_first=True)
+            self.ln2 = nn.LayerNorm(e)
+            self.fc1 = nn.Linear(e, hidden)
+            self.fc2 = nn.Linear(hidden, e)
+            self.register_buffer("causal", torch.triu(torch.ones(t, t, dtype=torch.bool), 1),
+                                 persistent=False)
+
+        def forward(self, x):
+            a = self.ln1(x)
+            h = x + self.attn(a, a, a, attn_mask=self.causal, need_weights=False,
+                              is_causal=True)[0]
+            return h + self.fc2(F.gelu(self.fc1(self.ln2(h)), approximate="tanh"))
+
+    return CNN, Block
+
+
 
 # --- JAX ----------------------------------------------------------------------------------------
 
@@ -284,6 +392,87 @@ class JaxPeer(Peer):
             return jax.block_until_ready(loss), jax.block_until_ready(state[0])
 
         return Runner(call, lambda out: [np.array(out[0]), *(np.array(p) for p in out[1])])
+
+    def _train(self, loss_fn, params, args, lr):
+        """One functional SGD step of ``loss_fn(params, *args)`` (a dict of parameters),
+        jitted with the parameters donated."""
+        jax = self.jax
+
+        def step(ps, *args):
+            loss, grads = jax.value_and_grad(loss_fn)(ps, *args)
+            return {k: ps[k] - lr * grads[k] for k in ps}, loss
+
+        f = jax.jit(step, donate_argnums=(0,))
+        state = [{k: self._put(v.copy()) for k, v in params.items()}]
+        jargs = [self._put(a) for a in args]
+
+        def call():
+            state[0], loss = f(state[0], *jargs)
+            return jax.block_until_ready(loss), jax.block_until_ready(state[0])
+
+        return Runner(call, lambda out: [np.array(out[0]), *(np.array(out[1][k])
+                                                             for k in params)])
+
+    def cnn_train(self, x, y, params, lr):
+        jax, jnp, lax = self.jax, self.jnp, self.jax.lax
+
+        def conv(h, w, b):
+            return lax.conv_general_dilated(h, w, (1, 1), ((1, 1), (1, 1)),
+                                            dimension_numbers=("NCHW", "OIHW", "NCHW")) \
+                + b[None, :, None, None]
+
+        def pool(h):
+            return lax.reduce_window(h, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+        def loss_fn(p, x, y):
+            h = pool(jax.nn.relu(conv(x, p["conv1.weight"], p["conv1.bias"])))
+            h = pool(jax.nn.relu(conv(h, p["conv2.weight"], p["conv2.bias"])))
+            logits = h.reshape(h.shape[0], -1) @ p["fc.weight"].T + p["fc.bias"]
+            logp = jax.nn.log_softmax(logits, axis=-1)
+            return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+        return self._train(loss_fn, params, (x, y.astype(np.int32)), lr)
+
+    def transformer_train(self, x, target, params, heads, lr):
+        jax, jnp = self.jax, self.jnp
+
+        def ln(z, g, b):
+            mu = jnp.mean(z, axis=-1, keepdims=True)
+            d = z - mu
+            return d * jax.lax.rsqrt(jnp.mean(d * d, axis=-1, keepdims=True) + nets.EPS) * g + b
+
+        def block(p, x):
+            n, t, e = x.shape
+            a = ln(x, p["ln1.weight"], p["ln1.bias"])
+            qkv = a @ p["attn.in_proj_weight"].T + p["attn.in_proj_bias"]
+            q, k, v = (qkv[..., i * e:(i + 1) * e].reshape(n, t, heads, e // heads)
+                       for i in range(3))  # [B, T, heads, D]: dot_product_attention's layout
+            o = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(n, t, e)
+            h = x + o @ p["attn.out_proj.weight"].T + p["attn.out_proj.bias"]
+            c = ln(h, p["ln2.weight"], p["ln2.bias"])
+            u = jax.nn.gelu(c @ p["fc1.weight"].T + p["fc1.bias"], approximate=True)
+            return h + u @ p["fc2.weight"].T + p["fc2.bias"]
+
+        def loss_fn(p, x, target):
+            return jnp.mean((block(p, x) - target) ** 2)
+
+        return self._train(loss_fn, params, (x, target), lr)
+
+    def attention(self, q, k, v, dout):
+        """``jax.nn.dot_product_attention`` takes [B, T, heads, D]: the inputs are transposed
+        to it before timing and the results back after."""
+        jax = self.jax
+
+        def fwd_bwd(q, k, v, dout):
+            out, vjp = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(
+                q, k, v, is_causal=True), q, k, v)
+            return (out, *vjp(dout))
+
+        f = jax.jit(fwd_bwd)
+        args = [self._put(np.ascontiguousarray(a.transpose(0, 2, 1, 3)))
+                for a in (q, k, v, dout)]
+        return Runner(lambda: jax.block_until_ready(f(*args)),
+                      lambda out: [np.asarray(o).transpose(0, 2, 1, 3) for o in out])
 
 
 # --- registry -----------------------------------------------------------------------------------

@@ -20,14 +20,45 @@ Workloads (``--only`` names; ``--quick`` shrinks every size to a tiny one):
                 with integer labels, plain SGD lr=0.01: forward, backward and the in-place update
                 (JAX: a functional update with donate_argnums). GFLOP/s counts the matmuls
                 (forward, weight gradients, input gradients of the 2nd and 3rd layer).
-    compile     compile time of the lamina MLP train step (and of torch.compile and jax.jit, for
-                scale): a fresh process runs the step; compile time = first call minus a plain
-                (steady-state) call, the fastest of the 3rd to 10th calls. Cold: a new empty cache directory (LAMINA_CACHE_DIR,
+    cnn_train   one SGD step (lr 0.1) of a CNN on x [64, 1, 28, 28] (NCHW): conv3x3(1->16,
+                pad 1) + ReLU + maxpool 2, conv3x3(16->32, pad 1) + ReLU + maxpool 2, flatten
+                (1568), linear -> 10, mean cross-entropy. GFLOP/s counts the convs and the
+                linear layer (forward, weight gradients, input gradients but conv1's).
+    transformer_train
+                one SGD step (lr 0.1) of a pre-LN Transformer block on x [8, 128, 256]:
+                h = x + Attn(LN1(x)), out = h + W2 gelu_tanh(W1 LN2(h) + b1) + b2 (hidden 1024),
+                causal multi-head attention with 4 heads (head dim 64) and a fused qkv
+                projection (PyTorch's in_proj_weight [768, 256]), loss = mean((out - target)^2).
+                GFLOP/s: its matmuls (the T x T ones dense), forward + backward = 3x forward.
+    attention_long
+                causal scaled dot-product attention forward and backward (the gradients of
+                sum(out * dout) for q, k, v), q, k, v, dout [4, 8, 2048, 64]; against torch's
+                scaled_dot_product_attention. Also peak memory (below). GFLOP/s counts the
+                causal half of its six T x T products (2 forward, 4 backward).
+    compile     compile time of lamina's train steps (mlp_step, cnn_train, transformer_train;
+                and of torch.compile and jax.jit, for scale): a fresh process runs the step;
+                compile time = first call minus a plain (steady-state) call, the fastest of the
+                3rd to 10th calls. Cold: a new empty cache directory (LAMINA_CACHE_DIR,
                 TORCHINDUCTOR_CACHE_DIR, JAX_COMPILATION_CACHE_DIR); warm: a second fresh process
                 with the same directory.
 
+The network steps (nets.py) are checked against hand-written float64 numpy forward and backward
+passes and SGD updates: the loss and every updated parameter. All implementations start from
+the same seeded numpy parameters, in PyTorch's state_dict names (lamina: load_state_dict; torch:
+its modules' load_state_dict; jax: a dict of arrays). lamina's versions use its layers
+(nn.Conv2d, nn.MaxPool2d, nn.LayerNorm, nn.MultiheadAttention, nn.functional.
+scaled_dot_product_attention; lamina_nets.py).
+
+Peak memory (attention_long): each implementation runs alone in a fresh process, which imports
+its library and allocates the inputs; its resident set size (VmRSS) then is the baseline. After
+two calls (compilation, warm-up) the high-water mark is reset (/proc/self/clear_refs) and one
+more call is made: peak = VmHWM - baseline, held = VmRSS before that call - baseline (kept
+between calls), call = peak - held. The same malloc settings for everyone (memory.py).
+
 Method: inputs are allocated once, outside the timed region; every implementation is first
-checked against a float64 numpy reference (a failed check is reported and not timed); then each
+checked against a float64 numpy reference (a failed check is reported and not timed; a train
+step's parameters are compared relative to the size of their update, beyond float32's rounding
+of the updated value); then each
 runs warm-up calls and ``reps`` timed calls (``time.perf_counter`` around one synchronized call),
 interleaved in rounds across implementations so that background load hits all of them alike.
 Median and min are reported; throughput uses the median, ratios both. Every library runs on the
@@ -59,14 +90,23 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import lamina_nets
 import machine  # benchmarks/ is not a package: its modules sit next to this one
+import memory
+import nets
 import peers
 from peers import Runner
+from tables import LEGEND, _align, _fmt, format_compile, format_memory, format_table  # noqa: F401
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "LAMINA_NUM_THREADS")
 WORKLOAD_NAMES = ("gelu", "softmax", "layernorm", "matmul512", "matmul1024", "mlp_step",
-                  "compile")
+                  "cnn_train", "transformer_train", "attention_long", "compile")
+TRAIN_STEPS = ("mlp_step", "cnn_train", "transformer_train")  # the compile rows
+# Peak memory measured in fresh processes; timed one implementation at a time (each built,
+# checked, timed and dropped before the next), not interleaved: a non-fused full-size attention
+# holds GiBs, and all of them alive at once would not fit a small machine.
+MEMORY_WORKLOADS = ("attention_long",)
 COMPILING_PEERS = ("torch.compile", "torch.compile[max-autotune-no-cudagraphs]", "jax.jit")
 LR = 0.01
 EPS = 1e-5
@@ -116,9 +156,11 @@ class Workload:
     limit: str               # "copy" or "fma"
     tol: float               # largest normalized error accepted (see check())
     reference: list = field(default_factory=list)
+    initial: list | None = None  # a train step's initial parameters (check() scales by update)
 
 
-def make_workload(name: str, quick: bool, seed: int = 0) -> Workload:
+def make_workload(name: str, quick: bool, seed: int = 0, with_reference: bool = True
+                  ) -> Workload:
     """The workload ``name`` with its inputs (float32, fixed seed) and float64 reference."""
     s = sizes(quick)
     rng = np.random.default_rng(seed)
@@ -151,9 +193,44 @@ def make_workload(name: str, quick: bool, seed: int = 0) -> Workload:
         batch, dims = s["mlp"]
         wl = Workload(name, "mlp_step", f"mlp step b{batch} {'-'.join(map(str, dims))}", inputs,
                       "GFLOP/s", mlp_flops(inputs), "fma", 1e-3)
+        wl.initial = inputs["params"]
+    elif name in ("cnn_train", "transformer_train", "attention_long"):
+        wl = net_workload(name, quick, seed)
     else:
         raise ValueError(f"unknown workload {name!r}")
-    wl.reference = reference(wl)
+    if with_reference:
+        wl.reference = reference(wl)
+    return wl
+
+
+def net_workload(name: str, quick: bool, seed: int = 0) -> Workload:
+    """The network workloads of ``nets.py``. GFLOP/s counts their matmul and conv flops:
+    forward, weight gradients and input gradients (not conv1's: its input is the data);
+    attention counts the causal half of its T x T products (2 forward, 4 backward)."""
+    if name == "cnn_train":
+        inputs = nets.cnn_inputs(quick, seed)
+        s = nets.cnn_sizes(quick)
+        n, hw, c1, c2 = s["n"], s["hw"], s["c1"], s["c2"]
+        flat = c2 * (hw // 4) ** 2
+        conv1, conv2 = 2 * n * hw * hw * c1 * 9, 2 * n * (hw // 2) ** 2 * c2 * c1 * 9
+        fc = 2 * n * flat * s["classes"]
+        wl = Workload(name, "cnn_train", f"cnn step b{n} {hw}x{hw} conv{c1}-conv{c2}-fc",
+                      inputs, "GFLOP/s", 2 * conv1 + 3 * (conv2 + fc), "fma", 1e-3)
+        wl.initial = list(inputs["params"].values())
+    elif name == "transformer_train":
+        inputs = nets.transformer_inputs(quick, seed)
+        s = nets.transformer_sizes(quick)
+        b, t, e, hid = s["b"], s["t"], s["e"], s["hidden"]
+        fwd = 2 * b * t * e * (3 * e + e + 2 * hid) + 2 * 2 * b * t * t * e
+        wl = Workload(name, "transformer_train",
+                      f"pre-LN block step x[{b},{t},{e}] heads {s['heads']} mlp {hid}", inputs,
+                      "GFLOP/s", 3 * fwd, "fma", 1e-3)
+        wl.initial = list(inputs["params"].values())
+    else:
+        inputs = nets.attention_inputs(quick, seed)
+        b, h, t, d = nets.attention_sizes(quick)
+        wl = Workload(name, "attention", f"causal attention fwd+bwd B{b} H{h} T{t} D{d}",
+                      inputs, "GFLOP/s", 6.0 * b * h * t * t * d, "fma", 1e-4)
     return wl
 
 
@@ -165,29 +242,49 @@ def reference(wl: Workload) -> list[np.ndarray]:
         params = [p.astype(np.float64) for p in wl.inputs["params"]]
         loss = peers.np_mlp_step(params, f8["x"], wl.inputs["y"], LR)
         return [np.asarray(loss), *params]
+    if wl.peer_method in ("cnn_train", "transformer_train"):
+        f8["params"] = {k: v.astype(np.float64) for k, v in wl.inputs["params"].items()}
+        step = nets.cnn_step if wl.peer_method == "cnn_train" else nets.transformer_step
+        loss = step(**f8)
+        return [np.asarray(loss), *f8["params"].values()]
+    if wl.peer_method == "attention":
+        return nets.attention_fwd_bwd(f8["q"], f8["k"], f8["v"], f8["dout"])
     fn = {"gelu": peers.np_gelu, "softmax": peers.np_softmax, "layernorm": peers.np_layernorm,
           "matmul": lambda a, b: a @ b}[wl.peer_method]
     return [fn(**f8)]
 
 
 def check(wl: Workload, got: list[np.ndarray]) -> float:
-    """Normalized error against the reference: max |got - ref| / max |ref| per array; for the
-    MLP step, the parameters' error is measured relative to the size of the reference update
+    """Normalized error against the reference: max |got - ref| / max |ref| per array; for a
+    train step, the parameters' error is measured relative to the size of the reference update
     (``max |p - p_ref| / max |p_ref - p_initial|``), the loss relative to the loss."""
     ref = wl.reference
     if len(got) != len(ref):
         return math.inf
+    initial = wl.initial
+    if initial is None and wl.peer_method == "mlp_step":  # a Workload built elsewhere (gpu.py)
+        initial = wl.inputs["params"]
     errs = []
     for i, (g, r) in enumerate(zip(got, ref)):
         g = np.asarray(g, np.float64)
         if g.shape != r.shape:
             return math.inf
-        if wl.peer_method == "mlp_step" and i > 0:
-            scale = np.abs(r - wl.inputs["params"][i - 1]).max()
+        diff = np.abs(g - r)
+        if initial is not None and i > 0:
+            scale = np.abs(r - initial[i - 1]).max()
+            # an updated parameter stored in float32 is off by up to half a float32 ulp even
+            # when its update is exact: only the error beyond that counts (the transformer's
+            # LayerNorm weights, ~1.3, get updates of ~3e-5, ~500 of their ulps)
+            diff = np.maximum(diff - _half_ulp(r, initial[i - 1].dtype), 0.0)
         else:
             scale = np.abs(r).max()
-        errs.append(float(np.abs(g - r).max() / max(scale, 1e-30)))
+        errs.append(float(diff.max() / max(scale, 1e-30)))
     return max(errs)
+
+
+def _half_ulp(r: np.ndarray, dtype) -> np.ndarray:
+    """Half the spacing of ``dtype`` at each value of ``r`` (its rounding error bound)."""
+    return np.spacing(np.abs(r).astype(dtype)).astype(np.float64) / 2
 
 
 # --- lamina -------------------------------------------------------------------------------------
@@ -199,6 +296,8 @@ def lamina_runner(wl: Workload, backend: str) -> Runner:
     from lamina import nn, optim
 
     inp = wl.inputs
+    if wl.peer_method in lamina_nets.BUILDERS:
+        return lamina_nets.BUILDERS[wl.peer_method](inp, backend)
     if wl.peer_method == "mlp_step":
         class MLP(nn.Module):
             def __init__(self, dims):
@@ -255,6 +354,22 @@ def lamina_backends() -> list[str]:
     from lamina import backends
 
     return list(backends.available())
+
+
+def too_big(impl_name: str, wl_name: str, quick: bool) -> str:
+    """Why a lamina backend is left out of a full-size memory workload by default ('' if it is
+    not): the numpy reference backend materializes every [4, 8, 2048, 2048] temporary (~8 GiB
+    measured at T=1024 x 4), Triton's interpreter would take hours."""
+    if quick or wl_name not in MEMORY_WORKLOADS:
+        return ""
+    if impl_name == "lamina[numpy]":
+        return "the reference backend needs ~8 GiB here"
+    if impl_name == "lamina[triton]":
+        from lamina.backends.triton import cuda
+
+        if not cuda.available():
+            return "no GPU: Triton's interpreter would take hours"
+    return ""
 
 
 # --- running one workload -----------------------------------------------------------------------
@@ -315,8 +430,11 @@ def run_workload(wl: Workload, impls: list[Impl], plan: dict, log) -> list[dict]
         except Exception as e:  # noqa: BLE001 - reported in the table
             row["status"], row["note"] = "error", f"{type(e).__name__}: {e}".splitlines()[0]
             del runners[name]
-    reps = {n: int(min(plan["max_reps"], max(plan["min_reps"], plan["seconds"] / est[n])))
-            for n in runners}
+    # at least min_reps calls, but only 3 of a call slower than 10 x (seconds / min_reps) (a
+    # non-fused attention over 2048 tokens can take seconds per call)
+    reps = {n: int(min(plan["max_reps"], max(
+        plan["min_reps"] if est[n] * plan["min_reps"] <= 10 * plan["seconds"] else 3,
+        plan["seconds"] / est[n]))) for n in runners}
     times = {n: [] for n in runners}
     meters = {n: machine.CpuMeter() for n in runners}
     gc.collect()
@@ -367,14 +485,15 @@ def add_ratios(rows: list[dict], limits: dict) -> None:
 # --- compile time (fresh processes) -------------------------------------------------------------
 
 
-def probe(impl: str, quick: bool, threads: int) -> dict:
-    """In a fresh process: build the MLP step on ``impl``, time its first calls and plain ones."""
-    wl = Workload("mlp_step", "mlp_step", "", mlp_inputs(quick), "", 0, "", 0)
+def probe(impl: str, quick: bool, threads: int, step: str = "mlp_step") -> dict:
+    """In a fresh process: build the train step ``step`` (one of TRAIN_STEPS) on ``impl``, time
+    its first calls and plain ones."""
+    wl = make_workload(step, quick, with_reference=False)
     t_import = time.perf_counter()
     if impl.startswith("lamina:"):
         runner = lamina_runner(wl, impl.split(":", 1)[1])
     else:
-        runner = peers.make(impl, threads).build("mlp_step", wl.inputs)
+        runner = peers.make(impl, threads).build(wl.peer_method, wl.inputs)
     t_build = time.perf_counter() - t_import
     calls = []
     for _ in range(4 if quick else 10):
@@ -382,18 +501,19 @@ def probe(impl: str, quick: bool, threads: int) -> dict:
         runner.call()
         calls.append(time.perf_counter() - t0)
     plain = min(calls[2:])  # the steady state: background noise only ever adds time
-    return {"impl": impl, "build_s": t_build, "calls_s": calls, "plain_s": plain,
+    return {"impl": impl, "step": step, "build_s": t_build, "calls_s": calls, "plain_s": plain,
             "compile_s": calls[0] - plain, "second_call_extra_s": calls[1] - plain}
 
 
-def run_probe(impl: str, cache_dir: str, quick: bool, threads: int, log) -> dict:
+def run_probe(impl: str, step: str, cache_dir: str, quick: bool, threads: int, log) -> dict:
     env = dict(os.environ)
     env.update(LAMINA_CACHE_DIR=cache_dir,
                TORCHINDUCTOR_CACHE_DIR=os.path.join(cache_dir, "inductor"),
                JAX_COMPILATION_CACHE_DIR=os.path.join(cache_dir, "jax"),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-    cmd = [sys.executable, os.path.abspath(__file__), "--probe", impl, "--threads", str(threads)]
+    cmd = [sys.executable, os.path.abspath(__file__), "--probe", impl, "--workload", step,
+           "--threads", str(threads)]
     if quick:
         cmd.append("--quick")
     meter = machine.CpuMeter()
@@ -401,118 +521,96 @@ def run_probe(impl: str, cache_dir: str, quick: bool, threads: int, log) -> dict
     try:
         p = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     except subprocess.TimeoutExpired:
-        return {"impl": impl, "error": "timed out after 900 s"}
+        return {"impl": impl, "step": step, "error": "timed out after 900 s"}
     meter.stop()
     for line in reversed(p.stdout.splitlines()):
         if line.startswith("PROBE "):
             return dict(json.loads(line[len("PROBE "):]), bg_cpu=meter.cores)
     tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-    log(f"  compile probe {impl} failed (exit {p.returncode}): {tail}")
-    return {"impl": impl, "error": tail}
+    log(f"  compile probe {impl} {step} failed (exit {p.returncode}): {tail}")
+    return {"impl": impl, "step": step, "error": tail}
 
 
-def run_compile(impl_names: list[str], quick: bool, threads: int, log) -> list[dict]:
+def run_compile(impl_names: list[str], quick: bool, threads: int, log,
+                steps=TRAIN_STEPS) -> list[dict]:
+    """Cold and warm compile time of each train step in ``steps`` on each implementation."""
     rows = []
-    for impl in impl_names:
-        with tempfile.TemporaryDirectory(prefix="lamina-bench-cache-") as d:
-            cold = run_probe(impl, d, quick, threads, log)
-            warm = run_probe(impl, d, quick, threads, log) if "error" not in cold else cold
-        name = impl.split(":", 1)[1] if impl.startswith("lamina:") else impl
-        row = {"impl": f"lamina[{name}]" if impl.startswith("lamina:") else impl,
-               "kind": "lamina" if impl.startswith("lamina:") else "peer", "cold": cold,
-               "warm": warm, "status": "error" if "error" in cold or "error" in warm else "ok"}
-        rows.append(row)
-    ok_peers = [r for r in rows if r["kind"] == "peer" and r["status"] == "ok"]
-    for key in ("cold", "warm"):
-        if ok_peers:
-            best = min(ok_peers, key=lambda r: r[key]["compile_s"])
-            for r in rows:
-                if r["status"] == "ok":
-                    r[f"{key}_vs_best_peer"] = r[key]["compile_s"] / max(
-                        best[key]["compile_s"], 1e-9)
-                    r[f"{key}_best_peer"] = best["impl"]
+    for step in steps:
+        group = []
+        for impl in impl_names:
+            with tempfile.TemporaryDirectory(prefix="lamina-bench-cache-") as d:
+                cold = run_probe(impl, step, d, quick, threads, log)
+                warm = run_probe(impl, step, d, quick, threads, log) \
+                    if "error" not in cold else cold
+            name = impl.split(":", 1)[1] if impl.startswith("lamina:") else impl
+            group.append({"step": step,
+                          "impl": f"lamina[{name}]" if impl.startswith("lamina:") else impl,
+                          "kind": "lamina" if impl.startswith("lamina:") else "peer",
+                          "cold": cold, "warm": warm,
+                          "status": "error" if "error" in cold or "error" in warm else "ok"})
+        ok_peers = [r for r in group if r["kind"] == "peer" and r["status"] == "ok"]
+        for key in ("cold", "warm"):
+            if ok_peers:
+                best = min(ok_peers, key=lambda r: r[key]["compile_s"])
+                for r in group:
+                    if r["status"] == "ok":
+                        r[f"{key}_vs_best_peer"] = r[key]["compile_s"] / max(
+                            best[key]["compile_s"], 1e-9)
+                        r[f"{key}_best_peer"] = best["impl"]
+        rows.extend(group)
     return rows
 
 
-# --- output -------------------------------------------------------------------------------------
+# --- peak memory (fresh processes) --------------------------------------------------------------
 
 
-def _fmt(v, spec: str, missing: str = "-") -> str:
-    return missing if v is None else format(v, spec)
+def impl_spec(impl_name: str) -> str:
+    """The ``--probe``/``--memory`` spelling of an implementation: lamina[llvm] -> lamina:llvm."""
+    if impl_name.startswith("lamina[") and impl_name.endswith("]"):
+        return "lamina:" + impl_name[len("lamina["):-1]
+    return impl_name
 
 
-def format_table(rows: list[dict]) -> str:
-    head = ["workload", "implementation", "median ms", "min ms", "throughput", "% limit",
-            "t / best peer", "(by min)", "max err", "1st call s", "bg cpu", "note"]
-    body = []
-    last = None
-    for r in rows:
-        title = r["title"] if r["title"] != last else ""
-        last = r["title"]
-        timed = "median_s" in r
-        frac = r.get("frac_limit")
-        body.append([
-            title, r["impl"],
-            _fmt(r.get("median_s") and r["median_s"] * 1e3, ".3f"),
-            _fmt(r.get("min_s") and r["min_s"] * 1e3, ".3f"),
-            f"{r['throughput']:.1f} {r['unit']}" if timed else "-",
-            _fmt(frac and frac * 100, ".1f"),
-            _fmt(r.get("vs_best_peer"), ".2f") + ("x" if r.get("vs_best_peer") else ""),
-            _fmt(r.get("vs_best_peer_min"), ".2f") + ("x" if r.get("vs_best_peer_min") else ""),
-            _fmt(r.get("err"), ".1e"),
-            _fmt(r.get("first_call_s"), ".3f"),
-            _fmt(r.get("bg_cpu"), ".2f"),
-            r["status"].upper() + (": " if r["note"] else "") + r["note"]
-            if r["status"] != "ok" else r["note"],
-        ])
-    return _align(head, body, right={2, 3, 4, 5, 6, 7, 8, 9, 10})
+def memory_child(impl: str, name: str, quick: bool, threads: int) -> dict:
+    """In a fresh process (``--memory``): import the library, allocate the inputs, then measure
+    (see memory.py)."""
+    wl = make_workload(name, quick, with_reference=False)
+    if impl.startswith("lamina:"):
+        import lamina  # noqa: F401 - imported before the baseline
+        from lamina import nn  # noqa: F401
+
+        def build():
+            return lamina_runner(wl, impl.split(":", 1)[1])
+    else:
+        peer = peers.make(impl, threads)  # imports torch / jax
+
+        def build():
+            return peer.build(wl.peer_method, wl.inputs)
+    return dict(memory.measure(build), impl=impl, workload=name)
 
 
-def format_compile(rows: list[dict]) -> str:
-    head = ["implementation", "cold s", "warm s", "plain step ms", "cold / best peer",
-            "warm / best peer", "bg cpu", "note"]
-    body = []
-    for r in rows:
-        if r["status"] != "ok":
-            body.append([r["impl"], "-", "-", "-", "-", "-", "-",
-                         "ERROR: " + (r["cold"].get("error") or r["warm"].get("error", ""))])
+def run_memory(wl: Workload, impls: list, quick: bool, threads: int, log) -> dict:
+    """{implementation name: its memory measurement}, each in its own fresh process, one at a
+    time."""
+    out = {}
+    for impl in impls:
+        args = ["--threads", str(threads)] + (["--quick"] if quick else [])
+        out[impl.name] = memory.run_child(os.path.abspath(__file__), impl_spec(impl.name),
+                                          wl.name, args, log)
+    return out
+
+
+def add_memory_ratios(rows: list[dict]) -> None:
+    """peak / the smallest peak among the peers of the same workload."""
+    for wl_name in dict.fromkeys(r["workload"] for r in rows if "memory" in r):
+        group = [r for r in rows
+                 if r["workload"] == wl_name and "peak_mib" in r.get("memory", {})]
+        peaks = [r["memory"]["peak_mib"] for r in group if r["kind"] == "peer"]
+        if not peaks:
             continue
-        c, w = r["cold"], r["warm"]
-        extra = max(c["second_call_extra_s"], w["second_call_extra_s"])
-        note = f"2nd call +{extra:.3f} s" if extra > 0.1 * max(c["compile_s"], 1e-3) \
-            and extra > 0.01 else ""
-        body.append([r["impl"], f"{c['compile_s']:.3f}", f"{w['compile_s']:.3f}",
-                     f"{w['plain_s'] * 1e3:.2f}",
-                     _fmt(r.get("cold_vs_best_peer"), ".2f") + "x" * ("cold_vs_best_peer" in r),
-                     _fmt(r.get("warm_vs_best_peer"), ".2f") + "x" * ("warm_vs_best_peer" in r),
-                     _fmt(max((x.get("bg_cpu") or 0.0) for x in (c, w)), ".2f"), note])
-    return _align(head, body, right={1, 2, 3, 4, 5, 6})
-
-
-def _align(head, body, right) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-
-    def line(cells):
-        out = [(str(c).rjust(w) if i in right else str(c).ljust(w))
-               for i, (c, w) in enumerate(zip(cells, widths))]
-        return "  ".join(out).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(head), sep] + [line(b) for b in body])
-
-
-LEGEND = """\
-median/min ms: wall time of one synchronized call (inputs allocated beforehand).
-throughput: GB/s = bytes an ideal fused kernel reads + writes, per median time; GFLOP/s =
-  matmul flops per median time. % limit: of the measured copy bandwidth at the working-set size
-  (GB/s rows) or of the measured FMA peak (GFLOP/s rows): see 'limits used' above.
-t / best peer: median time / median time of the fastest peer in this run (> 1: slower; < 1:
-  faster); (by min): the same with the fastest times, less sensitive to background load.
-max err: max |result - float64 numpy reference| / max |reference| (MLP: parameters relative to
-  the size of the reference update).
-1st call s: includes compilation where there is one (in this process; lamina and torch.compile
-  may reuse their on-disk caches from earlier runs).
-bg cpu: cores used by other processes while this row was timed (high: a noisy row)."""
+        least = min(peaks)
+        for r in group:
+            r["mem_vs_least_peer"] = r["memory"]["peak_mib"] / max(least, 1e-3)
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -538,6 +636,8 @@ def parse_args(argv):
                     help="before each workload, wait up to S seconds for other processes to "
                     "go quiet")
     ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: one compile-time probe
+    ap.add_argument("--memory", help=argparse.SUPPRESS)  # internal: one memory measurement
+    ap.add_argument("--workload", default="mlp_step", help=argparse.SUPPRESS)  # of the above
     return ap.parse_args(argv)
 
 
@@ -560,7 +660,12 @@ def set_thread_env(threads: int) -> bool:
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.probe:
-        print("PROBE " + json.dumps(probe(args.probe, args.quick, args.threads)), flush=True)
+        print("PROBE " + json.dumps(probe(args.probe, args.quick, args.threads, args.workload)),
+              flush=True)
+        return 0
+    if args.memory:
+        print("MEMORY " + json.dumps(memory_child(args.memory, args.workload, args.quick,
+                                                  args.threads)), flush=True)
         return 0
 
     def log(msg):
@@ -605,14 +710,43 @@ def main(argv=None) -> int:
             compile_rows = run_compile(targets, args.quick, args.threads, log)
             continue
         wl = make_workload(name, args.quick)
-        log(f"{wl.title}: checking and timing {len(impls)} implementations ...")
-        rows.extend(run_workload(wl, impls, plan, log))
+        wl_impls = impls
+        if not args.backends:  # by default, leave out what cannot run at this size (say so)
+            wl_impls = []
+            for impl in impls:
+                why = too_big(impl.name, name, args.quick)
+                if why:
+                    note = f"{why}; --backends naming it runs it"
+                    log(f"{wl.title}: {impl.name} skipped ({note})")
+                    rows.append({"workload": wl.name, "title": wl.title, "impl": impl.name,
+                                 "kind": impl.kind, "version": impl.version, "unit": wl.unit,
+                                 "status": "skipped", "note": note})
+                else:
+                    wl_impls.append(impl)
+        mem = {}
+        if name in MEMORY_WORKLOADS:
+            log(f"{wl.title}: peak memory, each implementation in a fresh process ...")
+            mem = run_memory(wl, wl_impls, args.quick, args.threads, log)
+        log(f"{wl.title}: checking and timing {len(wl_impls)} implementations ...")
+        if name in MEMORY_WORKLOADS:
+            wl_rows = []
+            for impl in wl_impls:
+                wl_rows += run_workload(wl, [impl], plan, log)
+                gc.collect()
+        else:
+            wl_rows = run_workload(wl, wl_impls, plan, log)
+        for r in wl_rows:
+            if r["impl"] in mem:
+                r["memory"] = mem[r["impl"]]
+        rows.extend(wl_rows)
+        del wl
     if args.wait_idle > 0:
         waited["machine_end"] = machine.wait_idle(args.wait_idle)
     log("measuring machine limits again ...")
     limits = machine.best_of(first_limits,
                              machine.measure(args.threads, int(ws), args.quick))
     add_ratios(rows, limits)
+    add_memory_ratios(rows)
 
     print(machine.format_limits(limits))
     print(f"lamina {lamina.__version__}, backends: {', '.join(backends)}; peers: " + ", ".join(
@@ -624,15 +758,22 @@ def main(argv=None) -> int:
         print(format_table(rows))
         print()
         print(LEGEND)
+    if any("memory" in r for r in rows):
+        print()
+        print("time and peak memory (each implementation alone in a fresh process; MiB over "
+              "the RSS after imports and inputs:\npeak = highest during a call after warm-up, "
+              "held = kept between calls, call = peak - held; see memory.py)")
+        print(format_memory(rows))
     if compile_rows:
         print()
-        print("compile time of the MLP train step, seconds: in a fresh process, the first call "
+        print("compile time of the train steps, seconds: in a fresh process, the first call "
               "minus a plain step\n(cold: empty cache directory; warm: a second process, same "
               "directory)")
         print(format_compile(compile_rows))
     failed = [r for r in rows if r["status"] == "mismatch"
               or (r["kind"] == "lamina" and r["status"] == "error")]
     failed += [r for r in compile_rows if r["kind"] == "lamina" and r["status"] != "ok"]
+    failed += [r for r in rows if r["kind"] == "lamina" and "error" in r.get("memory", {})]
     if args.json:
         report = {"machine": limits, "lamina_version": lamina.__version__,
                   "backends": backends, "peers": peer_info, "threads": args.threads,

@@ -20,7 +20,7 @@ a cheap index operation (broadcast, reshape, transpose, ...). What a group may h
     scan    a scan (cumsum) as the root, with the elementwise and shape ops that produce its
             operand (evaluated at each position as the scan reaches it); nothing after it: a
             scan's result is read at other positions than it is written
-    opaque  scatter_add, alone
+    opaque  scatter_add, alone; an ``attention`` node (fused attention or its gradient), alone
 
 Every boundary is explained in the pass remarks (``LAMINA_DUMP`` writes them into the dump).
 """
@@ -51,7 +51,7 @@ def category(n: Node) -> str:
         return "matmul"
     if n.op in REDUCTIONS:
         return "reduce"
-    if n.op == "scatter_add" or n.op == "kernel":
+    if n.op == "scatter_add" or n.op == "kernel" or get_op(n.op).kind == "attention":
         return "opaque"
     if get_op(n.op).kind == "scan":
         return "scan"
@@ -138,7 +138,8 @@ class Fuser:
                 return self.decline(p, f"the {move.op} reading it needs other rows than the "
                                        "one a row program holds: it is computed whole first")
         if cat in ("opaque", "constant") or G.kind == "opaque":
-            return self.decline(p, "scatter_add and non-splat constants are kernels of their own")
+            return self.decline(p, "scatter_add, attention and non-splat constants are kernels "
+                                   "of their own")
         if cat == "scan":
             return self.decline(p, f"a {p.op} is computed whole by a kernel of its own (it is "
                                    "read at other positions than it writes)")

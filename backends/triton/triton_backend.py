@@ -24,6 +24,7 @@ from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
+from lamina.passes.expand import expand_attention
 from lamina.passes.expand_conv import expand_conv
 from lamina.passes.fuse import fuse_kernels
 from lamina.passes.manager import write_atomic
@@ -80,7 +81,8 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 
 class TritonBackend:
     name = "triton"
-    passes = (expand_conv, fuse_kernels)  # no conv lowering of its own yet: im2col + GEMM
+    # no conv or attention kernels of their own yet: im2col + GEMM, attention decomposed
+    passes = (expand_conv, expand_attention, fuse_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}

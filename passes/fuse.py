@@ -293,6 +293,8 @@ class Fuser:
                         if G.kind == "gemm" and any(u is G.matmul or u in G.operand_side
                                                     for u in self.users_of(p)):
                             continue  # a GEMM reads operands from memory: a literal then
+                        if get_op(G.root.op).kind == "attention":
+                            continue  # so does an attention kernel
                         G.members.add(p)
                         G.clones.add(p)
                         continue

@@ -246,11 +246,11 @@ def _grad_rest(g, t, attrs):
 _ATTENTION_DOMAIN = Domain(Operand("f", ranks=(2, 3, 4)), _rest, _attrs, ulps=4.0)
 
 defop("attention", arity=None, kind="attention", attrs=("causal", "scale"), canon=_canon,
-      infer=_attention_infer, ref=_attention_ref, vjp=_attention_vjp,
+      infer=_attention_infer, ref=_attention_ref, vjp=_attention_vjp, promote="all",
       decompose=_attention_decompose, float_only=True, domain=_ATTENTION_DOMAIN,
       doc="softmax(q @ k.T * scale + bias) @ v over the keys, causal or not (fused)")
 
 defop("attention_grad", arity=None, kind="attention", attrs=("causal", "scale"), canon=_canon,
-      infer=_grad_infer, ref=_grad_ref, decompose=_grad_decompose, float_only=True,
+      infer=_grad_infer, ref=_grad_ref, decompose=_grad_decompose, float_only=True, promote="all",
       domain=Domain(None, via="lm.grad of attention", ulps=4.0),
       doc="dq, dk and dv of attention, flattened one after another along the last axis")

@@ -146,7 +146,8 @@ def _grad_ref(q, k, v, out, g, bias=None, *, causal, scale):
         dq = np.matmul(ds, k) * sc
         dk = np.matmul(_swap(ds), q) * sc
     lead = q.shape[:-2]
-    return np.concatenate([x.reshape(lead + (-1,)) for x in (dq, dk, dv)], axis=-1)
+    return np.concatenate([x.reshape(lead + (x.shape[-2] * x.shape[-1],)) for x in (dq, dk, dv)],
+                          axis=-1)
 
 
 # --- decompositions (builder Vars) ------------------------------------------------------------

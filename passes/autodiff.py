@@ -110,12 +110,15 @@ def _vjp_by_decomposition(b: Builder, opdef, node: Node, g: Value) -> list:
     for second-order gradients) through its ``decompose``: the decomposition is recomputed
     from the node's inputs and differentiated as ``sum(decomposition * g)`` with ``g``
     held constant."""
-    out = b.lift(opdef.decompose(*[b.var(v) for v in node.inputs], **node.attrs))
+    # NOTE: fresh aliases of the inputs are the leaves, so that the cotangents stop there (an
+    # input computed from another input must not pass its cotangent on twice: the outer
+    # sweep does that)
+    leaves = {v: b.emit("alias", (v,)) for v in dict.fromkeys(node.inputs)}
+    out = b.lift(opdef.decompose(*[b.var(leaves[v]) for v in node.inputs], **node.attrs))
     held = b.emit("stop_gradient", (g,))
     loss = b.emit("sum", (b.emit("mul", (out, held)),), {"axis": None, "keepdims": False})
-    wrts = [v for v in dict.fromkeys(node.inputs)]
-    grads = backward(b, loss, wrts, node)
-    return [grads.get(v) for v in node.inputs]
+    grads = backward(b, loss, list(leaves.values()), node)
+    return [grads.get(leaves[v]) for v in node.inputs]
 
 
 def _describe(v: Value) -> str:

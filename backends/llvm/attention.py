@@ -199,12 +199,20 @@ class _Gen:
 
     def matmul(self, C, A, B, M, N, K, a_rs, a_cs, ldb, ldc, accumulate):
         """C[m][n] (+)= sum_k A[m*a_rs + k*a_cs] * B[k*ldb + n] (N a multiple of W)."""
-        key = (M, N, K, a_rs, a_cs, ldb, ldc, accumulate)
+        # NOTE: the sizes are arguments, not constants: fully unrolled constant loops made
+        # LLVM's optimization and code generation 3x slower for no speed at run time
+        key = (a_rs, a_cs, ldb, ldc, accumulate)
         fn = self.ke.cg.__dict__.setdefault("_attn_mm", {}).get((self.ft, key))
         if fn is None:
             fn = _MatMul(self, key).fn
             self.ke.cg._attn_mm[(self.ft, key)] = fn
-        self.b.call(fn, [C, A, B])
+        self.b.call(fn, [C, A, B, self.opaque(M), self.opaque(N), self.opaque(K)])
+
+    def opaque(self, v: int) -> ir.Value:
+        """``v`` as a value LLVM cannot see through (an empty inline asm): interprocedural
+        constant propagation would otherwise turn the argument back into a constant."""
+        asm = ir.InlineAsm(ir.FunctionType(I64, [I64]), "", "=r,0")
+        return self.b.call(asm, [self.i(v)])
 
     # --- masks and scores -------------------------------------------------------------------
 
@@ -308,17 +316,18 @@ class _MatMul:
     ``_Gen.matmul``): ROWS x 2 vector accumulators in registers, FMAs over k."""
 
     def __init__(self, g: _Gen, key):
-        M, N, K, a_rs, a_cs, ldb, ldc, accumulate = key
+        a_rs, a_cs, ldb, ldc, accumulate = key
         module, ft, vt, W = g.module, g.ft, g.vt, g.sh.W
         pt = ft.as_pointer()
         name = f"attn_mm.{len(g.ke.cg._attn_mm)}.{'f32' if W == 8 else 'f64'}"
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pt, pt, pt]), name)
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pt, pt, pt, I64, I64, I64]), name)
         fn.linkage = "internal"
-        for a in fn.args:
+        fn.attributes.add("noinline")
+        for a in fn.args[:3]:
             a.add_attribute("noalias")
         self.fn = fn
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        C, A, B = fn.args
+        C, A, B, M, N, K = fn.args
         sub = _Sub(b, fn, g)
 
         def block(m0, rows, n0, nv):
@@ -346,7 +355,7 @@ class _MatMul:
             for r in range(rows):
                 for v in range(nv):
                     phis[r][v].add_incoming(accs[r][v], pre)
-            b.cbranch(b.icmp_signed("<", k, sub.i(K)), body, done)
+            b.cbranch(b.icmp_signed("<", k, K), body, done)
             b.position_at_end(body)
             bv = [sub.vload(B, b.add(b.mul(k, sub.i(ldb)), b.add(n0, sub.i(v * W))))
                   for v in range(nv)]
@@ -368,19 +377,22 @@ class _MatMul:
                     sub.vstore(phis[r][v], C, idx)
 
         def over_n(m0, rows):
-            full = N // (2 * W)
-            if full:
-                with sub.loop(sub.i(0), sub.i(full * 2 * W), 2 * W) as n0:
-                    block(m0, rows, n0, 2)
-            if N % (2 * W):
-                block(m0, rows, sub.i(full * 2 * W), 1)
+            # N is a multiple of W: blocks of 2 vectors, then one vector if one is left
+            n2 = b.and_(N, sub.i(-2 * W))
+            with sub.loop(sub.i(0), n2, 2 * W) as n0:
+                block(m0, rows, n0, 2)
+            with sub.loop(n2, N, W) as n0:
+                block(m0, rows, n0, 1)
 
-        full_m = M // ROWS
-        if full_m:
-            with sub.loop(sub.i(0), sub.i(full_m * ROWS), ROWS) as m0:
-                over_n(m0, ROWS)
-        if M % ROWS:
-            over_n(sub.i(full_m * ROWS), M % ROWS)
+        # M: blocks of ROWS rows, then of 2, then one row
+        m6 = b.mul(b.udiv(M, sub.i(ROWS)), sub.i(ROWS))
+        with sub.loop(sub.i(0), m6, ROWS) as m0:
+            over_n(m0, ROWS)
+        m2 = b.add(m6, b.and_(b.sub(M, m6), sub.i(-2)))
+        with sub.loop(m6, m2, 2) as m0:
+            over_n(m0, 2)
+        with sub.loop(m2, M, 1) as m0:
+            over_n(m0, 1)
         b.ret_void()
 
 

@@ -167,9 +167,34 @@ class _Gen:
 
     # --- packing ----------------------------------------------------------------------------
 
+    def if_full(self, row0, rows_total: int, block: int, cols: int, ld: int, fast, slow):
+        """``fast()`` when the block's rows are all inside and no column is padding (plain
+        copies LLVM vectorizes), else ``slow()`` (bounds tested element by element)."""
+        if cols != ld:
+            slow()
+            return
+        b = self.b
+        full = b.icmp_signed("<=", b.add(row0, self.i(block)), self.i(rows_total))
+        with b.if_else(full) as (then, otherwise):
+            with then:
+                fast()
+            with otherwise:
+                slow()
+
     def pack_rows(self, dst, src, row0, rows_total: int, cols: int, block: int, ld: int):
         """dst[r][c] = src[row0 + r][c] (zero beyond the rows or the columns); dst is
         [block][ld]."""
+        b = self.b
+
+        def fast():
+            base = self.at(src, b.mul(row0, self.i(cols)))
+            with self.loop(self.i(0), self.i(block * cols), 1, "pf") as e:
+                b.store(b.load(self.at(base, e)), self.at(dst, e))
+
+        self.if_full(row0, rows_total, block, cols, ld, fast,
+                     lambda: self._pack_rows_slow(dst, src, row0, rows_total, cols, block, ld))
+
+    def _pack_rows_slow(self, dst, src, row0, rows_total: int, cols: int, block: int, ld: int):
         b = self.b
         with self.loop(self.i(0), self.i(block), 1, "pr") as r:
             g = b.add(row0, r)
@@ -183,6 +208,20 @@ class _Gen:
 
     def pack_cols(self, dst, src, row0, rows_total: int, cols: int, block: int, ldc: int):
         """dst[c][r] = src[row0 + r][c] (transposed; zero beyond); dst is [ldc][block]."""
+        b = self.b
+
+        def fast():
+            base = self.at(src, b.mul(row0, self.i(cols)))
+            with self.loop(self.i(0), self.i(block), 1, "tf") as r:
+                row = self.at(base, b.mul(r, self.i(cols)))
+                with self.loop(self.i(0), self.i(cols), 1, "tg") as c:
+                    b.store(b.load(self.at(row, c)),
+                            self.at(dst, b.add(b.mul(c, self.i(block)), r)))
+
+        self.if_full(row0, rows_total, block, cols, ldc, fast,
+                     lambda: self._pack_cols_slow(dst, src, row0, rows_total, cols, block, ldc))
+
+    def _pack_cols_slow(self, dst, src, row0, rows_total: int, cols: int, block: int, ldc: int):
         b = self.b
         with self.loop(self.i(0), self.i(ldc), 1, "tc") as c:
             cin = b.icmp_signed("<", c, self.i(cols))

@@ -167,89 +167,42 @@ class _Gen:
 
     # --- packing ----------------------------------------------------------------------------
 
-    def if_full(self, row0, rows_total: int, block: int, cols: int, ld: int, fast, slow):
-        """``fast()`` when the block's rows are all inside and no column is padding (plain
-        copies LLVM vectorizes), else ``slow()`` (bounds tested element by element)."""
-        if cols != ld:
-            slow()
-            return
-        b = self.b
-        full = b.icmp_signed("<=", b.add(row0, self.i(block)), self.i(rows_total))
-        with b.if_else(full) as (then, otherwise):
-            with then:
-                fast()
-            with otherwise:
-                slow()
-
     def pack_rows(self, dst, src, row0, rows_total: int, cols: int, block: int, ld: int):
         """dst[r][c] = src[row0 + r][c] (zero beyond the rows or the columns); dst is
         [block][ld]."""
-        b = self.b
-
-        def fast():
-            base = self.at(src, b.mul(row0, self.i(cols)))
-            with self.loop(self.i(0), self.i(block * cols), 1, "pf") as e:
-                b.store(b.load(self.at(base, e)), self.at(dst, e))
-
-        self.if_full(row0, rows_total, block, cols, ld, fast,
-                     lambda: self._pack_rows_slow(dst, src, row0, rows_total, cols, block, ld))
-
-    def _pack_rows_slow(self, dst, src, row0, rows_total: int, cols: int, block: int, ld: int):
-        b = self.b
-        with self.loop(self.i(0), self.i(block), 1, "pr") as r:
-            g = b.add(row0, r)
-            inside = b.icmp_signed("<", g, self.i(rows_total))
-            with self.loop(self.i(0), self.i(ld), 1, "pc") as c:
-                ok = b.and_(inside, b.icmp_signed("<", c, self.i(cols)))
-                gs = b.select(inside, g, self.i(0))
-                cs = b.select(ok, c, self.i(0))
-                x = b.load(self.at(src, b.add(b.mul(gs, self.i(cols)), cs)))
-                b.store(b.select(ok, x, self.f(0.0)), self.at(dst, b.add(b.mul(r, self.i(ld)), c)))
+        self._pack("rows", dst, src, row0, rows_total, cols, block, ld)
 
     def pack_cols(self, dst, src, row0, rows_total: int, cols: int, block: int, ldc: int):
         """dst[c][r] = src[row0 + r][c] (transposed; zero beyond); dst is [ldc][block]."""
-        b = self.b
+        self._pack("cols", dst, src, row0, rows_total, cols, block, ldc)
 
-        def fast():
-            base = self.at(src, b.mul(row0, self.i(cols)))
-            with self.loop(self.i(0), self.i(block), 1, "tf") as r:
-                row = self.at(base, b.mul(r, self.i(cols)))
-                with self.loop(self.i(0), self.i(cols), 1, "tg") as c:
-                    b.store(b.load(self.at(row, c)),
-                            self.at(dst, b.add(b.mul(c, self.i(block)), r)))
-
-        self.if_full(row0, rows_total, block, cols, ldc, fast,
-                     lambda: self._pack_cols_slow(dst, src, row0, rows_total, cols, block, ldc))
-
-    def _pack_cols_slow(self, dst, src, row0, rows_total: int, cols: int, block: int, ldc: int):
-        b = self.b
-        with self.loop(self.i(0), self.i(ldc), 1, "tc") as c:
-            cin = b.icmp_signed("<", c, self.i(cols))
-            with self.loop(self.i(0), self.i(block), 1, "tr") as r:
-                g = b.add(row0, r)
-                ok = b.and_(cin, b.icmp_signed("<", g, self.i(rows_total)))
-                gs = b.select(ok, g, self.i(0))
-                cs = b.select(ok, c, self.i(0))
-                x = b.load(self.at(src, b.add(b.mul(gs, self.i(cols)), cs)))
-                b.store(b.select(ok, x, self.f(0.0)),
-                        self.at(dst, b.add(b.mul(c, self.i(block)), r)))
+    def _pack(self, how, dst, src, row0, rows_total, cols, block, ld):
+        fns = self.ke.cg.__dict__.setdefault("_attn_pack", {})
+        fn = fns.get((self.ft, how))
+        if fn is None:
+            fn = fns[(self.ft, how)] = _pack_function(self, how)
+        args = [row0] + [self.opaque(x) for x in (rows_total, cols, block, ld)]
+        self.b.call(fn, [dst, src] + args)
 
     # --- the micro-kernel -------------------------------------------------------------------
 
     def matmul(self, C, A, B, M, N, K, a_rs, a_cs, ldb, ldc, accumulate):
         """C[m][n] (+)= sum_k A[m*a_rs + k*a_cs] * B[k*ldb + n] (N a multiple of W)."""
-        # NOTE: the sizes are arguments, not constants: fully unrolled constant loops made
-        # LLVM's optimization and code generation 3x slower for no speed at run time
-        key = (a_rs, a_cs, ldb, ldc, accumulate)
-        fn = self.ke.cg.__dict__.setdefault("_attn_mm", {}).get((self.ft, key))
+        # NOTE: sizes and strides are arguments LLVM cannot see through, not constants: one
+        # function serves every product, and LLVM does not unroll constant loops (which made
+        # its optimization and code generation several times slower for no speed at run time)
+        fn = self.ke.cg.__dict__.setdefault("_attn_mm", {}).get(self.ft)
         if fn is None:
-            fn = _MatMul(self, key).fn
-            self.ke.cg._attn_mm[(self.ft, key)] = fn
-        self.b.call(fn, [C, A, B, self.opaque(M), self.opaque(N), self.opaque(K)])
+            fn = _MatMul(self).fn
+            self.ke.cg._attn_mm[self.ft] = fn
+        args = [self.opaque(x) for x in (M, N, K, a_rs, a_cs, ldb, ldc, int(accumulate))]
+        self.b.call(fn, [C, A, B] + args)
 
-    def opaque(self, v: int) -> ir.Value:
+    def opaque(self, v) -> ir.Value:
         """``v`` as a value LLVM cannot see through (an empty inline asm): interprocedural
         constant propagation would otherwise turn the argument back into a constant."""
+        if isinstance(v, ir.Value):
+            return v
         asm = ir.InlineAsm(ir.FunctionType(I64, [I64]), "", "=r,0")
         return self.b.call(asm, [self.i(v)])
 
@@ -354,20 +307,21 @@ class _MatMul:
     """An internal function ``void mm(T* C, T* A, T* B)`` for fixed sizes and strides (see
     ``_Gen.matmul``): ROWS x 2 vector accumulators in registers, FMAs over k."""
 
-    def __init__(self, g: _Gen, key):
-        a_rs, a_cs, ldb, ldc, accumulate = key
+    def __init__(self, g: _Gen):
         module, ft, vt, W = g.module, g.ft, g.vt, g.sh.W
         pt = ft.as_pointer()
-        name = f"attn_mm.{len(g.ke.cg._attn_mm)}.{'f32' if W == 8 else 'f64'}"
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pt, pt, pt, I64, I64, I64]), name)
+        name = f"attn_mm.{'f32' if W == 8 else 'f64'}"
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pt, pt, pt] + [I64] * 8), name)
         fn.linkage = "internal"
         fn.attributes.add("noinline")
         for a in fn.args[:3]:
             a.add_attribute("noalias")
         self.fn = fn
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        C, A, B, M, N, K = fn.args
+        C, A, B, M, N, K, a_rs, a_cs, ldb, ldc, accumulate = fn.args
         sub = _Sub(b, fn, g)
+        sub.i = lambda v: v if isinstance(v, ir.Value) else ir.Constant(I64, v)
+        acc_flag = b.icmp_signed("!=", accumulate, sub.i(0))
 
         def block(m0, rows, n0, nv):
             """rows x nv vectors of C at (m0, n0), m0 and n0 i64 values."""
@@ -375,12 +329,12 @@ class _MatMul:
             for r in range(rows):
                 row = []
                 for v in range(nv):
-                    if accumulate:
-                        idx = b.add(b.mul(b.add(m0, sub.i(r)), sub.i(ldc)),
-                                    b.add(n0, sub.i(v * W)))
-                        row.append(sub.vload(C, idx))
-                    else:
-                        row.append(g.splat(0.0))
+                    idx = b.add(b.mul(b.add(m0, sub.i(r)), sub.i(ldc)),
+                                b.add(n0, sub.i(v * W)))
+                    # C is read only when accumulating (it may be garbage otherwise)
+                    safe = b.select(acc_flag, idx, sub.i(0))
+                    old = sub.vload(C, safe)
+                    row.append(b.select(acc_flag, old, g.splat(0.0)))
                 accs.append(row)
             pre = b.block
             head = fn.append_basic_block("k.head")
@@ -423,16 +377,61 @@ class _MatMul:
             with sub.loop(n2, N, W) as n0:
                 block(m0, rows, n0, 1)
 
-        # M: blocks of ROWS rows, then of 2, then one row
+        # M: blocks of ROWS rows, then one row at a time
         m6 = b.mul(b.udiv(M, sub.i(ROWS)), sub.i(ROWS))
         with sub.loop(sub.i(0), m6, ROWS) as m0:
             over_n(m0, ROWS)
-        m2 = b.add(m6, b.and_(b.sub(M, m6), sub.i(-2)))
-        with sub.loop(m6, m2, 2) as m0:
-            over_n(m0, 2)
-        with sub.loop(m2, M, 1) as m0:
+        with sub.loop(m6, M, 1) as m0:
             over_n(m0, 1)
         b.ret_void()
+
+
+def _pack_function(g: _Gen, how: str) -> ir.Function:
+    """``void pack(T* dst, T* src, i64 row0, i64 rows_total, i64 cols, i64 block, i64 ld)``:
+    ``how`` "rows" copies rows ``row0 + r`` of ``src`` ([rows_total][cols]) into
+    ``dst[r][c]`` ([block][ld]), "cols" transposes them into ``dst[c][r]`` ([ld][block]);
+    zero beyond the rows or the columns. Whole blocks without padded columns are plain
+    copies (no bounds test per element)."""
+    pt = g.ft.as_pointer()
+    fn = ir.Function(g.module, ir.FunctionType(ir.VoidType(), [pt, pt] + [I64] * 5),
+                     f"attn_pack_{how}.{'f32' if g.sh.W == 8 else 'f64'}")
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    for a in fn.args[:2]:
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    dst, src, row0, rows_total, cols, block, ld = fn.args
+    sub = _Sub(b, fn, g)
+    i = sub.i = lambda v: v if isinstance(v, ir.Value) else ir.Constant(I64, v)
+    zero = ir.Constant(g.ft, 0.0)
+
+    def at(p, idx):
+        return b.gep(p, [idx])
+
+    def target(r, c):  # dst index of source element (r, c)
+        return b.add(b.mul(r, ld), c) if how == "rows" else b.add(b.mul(c, block), r)
+
+    full = b.and_(b.icmp_signed("<=", b.add(row0, block), rows_total),
+                  b.icmp_signed("==", cols, ld))
+    base = at(src, b.mul(row0, cols))
+    with b.if_else(full) as (then, otherwise):
+        with then:
+            with sub.loop(i(0), block, 1) as r:
+                row = at(base, b.mul(r, cols))
+                with sub.loop(i(0), cols, 1) as c:
+                    b.store(b.load(at(row, c)), at(dst, target(r, c)))
+        with otherwise:
+            with sub.loop(i(0), block, 1) as r:
+                gr = b.add(row0, r)
+                inside = b.icmp_signed("<", gr, rows_total)
+                with sub.loop(i(0), ld, 1) as c:
+                    ok = b.and_(inside, b.icmp_signed("<", c, cols))
+                    gs = b.select(inside, gr, i(0))
+                    cs = b.select(ok, c, i(0))
+                    x = b.load(at(src, b.add(b.mul(gs, cols), cs)))
+                    b.store(b.select(ok, x, zero), at(dst, target(r, c)))
+    b.ret_void()
+    return fn
 
 
 class _Sub:

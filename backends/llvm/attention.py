@@ -188,15 +188,16 @@ class _Gen:
 
     def matmul(self, C, A, B, M, N, K, a_rs, a_cs, ldb, ldc, accumulate):
         """C[m][n] (+)= sum_k A[m*a_rs + k*a_cs] * B[k*ldb + n] (N a multiple of W)."""
-        # NOTE: sizes and strides are arguments LLVM cannot see through, not constants: one
-        # function serves every product, and LLVM does not unroll constant loops (which made
-        # its optimization and code generation several times slower for no speed at run time)
-        fn = self.ke.cg.__dict__.setdefault("_attn_mm", {}).get(self.ft)
+        # NOTE: the sizes are arguments LLVM cannot see through (fully unrolled constant loops
+        # made its optimization and code generation several times slower for no speed at run
+        # time), the strides are constants (run-time strides cost a register per row of the
+        # register block: the inner loop spilled and ran 4x slower)
+        key = (a_rs, a_cs, ldb, ldc, bool(accumulate))
+        fns = self.ke.cg.__dict__.setdefault("_attn_mm", {})
+        fn = fns.get((self.ft, key))
         if fn is None:
-            fn = _MatMul(self).fn
-            self.ke.cg._attn_mm[self.ft] = fn
-        args = [self.opaque(x) for x in (M, N, K, a_rs, a_cs, ldb, ldc, int(accumulate))]
-        self.b.call(fn, [C, A, B] + args)
+            fn = fns[(self.ft, key)] = _MatMul(self, key, len(fns)).fn
+        self.b.call(fn, [C, A, B] + [self.opaque(x) for x in (M, N, K)])
 
     def opaque(self, v) -> ir.Value:
         """``v`` as a value LLVM cannot see through (an empty inline asm): interprocedural
@@ -307,21 +308,21 @@ class _MatMul:
     """An internal function ``void mm(T* C, T* A, T* B)`` for fixed sizes and strides (see
     ``_Gen.matmul``): ROWS x 2 vector accumulators in registers, FMAs over k."""
 
-    def __init__(self, g: _Gen):
+    def __init__(self, g: _Gen, key, number: int):
+        a_rs, a_cs, ldb, ldc, accumulate = key
         module, ft, vt, W = g.module, g.ft, g.vt, g.sh.W
         pt = ft.as_pointer()
-        name = f"attn_mm.{'f32' if W == 8 else 'f64'}"
-        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pt, pt, pt] + [I64] * 8), name)
+        name = f"attn_mm{number}.{'f32' if W == 8 else 'f64'}"
+        fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [pt, pt, pt] + [I64] * 3), name)
         fn.linkage = "internal"
         fn.attributes.add("noinline")
         for a in fn.args[:3]:
             a.add_attribute("noalias")
         self.fn = fn
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        C, A, B, M, N, K, a_rs, a_cs, ldb, ldc, accumulate = fn.args
+        C, A, B, M, N, K = fn.args
         sub = _Sub(b, fn, g)
         sub.i = lambda v: v if isinstance(v, ir.Value) else ir.Constant(I64, v)
-        acc_flag = b.icmp_signed("!=", accumulate, sub.i(0))
 
         def block(m0, rows, n0, nv):
             """rows x nv vectors of C at (m0, n0), m0 and n0 i64 values."""
@@ -329,12 +330,12 @@ class _MatMul:
             for r in range(rows):
                 row = []
                 for v in range(nv):
-                    idx = b.add(b.mul(b.add(m0, sub.i(r)), sub.i(ldc)),
-                                b.add(n0, sub.i(v * W)))
-                    # C is read only when accumulating (it may be garbage otherwise)
-                    safe = b.select(acc_flag, idx, sub.i(0))
-                    old = sub.vload(C, safe)
-                    row.append(b.select(acc_flag, old, g.splat(0.0)))
+                    if accumulate:
+                        idx = b.add(b.mul(b.add(m0, sub.i(r)), sub.i(ldc)),
+                                    b.add(n0, sub.i(v * W)))
+                        row.append(sub.vload(C, idx))
+                    else:
+                        row.append(g.splat(0.0))
                 accs.append(row)
             pre = b.block
             head = fn.append_basic_block("k.head")

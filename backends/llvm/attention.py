@@ -243,7 +243,6 @@ class _Gen:
             j = self.lane_index(b.add(j0, jj))
             if bias is not None:
                 bp, si, sj = bias
-                lanes = []
                 vec = ir.Constant(self.vt, ir.Undefined)
                 for k in range(sh.W):
                     jk = b.extract_element(j, self.i(k))
@@ -251,7 +250,6 @@ class _Gen:
                     ic = b.select(b.icmp_signed("<", gi, self.i(sh.L)), gi, self.i(sh.L - 1))
                     x = b.load(self.at(bp, b.add(b.mul(ic, self.i(si)), b.mul(jc, self.i(sj)))))
                     vec = b.insert_element(vec, x, self.i(k))
-                    lanes.append(x)
                 s = b.fadd(s, vec)
             vi = ir.VectorType(I64, sh.W)
             dead = b.icmp_signed(">=", j, ir.Constant(vi, [ir.Constant(I64, sh.S)] * sh.W))

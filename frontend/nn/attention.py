@@ -4,14 +4,14 @@ with PyTorch's semantics, written from existing lamina ops (matmul, max, exp, su
 The attention weights of one query row are ``softmax(q @ k.T * scale + bias)`` over the keys;
 ``_weights`` is the one place that spells them. It is the usual stable softmax with one
 difference: a row where every key is masked out (all scores -inf) gets weights 0, so its output
-is 0 and no NaN reaches the gradients.
+is 0 and no NaN reaches the gradients. PyTorch's ``scaled_dot_product_attention`` gives the same
+0 rows, as does its ``MultiheadAttention`` with ``need_weights=False`` in training; its
+``need_weights=True`` and inference fast paths give NaN rows there.
 
 Where the weights themselves are not needed (no dropout, no ``need_weights``), ``_fused`` emits
 the one ``attention`` op instead (``ir/ops/attention.py``: same semantics, masks as an additive
 bias of 0/-inf, a causal mask as ``causal=True``), which the llvm backend runs as a flash-style
-kernel: the [L, S] scores never reach memory, and causal blocks above the diagonal are skipped. PyTorch's ``scaled_dot_product_attention`` gives the same 0 rows,
-as does its ``MultiheadAttention`` with ``need_weights=False`` in training; its
-``need_weights=True`` and inference fast paths give NaN rows there.
+kernel: the [L, S] scores never reach memory, and causal blocks above the diagonal are skipped.
 """
 
 from __future__ import annotations

@@ -207,3 +207,19 @@ def test_errors_name_the_problem():
         lm.compile(_attention(False, 1.0))(q, k)
     with pytest.raises(lm.ShapeError, match="batch axes"):
         lm.compile(_attention(False, 1.0))(q, np.zeros((1, 5, 4), F32), np.zeros((1, 5, 3), F32))
+
+
+def test_large_head_dims_take_smaller_blocks():
+    """Head dims of 520 (the packed blocks are 8 rows then, to stay small on the stack), on
+    the fused kernels, forward and backward."""
+    rng = np.random.default_rng(7)
+    E = 520
+    q, k, v = (rng.standard_normal(s).astype(F32) for s in ((1, 19, E), (1, 21, E), (1, 21, 5)))
+    fc = lm.compile(_attention(True, 0.05), backend="llvm")
+    out = fc(q, k, v)
+    assert "attention(" in fc.ir("fused")
+    assert_close(out, _attention_ref(q, k, v, causal=True, scale=0.05), atol=2e-6)
+    g = rng.standard_normal(out.shape).astype(F32)
+    packed = lm.compile(_attention_grad(True, 0.05), backend="llvm")(q, k, v, out, g)
+    want = _grad_ref(q, k, v, out, g, causal=True, scale=0.05)
+    assert_close(packed, want, atol=2e-6 * max(1.0, float(np.abs(want).max())))

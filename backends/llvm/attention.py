@@ -36,6 +36,9 @@ BLOCK = 64  # rows of a query block and of a key block (at most)
 ROWS = 6  # micro-kernel register block: ROWS rows x 2 vectors of accumulators
 
 
+STACK_BLOCK = 64 * 128  # elements of one packed block at most: large head dims get fewer rows
+
+
 def _up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -51,8 +54,11 @@ class _Shape:
         self.L, self.E = q.shape[-2], q.shape[-1]
         self.S, self.Ev = k.shape[-2], v.shape[-1]
         self.Ep, self.Evp = _up(max(self.E, 1), self.W), _up(max(self.Ev, 1), self.W)
-        self.BQ = min(BLOCK, _up(max(self.L, 1), 8))
-        self.BK = min(BLOCK, _up(max(self.S, 1), self.W))
+        # NOTE: about ten packed blocks live on the stack of a pool thread: with large head
+        # dims, blocks of fewer rows keep them small (8 rows at least)
+        rows = max(8, min(BLOCK, STACK_BLOCK // max(self.Ep, self.Evp) // 8 * 8))
+        self.BQ = min(rows, _up(max(self.L, 1), 8))
+        self.BK = min(rows, _up(max(self.S, 1), self.W))
         self.nq = -(-self.L // self.BQ) if self.L else 0
         self.nk = -(-self.S // self.BK) if self.S else 0
         self.Lp = self.nq * self.BQ

@@ -70,15 +70,18 @@ def backward(b: Builder, loss: Value, wrts: list[Value], request: Node) -> dict[
         if node.op == "grad":
             raise GradError("a grad node inside the function being differentiated was not "
                             "expanded first", node.loc)
-        if opdef.vjp is None:
+        if opdef.vjp is None and opdef.decompose is None:
             raise GradError(f"{node.op} has no gradient rule", node.loc)
         if opdef.vjp == ZERO_GRAD:
             continue
         b.loc = node.loc.with_note("grad") if node.loc else None
         before = len(b.nodes)
         try:
-            contribs = opdef.vjp(b.var(g), b.var(node), *[b.var(v) for v in node.inputs],
-                                 **node.attrs)
+            if opdef.vjp is None:
+                contribs = _vjp_by_decomposition(b, opdef, node, g)
+            else:
+                contribs = opdef.vjp(b.var(g), b.var(node), *[b.var(v) for v in node.inputs],
+                                     **node.attrs)
         except LaminaError as e:
             raise GradError(f"gradient of {node.op}: {e.message}", node.loc) from None
         if len(contribs) != len(node.inputs):
@@ -100,6 +103,22 @@ def backward(b: Builder, loss: Value, wrts: list[Value], request: Node) -> dict[
     remark(f"backward of {_describe(loss)} for {len(wrts)} value(s): "
            f"{sum(emitted.values())} node(s) from {len(emitted)} op kind(s)")
     return out
+
+
+def _vjp_by_decomposition(b: Builder, opdef, node: Node, g: Value) -> list:
+    """The cotangents of a primitive without a gradient rule of its own (``attention_grad``,
+    for second-order gradients) through its ``decompose``: the decomposition is recomputed
+    from the node's inputs and differentiated as ``sum(decomposition * g)`` with ``g``
+    held constant."""
+    # NOTE: fresh aliases of the inputs are the leaves, so that the cotangents stop there (an
+    # input computed from another input must not pass its cotangent on twice: the outer
+    # sweep does that)
+    leaves = {v: b.emit("alias", (v,)) for v in dict.fromkeys(node.inputs)}
+    out = b.lift(opdef.decompose(*[b.var(leaves[v]) for v in node.inputs], **node.attrs))
+    held = b.emit("stop_gradient", (g,))
+    loss = b.emit("sum", (b.emit("mul", (out, held)),), {"axis": None, "keepdims": False})
+    grads = backward(b, loss, list(leaves.values()), node)
+    return [grads.get(leaves[v]) for v in node.inputs]
 
 
 def _describe(v: Value) -> str:

@@ -24,7 +24,7 @@ a cheap index operation (broadcast, reshape, transpose, ...). What a group may h
             operands; where its windows do not overlap, also the elementwise consumers of its
             result over the same shape (ReLU's backward), evaluated as each element is
             written, like a GEMM epilogue. Overlapping windows accumulate: nothing after it
-    opaque  scatter_add, alone
+    opaque  scatter_add, alone; an ``attention`` node (fused attention or its gradient), alone
 
 Every boundary is explained in the pass remarks (``LAMINA_DUMP`` writes them into the dump).
 """
@@ -58,7 +58,7 @@ def category(n: Node) -> str:
         return "matmul"
     if n.op in REDUCTIONS:
         return "reduce"
-    if n.op == "scatter_add" or n.op == "kernel":
+    if n.op == "scatter_add" or n.op == "kernel" or get_op(n.op).kind == "attention":
         return "opaque"
     if get_op(n.op).kind == "scan":
         return "scan"
@@ -154,7 +154,8 @@ class Fuser:
                 return self.decline(p, f"the {move.op} reading it needs other rows than the "
                                        "one a row program holds: it is computed whole first")
         if cat in ("opaque", "constant") or G.kind == "opaque":
-            return self.decline(p, "scatter_add and non-splat constants are kernels of their own")
+            return self.decline(p, "scatter_add, attention and non-splat constants are kernels "
+                                   "of their own")
         if cat == "scan":
             return self.decline(p, f"a {p.op} is computed whole by a kernel of its own (it is "
                                    "read at other positions than it writes)")
@@ -400,6 +401,8 @@ class Fuser:
                                 and u not in G.index_side
                                 for u in self.users_of(p)):
                             continue  # a GEMM reads operands from memory: a literal then
+                        if get_op(G.root.op).kind == "attention":
+                            continue  # so does an attention kernel
                         G.members.add(p)
                         G.clones.add(p)
                         continue

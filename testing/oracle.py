@@ -120,7 +120,29 @@ class Oracle:
             return self.shape_op(n, op, xs, es)
         if op.kind == "scan":
             return self.scan(n, op, xs[0], es[0])
+        if op.kind == "attention":
+            return self.decomposed(n, op, xs, es)
         raise NotImplementedError(f"the oracle has no rule for {n.op} ({op.kind})")
+
+    def decomposed(self, n, op, xs, es):
+        """A fused op (attention) bounded as its decomposition into primitives, plus
+        ``domain.ulps`` of the largest result for the fused kernel's other summation order
+        (blocked, with the running softmax rescaled as the row maximum grows)."""
+        from lamina.ir.builder import Builder
+
+        b = Builder("decomposed")
+        params = [b.add_input(f"x{i}", v.type) for i, v in enumerate(n.inputs)]
+        out = b.lift(op.decompose(*[b.var(p) for p in params], **n.attrs))
+        sub = b.build([out])
+        env = {p: (x, np.broadcast_to(e, np.shape(x))) for p, x, e in zip(params, xs, es)}
+        for m in sub.nodes:
+            vals = [env[v] for v in m.inputs]
+            with np.errstate(all="ignore"):
+                v, e = self.node(m, [x for x, _ in vals], [x for _, x in vals])
+            env[m] = (v, _clean(np.broadcast_to(e, np.shape(v))))
+        v, e = env[sub.outputs[0]]
+        big = float(np.abs(v).max()) if np.size(v) else 0.0
+        return v, e + op.domain.ulps * unit(n.type.dtype) * big + self.rounding(n, v)
 
     def rounding(self, n, v) -> np.ndarray | float:
         if not n.type.dtype.is_float:

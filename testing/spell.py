@@ -442,6 +442,25 @@ def _sdpa_softmax(a, k, t, r):
 SPELLINGS["softmax"] = SPELLINGS["softmax"] + [_sdpa_softmax]
 
 
+def _sdpa(a, k, t, r):
+    """attention as PyTorch's scaled_dot_product_attention (the bias as a float attn_mask);
+    the scale spelled out or left to its default 1/sqrt(E)."""
+    q = t[0]
+    if any(x.dtype != q.dtype for x in t) or q.dtype.bits not in (32, 64):
+        return None
+    e = q.shape[-1]
+    default = 1.0 / math.sqrt(e) if e else 1.0
+    extra = f", attn_mask={a[3]}" if len(a) > 3 else ""
+    if k["causal"]:
+        extra += ", is_causal=True"
+    if k["scale"] != default or r.random() < 0.3:
+        extra += f", scale={fmt(float(k['scale']))}"
+    return f"lm.nn.functional.scaled_dot_product_attention({a[0]}, {a[1]}, {a[2]}{extra})"
+
+
+SPELLINGS["attention"] = [_sdpa]
+
+
 # --- masks and upsampling (issue 9) ------------------------------------------------------------
 
 

@@ -913,3 +913,78 @@ SAMPLES: dict[str, list[Case]] = {
               "count_include_pad": True, "divisor_override": 2}),
     ],
 }
+
+
+# --- fused attention, by hand (one query row at a time) -------------------------------------
+
+
+def _attention_rows(q, k, bias, causal, scale):
+    """The weights of every query row, row by row: [*B, L, S]."""
+    lead, (L, E), S = q.shape[:-2], q.shape[-2:], k.shape[-2]
+    w = np.zeros(lead + (L, S))
+    for b in np.ndindex(*lead):
+        for i in range(L):
+            s = np.array([q[b + (i,)] @ k[b + (j,)] * scale for j in range(S)])
+            if bias is not None:
+                s = s + np.broadcast_to(bias, lead + (L, S))[b + (i,)]
+            if causal:
+                s = np.where(np.arange(S) <= i, s, -np.inf)
+            if S and np.isfinite(s.max()):
+                e = np.exp(s - s.max())
+                w[b + (i,)] = e / e.sum()
+    return w
+
+
+def attention_by_hand(q, k, v, bias=None, causal=False, scale=1.0):
+    return _attention_rows(q, k, bias, causal, scale) @ v
+
+
+def attention_grad_by_hand(q, k, v, out, g, bias=None, causal=False, scale=1.0):
+    """dq, dk, dv of <attention(q, k, v), g> with the softmax Jacobian spelled per row
+    (diag(p) - p p^T), ``out`` taken as given for the row sums."""
+    p = _attention_rows(q, k, bias, causal, scale)
+    lead = q.shape[:-2]
+    dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    for b in np.ndindex(*lead):
+        for i in range(q.shape[-2]):
+            pi = p[b + (i,)]
+            dp = v[b] @ g[b + (i,)]  # d<out_i, g_i>/dp_i
+            ds = pi * dp - pi * (out[b + (i,)] @ g[b + (i,)])
+            dq[b + (i,)] = scale * ds @ k[b]
+            dk[b] += scale * np.outer(ds, q[b + (i,)])
+            dv[b] += np.outer(pi, g[b + (i,)])
+    return np.concatenate([x.reshape(lead + (x.shape[-2] * x.shape[-1],)) for x in (dq, dk, dv)],
+                          axis=-1)
+
+
+def _attention_grad_inputs(shapes, causal, scale, bias_shape=None):
+    """q, k, v, out (the attention's own), g [, bias]."""
+    def make(rng, d):
+        q, k, v = (draw(rng, d, s) for s in shapes)
+        extra = [draw(rng, d, bias_shape)] if bias_shape else []
+        out = attention_by_hand(q.astype(F64), k.astype(F64), v.astype(F64),
+                                extra[0].astype(F64) if extra else None, causal, scale)
+        g = draw(rng, d, out.shape)
+        return [q, k, v, out.astype(d), g] + extra
+    return make
+
+
+SAMPLES["attention"] = [
+    Case("causal_long_keys", rand((2, 5, 4), (2, 7, 4), (2, 7, 3)),
+         lambda q, k, v: attention_by_hand(q, k, v, None, True, 0.5),
+         {"causal": True, "scale": 0.5}),
+    Case("bias_heads", rand((2, 2, 3, 4), (2, 2, 6, 4), (2, 2, 6, 2), (2, 1, 1, 6)),
+         lambda q, k, v, m: attention_by_hand(q, k, v, m, False, 0.7),
+         {"causal": False, "scale": 0.7}),
+    Case("no_keys", rand((2, 3, 4), (2, 0, 4), (2, 0, 3)),
+         lambda q, k, v: attention_by_hand(q, k, v, None, False, 1.0),
+         {"causal": False, "scale": 1.0}, grad=False),
+]
+SAMPLES["attention_grad"] = [
+    Case("causal", _attention_grad_inputs(((2, 4, 3), (2, 6, 3), (2, 6, 2)), True, 0.6),
+         lambda q, k, v, o, g: attention_grad_by_hand(q, k, v, o, g, None, True, 0.6),
+         {"causal": True, "scale": 0.6}),
+    Case("bias", _attention_grad_inputs(((1, 3, 2), (1, 5, 2), (1, 5, 3)), False, 1.0, (3, 5)),
+         lambda q, k, v, o, g, m: attention_grad_by_hand(q, k, v, o, g, m, False, 1.0),
+         {"causal": False, "scale": 1.0}),
+]

@@ -259,7 +259,7 @@ def test_minimizer_shrinks_a_failure_to_a_standalone_repro(tmp_path, monkeypatch
     # the first long program whose float32 outputs the breakage reaches (a program whose only
     # float32 output is round(uniform) drawn from lamina's global key, advanced by whichever
     # tests ran before, may be all zeros: 1% of 0 is 0)
-    for index in (i for i in range(100) if len(generate(2, i).steps) > 8):
+    for index in (i for i in range(400) if len(generate(2, i).steps) > 8):
         p = generate(2, index)
         found = [f for f in check(p, ["numpy"]).findings if f.kind == "wrong"]
         if found:

@@ -310,6 +310,17 @@ graph @f(%x: f32[1,2,5,5], %g: f32[1,2,3,3], %g1: f32[2,4,4]) {
 """
 ROUNDTRIP_CASES["pool_grads"] = POOL_GRADS
 
+# fused attention (optional bias operand) and its packed gradient
+ATTENTION = """
+graph @f(%q: f32[2,5,4], %k: f32[2,7,4], %v: f32[2,7,3], %m: f32[5,7], %g: f32[2,5,3]) {
+  %0 = attention(%q, %k, %v) {causal=true, scale=0.5} : f32[2,5,3]
+  %1 = attention(%q, %k, %v, %m) {causal=false, scale=0.25} : f32[2,5,3]
+  %2 = attention_grad(%q, %k, %v, %0, %g) {causal=true, scale=0.5} : f32[2,69]
+  return %0, %1, %2
+}
+"""
+ROUNDTRIP_CASES["attention"] = ATTENTION
+
 
 @pytest.mark.parametrize("name", sorted(ROUNDTRIP_CASES))
 def test_roundtrip(name):

@@ -17,6 +17,8 @@ directly or hand chunks of it to the thread pool (``pool.py``). Kinds (``classif
     scan        a scan (cumsum) over its fused operand: along the axis in order, per row with
                 the running value in a register when no axis after it varies, else a slice at
                 a time (each step reads the previous step's slice of the result)
+    attention   a fused attention or attention gradient node alone: the flash-style kernels
+                of ``attention.py``
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def _trailing(shape, axes) -> bool:
 def classify(kernel: Node) -> str:
     region = kernel.region
     ops = [n.op for n in region.nodes]
+    if any(get_op(o).kind == "attention" for o in ops):
+        return "attention"
     if "matmul" in ops:
         return "gemm"
     if "scatter_add" in ops:
@@ -89,6 +93,10 @@ def scratch_need(kernel: Node, in_place: bool) -> int | None:
     kind = classify(kernel)
     region = kernel.region
     root = region.outputs[0]
+    if kind == "attention":
+        from lamina.backends.llvm.attention import scratch_bytes
+
+        return scratch_bytes(root)
     if kind == "gemm":
         (mm,) = [n for n in region.nodes if n.op == "matmul"]
         if mm.dtype.is_float and root is not mm and (in_place or root.dtype is not mm.dtype):
@@ -530,6 +538,11 @@ class KernelEmitter:
         return emit_window(self)
 
     # --- gemm -------------------------------------------------------------------------------
+
+    def emit_attention(self):
+        from lamina.backends.llvm.attention import emit_attention_kernel
+
+        return emit_attention_kernel(self)
 
     def emit_gemm(self):
         from lamina.backends.llvm.gemm_call import emit_gemm_kernel

@@ -25,6 +25,7 @@ from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
 from lamina.backends.triton.conv import fuse_conv_kernels
+from lamina.passes.expand import expand_attention
 from lamina.passes.expand_pool import expand_pool
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import RISKY, error_sites, plan_memory
@@ -82,9 +83,10 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 class TritonBackend:
     name = "triton"
     # conv is lowered by the backend itself (an implicit GEMM per conv kernel: conv.py), so the
-    # im2col expansion (passes/expand_conv.py) is not among its passes; pooling has no kernel
-    # of its own yet: its where chains (passes/expand_pool.py)
-    passes = (expand_pool, fuse_conv_kernels)
+    # im2col expansion (passes/expand_conv.py) is not among its passes; pooling and attention
+    # have no kernels of their own yet: where chains (passes/expand_pool.py) and the
+    # decomposition of attention (passes/expand.py)
+    passes = (expand_pool, expand_attention, fuse_conv_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}

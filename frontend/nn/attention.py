@@ -2,12 +2,16 @@
 with PyTorch's semantics, written from existing lamina ops (matmul, max, exp, sum, where).
 
 The attention weights of one query row are ``softmax(q @ k.T * scale + bias)`` over the keys;
-``_weights`` is the one place that spells them (a fused, flash-style lowering can replace it
-later without touching the callers). It is the usual stable softmax with one difference: a
-row where every key is masked out (all scores -inf) gets weights 0, so its output is 0 and no
-NaN reaches the gradients. PyTorch's ``scaled_dot_product_attention`` gives the same 0 rows,
-as does its ``MultiheadAttention`` with ``need_weights=False`` in training; its
+``_weights`` is the one place that spells them. It is the usual stable softmax with one
+difference: a row where every key is masked out (all scores -inf) gets weights 0, so its output
+is 0 and no NaN reaches the gradients. PyTorch's ``scaled_dot_product_attention`` gives the same
+0 rows, as does its ``MultiheadAttention`` with ``need_weights=False`` in training; its
 ``need_weights=True`` and inference fast paths give NaN rows there.
+
+Where the weights themselves are not needed (no dropout, no ``need_weights``), ``_fused`` emits
+the one ``attention`` op instead (``ir/ops/attention.py``: same semantics, masks as an additive
+bias of 0/-inf, a causal mask as ``causal=True``), which the llvm backend runs as a flash-style
+kernel: the [L, S] scores never reach memory, and causal blocks above the diagonal are skipped.
 """
 
 from __future__ import annotations
@@ -56,10 +60,8 @@ def _repeat_heads(b, x: Var, heads: int, what: str, name: str) -> Var:
         .reshape(lead + (hk * g, s, e))
 
 
-def _weights(b, q: Var, k: Var, v: Var, mask, is_causal: bool, scale, enable_gqa: bool,
-             what: str = _SDPA) -> Var:
-    """Check the operands; the attention weights [..., L, S] (``mask``: bool, True = takes
-    part, or float, added to the scores; ``is_causal``: keep key j <= query i)."""
+def _check(b, q: Var, k: Var, v: Var, enable_gqa: bool, what: str):
+    """Check the operands (shapes, dtypes, grouped heads); the key with its heads repeated."""
     for name, x in (("query", q), ("key", k), ("value", v)):
         _check_float(what, name, x, q.dtype)
         if x.ndim < 2:
@@ -85,27 +87,44 @@ def _weights(b, q: Var, k: Var, v: Var, mask, is_causal: bool, scale, enable_gqa
     except ValueError:
         raise ShapeError(f"{what}: the batch axes of query {q.type}, key {k.type} and value "
                          f"{v.type} do not broadcast", user_loc()) from None
-    L, S = q.shape[-2], k.shape[-2]
+    return k
+
+
+def _scale(q: Var, scale) -> float:
     if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
-    s = _matmul(b, q, k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2)) * float(scale)
+        return 1.0 / math.sqrt(q.shape[-1]) if q.shape[-1] else 1.0
+    return float(scale)
+
+
+def _check_mask(b, mask, q: Var, scores: tuple, what: str) -> Var:
+    if not isinstance(mask, Var):
+        mask = b.var(b.lift(np.asarray(mask)))
+    if not (mask.dtype.is_bool or mask.dtype == q.dtype):
+        raise DTypeError(f"{what}: attn_mask must be bool (True = takes part) or have the "
+                         f"query's dtype {q.dtype} (added to the scores), got {mask.type}",
+                         user_loc())
+    try:
+        ok = np.broadcast_shapes(mask.shape, scores) == tuple(scores)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ShapeError(f"{what}: attn_mask {mask.type} does not broadcast to the scores' "
+                         f"shape {list(scores)} ([..., L, S])", user_loc())
+    return mask
+
+
+def _weights(b, q: Var, k: Var, v: Var, mask, is_causal: bool, scale, enable_gqa: bool,
+             what: str = _SDPA) -> Var:
+    """Check the operands; the attention weights [..., L, S] (``mask``: bool, True = takes
+    part, or float, added to the scores; ``is_causal``: keep key j <= query i)."""
+    k = _check(b, q, k, v, enable_gqa, what)
+    L, S = q.shape[-2], k.shape[-2]
+    s = _matmul(b, q, k.transpose(*range(k.ndim - 2), k.ndim - 1, k.ndim - 2)) * _scale(q, scale)
     neg_inf = b.var(b.lift(-np.inf, s.dtype))
     if is_causal:
         s = b.call("where", b.var(b.lift(np.tril(np.ones((L, S), bool)))), s, neg_inf)
     if mask is not None:
-        if not isinstance(mask, Var):
-            mask = b.var(b.lift(np.asarray(mask)))
-        if not (mask.dtype.is_bool or mask.dtype == q.dtype):
-            raise DTypeError(f"{what}: attn_mask must be bool (True = takes part) or have the "
-                             f"query's dtype {q.dtype} (added to the scores), got {mask.type}",
-                             user_loc())
-        try:
-            ok = np.broadcast_shapes(mask.shape, s.shape) == s.shape
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ShapeError(f"{what}: attn_mask {mask.type} does not broadcast to the scores' "
-                             f"shape {list(s.shape)} ([..., L, S])", user_loc())
+        mask = _check_mask(b, mask, q, s.shape, what)
         s = b.call("where", mask, s, neg_inf) if mask.dtype.is_bool else s + mask
     # softmax over the keys, with rows that have no key at all (max -inf) giving 0
     m = b.call("stop_gradient", s.max(axis=-1, keepdims=True))
@@ -113,6 +132,60 @@ def _weights(b, q: Var, k: Var, v: Var, mask, is_causal: bool, scale, enable_gqa
     e = b.call("exp", s - m)
     d = e.sum(axis=-1, keepdims=True)
     return e / b.call("where", d == b.var(b.lift(0.0, s.dtype)), b.var(b.lift(1.0, s.dtype)), d)
+
+
+def _fused(b, q: Var, k: Var, v: Var, bias, is_causal: bool, scale, enable_gqa: bool,
+           what: str = _SDPA) -> Var:
+    """The attention output [..., L, Ev] as one ``attention`` op (``bias``: as ``mask`` of
+    ``_weights``; a bool mask becomes a bias of 0 and -inf)."""
+    k = _check(b, q, k, v, enable_gqa, what)
+    if enable_gqa:
+        v = _repeat_heads(b, v, q.shape[-3], what, "value")
+    L, S, E = q.shape[-2], k.shape[-2], q.shape[-1]
+    lead = tuple(np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2]))
+    scores = lead + (L, S)
+    if bias is not None:
+        bias = _check_mask(b, bias, q, scores, what)
+        if bias.dtype.is_bool:
+            bias = b.call("where", bias, b.var(b.lift(0.0, q.dtype)),
+                          b.var(b.lift(-np.inf, q.dtype)))
+        if bias.ndim > len(scores) - 2 and all(d == 1 for d in bias.shape[:-2]):
+            bias = bias.reshape(*bias.shape[-2:])  # [1, 1, L, S] -> [L, S]: read once per head
+    q = q if q.shape[:-2] == lead else q.broadcast_to(lead + (L, E))
+    k = k if k.shape[:-2] == lead else k.broadcast_to(lead + (S, E))
+    v = v if v.shape[:-2] == lead else v.broadcast_to(lead + (S, v.shape[-1]))
+    args = (q, k, v) + ((bias,) if bias is not None else ())
+    return b.call("attention", *args, causal=bool(is_causal), scale=_scale(q, scale))
+
+
+def causal_mask_of(mask, L: int, S: int) -> bool:
+    """Is ``mask`` (bool, True = masked out, PyTorch's MultiheadAttention convention) the causal
+    mask ``triu(ones(L, S), 1)``? Also for a traced mask computed from constants only (e.g.
+    ``arange(t)[None, :] > arange(t)[:, None]``), which is evaluated here at trace time."""
+    arr = mask if isinstance(mask, np.ndarray) else _static_value(mask)
+    if arr is None or arr.dtype != np.bool_ or arr.shape != (L, S):
+        return False
+    return bool(np.array_equal(arr, np.triu(np.ones((L, S), bool), 1)))
+
+
+def _static_value(v, limit: int = 64):
+    """The value of a traced Var that depends on no input or state (sources, elementwise and
+    shape ops only, at most ``limit`` nodes), else None."""
+    from lamina.ir.graph import Node, ancestors
+    from lamina.ir.interpret import eval_node
+    from lamina.ir.ops.registry import get as get_op
+
+    if not isinstance(v, Var) or v.size > (1 << 22):
+        return None
+    nodes = ancestors([v.value])
+    if len(nodes) > limit or any(
+            get_op(n.op).kind not in ("source", "elementwise", "shape") or n.region is not None
+            or any(not isinstance(x, Node) for x in n.inputs) for n in nodes):
+        return None
+    values: dict = {}
+    for n in sorted(nodes, key=lambda n: v.builder.nodes.index(n)):
+        values[n] = eval_node(n, [values[x] for x in n.inputs])
+    return values[v.value]
 
 
 def _apply_weights(b, w: Var, v: Var, enable_gqa: bool) -> Var:
@@ -146,6 +219,9 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p: f
     if is_causal and attn_mask is not None:
         raise LaminaError(f"{_SDPA}: give attn_mask or is_causal=True, not both (fold the "
                           "causal mask into attn_mask)", user_loc())
+    if dropout_p == 0:
+        return run(lambda b, q, k, v, m: _fused(b, q, k, v, m, is_causal, scale, enable_gqa),
+                   query, key, value, attn_mask)
     w = run(lambda b, q, k, v, m: _weights(b, q, k, v, m, is_causal, scale, enable_gqa),
             query, key, value, attn_mask)
     if dropout_p > 0:
@@ -280,17 +356,25 @@ class MultiheadAttention(Module):
         qh, kh, vh = self._project(q, 0, n, L), self._project(k, 1, n, S), \
             self._project(v, 2, n, S)
 
-        def weights(b, qv, kv, vv, am, kpm):
-            total = None
+        fused = not need_weights and not (self.training and self.dropout > 0)
+
+        def bias_of(b, qv, am, kpm):
+            """(additive bias or None, causal): the masks as one bias, except a causal
+            attn_mask, which the fused op takes as causal=True (blocks above the diagonal
+            skipped)."""
+            total, causal = None, False
             if am is not None:
                 am = am if isinstance(am, Var) else b.var(b.lift(np.asarray(am)))
                 if am.shape not in ((L, S), (n * H, L, S)):
                     raise ShapeError(f"{_MHA}: attn_mask {am.type} must be [L, S] = [{L}, {S}] "
                                      f"or [N * num_heads, L, S] = [{n * H}, {L}, {S}]",
                                      user_loc())
-                total = _as_bias(b, am, qv.dtype, "attn_mask")
-                if total.ndim == 3:
-                    total = total.reshape(n, H, L, S)
+                if fused and am.dtype.is_bool and causal_mask_of(am, L, S):
+                    causal = True
+                else:
+                    total = _as_bias(b, am, qv.dtype, "attn_mask")
+                    if total.ndim == 3:
+                        total = total.reshape(n, H, L, S)
             if kpm is not None:
                 kpm = kpm if isinstance(kpm, Var) else b.var(b.lift(np.asarray(kpm)))
                 want = (S,) if unbatched else (n, S)
@@ -299,20 +383,32 @@ class MultiheadAttention(Module):
                                      f"{list(want)}", user_loc())
                 kb = _as_bias(b, kpm, qv.dtype, "key_padding_mask").reshape(n, 1, 1, S)
                 total = kb if total is None else total + kb
+            return total, causal
+
+        def weights(b, qv, kv, vv, am, kpm):
+            total, _ = bias_of(b, qv, am, kpm)
             return _weights(b, qv, kv, vv, total, False, None, False, _MHA)
 
-        w = run(weights, qh, kh, vh, attn_mask, key_padding_mask)
-        if self.training and self.dropout > 0:
-            from lamina.frontend.nn.functional import dropout
+        def attend(b, qv, kv, vv, am, kpm):
+            total, causal = bias_of(b, qv, am, kpm)
+            return _fused(b, qv, kv, vv, total, causal, None, False, _MHA)
 
-            w = dropout(w, self.dropout)
-        out = ops.reshape(ops.transpose(ops.matmul(w, vh), (0, 2, 1, 3)), (n, L, E))
+        if fused:
+            heads = run(attend, qh, kh, vh, attn_mask, key_padding_mask)
+        else:
+            w = run(weights, qh, kh, vh, attn_mask, key_padding_mask)
+            if self.training and self.dropout > 0:
+                from lamina.frontend.nn.functional import dropout
+
+                w = dropout(w, self.dropout)
+            heads = ops.matmul(w, vh)
+        out = ops.reshape(ops.transpose(heads, (0, 2, 1, 3)), (n, L, E))
         out = self.out_proj(out)
         if unbatched:
             out = ops.squeeze(out, 0)
         elif not self.batch_first:
             out = ops.transpose(out, (1, 0, 2))
-        if not need_weights:
+        if fused:
             return out, None
         if average_attn_weights:
             w = ops.mean(w, axis=1)

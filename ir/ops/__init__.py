@@ -1,6 +1,7 @@
 """The op declarations. Importing this package registers every op in ``registry.REGISTRY``."""
 
 from lamina.ir.ops import (  # noqa: F401
+    attention,
     conv,
     elementwise,
     kernel,

@@ -27,8 +27,10 @@ from lamina.ir.types import TensorType
 #   composite    defined by ``decompose`` into other ops
 #   special      handled by a pass (grad)
 #   kernel       a fused region (made by passes.fuse), lowered as one unit by a backend
+#   attention    fused attention and its gradient: one flash-style kernel each where a backend
+#                has one, else expanded by their ``decompose`` (passes/expand.py)
 KINDS = ("elementwise", "reduce", "shape", "contract", "source", "random", "composite", "special",
-         "kernel", "scan", "window")
+         "kernel", "scan", "window", "attention")
 
 # The value of ``vjp`` for ops whose result is discrete (comparisons, argmax, iota): no
 # cotangent flows through them, so the gradient with respect to their inputs is zero.

@@ -24,7 +24,7 @@ import time
 from llvmlite import binding as llvm
 
 from lamina.backends import objcheck
-from lamina.backends.llvm import gemm, jit, pool
+from lamina.backends.llvm import gemm, gemm_gather, jit, pool
 from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen, source_digest
 from lamina.backends.llvm.kernels import scratch_need
 from lamina.backends.llvm.lower import storage_type
@@ -129,8 +129,10 @@ def gemm_library(dtype: str) -> GemmLib:
     """The GEMM for ``dtype`` ("f32"/"f64"): from the disk cache, or compiled (once per
     machine and lamina version; about a quarter second)."""
     pool.library()  # the GEMM calls the thread pool: registered before imports are checked
-    with open(gemm.__file__, "rb") as f:  # any change to the GEMM's source recompiles it
-        source = f.read().decode()
+    source = ""
+    for path in (gemm.__file__, gemm_gather.__file__):  # a change to the GEMM's source
+        with open(path, "rb") as f:                      # recompiles it
+            source += f.read().decode()
     parts = cache_mod.key_parts(source, f"gemm-{dtype}", versions(), jit.host().key())
     c = cache_mod.Cache()
     name = f"lamina_gemm_{dtype}"

@@ -81,7 +81,7 @@ class Group:
         self.operand_side: set[Node] = set()  # views between a buffer and the matmul
         self.index_side: set[Node] = set()  # a gather's index there, evaluated at compile time
         # a reshape splitting the matmul's last axis (conv: H*W -> H, W): the epilogue then
-        # indexes the domain as [..., row, 0, ..., column] (see _splits_columns)
+        # indexes the domain as [..., row, 0, ..., column, 0, ...] (see _splits_columns)
         self.split: Node | None = None
         self.domain = root.shape  # the iteration space of loop kernels and epilogues
         # producers of index moves (transpose, take, ...) stay out: set on a second try when
@@ -651,9 +651,9 @@ def _reads(m: Node, p: Node, members: set[Node]) -> bool:
 
 
 def _splits_columns(m: Node, domain, lead: int) -> str | None:
-    """Why ``m`` cannot be evaluated at the index ``[..., row, 0, ..., 0, column]`` that a GEMM
-    epilogue with a split reshape uses for the domain (its axes from ``lead`` on are the
-    matmul's columns, split), or None. A value spanning the split axes whole is right there
+    """Why ``m`` cannot be evaluated at the index ``[..., row, 0, ..., column, 0, ...]`` (the
+    column on the last split axis longer than 1) that a GEMM epilogue with a split reshape
+    uses for the domain (its axes from ``lead`` on are the matmul's columns, split), or None. A value spanning the split axes whole is right there
     if it computes row-major linear positions (elementwise ops, reshapes, casts, broadcasts,
     buffers); one constant across them never sees the column index."""
     n = len(domain) - lead

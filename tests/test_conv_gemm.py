@@ -237,3 +237,24 @@ def test_kernel_cache_keys_follow_the_code_generators_source():
 
     assert llvm_backend.versions()["codegen"].endswith(codegen.source_digest())
     assert len(codegen.source_digest()) == 16
+
+
+def test_an_epilogue_over_an_output_with_a_trailing_axis_of_one_is_right():
+    """Regression (checker seed 3, program 681): a conv output [N, O, 2, 1] fused with its
+    epilogue put the GEMM's column index on the size-1 axis, which a broadcast zeroes: half
+    the values were read from the wrong column (then NaN from uninitialized memory)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((2, 3, 1, 3)).astype(np.float32)
+    d = np.full((1, 1, 1, 1), 3.0, np.float32)
+
+    def fn(x, w, d):
+        y = lm.conv(x, w, stride=(2, 1), dilation=(2, 1))  # [3, 2, 2, 1]
+        return lm.sigmoid(y % d) * lm.tanh(y)
+
+    f = lm.compile(fn, backend="llvm")
+    got = f(x, w, d)
+    assert any("epilogue" in line and "remainder" in line
+               for line in f.ir("fused").splitlines() if line.startswith("# remark: @"))
+    np.testing.assert_allclose(got, lm.compile(fn, backend="numpy")(x, w, d), rtol=1e-5,
+                               atol=1e-6)

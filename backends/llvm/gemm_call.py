@@ -206,19 +206,22 @@ def _epilogue_body(ke, fn: ir.Function, mm: Node, batch_shape, N: int) -> None:
     out = ptrs[n_in]
     nb = len(batch_shape)
     em.fixed[mm] = (cptr, (0,) * nb + (N, 1), None)  # the matmul's value: C of this batch
-    zeros = []
-    if root.shape != mm.shape:  # a reshape splitting C's columns (fuse.split_reshape): the
-        # domain is indexed [batch, row, 0, ..., 0, column] (fuse._splits_columns)
+    tail = (N,)
+    if root.shape != mm.shape:  # a reshape splitting C's columns (fuse.split_reshape)
         (split,) = [n for n in region.nodes if mm in n.inputs]
         tail = tuple(root.shape[nb + 1:])
         em.fixed[split] = (cptr, (0,) * nb + (N,) + strides_of(tail), None)
-        zeros = [ir.Constant(I64, 0)] * (len(tail) - 1)
+    # The domain is indexed [batch, row, 0, ..., column, 0, ...] (fuse._splits_columns):
+    # the column on the last split axis longer than 1, after which the row-major stride is 1,
+    # so every linear position is right, and axes of size 1 (zeroed where broadcast) see 0.
+    at = max((k for k, d in enumerate(tail) if d > 1), default=len(tail) - 1)
+    zero = ir.Constant(I64, 0)
     bidx = em.delinear(flat, batch_shape) if nb else []
     with loops.range(b, i0, i1, "ei") as i:
         em.push()
         with loops.range(b, j0, j1, "ej") as j:
             em.push()
-            idx = list(bidx) + [i, *zeros, j]
+            idx = list(bidx) + [i] + [j if k == at else zero for k in range(len(tail))]
             em.store(out, em.linear(idx, root.shape), em.value(root, idx), root.dtype)
             em.pop()
         em.pop()

@@ -24,8 +24,8 @@ def _expand(b, node, ins):
     return value
 
 
-def expand_pool(g: Graph) -> Graph:
-    """Replace every pooling node by its decomposition.
+def expand_pool(g: Graph, only: frozenset | None = None) -> Graph:
+    """Replace every pooling node (of the ops in ``only``, if given) by its decomposition.
 
     >>> import numpy as np, lamina as lm
     >>> g = lm.trace(lambda x: lm.max_pool(x, 2), np.ones((1, 1, 4, 4), np.float32))
@@ -34,9 +34,11 @@ def expand_pool(g: Graph) -> Graph:
     >>> sorted({n.op for n in expand_pool(g).nodes})
     ['gt', 'logical_or', 'ne', 'slice', 'where']
     """
-    found = [n.op for n in g.nodes if get_op(n.op).kind == "window"]
+    found = [n.op for n in g.nodes if get_op(n.op).kind == "window" and
+             (only is None or n.op in only)]
     if not found:
         return g
     for name in sorted(set(found)):
         remark(f"expanded {found.count(name)} {name}")
-    return rewrite(g, _expand)
+    return rewrite(g, lambda b, node, ins: _expand(b, node, ins)
+                   if only is None or node.op in only else None)

@@ -12,6 +12,9 @@ error growth of the actual computation instead of a loose constant:
     sum           sum of the bounds + gamma(n) * sum|x|     (n terms, gamma(n) = nu/(1-nu))
     cumsum        the same per prefix: its k terms in any order (a tree scan on a GPU)
     max, min      max of the bounds over the reduced axes
+    avg_pool      per window (and avg_pool_grad per input position, the windows covering it):
+                  a sum of K = prod(kernel) terms in any order, each divided by its window's
+                  divisor: the same map applied to the bounds + gamma(K + 1) * the map of |x|
     argmax        uncertain where another element may be the largest within the bounds
     matmul        |A| eB + eA |B| + eA eB + gamma(K) |A||B|
     conv          the same with the conv for the products, K = C/groups * kernel taps
@@ -65,8 +68,10 @@ class Oracle:
     def __init__(self, graph: Graph):
         from lamina.passes.expand_pool import expand_pool
 
-        # pooling and its gradients in the ops they are defined by (slices, pads, where)
-        self.graph = expand_pool(graph)
+        # max pooling and its gradient in the ops they are defined by (slices, pads, where);
+        # average pooling keeps its own rule (window_sum): as a chain of adds its bound
+        # would follow one summation order, and a backend may sum the window in another
+        self.graph = expand_pool(graph, only=frozenset({"max_pool", "max_pool_grad"}))
 
     def run(self, inputs, state: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(value, err) of every output; ``self.updates`` gets those of the state updates."""
@@ -122,6 +127,8 @@ class Oracle:
             return self.scan(n, op, xs[0], es[0])
         if op.kind == "attention":
             return self.decomposed(n, op, xs, es)
+        if n.op in ("avg_pool", "avg_pool_grad"):
+            return self.window_sum(n, op, xs[0], es[0])
         raise NotImplementedError(f"the oracle has no rule for {n.op} ({op.kind})")
 
     def decomposed(self, n, op, xs, es):
@@ -235,6 +242,21 @@ class Oracle:
         mag = np.sum(np.abs(x), axis=axes, keepdims=attrs["keepdims"])
         err = np.sum(eb, axis=axes, keepdims=attrs["keepdims"]) + gamma(count, u) * mag
         return v, err + self.rounding(n, v)
+
+    def window_sum(self, n, op, x, e):
+        """Average pooling and its adjoint: linear maps with nonnegative weights, each output
+        a sum of at most K = prod(kernel) terms (a window; the windows covering an input
+        position), in whatever order and with the division before or after the sum."""
+        attrs = n.attrs
+        with np.errstate(all="ignore"):
+            v = np.asarray(op.ref(x, **attrs), np.float64)
+            carried = np.asarray(op.ref(np.broadcast_to(e, x.shape).astype(np.float64),
+                                        **attrs))
+            mag = np.asarray(op.ref(np.abs(x), **attrs), np.float64)
+        k = int(np.prod(attrs["kernel"]))
+        u = unit(n.type.dtype)
+        # abs: a negative divisor_override flips the sign of a window's weights
+        return v, np.abs(carried) + gamma(k + 1, u) * np.abs(mag) + self.rounding(n, v)
 
     def scan(self, n, op, x, e):
         """A running sum: prefix k is a sum of k terms (any order), so sum's bound per prefix."""

@@ -285,3 +285,24 @@ def test_fixed_budget(tmp_path):
         assert s.checked["triton"] == 100
     assert s.ok, s.text()
     assert all(s.ops[o.name] > 0 for o in all_ops())
+
+
+def test_average_pooling_bound_holds_in_any_summation_order():
+    """Regression (checker seed 21, program 198): the oracle bounded avg_pool as its
+    decomposition, a chain of adds in one order, so numpy's window sum in another order fell
+    outside it where the window nearly cancels. A window is a sum of K terms in any order."""
+    x = np.random.default_rng(228).uniform(-2, 2, (1, 2, 6, 7)).astype(np.float32)
+    report = check_function(
+        lambda x: (lm.avg_pool(x, (2, 3), stride=(2, 1), padding=(1, 0),
+                               count_include_pad=False),), _inputs(x), ["numpy", "llvm"])
+    assert report.findings == []
+    assert "avg_pool" in report.ops and "avg_pool_grad" in report.ops
+
+
+def test_average_pooling_bound_still_catches_a_wrong_window(monkeypatch):
+    """The any-order bound is not loose: a result off by 1e-4 relative is reported."""
+    _break_numpy_backend(monkeypatch, lambda inputs, outs: [o * np.float32(1 + 1e-4)
+                                                            for o in outs])
+    x = np.random.default_rng(228).uniform(-2, 2, (1, 2, 6, 7)).astype(np.float32)
+    report = check_function(lambda x: (lm.avg_pool(x, 2),), _inputs(x), ["numpy"])
+    assert any(f.kind == "wrong" and f.part == "program" for f in report.findings)

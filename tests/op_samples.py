@@ -953,8 +953,7 @@ def attention_grad_by_hand(q, k, v, out, g, bias=None, causal=False, scale=1.0):
             dq[b + (i,)] = scale * ds @ k[b]
             dk[b] += scale * np.outer(ds, q[b + (i,)])
             dv[b] += np.outer(pi, g[b + (i,)])
-    return np.concatenate([x.reshape(lead + (x.shape[-2] * x.shape[-1],)) for x in (dq, dk, dv)],
-                          axis=-1)
+    return np.concatenate([x.reshape(-1) for x in (dq, dk, dv)])
 
 
 def _attention_grad_inputs(shapes, causal, scale, bias_shape=None):

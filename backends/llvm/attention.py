@@ -16,7 +16,8 @@ block that sees them are recomputed as ``exp(S - lse)`` and
 
     dV += P^T dO,   dS = P * (dO V^T - D) * scale,   dQ += dS K,   dK += dS^T Q
 
-accumulate in packed buffers (dQ for the whole head in the kernel's scratch memory). Rows with
+accumulate in packed buffers (dQ for the whole head in the kernel's scratch memory, or straight
+in the output where its rows are whole vectors). Rows with
 no key left (all scores -inf) give 0, as the reference does: their maximum counts as 0 and
 their logsumexp as +inf. float32 uses 8-lane vectors (AVX2), float64 4 lanes.
 """
@@ -67,9 +68,17 @@ class _Shape:
         self.bias = node.inputs[5 if node.op == "attention_grad" else 3].type \
             if len(node.inputs) > (5 if node.op == "attention_grad" else 3) else None
 
+    @property
+    def dq_in_place(self) -> bool:
+        """Does the gradient accumulate dQ straight in its output? Where a head's dq rows are
+        whole vectors (E == Ep) and its query blocks cover exactly L rows, the packed [L, Ep]
+        accumulator is the output's [L, E] (a padding row would reach the next head's dq)."""
+        return self.E == self.Ep and self.L % self.BQ == 0
+
     def scratch_elems(self) -> int:
-        """Per batch-head scratch of the gradient: lse, D (Lp each) and dQ (Lp x Ep)."""
-        return self.Lp * (2 + self.Ep)
+        """Per batch-head scratch of the gradient: lse, D (Lp each) and, unless dQ accumulates
+        in the output, dQ (Lp x Ep)."""
+        return self.Lp * (2 + (0 if self.dq_in_place else self.Ep))
 
 
 def scratch_bytes(node) -> int | None:
@@ -555,9 +564,13 @@ def emit_backward(ke) -> tuple[int, int]:
         vh = g.at(v, b.mul(bh, g.i(sh.S * sh.Ev)))
         oh = g.at(o, b.mul(bh, g.i(sh.L * sh.Ev)))
         doh = g.at(do, b.mul(bh, g.i(sh.L * sh.Ev)))
-        res = g.at(out, b.mul(bh, g.i(dq_n + dk_n + dv_n)))
+        # all of dq, then all of dk, then all of dv (ir/ops/attention.py)
+        res_q = g.at(out, b.mul(bh, g.i(dq_n)))
+        res_k = g.at(out, b.add(g.i(sh.batch * dq_n), b.mul(bh, g.i(dk_n))))
+        res_v = g.at(out, b.add(g.i(sh.batch * (dq_n + dk_n)), b.mul(bh, g.i(dv_n))))
         mine = g.at(scratch, b.mul(bh, g.i(sh.scratch_elems())))
-        lse, D, dQ = mine, g.at(mine, sh.Lp), g.at(mine, 2 * sh.Lp)
+        lse, D = mine, g.at(mine, sh.Lp)
+        dQ = res_q if sh.dq_in_place else g.at(mine, 2 * sh.Lp)
         bias = g.bias_base(bh)
         g.zero(dQ, sh.Lp * Ep)
         # 1. per query: D = rowsum(dO * O) and the logsumexp of its scores
@@ -654,16 +667,16 @@ def emit_backward(ke) -> tuple[int, int]:
                 j = b.add(j0, r)
                 with g.loop(g.i(0), g.i(sh.E), 1, "skc") as c:
                     x = b.load(g.at(dKb, b.add(b.mul(r, g.i(Ep)), c)))
-                    b.store(x, g.at(res, b.add(g.i(dq_n), b.add(b.mul(j, g.i(sh.E)), c))))
+                    b.store(x, g.at(res_k, b.add(b.mul(j, g.i(sh.E)), c)))
                 with g.loop(g.i(0), g.i(sh.Ev), 1, "svc") as c:
                     x = b.load(g.at(dVb, b.add(b.mul(r, g.i(Evp)), c)))
-                    b.store(x, g.at(res, b.add(g.i(dq_n + dk_n),
-                                               b.add(b.mul(j, g.i(sh.Ev)), c))))
-        # 3. dQ out of scratch
-        with g.loop(g.i(0), g.i(sh.L), 1, "sq") as r:
-            with g.loop(g.i(0), g.i(sh.E), 1, "sqc") as c:
-                x = b.load(g.at(dQ, b.add(b.mul(r, g.i(Ep)), c)))
-                b.store(x, g.at(res, b.add(b.mul(r, g.i(sh.E)), c)))
+                    b.store(x, g.at(res_v, b.add(b.mul(j, g.i(sh.Ev)), c)))
+        # 3. dQ out of scratch (unless it accumulated in place)
+        if not sh.dq_in_place:
+            with g.loop(g.i(0), g.i(sh.L), 1, "sq") as r:
+                with g.loop(g.i(0), g.i(sh.E), 1, "sqc") as c:
+                    x = b.load(g.at(dQ, b.add(b.mul(r, g.i(Ep)), c)))
+                    b.store(x, g.at(res_q, b.add(b.mul(r, g.i(sh.E)), c)))
     extent = sh.batch
     work = sh.batch * sh.L * max(sh.S, 1) * (2 * sh.E + 3 * sh.Ev + 16)
     return extent, work

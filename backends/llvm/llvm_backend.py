@@ -28,6 +28,7 @@ from lamina.backends.llvm import gemm, gemm_gather, jit, pool
 from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen, source_digest
 from lamina.backends.llvm.kernels import scratch_need
 from lamina.backends.llvm.lower import storage_type
+from lamina.backends.llvm.output_views import output_views
 from lamina.backends.llvm.program import LLVMProgram
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
@@ -170,9 +171,10 @@ class LLVMBackend:
                 profile: bool = False):
         t0 = time.perf_counter()
         pool.library()  # kernels call the thread pool: registered before imports are checked
-        plan = plan_memory(graph, scratch_need)
+        lowered, views = output_views(graph)
+        plan = plan_memory(lowered, scratch_need)
         libs = tuple(gemm_library(d) for d in gemm_dtypes(graph))
-        ir_text = print_graph(graph, locations=False)  # moving the source keeps the key
+        ir_text = print_graph(lowered, locations=False)  # moving the source keeps the key
         kind = "graph+profile" if profile else "graph"
         parts = cache_mod.key_parts(ir_text, kind, versions(), jit.host().key())
         cache = cache_mod.Cache()
@@ -180,7 +182,7 @@ class LLVMBackend:
         obj = None if dump_dir else cache.get(graph.name, parts, check=check)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
         if obj is None:
-            module = Codegen(graph, plan, graph.name, profile=profile).build()
+            module = Codegen(lowered, plan, graph.name, profile=profile).build()
             text = jit.finalize_text(module)
             opt = jit.optimize(text, keep_text=bool(dump_dir))
             obj = jit.emit_object(opt.module)
@@ -198,8 +200,8 @@ class LLVMBackend:
             cache.put(graph.name, parts, obj)
         else:
             STATS["cache_hits"] += 1
-        program = LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, libs,
-                              profiled=profile)
+        program = LLVMProgram(lowered, plan, jit.Engine(object_code=obj), obj, libs,
+                              profiled=profile, views=views, source=graph)
         info["seconds"] = time.perf_counter() - t0
         self.last_compile = info
         program.compile_info = info
@@ -261,9 +263,11 @@ class LLVMBackend:
             libs.append(GemmLib(gemm.GemmLibrary.from_object(files[f"gemm.{d}.o"]), d))
         check_imports(kernels, "kernels.o")
         obj = files["kernels.o"]
-        plan = plan_memory(graph, scratch_need)
+        lowered, views = output_views(graph)  # as compile() built it
+        plan = plan_memory(lowered, scratch_need)
         STATS["loaded"] += 1
-        return LLVMProgram(graph, plan, jit.Engine(object_code=obj), obj, tuple(libs))
+        return LLVMProgram(lowered, plan, jit.Engine(object_code=obj), obj, tuple(libs),
+                           views=views, source=graph)
 
 
 def _read_target(files: dict[str, bytes]) -> dict:

@@ -16,6 +16,7 @@ import numpy as np
 
 from lamina.backends.llvm import jit
 from lamina.backends.llvm.codegen import ENTRY, Slots
+from lamina.backends.llvm.output_views import OutputViews
 from lamina.ir.errors import LaminaError
 from lamina.ir.graph import Graph, Node, Param
 from lamina.ir.ops.source import constant_array
@@ -27,8 +28,14 @@ RECYCLE_MIN_BYTES = 1 << 16  # smaller outputs are cheap to allocate
 
 class LLVMProgram:
     def __init__(self, graph: Graph, plan: MemoryPlan, engine: jit.Engine, object_code: bytes,
-                 libraries: tuple = (), profiled: bool = False):
-        self.graph = graph
+                 libraries: tuple = (), profiled: bool = False, views: OutputViews | None = None,
+                 source: Graph | None = None):
+        """``graph``: what the code computes (``output_views``' lowered graph, whose extra
+        outputs ``views`` hands back as views); ``source``: the graph the caller compiled
+        (``self.graph``; ``graph`` when there are no views)."""
+        self.graph = source if source is not None else graph
+        self.lowered = graph
+        self.views = views
         self.plan = plan
         self.engine = engine
         self.object_code = object_code
@@ -70,7 +77,7 @@ class LLVMProgram:
             table[slots.input(i)] = a.ctypes.data
         for i, name in enumerate(self.state_names):
             table[slots.state(i)] = state[name].ctypes.data
-        outs: list = [None] * len(self.graph.outputs)
+        outs: list = [None] * len(self.lowered.outputs)
         for k, shape, dtype in self.written:
             out = self._output_array(k, shape, dtype)
             outs[k] = out
@@ -92,6 +99,8 @@ class LLVMProgram:
         for snapshot, v, s in sources:
             src = snapshot if snapshot is not None else self._source(v, keep, state, outs)
             np.copyto(state[s], src)
+        if self.views is not None:
+            outs = self.views.resolve(outs)
         return outs, {}
 
     def _output_array(self, k: int, shape, dtype) -> np.ndarray:
@@ -121,7 +130,7 @@ class LLVMProgram:
             self.counters[i] = 0
 
     def index_error(self, status: int) -> LaminaError:
-        return index_error(self.graph, status)
+        return index_error(self.lowered, status)
 
     def _source(self, v, inputs, state, outs):
         if isinstance(v, Param):

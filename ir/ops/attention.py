@@ -15,10 +15,12 @@ attention.py``); backends without such a kernel expand them with ``decompose`` i
 max, exp, sum and where (``passes/expand.py``). The gradient is one op because the three
 cotangents share all of the work (the probabilities are recomputed block by block):
 
-    attention_grad(q, k, v, out, g [, bias]) {causal, scale} : [*B, L*E + S*E + S*Ev]
+    attention_grad(q, k, v, out, g [, bias]) {causal, scale} : [B*L*E + B*S*E + B*S*Ev]
 
-holds dq, dk and dv flattened one after another along the last axis (one node has one result;
-the vjp of ``attention`` slices them apart). A bias gradient (rare: masks are constants) is
+holds dq, dk and dv, each flattened whole (B = the product of the batch axes), one after
+another (one node has one result; the vjp of ``attention`` slices them apart). Each gradient
+is one contiguous range, so a backend can hand it out as a view of the packed buffer without
+a copy (the llvm program's output views). A bias gradient (rare: masks are constants) is
 built from primitives by the vjp and left to DCE when nothing needs it. Gradients of
 ``attention_grad`` itself (second order) go through its decomposition (``passes/autodiff``).
 """
@@ -92,7 +94,8 @@ def _attention_infer(types, attrs):
 
 
 def grad_sizes(q_shape, k_shape, v_shape) -> tuple[int, int, int]:
-    """The lengths of dq, dk and dv in ``attention_grad``'s last axis."""
+    """The lengths of one batch-head's dq, dk and dv (``attention_grad`` holds all of dq, then
+    all of dk, then all of dv: ``math.prod(q_shape[:-2])`` times each)."""
     return (q_shape[-2] * q_shape[-1], k_shape[-2] * k_shape[-1], v_shape[-2] * v_shape[-1])
 
 
@@ -104,7 +107,8 @@ def _grad_infer(types, attrs):
         if t.shape != want or t.dtype is not q.dtype:
             raise ShapeError(f"attention_grad: {what} {t} must be the attention's result "
                              f"{TensorType(want, q.dtype)}")
-    return TensorType(q.shape[:-2] + (sum(grad_sizes(q.shape, k.shape, v.shape)),), q.dtype)
+    batch = math.prod(q.shape[:-2])
+    return TensorType((batch * sum(grad_sizes(q.shape, k.shape, v.shape)),), q.dtype)
 
 
 # --- numpy reference --------------------------------------------------------------------------
@@ -145,9 +149,7 @@ def _grad_ref(q, k, v, out, g, bias=None, *, causal, scale):
         sc = np.asarray(scale, q.dtype)
         dq = np.matmul(ds, k) * sc
         dk = np.matmul(_swap(ds), q) * sc
-    lead = q.shape[:-2]
-    return np.concatenate([x.reshape(lead + (x.shape[-2] * x.shape[-1],)) for x in (dq, dk, dv)],
-                          axis=-1)
+    return np.concatenate([x.reshape(-1) for x in (dq, dk, dv)])
 
 
 # --- decompositions (builder Vars) ------------------------------------------------------------
@@ -193,20 +195,17 @@ def _grad_decompose(q, k, v, out, g, bias=None, *, causal, scale):
     dq = (ds @ k) * scale
     dk = (_vswap(ds) @ q) * scale
     dv = _vswap(p) @ g
-    lead = q.shape[:-2]
-    parts = [x.reshape(*lead, x.shape[-2] * x.shape[-1]) for x in (dq, dk, dv)]
-    return op.concatenate(*parts, axis=len(lead))
+    parts = [x.reshape(math.prod(x.shape)) for x in (dq, dk, dv)]
+    return op.concatenate(*parts, axis=0)
 
 
 def _attention_vjp(g, out, q, k, v, bias=None, *, causal, scale):
     ins = (q, k, v, out, g) + ((bias,) if bias is not None else ())
     packed = op.attention_grad(*ins, causal=causal, scale=scale)
-    lead = q.shape[:-2]
-    r = len(lead)
     grads, at = [], 0
-    for x, n in zip((q, k, v), grad_sizes(q.shape, k.shape, v.shape)):
-        part = op.slice(packed, start=(0,) * r + (at,), stop=lead + (at + n,), step=(1,) * (r + 1))
-        grads.append(part.reshape(*x.shape))
+    for x in (q, k, v):
+        n = math.prod(x.shape)
+        grads.append(op.slice(packed, start=(at,), stop=(at + n,), step=(1,)).reshape(*x.shape))
         at += n
     if bias is None:
         return tuple(grads)
@@ -254,4 +253,4 @@ defop("attention", arity=None, kind="attention", attrs=("causal", "scale"), cano
 defop("attention_grad", arity=None, kind="attention", attrs=("causal", "scale"), canon=_canon,
       infer=_grad_infer, ref=_grad_ref, decompose=_grad_decompose, float_only=True, promote="all",
       domain=Domain(None, via="lm.grad of attention", ulps=4.0),
-      doc="dq, dk and dv of attention, flattened one after another along the last axis")
+      doc="dq, dk and dv of attention, each flattened whole, one after another")

@@ -16,6 +16,14 @@ from lamina.ir.types import TensorType
 from lamina.ir.variable import Variable
 
 
+def _refuse_attribute(obj, name: str) -> None:
+    why = StateTensor._NOT_ATTRIBUTES.get(name)
+    if why is not None:
+        what = obj.base if isinstance(obj, ParameterView) else obj
+        raise LaminaError(f"cannot set .{name} of {type(obj).__name__} {what.name!r}: {why}",
+                          user_loc())
+
+
 class StateTensor(Variable):
     """The tensor-like behaviour that Parameters and Buffers share (see the module docstring)."""
 
@@ -60,6 +68,20 @@ class StateTensor(Variable):
             ctx.assign_state(self, value, user_loc())
         else:
             Variable.assign(self, value)
+
+    # PyTorch habits that would otherwise set a plain attribute and change nothing
+    _NOT_ATTRIBUTES = {
+        "data": "give it a new value with .assign(value) (PyTorch's p.data = ...)",
+        "value": "give it a new value with .assign(value)",
+        "requires_grad": "to freeze a parameter, leave it out of the optimizer's parameter "
+                         "list (optim.SGD([p for p in model.parameters() if ...]))",
+        "grad": "gradients are values inside the step (lm.grad, optimizer.minimize), not "
+                "attributes of the parameter",
+    }
+
+    def __setattr__(self, name, value):
+        _refuse_attribute(self, name)
+        super().__setattr__(name, value)
 
     def __array__(self, dtype=None, copy=None):
         arr = self.numpy()
@@ -184,6 +206,10 @@ class ParameterView:
 
     def numpy(self) -> np.ndarray:
         return np.ascontiguousarray(self.base.numpy().transpose(self.perm))
+
+    def __setattr__(self, name, value):
+        _refuse_attribute(self, name)
+        super().__setattr__(name, value)
 
     def __array__(self, dtype=None, copy=None):
         arr = self.numpy()

@@ -473,3 +473,17 @@ def test_init_inside_a_trace_is_an_error():
     p = nn.Parameter(np.zeros((2, 2), F32))
     with pytest.raises(lm.LaminaError, match="outside compiled functions"):
         lm.trace(lambda x: nn.init.zeros_(p) and x, np.zeros(1, F32))
+
+
+@pytest.mark.parametrize("attr", ["data", "value", "requires_grad", "grad"])
+def test_pytorch_style_attribute_writes_are_errors_not_silent_attributes(attr):
+    """``p.data = x`` (a PyTorch habit) used to create a plain attribute and change nothing."""
+    layer = nn.Linear(2, 3)
+    before = layer.w.numpy()
+    for target in (layer.w, layer.weight, nn.Buffer(np.zeros(2, np.float32))):
+        with pytest.raises(lm.LaminaError,
+                           match=rf"(?s)cannot set \.{attr} of .*test_buffers.py"):
+            setattr(target, attr, np.zeros(target.shape, np.float32))
+    np.testing.assert_array_equal(layer.w.numpy(), before)
+    layer.weight.assign(np.ones((3, 2), np.float32))  # the way that works
+    np.testing.assert_array_equal(layer.w.numpy(), np.ones((2, 3), np.float32))

@@ -255,3 +255,27 @@ def test_an_epilogue_over_an_output_with_a_trailing_axis_of_one_is_right():
     got = lm.compile(fn, backend="llvm")(x, w, d)
     np.testing.assert_allclose(got, lm.compile(fn, backend="numpy")(x, w, d), rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("n,c,h,o,kw", [
+    (6, 1, 12, 5, {"padding": 1}),                  # 9 (n, q) pairs: patches as A
+    (3, 4, 10, 6, {"padding": 1}),                  # 36 pairs: weights as A, patches as B
+    (2, 3, 11, 4, {"stride": 2, "dilation": 2}),
+    (5, 2, 9, 3, {"padding": (2, 0)}),
+], ids=["few_pairs", "many_pairs", "strided_dilated", "uneven_padding"])
+def test_weight_gradients_in_both_gemm_orientations_match_numpy(n, c, h, o, kw):
+    """A conv's weight gradient runs as one GEMM per input channel, summed, in the orientation
+    that suits its number of (image, tap) pairs (passes/expand_conv.py ``_by_input_channel``)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c, h, h + 1)).astype(np.float32)
+    w = rng.standard_normal((o, c, 3, 3)).astype(np.float32)
+    dy_shape = nn.functional.conv2d(x, w, **kw).shape
+
+    def f(x, w, dy):
+        return lm.grad(lambda w: (nn.functional.conv2d(x, w, **kw) * dy).sum())(w)
+
+    dy = rng.standard_normal(dy_shape).astype(np.float32)
+    got = lm.compile(f, backend="llvm")(x, w, dy)
+    want = lm.compile(f, backend="numpy")(x.astype(np.float64), w.astype(np.float64),
+                                          dy.astype(np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

@@ -350,17 +350,28 @@ class _Emitter:
                 b.store(x, p, align=_BYTES[self.dtype])
 
     def _store_edge(self, b, fn, acc, pc, ldc, mr, nr, accum):
-        masks = [_lane_mask(b, b.sub(nr, _c64(v * self.vl)), self.vl)
-                 for v in range(self.cfg.nrv)]
-        al = ir.Constant(_i32, _BYTES[self.dtype])
+        """An edge tile: its first ``mr`` rows and ``nr`` columns. Whole vectors inside the
+        columns are stored as such; the one vector that straddles the edge lane by lane
+        (masked stores cost tens of cycles each on AMD cores, and an edge tile is every tile
+        of a GEMM narrower than NR: a conv's taps, a classifier's classes)."""
+        al = _BYTES[self.dtype]
         for r, row in enumerate(acc):
             with b.if_then(b.icmp_signed(">", mr, _c64(r))):
                 base = b.gep(pc, [b.mul(ldc, _c64(r))])
                 for v, x in enumerate(row):
-                    p = _vptr(b, base, _c64(v * self.vl), self.vt)
-                    old = b.call(self.mload, [p, al, masks[v], self.zero_v()])
-                    old = b.select(accum, old, self.zero_v())
-                    b.call(self.mstore, [b.fadd(x, old), p, al, masks[v]])
+                    lanes = b.sub(nr, _c64(v * self.vl))
+                    with b.if_else(b.icmp_signed(">=", lanes, _c64(self.vl))) as (whole, part):
+                        with whole:
+                            p = _vptr(b, base, _c64(v * self.vl), self.vt)
+                            old = b.load(p, align=al)
+                            b.store(b.select(accum, b.fadd(x, old), x), p, align=al)
+                        with part:
+                            for j in range(self.vl - 1):
+                                with b.if_then(b.icmp_signed(">", lanes, _c64(j))):
+                                    q = b.gep(base, [_c64(v * self.vl + j)])
+                                    e = b.extract_element(x, ir.Constant(_i32, j))
+                                    e = b.select(accum, b.fadd(e, b.load(q)), e)
+                                    b.store(e, q)
 
     # packing -----------------------------------------------------------------------------------
     def pack(self, which: str) -> ir.Function:
@@ -429,11 +440,20 @@ class _Emitter:
                 x = b.call(self.mload, [sv, al, _lane_mask(b, lim, self.vl), self.zero_v()])
             else:
                 x = b.load(sv, align=_BYTES[self.dtype])
-            if width == self.vl:
-                b.store(x, dv, align=_BYTES[self.dtype])
-            else:
-                st = _lane_mask(b, _c64(width), self.vl)
-                b.call(self.mstore, [x, dv, al, st])
+            self.store_lanes(b, x, dv, width)
+
+    def store_lanes(self, b, x, d, width: int):
+        """The first ``width`` lanes of ``x`` into the packing buffer at ``d``: a whole vector,
+        or a load, a blend and a store (a masked store costs tens of cycles on AMD cores; an A
+        panel of MR = 6 rows is narrower than a float32 vector, so every packed row of A is
+        partial). The lanes past ``width`` keep what the buffer held: the buffer is the
+        calling slot's own and has a vector of slack at its end (``entry``)."""
+        al = _BYTES[self.dtype]
+        if width == self.vl:
+            b.store(x, d, align=al)
+            return
+        keep = ir.Constant(ir.VectorType(_i1, self.vl), [j < width for j in range(self.vl)])
+        b.store(b.select(keep, x, b.load(d, align=al)), d, align=al)
 
     def _pack_transpose(self, b, kc, sp, sx, dp, w):
         """A full panel whose source rows are contiguous along k: VL k's at a time, each group
@@ -457,13 +477,9 @@ class _Emitter:
                         nxt += [b.shuffle_vector(x, y, lo), b.shuffle_vector(x, y, hi)]
                     rows = nxt
                 width = min(vl, w - g)
-                st = _lane_mask(b, _c64(width), vl)
                 for j in range(vl):  # rows[j] holds k = k0 + j
                     d = _vptr(b, dp, b.add(b.mul(b.add(k0, _c64(j)), _c64(w)), _c64(g)), vt)
-                    if width == vl:
-                        b.store(rows[j], d, align=_BYTES[self.dtype])
-                    else:
-                        b.call(self.mstore, [rows[j], d, al, st])
+                    self.store_lanes(b, rows[j], d, width)
         self._pack_scalar(b, kmain, kc, _c64(w), sp, sx, _c64(1), dp, w)
 
     def _pack_scalar(self, b, k0, k1, nv, sp, sx, sk, dp, w):
@@ -656,7 +672,9 @@ class _Emitter:
         upc = _cdiv(b, units, _c64(MAX_GEMM_CHUNKS))
         nchunks = _cdiv(b, units, upc)
         boff = _round16(b, b.mul(kpos, nbmax))
-        stride = b.add(boff, _round16(b, b.mul(rmax, kstep)))
+        # a vector of slack after the packed A block: store_lanes reads and rewrites a whole
+        # vector at the end of a partial panel row
+        stride = b.add(boff, _round16(b, b.add(b.mul(rmax, kstep), _c64(self.vl))))
         ws = self.take_workspace(b, b.mul(b.mul(nt, stride), _c64(_BYTES[self.dtype])))
         tp = b.gep(tags, [_c64(0), _c64(0)])
         with _for(b, _c64(0), nt, name="tag") as s:

@@ -147,14 +147,10 @@ def pack_table_a(e) -> ir.Function:
                                         b.shuffle_vector(x, y, hi_sh)]
                             rows = nxt
                         width = min(vl, w - g)
-                        st = _lane_mask(b, _c64(width), vl)
                         for j in range(vl):  # rows[j] holds k = k0 + j
                             d = _vptr(b, dp, b.add(b.mul(b.add(k0, _c64(j)), _c64(w)),
                                                    _c64(g)), vt)
-                            if width == vl:
-                                b.store(rows[j], d, align=al)
-                            else:
-                                b.call(e.mstore, [rows[j], d, al32, st])
+                            e.store_lanes(b, rows[j], d, width)
                 with other:
                     for j in range(vl):
                         d = b.gep(dp, [b.mul(b.add(k0, _c64(j)), _c64(w))])

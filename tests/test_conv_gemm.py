@@ -279,3 +279,22 @@ def test_weight_gradients_in_both_gemm_orientations_match_numpy(n, c, h, o, kw):
     want = lm.compile(f, backend="numpy")(x.astype(np.float64), w.astype(np.float64),
                                           dy.astype(np.float64))
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_size_one_axis_dropped_by_a_reshape_keeps_its_slice_offset():
+    """Regression (checker seed 22, program 5510): slicing [1:2] of the last axis leaves a
+    size-1 axis whose table holds the start offset; a reshape that dropped the axis dropped
+    the offset too, so the GEMM read its operand one element early."""
+    t = [np.arange(1) * 12, np.arange(2) * 6, np.arange(2) * 3, np.arange(3)]
+    sliced = [x[a:b] for x, a, b in zip(t, (0, 0, 0, 1), (1, 2, 2, 2))]
+    tables = go._reshape(sliced, [1, 2, 2, 1], [1, 2, 2])
+    flat = np.add.outer(np.add.outer(tables[0], tables[1]), tables[2]).ravel()
+    np.testing.assert_array_equal(flat, [1, 4, 7, 10])
+    x = np.arange(8, dtype=np.float64).reshape(1, 2, 2, 2) + 1
+    w = np.arange(12, dtype=np.float64).reshape(2, 3, 2, 1) + 1
+
+    def f(x):  # every output sits in a hole of the stride: all zeros
+        return nn.functional.conv_transpose2d(x, w, stride=(1, 2), padding=(1, 1),
+                                              dilation=(1, 2))
+
+    np.testing.assert_array_equal(lm.compile(f, backend="llvm")(x), np.zeros((1, 3, 1, 1)))

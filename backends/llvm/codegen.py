@@ -55,15 +55,23 @@ ACCUMULATE_MIN = 128
 CODEGEN_VERSION = "8"
 
 
+# Passes whose results reach the object code without showing in the IR text that keys the
+# cache: the memory plan (arena offsets) and the GEMM operand analysis (offset tables).
+CODEGEN_INPUTS = ("passes/memory.py", "passes/gemm_operand.py")
+
+
 @functools.cache
 def source_digest() -> str:
-    """A hash of the llvm backend's source files (the code generator and the GEMM/pool ABI)."""
+    """A hash of the source the object code follows beyond the IR text: the llvm backend's
+    files (the code generator and the GEMM/pool ABI) and ``CODEGEN_INPUTS``."""
     here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(here))
+    paths = [os.path.join(here, n) for n in sorted(os.listdir(here)) if n.endswith(".py")]
+    paths += [os.path.join(root, *rel.split("/")) for rel in CODEGEN_INPUTS]
     h = hashlib.sha256()
-    for name in sorted(os.listdir(here)):
-        if name.endswith(".py"):
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(os.path.relpath(path, root).encode() + b"\0" + f.read())
     return h.hexdigest()[:16]
 
 

@@ -53,6 +53,7 @@ from lamina.ir.ops.registry import get as get_op
 MAX_GRID_Y = 65535  # CUDA's limit on grid.y: more batch-heads fold into grid.x
 WARPS = 4
 STAGES = 2
+TILE_BYTES = 32768
 
 
 def _pow2(n: int) -> int:
@@ -119,11 +120,14 @@ class _Render:
         from lamina.backends.triton.codegen import ALLOW_TF32
 
         self.prec = "tf32" if (self.acc is dt.float32 and ALLOW_TF32) else "ieee"
-        wide = d is dt.float64 or max(self.E, self.Ev) > 128
-        base = 32 if wide else 64
+        self.DE, self.DV = max(16, _pow2(self.E)), max(16, _pow2(self.Ev))
+        # rows of a block: a [rows, head dim] tile of TILE_BYTES at most (large head dims
+        # and float64 get fewer: Triton stages the tiles in shared memory, 227 KiB on an
+        # H100, 163 KiB on an A100; float64 head dims of 256 take 16 rows)
+        fit = TILE_BYTES // (max(self.DE, self.DV) * self.acc.itemsize)
+        base = max(16, min(32 if d is dt.float64 else 64, 1 << (max(fit, 1).bit_length() - 1)))
         self.BM = min(base, max(16, _pow2(self.L)))
         self.BN = min(base, max(16, _pow2(self.S)))
-        self.DE, self.DV = max(16, _pow2(self.E)), max(16, _pow2(self.Ev))
         sizes = [self.B * self.L * self.E, self.B * self.S * (self.E + self.Ev),
                  self.B * self.L * self.Ev] + ([math.prod(bias.shape)] if bias else [])
         self.big = sum(sizes) >= 2 ** 31 - 1

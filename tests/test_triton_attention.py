@@ -95,7 +95,7 @@ def _check(xs, causal, scale, dtype, compile_for=()):
             for s in srcs:
                 b = aot.compile_source(s, target)
                 assert b.cubin[:4] == b"\x7fELF" and f".target {target}" in b.ptx
-    return out, packed
+    return out, packed, fc, gc
 
 
 # (name, batch axes, L, S, E, Ev, causal, bias: (shape, kind) or None)
@@ -136,7 +136,7 @@ def test_fully_masked_rows_give_zero_and_zero_gradients(dtype):
     bias[3, 2:] = -np.inf
     bias[0, 0] = -np.inf  # causal: row 0 sees key 0 only
     for causal in (False, True):
-        out, packed = _check([q, k, v, bias], causal, 0.5, dtype)
+        out, packed, _, _ = _check([q, k, v, bias], causal, 0.5, dtype)
         assert np.isfinite(out).all() and np.isfinite(packed).all()
         assert np.all(out[:, 1] == 0)
         dq = packed[:2 * 5 * 4].reshape(2, 5, 4)  # all of dq first
@@ -229,4 +229,20 @@ def test_attention_after_a_kernel_that_can_fail():
     got = fc(table, idx)
     want = lm.compile(f, backend="numpy")(table, idx)
     assert_close(got, want)
-    assert all("ok = " in s.source for s in _attention_sources(fc))
+    srcs = _attention_sources(fc)
+    assert srcs and all("ok = " in s.source for s in srcs)
+    for s in srcs:
+        assert aot.compile_source(s, "sm_90").cubin[:4] == b"\x7fELF"
+
+
+def test_many_batch_heads_fold_into_grid_x(monkeypatch):
+    """More batch-heads than CUDA's grid.y allows (65,535) fold into grid.x: the same numbers
+    (the limit lowered to 1 here, so that 3 batch-heads fold)."""
+    from lamina.backends.triton import attention
+
+    monkeypatch.setattr(attention, "MAX_GRID_Y", 1)
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal(s).astype(F64) for s in ((3, 20, 8), (3, 18, 8), (3, 18, 5))]
+    _, _, fc, gc = _check(xs, True, 0.4, F64)
+    for s in _attention_sources(fc) + _attention_sources(gc):
+        assert s.grid[1] == 1 and s.grid[0] % 3 == 0 and "bh = t // " in s.source

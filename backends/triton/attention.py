@@ -184,30 +184,26 @@ class _Render:
         return f"({idx}[:, None] < {size})" if rows else f"({idx}[None, :] < {size})"
 
     def tile(self, ptr: str, rows: str, nrows: int, brows: int, cols: str, ncols: int,
-             bcols: int, transposed: bool = False, other: str = "0") -> str:
+             bcols: int, transposed: bool = False) -> str:
         """A [brows, bcols] tile of a contiguous [B, nrows, ncols] operand at ``(bh, rows,
         cols)`` as the accumulator type (``transposed``: the [bcols, brows] tile of its
         transpose), zeros outside."""
-        if transposed:
-            at = f"{ptr} + bh * {nrows * ncols} + {rows}[None, :] * {ncols} + {cols}[:, None]"
-            m = self._mask(None if nrows % brows == 0 and nrows else f"({rows}[None, :] < {nrows})",
-                           None if ncols == bcols else f"({cols}[:, None] < {ncols})")
-        else:
-            at = f"{ptr} + bh * {nrows * ncols} + {rows}[:, None] * {ncols} + {cols}[None, :]"
-            m = self._mask(self._in(rows, nrows, brows, True),
-                           None if ncols == bcols else f"({cols}[None, :] < {ncols})")
-        text = f"tl.load({at}, mask={m}, other={other})" if m else f"tl.load({at})"
+        r, c = ("[None, :]", "[:, None]") if transposed else ("[:, None]", "[None, :]")
+        at = f"{ptr} + bh * {nrows * ncols} + {rows}{r} * {ncols} + {cols}{c}"
+        m = self._mask(self._in(rows, nrows, brows, not transposed),
+                       self._in(cols, ncols, bcols, transposed))
+        text = f"tl.load({at}, mask={m}, other=0)" if m else f"tl.load({at})"
         return text if self.X == self.T else f"{text}.to({self.T})"
 
     def store(self, ptr: str, base: int, rows: str, nrows: int, brows: int, cols: str,
               ncols: int, bcols: int, value: str, indent: int = 1) -> None:
+        """Store the [brows, bcols] tile ``value`` at ``(bh, rows, cols)`` of a contiguous
+        [B, nrows, ncols] array ``base`` elements into ``ptr`` (in the input's type)."""
         if self.X != self.T:
             value = f"({value}).to({self.X})"
-        at = f"{ptr} + {base} + bh * {nrows * ncols} + {rows}[:, None] * {ncols} + " \
-             f"{cols}[None, :]" if base else \
-             f"{ptr} + bh * {nrows * ncols} + {rows}[:, None] * {ncols} + {cols}[None, :]"
-        m = self._mask(self._in(rows, nrows, brows, True),
-                       None if ncols == bcols else f"({cols}[None, :] < {ncols})",
+        at = f"{ptr} + {f'{base} + ' if base else ''}bh * {nrows * ncols} + " \
+             f"{rows}[:, None] * {ncols} + {cols}[None, :]"
+        m = self._mask(self._in(rows, nrows, brows, True), self._in(cols, ncols, bcols, False),
                        "ok" if self.guarded else None)
         if m == "ok":
             m = f"tl.broadcast_to(ok, [{brows}, {bcols}])"

@@ -1,6 +1,7 @@
 """Expand the fused ``attention`` ops into primitives (matmul, max, exp, sum, where) with their
-``decompose``, for backends without a kernel of their own for them (triton today). Runs after
-the default pipeline, before fusion, like ``expand_conv``."""
+``decompose``, for backends without a kernel of their own for them (llvm and triton both have
+flash-style kernels now: ``backends/llvm/attention.py``, ``backends/triton/attention.py``).
+Runs after the default pipeline, before fusion, like ``expand_conv``."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """The fused ``attention`` op and its gradient (``ir/ops/attention.py``): against the numpy
 reference on every backend (llvm runs the flash-style kernels of ``backends/llvm/
-attention.py``, triton the decomposition under Triton's interpreter), shapes that exercise the
-kernels' blocks and padding, gradients against float64 finite differences, rows with no key,
-and that the fused kernels really run (the fused IR, the kernel names).
+attention.py``, triton those of ``backends/triton/attention.py`` under Triton's
+interpreter), shapes that exercise the kernels' blocks and padding, gradients against float64
+finite differences, rows with no key, and that the fused kernels really run (the fused IR,
+the kernel names).
 """
 
 from __future__ import annotations

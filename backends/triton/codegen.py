@@ -14,6 +14,8 @@ Kinds (``classify``):
              input tiles gathered from the input by index arithmetic (``conv.py``)
     scatter  scatter_add: a zero fill, then atomic adds
     scan     cumsum: rows x positions along the axis per program, ``tl.cumsum`` (``scan.py``)
+    attention  an ``attention`` or ``attention_grad`` node alone: flash-style kernels of their
+             own (``attention.py``; the gradient is two launches and has scratch memory)
 
 Values are evaluated on demand at a multi-index (``Gen.value``), as the LLVM backend's emitter
 does: elementwise ops evaluate their operands at the broadcast index, shape ops only transform
@@ -57,6 +59,8 @@ def _pow2(n: int) -> int:
 
 def classify(kernel: Node) -> str:
     ops = {n.op for n in kernel.region.nodes}
+    if any(get_op(o).kind == "attention" for o in ops):
+        return "attention"
     if "matmul" in ops or "conv" in ops:
         return "gemm"
     if "scatter_add" in ops:
@@ -646,4 +650,8 @@ def render(kernel: Node, name: str, error_codes: dict[int, int] | None = None,
     ``error_codes`` maps id(node) of take/scatter_add nodes to the code their failure
     writes; ``guarded`` makes every store wait on no earlier failure (the step must then not
     change state); ``gemm`` picks a matmul tile config (one of ``gemm_candidates``)."""
+    if classify(kernel) == "attention":
+        from lamina.backends.triton import attention
+
+        return attention.render(kernel, name, guarded)
     return Gen(kernel, name, error_codes or {}, guarded, gemm).render()

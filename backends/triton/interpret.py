@@ -59,6 +59,11 @@ def _torch_dtype(torch, d: dt.DType):
             dt.bool_: torch.int8}[d]
 
 
+# the element type of a kernel's pointer argument ("*fp32" -> float32)
+_POINTEE = {"*fp16": dt.float16, "*bf16": dt.bfloat16, "*fp32": dt.float32,
+            "*fp64": dt.float64, "*i32": dt.int32, "*i64": dt.int64, "*i8": dt.bool_}
+
+
 class InterpretProgram:
     """A planned graph whose kernels run under Triton's interpreter on the CPU."""
 
@@ -133,6 +138,12 @@ class InterpretProgram:
                         args.append(self._tensor(node, inputs, state, outs))
                     elif ref[0] == "error":
                         args.append(err)
+                    elif ref[0] == "scratch":
+                        loc = self.plan.scratch[node]
+                        name = list(s.signature)[len(args)]
+                        d = _POINTEE[s.signature[name]]
+                        args.append(self.arena_t[loc.offset:loc.offset + loc.nbytes].view(
+                            _torch_dtype(self.torch, d)))
                     else:
                         raise AssertionError(f"unknown kernel argument {ref}")
                 # IEEE arithmetic on the GPU does not warn: neither do the interpreter's numpy

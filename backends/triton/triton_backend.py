@@ -19,13 +19,13 @@ import os
 import sys
 
 from lamina.backends.triton import aot
+from lamina.backends.triton.attention import scratch_need
 from lamina.backends.triton.codegen import render
 from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
 from lamina.backends.triton.conv import fuse_conv_kernels
-from lamina.passes.expand import expand_attention
 from lamina.passes.expand_pool import expand_pool
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import RISKY, error_sites, plan_memory
@@ -83,10 +83,11 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
 class TritonBackend:
     name = "triton"
     # conv is lowered by the backend itself (an implicit GEMM per conv kernel: conv.py), so the
-    # im2col expansion (passes/expand_conv.py) is not among its passes; pooling and attention
-    # have no kernels of their own yet: where chains (passes/expand_pool.py) and the
-    # decomposition of attention (passes/expand.py)
-    passes = (expand_pool, expand_attention, fuse_conv_kernels)
+    # im2col expansion (passes/expand_conv.py) is not among its passes; so are attention and
+    # its gradient (flash-style kernels of their own: attention.py, each node a kernel alone,
+    # as the fusion pass keeps it), so their decomposition (passes/expand.py) is not either;
+    # pooling has no kernels of its own yet: where chains (passes/expand_pool.py)
+    passes = (expand_pool, fuse_conv_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}
@@ -96,7 +97,7 @@ class TritonBackend:
         if profile:
             raise LaminaError("profile() is available on backend='llvm' only")
         aot.triton_version()
-        plan = plan_memory(graph)
+        plan = plan_memory(graph, scratch_need)
         tune = None
         if mode() == "device":
             from lamina.backends.triton import cuda
@@ -182,7 +183,7 @@ class TritonBackend:
         kernels = doc.get("kernels")
         if not isinstance(kernels, list):
             raise ArtifactError("kernels.json: 'kernels' is missing or not a list")
-        plan = plan_memory(graph)
+        plan = plan_memory(graph, scratch_need)
         nodes = [n for n in plan.schedule if n.op == "kernel"]
         if len(nodes) != len(kernels):
             raise ArtifactError(f"kernels.json: has {len(kernels)} kernels for a graph of "
@@ -216,7 +217,7 @@ class TritonBackend:
 
 # --- reading an artifact's kernels.json (untrusted input) -----------------------------------
 
-_KINDS = ("loop", "row", "gemm", "scatter", "scan")  # what codegen.classify names
+_KINDS = ("loop", "row", "gemm", "scatter", "scan", "attention")  # what codegen.classify names
 _WARPS = (1, 2, 4, 8, 16, 32)
 _MAX_GRID = 2 ** 31 - 1  # CUDA's limit on grid.x (lamina's grids are static numbers)
 _MAX_SHARED = 1 << 20  # bytes; no GPU has more shared memory per block

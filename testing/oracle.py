@@ -190,10 +190,19 @@ class Oracle:
                     most = np.maximum(most, _diff(w, v))
                 spread = spread + most
             elif x.dtype.kind == "b":
-                moved = list(xs)
-                moved[i] = np.where(e > 0, ~x, x)
-                w = _wide(np.asarray(f(*moved, **attrs)))
-                spread = spread + _diff(w, v)
+                # the flipped choice, with the chosen operand anywhere within its own bound
+                # (where(c, a, 0) with a uncertain c and a = 0 +- e: the result may be e, not
+                # only the difference of the branches' values; checker seed 22, 5162)
+                most = np.zeros(np.shape(v))
+                for t in (0.0, -1.0, 1.0):
+                    moved = list(xs)
+                    moved[i] = np.where(e > 0, ~x, x)
+                    for j, (y, ey) in enumerate(zip(xs, es)):
+                        if j != i and y.dtype.kind == "f" and np.any(ey):
+                            moved[j] = y + t * ey
+                    w = _wide(np.asarray(f(*moved, **attrs)))
+                    most = np.maximum(most, _diff(w, v))
+                spread = spread + most
             else:  # an uncertain integer: anything may come out
                 spread = spread + np.where(np.broadcast_to(e, x.shape) > 0, INF, 0.0)
         # all float operands moved at once, to the corners (and half-way): the cross terms a

@@ -306,3 +306,23 @@ def test_average_pooling_bound_still_catches_a_wrong_window(monkeypatch):
     x = np.random.default_rng(228).uniform(-2, 2, (1, 2, 6, 7)).astype(np.float32)
     report = check_function(lambda x: (lm.avg_pool(x, 2),), _inputs(x), ["numpy"])
     assert any(f.kind == "wrong" and f.part == "program" for f in report.findings)
+
+
+def test_an_uncertain_choice_carries_the_chosen_branch_bound():
+    """Regression (checker seed 22, program 5162): max pooling as where chains over a conv
+    whose integer weights cancel to exactly 0 in float64; llvm's float32 sum left 2^-23 and
+    picked it over a hole's exact 0. The oracle bounded the flipped choice by the difference
+    of the branches' values (0) and not by the chosen branch's own bound."""
+    w = np.array([3, -1, -3, 1, 2, -3, 1, 3, 1, 0, -1, -1, 2, 0, 2, -3, -3, 3, 1, 2, 1, 0, 3,
+                  0, 2, 1, 2, 3, 2, 2, 1, 3, -3, -1, 0, 1, 3, 1, 1, 1, 2, -3, -3, 1, -2, -2,
+                  -1, 2], np.int64).reshape(16, 1, 3, 1)
+
+    def program(w):
+        y = lm.nn.functional.conv_transpose2d(lm.full((16, 16, 16, 16), 0.30814939737319946,
+                                                      lm.float32), w, stride=(1, 2),
+                                              padding=(0, 1), output_padding=(1, 0),
+                                              dilation=(2, 1))
+        return (lm.max_pool(y, (1, 3), stride=(1, 1), padding=(0, 1), ceil_mode=True),)
+
+    report = check_function(program, _inputs(w), ["numpy", "llvm"])
+    assert report.findings == []

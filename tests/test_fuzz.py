@@ -326,3 +326,21 @@ def test_an_uncertain_choice_carries_the_chosen_branch_bound():
 
     report = check_function(program, _inputs(w), ["numpy", "llvm"])
     assert report.findings == []
+
+
+def test_a_remainder_whose_dividend_spans_periods_is_uncertain():
+    """Regression (checker seed 22, program 1001): an int32 dividend of 784825105, rounded by
+    its cast to float32 (by 17), spans about ten periods of a divisor of 1.73: the remainder
+    may be anywhere in [0, 1.73), which the samples of the dividend's bound missed."""
+    a = np.array(784825105, np.int32)
+    b = np.array([1.7297523], np.float32)
+    report = check_function(lambda a, b: (lm.cos(lm.mod(a, b)),), _inputs(a, b),
+                            ["numpy", "llvm"])
+    assert report.findings == []
+
+
+def test_a_wrong_remainder_of_an_exact_dividend_is_still_reported(monkeypatch):
+    _break_numpy_backend(monkeypatch, lambda inputs, outs: [o + np.float32(1e-3) for o in outs])
+    x = np.array([5.5, -3.25, 7.0], np.float32)
+    report = check_function(lambda x: (lm.mod(x, 2.0),), _inputs(x), ["numpy"])
+    assert any(f.kind == "wrong" and f.part == "program" for f in report.findings)

@@ -205,6 +205,14 @@ class Oracle:
                 spread = spread + most
             else:  # an uncertain integer: anything may come out
                 spread = spread + np.where(np.broadcast_to(e, x.shape) > 0, INF, 0.0)
+        # uncertain bools flipped together: logical_or(c, c) of one uncertain c flips only when
+        # both operands do (checker seed 22, program 7989)
+        flips = [i for i, (x, e) in enumerate(zip(xs, es)) if x.dtype.kind == "b" and np.any(e)]
+        if len(flips) > 1:
+            moved = list(xs)
+            for i in flips:
+                moved[i] = np.where(es[i] > 0, ~xs[i], xs[i])
+            spread = spread + _diff(_wide(np.asarray(f(*moved, **attrs))), v)
         # all float operands moved at once, to the corners (and half-way): the cross terms a
         # first-order sum misses (x * x near 0 moves by e*e, not by 2*x*e)
         moving = [i for i, (x, e) in enumerate(zip(xs, es)) if x.dtype.kind == "f" and np.any(e)]

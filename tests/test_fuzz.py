@@ -344,3 +344,19 @@ def test_a_wrong_remainder_of_an_exact_dividend_is_still_reported(monkeypatch):
     x = np.array([5.5, -3.25, 7.0], np.float32)
     report = check_function(lambda x: (lm.mod(x, 2.0),), _inputs(x), ["numpy"])
     assert any(f.kind == "wrong" and f.part == "program" for f in report.findings)
+
+
+def test_one_uncertain_bool_used_twice_flips_in_both_places():
+    """Regression (checker seed 22, program 7989): ``v != tanh(v)`` at v = -1.24e-4 is True in
+    float64 and may be False in float32 (tanh rounds to v); ``logical_or(c, c)`` of it was
+    called exact because flipping either operand alone leaves the result True."""
+    v = np.array([-0.0001236345, 0.5], np.float32)
+
+    from lamina.frontend.ops import apply
+
+    def program(v):
+        c = v != lm.tanh(v)
+        return (apply("logical_or", c, c),)
+
+    report = check_function(program, _inputs(v), ["numpy", "llvm"])
+    assert report.findings == []

@@ -77,6 +77,7 @@ from lamina.frontend.ops import (
     zeros,
     zeros_like,
 )
+from lamina.frontend.loops import fori_loop, scan, while_loop
 from lamina.frontend.spatial import avg_pool, conv, conv_transpose, max_pool
 from lamina.frontend.tensor import Tensor
 from lamina.frontend.trace import trace
@@ -125,7 +126,8 @@ __all__ = [
     "stack", "std", "stop_gradient", "subtract", "sum", "take", "tanh", "trace", "transpose",
     "value_and_grad", "var", "where", "zeros", "zeros_like",
     # trigonometry, rounding, floor division, remainder, scans and padding
-    "ceil", "cos", "cumsum", "floor", "floor_divide", "mod", "pad", "remainder", "round", "sin",
+    "ceil", "cos", "cumsum", "floor", "floor_divide", "mod", "pad", "remainder", "round", "sin",    # loops (one node whatever the trip count)
+    "fori_loop", "scan", "while_loop",
 ]
 __all__ += ["avg_pool", "conv", "conv_transpose", "max_pool"]  # convolution and pooling
 __all__ += ["masked_fill"]  # masking (issue 9)

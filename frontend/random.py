@@ -50,7 +50,7 @@ def _draw(op: str, shape, key, dtype):
         else:
             if _advance_key not in ctx.finalizers:
                 ctx.finalizers.append(_advance_key)
-            key = ctx.read(_KEY)
+            key = ctx.rng_key(_KEY)
     stream = ctx.next_stream() if ctx is not None else 0
     if isinstance(key, (int, np.integer)):
         key = np.asarray(key, dtype=np.int64)

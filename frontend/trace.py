@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lamina.ir.builder import Builder
+from lamina.ir.builder import Builder, Var
 from lamina.ir.errors import DTypeError, PromotionWarning, ShapeError, SourceLoc, TraceError
 from lamina.ir.graph import Graph, Node, Param, Value
 from lamina.ir.tree import flatten
@@ -132,14 +132,94 @@ class Widening:
 
 
 class _TraceBuilder(Builder):
-    """The Builder of a trace. Besides building, it watches ``call`` (where numpy's promotion
-    happens) for a cast that widens a parameter to an argument's wider float type."""
+    """The Builder of a trace, or of a loop body inside one (``parent``: the builder of the
+    enclosing function or body).
 
-    def __init__(self, name: str, ctx: TraceContext, var_class):
+    While a loop body is being traced, every op goes into the body (``redirect`` points every
+    enclosing builder at it, so ``outer_tensor * 2`` inside the body lands there too), and a
+    value from an enclosing builder is captured: it becomes a parameter of the body and an
+    operand of the loop (``captures``). A value defined in a body that has ended cannot be
+    used outside it: it was not returned from the body.
+
+    It also watches ``call`` (where numpy's promotion happens) for a cast that widens a
+    parameter to an argument's wider float type."""
+
+    def __init__(self, name: str, ctx: TraceContext, var_class, parent: _TraceBuilder | None = None):
         super().__init__(name, var_class=var_class)
         self.ctx = ctx
+        self.parent = parent
+        self.redirect: _TraceBuilder | None = None  # the body being traced inside this one
+        self.own: set = set()  # the values defined here (parameters and nodes)
+        self.captures: dict = {}  # enclosing builder's value -> this body's parameter
+        self.captured: dict = {}  # any enclosing value (of any depth) -> this body's parameter
+
+    def add_input(self, name, type):
+        p = super().add_input(name, type)
+        self.own.add(p)
+        return p
+
+    def add_state(self, name, type):
+        p = super().add_state(name, type)
+        self.own.add(p)
+        return p
+
+    def own_value(self, v: Value) -> Value:
+        """``v`` as a value of this builder: itself, or a body parameter capturing it from an
+        enclosing builder."""
+        if v in self.own:
+            return v
+        p = self.captured.get(v)
+        if p is not None:
+            return p
+        if self.parent is None or self.closed:
+            raise TraceError("a tensor computed inside a loop body is used outside it (return "
+                             "it from the body: as a carry, or as a per-step output of lm.scan)",
+                             self.current_loc())
+        outer = self.parent.own_value(v)
+        name = outer.name if isinstance(outer, Param) else f"c{len(self.captures)}"
+        p = Param(self.ctx.unique(name), v.type, "input")
+        self.own.add(p)
+        self.captures[outer] = p
+        self.captured[v] = p
+        return p
+
+    def emit(self, op, inputs, attrs=None, loc=None, type=None, region=None):
+        if self.redirect is not None:
+            return self.redirect.emit(op, inputs, attrs, loc, type, region)
+        if self.closed and self.parent is not None and not self.root.closed:
+            raise TraceError("a tensor computed inside a loop body is used after the loop "
+                             "(return it from the body: as a carry, or as a per-step output "
+                             "of lm.scan)", self.current_loc())
+        node = super().emit(op, [self.own_value(v) for v in inputs], attrs, loc, type, region)
+        self.own.add(node)
+        return node
+
+    def lift(self, x, dtype=None):
+        if self.redirect is not None:
+            return self.redirect.lift(x, dtype)
+        if isinstance(x, Var):
+            if not isinstance(x.builder, _TraceBuilder) or x.builder.root is not self.root:
+                return super().lift(x, dtype)  # the error for a tensor of another trace
+            return self.own_value(x.value)
+        if isinstance(x, Value):
+            return self.own_value(x)
+        return self.own_value(super().lift(x, dtype))  # a Variable's state: maybe captured
+
+    def var(self, value):
+        if self.redirect is not None:
+            return self.redirect.var(value)
+        return super().var(value)
+
+    @property
+    def root(self) -> _TraceBuilder:
+        b = self
+        while b.parent is not None:
+            b = b.parent
+        return b
 
     def call(self, op: str, *args, **attrs):
+        if self.redirect is not None:
+            return self.redirect.call(op, *args, **attrs)
         start = len(self.nodes)
         out = super().call(op, *args, **attrs)
         # Promotion adds cast nodes before the op's own: only then is there anything to check.
@@ -192,6 +272,11 @@ class TraceContext:
         if assigned is not None:
             return assigned
         return self.builder.var(self.state_param(var))
+
+    def rng_key(self, var: Variable):
+        """The key of a random draw without an explicit one: ``var``'s value (a loop body
+        mixes in its step index, so every step draws fresh numbers)."""
+        return self.read(var)
 
     def state_param(self, var: Variable) -> Param:
         """The state parameter holding ``var``'s value at the start of the call."""

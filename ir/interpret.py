@@ -15,9 +15,21 @@ from lamina.ir.ops.registry import get as get_op
 
 def eval_node(node: Node, args: list[np.ndarray]) -> np.ndarray:
     """One node's value from its operands' values, with the dtype and shape of its type."""
-    if node.region is not None:  # a kernel: run its body
-        return interpret(node.region, args)[0][0]
     opdef = get_op(node.op)
+    if node.op == "kernel":  # a fused region: run its body
+        return interpret(node.region, args)[0][0]
+    if opdef.region:  # a loop: its value is a tuple of arrays
+        try:
+            out = opdef.ref(*args, region=node.region, **node.attrs)
+        except LaminaError as e:
+            raise e.at(node.loc) from None
+        for a, t in zip(out, node.type.types):
+            if a.dtype != t.dtype.np or a.shape != t.shape:
+                raise LaminaError(f"{node.op}: the reference gave {a.dtype}{list(a.shape)} "
+                                  f"for a result of type {t} (a bug)", node.loc)
+        return out
+    if opdef.kind == "loop":  # get: one part of a loop's value
+        return opdef.ref(*args, **node.attrs)
     try:
         with np.errstate(all="ignore"):  # inf/nan propagate like IEEE hardware, no warnings
             out = opdef.ref(*args, **node.attrs)

@@ -16,7 +16,7 @@ from lamina.ir.builder import Builder
 from lamina.ir.errors import LaminaError, ParseError, SourceLoc
 from lamina.ir.graph import Graph, Value
 from lamina.ir.ops.registry import get as get_op
-from lamina.ir.types import TensorType
+from lamina.ir.types import TensorType, TupleType
 
 _TOKEN = re.compile(r"""
     (?P<ws>[ \t\r]+)
@@ -163,7 +163,16 @@ class _Parser:
                 self.expect("punct", ",")
         return out
 
-    def type(self) -> TensorType:
+    def type(self) -> TensorType | TupleType:
+        if self.accept("punct", "("):  # a loop's result: (t0, t1, ...)
+            types = []
+            if not self.accept("punct", ")"):
+                while True:
+                    types.append(self.type())
+                    if self.accept("punct", ")"):
+                        break
+                    self.expect("punct", ",")
+            return TupleType(types)
         tok = self.expect("ident")
         try:
             d = dt.dtype(tok.text)
@@ -217,8 +226,8 @@ class _Parser:
         self.expect("punct", "(")
         inputs = [] if self.peek().kind == "punct" and self.peek().text == ")" else self.operands()
         self.expect("punct", ")")
-        if not opdef.region and self.accept("punct", "{"):
-            attrs = self.attrs()
+        if self.accept("punct", "{"):  # a region op's body comes after its type
+            attrs.update(self.attrs())
         self.expect("punct", ":")
         type_tok = self.peek()
         rtype = self.type()

@@ -90,7 +90,8 @@ def format_node(node: Node, name, indent: str = "", locations: bool = True) -> s
     """One node's line (a kernel node's header line: ``... = kernel @name(...) : t {``)."""
     args = ", ".join(name(v) for v in node.inputs)
     if node.region is not None:
-        text = f"{name(node)} = {node.op} @{node.attrs['name']}({args}) : {node.type} {{"
+        text = (f"{name(node)} = {node.op} @{node.attrs['name']}({args}){format_attrs(node)} "
+                f": {node.type} {{")
     else:
         text = f"{name(node)} = {node.op}({args}){format_attrs(node)} : {node.type}"
     return _with_loc(text, node.loc if locations else None, indent)

@@ -74,6 +74,47 @@ class TensorType:
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 
+class TupleType:
+    """The type of a node with several results (a loop: its carries and stacked outputs).
+    Printed as ``(f32[4], i32[])``. Nothing reads a tuple but ``get``, which picks one part;
+    a tuple has no shape or dtype of its own.
+
+    >>> TupleType([TensorType((4,)), TensorType((), "i32")])
+    (f32[4], i32[])
+    """
+
+    __slots__ = ("types",)
+
+    def __init__(self, types):
+        self.types = tuple(types)
+        for t in self.types:
+            if not isinstance(t, TensorType):
+                raise LaminaError(f"a tuple holds tensor types only, got {t!r}")
+
+    @property
+    def shape(self):
+        raise LaminaError(f"a {self} value has no shape: read one of its parts with get")
+
+    @property
+    def dtype(self):
+        raise LaminaError(f"a {self} value has no dtype: read one of its parts with get")
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TupleType) and self.types == other.types
+
+    def __hash__(self) -> int:
+        return hash(("tuple",) + self.types)
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(map(str, self.types)) + ")"
+
+    __repr__ = __str__
+
+
+
 def row_major_strides(shape) -> tuple[int, ...]:
     """Element strides of a C-contiguous array of ``shape``."""
     out, s = [], 1

@@ -13,6 +13,7 @@ from lamina.ir.errors import LaminaError, VerifyError
 from lamina.ir.graph import Graph, Node, Param, attrs_key
 from lamina.ir.ops.registry import REGISTRY
 from lamina.ir.printer import Namer, format_node
+from lamina.ir.types import TupleType
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")  # never a node number like %3
 
@@ -52,10 +53,11 @@ def verify(graph: Graph, *, allow_grad: bool = True, allow_composite: bool = Tru
         if not allow_composite and opdef.kind == "composite":
             raise fail(f"composite op {n.op} left after decomposition", n)
         if n.region is not None:
-            if any(m.region is not None for m in n.region.nodes):
-                raise fail("a kernel inside a kernel", n)
-            try:
-                verify(n.region, allow_grad=False, allow_composite=allow_composite)
+            if n.op == "kernel" and any(m.region is not None for m in n.region.nodes):
+                raise fail("a kernel or a loop inside a kernel", n)
+            try:  # a loop body may hold grad requests until autodiff expands them
+                verify(n.region, allow_grad=allow_grad and opdef.kind == "loop",
+                       allow_composite=allow_composite)
             except VerifyError as e:
                 raise fail(f"in the region of @{n.attrs.get('name')}: {e.message}", n) from None
         for v in n.inputs:
@@ -83,6 +85,8 @@ def verify(graph: Graph, *, allow_grad: bool = True, allow_composite: bool = Tru
     for v in graph.outputs:
         if v not in defined:
             raise fail(f"output {name(v)} is not defined in the graph")
+        if isinstance(v.type, TupleType):
+            raise fail(f"output {name(v)} is a tuple {v.type}: return its parts (get)")
     state = {p.name: p for p in graph.state}
     for key, v in graph.updates.items():
         if key not in state:

@@ -15,13 +15,19 @@ from lamina.ir.errors import GradError, LaminaError
 from lamina.ir.graph import Graph, Node, Value, ancestors
 from lamina.ir.ops.registry import ZERO_GRAD
 from lamina.ir.ops.registry import get as get_op
+from lamina.passes import loop_grad
 from lamina.passes.manager import remark
 from lamina.passes.rewrite import copy_node
 
 
+def _has_grad(g: Graph) -> bool:
+    return any(n.op == "grad" or (n.region is not None and n.op != "kernel"
+                                  and _has_grad(n.region)) for n in g.nodes)
+
+
 def differentiate(g: Graph) -> Graph:
-    """Expand every ``grad`` node of ``g``."""
-    if not any(n.op == "grad" for n in g.nodes):
+    """Expand every ``grad`` node of ``g`` (and of loop bodies)."""
+    if not _has_grad(g):
         return g
     b = Builder(g.name)
     b.inputs, b.state = list(g.inputs), list(g.state)
@@ -31,10 +37,22 @@ def differentiate(g: Graph) -> Graph:
         if n.op == "grad":
             by_loss.setdefault(n.inputs[0], []).append(n)
     done: dict[Value, dict[Value, Value]] = {}  # new loss -> {new wrt -> gradient}
+    # loops that some loss depends on are emitted with the residuals their backward reads
+    cone = ancestors(list(by_loss))
+    loops: dict = {}
     for n in g.nodes:
         ins = [env[v] for v in n.inputs]
         if n.op != "grad":
-            env[n] = copy_node(b, n, ins)
+            m = n
+            if n.region is not None and n.op != "kernel" and _has_grad(n.region):
+                m = Node(n.op, n.inputs, n.attrs, n.type, n.loc, differentiate(n.region))
+            b.loc = n.loc
+            if n in cone and n.op in ("scan", "fori_loop"):
+                env[n], plan = loop_grad.prepare(b, m, ins)
+                loops[env[n]] = plan
+            else:
+                env[n] = copy_node(b, m, ins) if m is n else \
+                    b.emit(m.op, ins, m.attrs, loc=m.loc, region=m.region)
             continue
         loss, wrt = ins
         grads = done.setdefault(loss, {})
@@ -42,7 +60,7 @@ def differentiate(g: Graph) -> Graph:
             # Every wrt of this loss that is defined by now, in one sweep.
             wrts = [env[m.inputs[1]] for m in by_loss[n.inputs[0]] if m.inputs[1] in env]
             wrts = [w for w in dict.fromkeys(wrts) if w not in grads]
-            grads.update(backward(b, loss, wrts, n))
+            grads.update(backward(b, loss, wrts, n, loops=loops))
         env[n] = grads[wrt]
     return g.replace(nodes=b.nodes, outputs=[env[v] for v in g.outputs],
                      updates={k: env[v] for k, v in g.updates.items()})
@@ -51,15 +69,48 @@ def differentiate(g: Graph) -> Graph:
 differentiate.pass_name = "autodiff"
 
 
-def backward(b: Builder, loss: Value, wrts: list[Value], request: Node) -> dict[Value, Value]:
-    """Append the backward sweep from ``loss`` to ``b``; the gradient of each of ``wrts``."""
-    order = _cone(loss, b.nodes)  # the nodes the loss depends on, in graph order
+def backward(b: Builder, loss: Value | None, wrts: list[Value], request: Node | None,
+             seeds: dict[Value, Value] | None = None, loops: dict | None = None,
+             quiet: bool = False) -> dict[Value, Value]:
+    """Append the backward sweep from ``loss`` to ``b``; the gradient of each of ``wrts``.
+
+    ``seeds`` (instead of a loss): the cotangents of several values to start from (a loop
+    body's results). ``loops``: the forward loop nodes that autodiff prepared (``loop_grad``),
+    whose backward is a loop of its own."""
+    roots = list(seeds) if seeds is not None else [loss]
+    order = _cone(roots, b.nodes)  # the nodes the roots depend on, in graph order
     carries = _carriers(order, set(wrts))
     ct: dict[Value, Value] = {}
-    b.loc = request.loc
-    ct[loss] = b.constant(1.0, loss.dtype)
+    parts: dict[Node, dict[int, Value]] = {}  # a loop's cotangents, by result index
+    b.loc = request.loc if request is not None else None
+    if seeds is not None:
+        ct.update(seeds)
+    else:
+        ct[loss] = b.constant(1.0, loss.dtype)
     emitted = Counter()
     for node in reversed(order):
+        if node.op == "get" and node in carries and node in ct:
+            got = parts.setdefault(node.inputs[0], {})
+            k = node.attrs["index"]
+            got[k] = ct[node] if k not in got else b.emit("add", (got[k], ct[node]))
+            continue
+        if node in parts and node in carries:
+            if loops is None or node not in loops:
+                raise GradError(
+                    "lm.while_loop is not differentiable: its trip count is known only at run "
+                    "time (use lm.fori_loop or lm.scan when it is static)"
+                    if node.op == "while_loop" else
+                    f"a gradient through this {node.op} is not supported yet (a loop inside a "
+                    "loop's body, or a second-order gradient through a loop)", node.loc)
+            b.loc = node.loc.with_note("grad") if node.loc else None
+            contribs = loops[node].backward(b, parts[node])
+            for x, c in zip(node.inputs, contribs):
+                if c is None or (x not in carries and x not in wrts):
+                    continue
+                c = _fit(b, b.lift(c), x)
+                ct[x] = c if x not in ct else b.emit("add", (ct[x], c))
+            emitted[node.op] += 1
+            continue
         g = ct.get(node)
         if g is None or node not in carries:
             continue
@@ -93,15 +144,16 @@ def backward(b: Builder, loss: Value, wrts: list[Value], request: Node) -> dict[
             c = _fit(b, b.lift(c), x)
             ct[x] = c if x not in ct else b.emit("add", (ct[x], c))
         emitted[node.op] += len(b.nodes) - before
-    b.loc = request.loc
+    b.loc = request.loc if request is not None else None
     out = {}
     for w in wrts:
         out[w] = ct[w] if w in ct else b.constant(0.0, w.dtype, w.shape)
-        if w not in ct:
+        if w not in ct and not quiet:
             remark(f"gradient with respect to {_describe(w)} is zero: the loss does not "
                    "depend on it")
-    remark(f"backward of {_describe(loss)} for {len(wrts)} value(s): "
-           f"{sum(emitted.values())} node(s) from {len(emitted)} op kind(s)")
+    if not quiet:
+        remark(f"backward of {_describe(loss)} for {len(wrts)} value(s): "
+               f"{sum(emitted.values())} node(s) from {len(emitted)} op kind(s)")
     return out
 
 
@@ -127,9 +179,9 @@ def _describe(v: Value) -> str:
     return f"%{v.name}"
 
 
-def _cone(loss: Value, nodes: list[Node]) -> list[Node]:
-    """The nodes ``loss`` depends on (itself included), in graph order."""
-    seen = ancestors([loss])
+def _cone(roots: list[Value], nodes: list[Node]) -> list[Node]:
+    """The nodes ``roots`` depend on (themselves included), in graph order."""
+    seen = ancestors(roots)
     return [n for n in nodes if n in seen]
 
 

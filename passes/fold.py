@@ -38,7 +38,7 @@ def fold_constants(g: Graph) -> Graph:
 
     def rule(b, n, ins):
         opdef = get_op(n.op)
-        if opdef.kind in ("source", "random", "special") or not ins:
+        if opdef.kind in ("source", "random", "special", "loop") or not ins:
             return None
         if not all(isinstance(v, Node) and v.op == "constant" for v in ins):
             return None

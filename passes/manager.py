@@ -60,6 +60,25 @@ def pass_name(p: Pass) -> str:
     return getattr(p, "pass_name", None) or p.__name__
 
 
+def in_loop_bodies(p: Pass, graph: Graph) -> Graph:
+    """``p`` applied to the body of every loop (innermost first), then to ``graph``."""
+    from lamina.ir.ops.registry import get as get_op
+    from lamina.passes.rewrite import rewrite
+
+    if not any(n.region is not None and get_op(n.op).kind == "loop" for n in graph.nodes):
+        return p(graph)
+
+    def rule(b, n, ins):
+        if n.region is None or get_op(n.op).kind != "loop":
+            return None
+        body = in_loop_bodies(p, n.region)
+        if body is n.region:
+            return None
+        return b.emit(n.op, ins, n.attrs, loc=n.loc, region=body)
+
+    return p(rewrite(graph, rule))
+
+
 class PassManager:
     """Runs ``passes`` in order; ``run`` returns the final graph and one Stage per pass.
 
@@ -90,7 +109,7 @@ class PassManager:
             token = _remarks.set(sink)
             start = time.perf_counter()
             try:
-                new = p(graph)
+                new = in_loop_bodies(p, graph)
             except LaminaError:
                 raise
             except Exception as e:  # a bug in a pass: say which pass, keep the cause

@@ -261,3 +261,14 @@ def test_conv_and_scan_kernels_survive_an_artifact(tmp_path):
     got = lm.load(str(tmp_path / "conv.lamina"))(x, w)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_axis_whose_only_tap_reads_padding():
+    """Regression (checker seed 24, program 1250): one output row and a kernel of one tap
+    along an axis make the tap's input position a constant (-padding); its bounds check was
+    a Python bool and-ed into the load mask, which the interpreter rejects (and which is
+    always false: every lane of that axis reads padding)."""
+    x = _randn(2, 2, 2, 1, dtype=f64)
+    w = _randn(1, 2, 1, 1)
+    _check(lambda x, w: lm.conv(x, w, stride=(1, 3), padding=((1, 1), (1, 1)),
+                                dilation=(1, 2)), x, w, compile_for=BOTH)

@@ -38,6 +38,7 @@ from lamina.passes.expand_conv import expand_conv
 from lamina.passes.fuse import fuse_kernels_gather
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import plan_memory
+from lamina.passes.unroll import unroll_loops
 from lamina.runtime import cache as cache_mod
 from lamina.runtime.artifact import graph_digest
 
@@ -161,7 +162,8 @@ def gemm_dtypes(graph: Graph) -> list[str]:
 class LLVMBackend:
     name = "llvm"
     # conv: an im2col gather the GEMM reads through offset tables (an implicit GEMM)
-    passes = (expand_conv, fuse_kernels_gather)
+    # NOTE: loops are unrolled until the backend runs them as loops (issue 10)
+    passes = (unroll_loops, expand_conv, fuse_kernels_gather)
 
     def __init__(self):
         self.cache = None

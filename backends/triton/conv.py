@@ -154,7 +154,9 @@ class ConvKernel:
             reach = (out[i] - 1) * stride[i] + (kernel[i] - 1) * dilation[i] - lo
             deps = opos[i].deps | ka[1 + i].deps
             if lo or reach >= spatial[i]:
-                e = self.tmp(e, "i")
+                # one output row and one tap: the position is a constant, whose bounds check
+                # must still be a tensor to and into the load mask (checker seed 24, 1250)
+                e = self.tmp(e if deps else f"tl.full([1, 1], {e}, tl.int32)", "i")
                 inside += ([f"({e} >= 0)"] if lo else []) + \
                     ([f"({e} < {spatial[i]})"] if reach >= spatial[i] else [])
                 deps = deps | {"p"}

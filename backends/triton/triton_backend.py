@@ -28,6 +28,7 @@ from lamina.ir.graph import Graph, Node
 from lamina.backends.triton.conv import fuse_conv_kernels
 from lamina.passes.expand_pool import expand_pool
 from lamina.passes.manager import write_atomic
+from lamina.passes.unroll import unroll_loops
 from lamina.passes.memory import RISKY, error_sites, plan_memory
 
 ARTIFACT_FORMAT = 1
@@ -87,7 +88,8 @@ class TritonBackend:
     # its gradient (flash-style kernels of their own: attention.py, each node a kernel alone,
     # as the fusion pass keeps it), so their decomposition (passes/expand.py) is not either;
     # pooling has no kernels of its own yet: where chains (passes/expand_pool.py)
-    passes = (expand_pool, fuse_conv_kernels)
+    # NOTE: loops are unrolled until the backend runs them as loops (issue 10)
+    passes = (unroll_loops, expand_pool, fuse_conv_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}

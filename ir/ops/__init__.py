@@ -6,6 +6,7 @@ from lamina.ir.ops import (  # noqa: F401
     elementwise,
     kernel,
     linalg,
+    loop,
     nn,
     pool,
     reduce,

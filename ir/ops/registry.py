@@ -29,8 +29,10 @@ from lamina.ir.types import TensorType
 #   kernel       a fused region (made by passes.fuse), lowered as one unit by a backend
 #   attention    fused attention and its gradient: one flash-style kernel each where a backend
 #                has one, else expanded by their ``decompose`` (passes/expand.py)
+#   loop         scan, fori_loop, while_loop (a body region run once per step; their value is
+#                a tuple) and ``get``, which reads one part of it (ir/ops/loop.py)
 KINDS = ("elementwise", "reduce", "shape", "contract", "source", "random", "composite", "special",
-         "kernel", "scan", "window", "attention")
+         "kernel", "scan", "window", "attention", "loop")
 
 # The value of ``vjp`` for ops whose result is discrete (comparisons, argmax, iota): no
 # cotangent flows through them, so the gradient with respect to their inputs is zero.

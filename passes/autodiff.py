@@ -26,42 +26,45 @@ def _has_grad(g: Graph) -> bool:
 
 
 def differentiate(g: Graph) -> Graph:
-    """Expand every ``grad`` node of ``g`` (and of loop bodies)."""
-    if not _has_grad(g):
-        return g
+    """Expand every ``grad`` node of ``g`` (and of loop bodies), one loss at a time in graph
+    order: a gradient of a gradient then differentiates the first one's expansion, loops
+    (its backward scans) included."""
+    while _has_grad(g):
+        g = _expand_first_loss(g)
+    return g
+
+
+def _expand_first_loss(g: Graph) -> Graph:
     b = Builder(g.name)
     b.inputs, b.state = list(g.inputs), list(g.state)
     env: dict[Value, Value] = {p: p for p in g.params}
-    by_loss: dict[Value, list[Node]] = {}
-    for n in g.nodes:
-        if n.op == "grad":
-            by_loss.setdefault(n.inputs[0], []).append(n)
-    done: dict[Value, dict[Value, Value]] = {}  # new loss -> {new wrt -> gradient}
-    # loops that some loss depends on are emitted with the residuals their backward reads
-    cone = ancestors(list(by_loss))
+    requests = [n for n in g.nodes if n.op == "grad"]
+    loss = requests[0].inputs[0] if requests else None
+    mine = [n for n in requests if n.inputs[0] is loss]
+    # loops the loss depends on are emitted with the residuals their backward reads
+    cone = ancestors([loss]) if requests else set()
     loops: dict = {}
+    grads: dict[Value, Value] | None = None
     for n in g.nodes:
         ins = [env[v] for v in n.inputs]
-        if n.op != "grad":
-            m = n
-            if n.region is not None and n.op != "kernel" and _has_grad(n.region):
-                m = Node(n.op, n.inputs, n.attrs, n.type, n.loc, differentiate(n.region))
-            b.loc = n.loc
-            if n in cone and n.op in ("scan", "fori_loop"):
-                env[n], plan = loop_grad.prepare(b, m, ins)
-                loops[env[n]] = plan
-            else:
-                env[n] = copy_node(b, m, ins) if m is n else \
-                    b.emit(m.op, ins, m.attrs, loc=m.loc, region=m.region)
+        if n.op == "grad" and n.inputs[0] is loss:
+            if grads is None:  # every wrt of this loss that is defined by now, in one sweep
+                wrts = [env[m.inputs[1]] for m in mine if m.inputs[1] in env]
+                grads = backward(b, ins[0], list(dict.fromkeys(wrts)), n, loops=loops)
+            if ins[1] not in grads:  # a wrt defined after the first request: another sweep
+                grads.update(backward(b, ins[0], [ins[1]], n, loops=loops))
+            env[n] = grads[ins[1]]
             continue
-        loss, wrt = ins
-        grads = done.setdefault(loss, {})
-        if wrt not in grads:
-            # Every wrt of this loss that is defined by now, in one sweep.
-            wrts = [env[m.inputs[1]] for m in by_loss[n.inputs[0]] if m.inputs[1] in env]
-            wrts = [w for w in dict.fromkeys(wrts) if w not in grads]
-            grads.update(backward(b, loss, wrts, n, loops=loops))
-        env[n] = grads[wrt]
+        m = n
+        if n.region is not None and n.op != "kernel" and _has_grad(n.region):
+            m = Node(n.op, n.inputs, n.attrs, n.type, n.loc, differentiate(n.region))
+        b.loc = n.loc
+        if n in cone and n.op in ("scan", "fori_loop"):
+            env[n], plan = loop_grad.prepare(b, m, ins)
+            loops[env[n]] = plan
+        else:
+            env[n] = copy_node(b, m, ins) if m is n else \
+                b.emit(m.op, ins, m.attrs, loc=m.loc, region=m.region)
     return g.replace(nodes=b.nodes, outputs=[env[v] for v in g.outputs],
                      updates={k: env[v] for k, v in g.updates.items()})
 

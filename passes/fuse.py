@@ -60,6 +60,8 @@ def category(n: Node) -> str:
         return "reduce"
     if n.op == "scatter_add" or n.op == "kernel" or get_op(n.op).kind == "attention":
         return "opaque"
+    if get_op(n.op).kind == "loop":
+        return "loop"
     if get_op(n.op).kind == "scan":
         return "scan"
     if n.op in POOL_GRADS:
@@ -137,6 +139,7 @@ class Fuser:
         # (producer, consumer group's root, why): turned into remarks once kernels have names
         self.boundaries: list[tuple[Node, Node, str]] = []
         self.reasons: dict[Node, str] = {}  # why a producer stayed out of the current group
+        self.kept: set[Node] = set()  # loops and their results: top-level nodes of their own
         self.misread = False  # a reduction was left out: it would have been read at other rows
 
     def decline(self, p: Node, reason: str) -> bool:
@@ -153,6 +156,9 @@ class Fuser:
             if move is not None:
                 return self.decline(p, f"the {move.op} reading it needs other rows than the "
                                        "one a row program holds: it is computed whole first")
+        if cat == "loop":
+            return self.decline(p, "a loop's results are stored (the loop runs its body's "
+                                   "kernels step by step)")
         if cat in ("opaque", "constant") or G.kind == "opaque":
             return self.decline(p, "scatter_add, attention and non-splat constants are kernels "
                                    "of their own")
@@ -471,6 +477,10 @@ class Fuser:
                 continue
             if n.op == "constant":
                 continue  # literals stay top-level (splats are cloned into kernels)
+            if category(n) == "loop":  # loops (their bodies fused already) and their results
+                needed.update(v for v in n.inputs if isinstance(v, Node))
+                self.kept.add(n)
+                continue
             G = self.group_at(n, needed)
             groups[n] = G
             owned |= G.members - G.clones
@@ -489,6 +499,9 @@ class Fuser:
             if G is None:
                 if n.op == "constant":  # literals (and splats still read at top level)
                     env[n] = b.emit("constant", (), n.attrs, loc=n.loc)
+                elif category(n) == "loop" and n in self.kept:
+                    env[n] = b.emit(n.op, [env[v] for v in n.inputs], n.attrs, loc=n.loc,
+                                    region=n.region)
                 continue
             region, operands = _region(G, g)
             name = named[n] = kernel_name(G, names)
@@ -771,7 +784,7 @@ def describe(G: Group) -> str:
 
 def fuse_kernels(g: Graph) -> Graph:
     """Group every op of ``g`` into kernels (see the module docstring)."""
-    if any(n.region is not None for n in g.nodes):
+    if any(n.op == "kernel" for n in g.nodes):
         return g  # already fused
     return Fuser(g).run()
 
@@ -779,7 +792,7 @@ def fuse_kernels(g: Graph) -> Graph:
 def fuse_kernels_gather(g: Graph) -> Graph:
     """:func:`fuse_kernels` for a backend whose GEMM reads operands through offset tables
     (llvm): a conv's im2col gather joins the GEMM as its B operand instead of a tensor."""
-    if any(n.region is not None for n in g.nodes):
+    if any(n.op == "kernel" for n in g.nodes):
         return g
     return Fuser(g, gather_operands=True).run()
 

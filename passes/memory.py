@@ -89,9 +89,15 @@ RISKY = ("take", "scatter_add")  # ops that can stop a step midway (an index out
 
 def error_sites(graph: Graph) -> list[Node]:
     """The ops that can find an index out of range, in a fixed order: site k sets the error
-    flag to k + 1, and the runtime maps it back to the op's source line."""
-    return [m for n in graph.nodes if n.region is not None for m in n.region.nodes
-            if m.op in RISKY]
+    flag to k + 1, and the runtime maps it back to the op's source line. Loop bodies' kernels
+    count too (depth first, in graph order)."""
+    out: list[Node] = []
+    for n in graph.nodes:
+        if n.op == "kernel":
+            out.extend(m for m in n.region.nodes if m.op in RISKY)
+        elif n.region is not None:
+            out.extend(m for m in error_sites(n.region) if m not in out)
+    return out
 
 
 def index_error(graph: Graph, code: int) -> LaminaError:
@@ -184,7 +190,8 @@ def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
             users.setdefault(v, []).append(n)
     in_place, copies = [], []
     risky = [position[n] for n in schedule
-             if n.region is not None and any(m.op in RISKY for m in n.region.nodes)]
+             if n.region is not None and (any(m.op in RISKY for m in n.region.nodes) or
+                                          (n.op != "kernel" and error_sites(n.region)))]
     last_risky = max(risky, default=-1)
     written_over: set[Node] = set()  # kernels writing over one of their own operands
     state_index = {p.name: i for i, p in enumerate(g.state)}
@@ -257,15 +264,29 @@ def plan_memory(g: Graph, scratch_need=None) -> MemoryPlan:
         live = still
         _merge(free)
 
+    # a loop writes its results (the get nodes reading them) while it runs
+    results: dict[Node, list[Node]] = {}
+    for n in schedule:
+        if n.op == "get":
+            results.setdefault(n.inputs[0], []).append(n)
     for n in schedule:
         i = position[n]
         release(i)  # results last read before this kernel
-        need = scratch_need(n, n in written_over) if scratch_need and n.op == "kernel" else None
+        loop = n.region is not None and n.op != "kernel"
+        need = scratch_need(n, n in written_over) \
+            if scratch_need and (n.op == "kernel" or loop) else None
         if need is not None:
             off = allocate(need)
             scratch[n] = Location("arena", offset=off, nbytes=need)
             live.append((i, off, _aligned(need)))
-        if n in location:
+        if loop:
+            for r in results.get(n, ()):
+                if r not in location:
+                    off = allocate(r.type.nbytes)
+                    location[r] = Location("arena", offset=off, nbytes=r.type.nbytes)
+                    live.append((last_use.get(r, i), off, _aligned(max(r.type.nbytes, 1))))
+            continue
+        if n in location or n.op == "get":
             continue
         off = allocate(n.type.nbytes)
         location[n] = Location("arena", offset=off, nbytes=n.type.nbytes)

@@ -39,6 +39,7 @@ LONG_ROWS = (257, 1000, 1024, 4097)
 MAX_INPUTS = 6
 MAX_MAGNITUDE = 1e5  # larger values would make every later float32 comparison meaningless
 GRAD_WEIGHT = 0.08  # share of steps that are gradients (lm.grad inside the program)
+LOOP_WEIGHT = 0.06  # share of steps that are loops (lm.scan, lm.fori_loop, lm.while_loop)
 TRAIN_SHARE = 0.3  # share of programs that are training steps (parameters + opt.minimize)
 OPTIMIZERS = ("lm.optim.SGD({params}, lr=0.1)",
               "lm.optim.SGD({params}, lr=0.05, momentum=0.9)",
@@ -287,6 +288,72 @@ class Generator:
                  f"{name} = lm.grad(f_{name}, argnums={k})({', '.join(params)})"]
         return Step(name, lines, params, "grad")
 
+    def loop_step(self) -> Step:
+        """A loop around the steps that compute a float value ``v``: their lines replayed in
+        the body, whose carry accumulates ``v`` (``c * 0.5 + v``). ``lm.scan`` feeds one of
+        v's inputs per step from a new stacked input (step 0: the input's own data, the
+        others drawn from its range) and may run in reverse; ``lm.fori_loop`` adds its index;
+        ``lm.while_loop`` counts with an integer carry (forward only: its result is read
+        through ``lm.stop_gradient``, which the gradient checks then do not cross)."""
+        rng = self.rng
+        cands = [v for v in self.pool if v.step and v.array.dtype.kind == "f"]
+        if not cands:
+            raise Rejected("nothing to loop over")
+        v = cands[int(rng.integers(len(cands)))]
+        loop = ("scan", "fori_loop", "while_loop")[int(rng.choice(3, p=[0.5, 0.3, 0.2]))]
+        body = [line for s in self.closure(v.name) for line in s.lines]
+        deps = [i.name for i in self.inputs if i.name in v.inputs]
+        name = self.fresh_name()
+        t = v.tensor.type
+        zeros = f"lm.zeros({spell.fmt(t.shape)}, {spell.fmt(t.dtype)})"
+        n = int(rng.choice([0, 1, 2, 3, 4], p=[0.05, 0.2, 0.35, 0.25, 0.15]))
+        ck = ", checkpoint=True" if rng.random() < 0.3 else ""
+        indent = ["    " + b for b in body]
+        if loop == "scan":
+            sliced = [d for d in deps if d not in self.params]
+            if not sliced:
+                raise Rejected("no input to feed per step")
+            a = sliced[int(rng.integers(len(sliced)))]
+            src = self.input_of(a)
+            spec = Operand(kind(src.data.dtype), src.lo, src.hi, src.min_abs)
+            steps = [src.data] + [self.g.draw(spec, src.data.shape, src.data.dtype)
+                                  for _ in range(max(0, n - 1))]
+            data = np.stack(steps)[:n] if n else np.zeros((0,) + src.data.shape,
+                                                          src.data.dtype)
+            if data.size > self.g.max_elems:
+                raise Rejected("stacked input too large")
+            xs = self.add_stacked(a, data)
+            rev = ", reverse=True" if rng.random() < 0.3 else ""
+            pick = int(rng.integers(2))
+            lines = [f"def f_{name}(c, {a}):", *indent,
+                     f"    return c * 0.5 + {v.name}, {v.name}",
+                     f"{name} = lm.scan(f_{name}, {zeros}, {xs}{rev}{ck})[{pick}]"]
+            deps = [d for d in deps if d != a] + [xs]
+        elif loop == "fori_loop":
+            lo = int(rng.integers(-2, 3))
+            lines = [f"def f_{name}(i, c):", *indent,
+                     f"    return c * 0.5 + {v.name} + i.astype(c.dtype)",
+                     f"{name} = lm.fori_loop({lo}, {lo + n}, f_{name}, {zeros}{ck})"]
+        else:
+            lines = [f"def f_{name}(c):", "    k, acc = c", *indent,
+                     f"    return k + 1, acc * 0.5 + {v.name}",
+                     f"{name} = lm.stop_gradient(lm.while_loop(lambda c: c[0] < {n}, "
+                     f"f_{name}, (0, {zeros}))[1])"]
+        return Step(name, lines, deps, loop)
+
+    def add_stacked(self, like: str, data: np.ndarray) -> str:
+        """A new input holding ``data`` (per-step values of input ``like``)."""
+        src = self.input_of(like)
+        name = self.fresh_name()
+        view = "contig" if self.rng.random() < 0.6 else str(self.rng.choice(VIEWS[1:]))
+        self.inputs.append(Input(name, data, view, src.lo, src.hi, src.min_abs))
+        t = self.ctx.builder.var(self.ctx.builder.add_input(
+            name, TensorType(data.shape, dt.dtype(data.dtype))))
+        self.ns[name] = t
+        self.env[t.value] = data
+        self.pool.append(Val(name, t, data, frozenset([name]), False))
+        return name
+
     def input_of(self, name: str) -> Input:
         return next(i for i in self.inputs if i.name == name)
 
@@ -313,7 +380,8 @@ class Generator:
         for p in b.state:  # state the step read (lamina's global random key): its value now
             if p not in self.env:
                 self.env[p] = self.ctx.variables[p.name].numpy()
-        if any(n.type.size > 4 * self.g.max_elems for n in new):
+        if any(isinstance(n.type, TensorType) and n.type.size > 4 * self.g.max_elems
+               for n in new):
             raise Rejected("a value too large")  # before anything is computed
         try:
             if step.op == "grad":
@@ -393,8 +461,11 @@ class Generator:
             tries = 0
             while len(self.steps) < n_steps and tries < 40 * n_steps and self.broken is None:
                 tries += 1
-                if rng.random() < GRAD_WEIGHT:
+                r = rng.random()
+                if r < GRAD_WEIGHT:
                     self.attempt(self.grad_step)
+                elif r < GRAD_WEIGHT + LOOP_WEIGHT:
+                    self.attempt(self.loop_step)
                 else:
                     opdef = self.ops[int(rng.integers(len(self.ops)))]
                     self.attempt(lambda o=opdef: self.op_step(o))

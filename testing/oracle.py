@@ -34,6 +34,7 @@ import numpy as np
 
 from lamina.ir import dtypes as dt
 from lamina.ir.graph import Graph
+from lamina.ir.ops.loop import LOOP_OPS
 from lamina.ir.ops.reduce import reduce_axes
 from lamina.ir.ops.registry import get as get_op
 
@@ -67,11 +68,13 @@ class Oracle:
 
     def __init__(self, graph: Graph):
         from lamina.passes.expand_pool import expand_pool
+        from lamina.passes.manager import in_loop_bodies
 
         # max pooling and its gradient in the ops they are defined by (slices, pads, where);
         # average pooling keeps its own rule (window_sum): as a chain of adds its bound
         # would follow one summation order, and a backend may sum the window in another
-        self.graph = expand_pool(graph, only=frozenset({"max_pool", "max_pool_grad"}))
+        self.graph = in_loop_bodies(
+            lambda g: expand_pool(g, only=frozenset({"max_pool", "max_pool_grad"})), graph)
 
     def run(self, inputs, state: dict | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """(value, err) of every output; ``self.updates`` gets those of the state updates."""
@@ -82,13 +85,82 @@ class Oracle:
         for p in self.graph.state:
             a = np.asarray((state or {})[p.name])
             env[p] = (_wide(a), np.zeros(a.shape))
-        for n in self.graph.nodes:
+        self.evaluate(self.graph.nodes, env)
+        self.updates = {k: env[v] for k, v in self.graph.updates.items()}
+        return [env[v] for v in self.graph.outputs]
+
+    def evaluate(self, nodes, env: dict) -> None:
+        """(value, err) of ``nodes`` into ``env`` (a loop's: a list of them, one per result)."""
+        for n in nodes:
             vals = [env[v] for v in n.inputs]
+            if n.op == "get":
+                env[n] = vals[0][n.attrs["index"]]
+                continue
+            if n.op in LOOP_OPS:
+                env[n] = self.loop(n, vals)
+                continue
             with np.errstate(all="ignore"):
                 v, e = self.node(n, [x for x, _ in vals], [x for _, x in vals])
             env[n] = (v, _clean(np.broadcast_to(e, np.shape(v))))
-        self.updates = {k: env[v] for k, v in self.graph.updates.items()}
-        return [env[v] for v in self.graph.outputs]
+
+    def body(self, region, args: list) -> list:
+        env = dict(zip(region.inputs, args))
+        self.evaluate(region.nodes, env)
+        return [env[v] for v in region.outputs]
+
+    def loop(self, n, vals: list) -> list:
+        """A loop's results, step by step: the body's bounds carried from step to step. A
+        while_loop whose condition may go either way (an uncertain bool) is uncertain."""
+        a, region = n.attrs, n.region
+        nc = a["num_consts"]
+        consts = vals[:nc]
+
+        def index(i):
+            return (np.asarray(i, np.int32), np.zeros(()))
+
+        if n.op == "scan":
+            k = a["num_carry"]
+            carry, xs = vals[nc:nc + k], vals[nc + k:]
+            steps = range(a["length"])
+            ys: list = [[None] * a["length"] for _ in region.outputs[k:]]
+            for t in (reversed(steps) if a["reverse"] else steps):
+                out = self.body(region, [index(t)] + consts + carry +
+                                [(x[t], np.broadcast_to(e, np.shape(x))[t]) for x, e in xs])
+                carry = out[:k]
+                for j, y in enumerate(out[k:]):
+                    ys[j][t] = y
+            stacked = []
+            for j, parts in enumerate(ys):
+                if not parts:
+                    t = n.type.types[k + j]
+                    stacked.append((np.zeros(t.shape, _wide(np.zeros(0, t.dtype.np)).dtype),
+                                    np.zeros(t.shape)))
+                else:
+                    stacked.append((np.stack([p[0] for p in parts]),
+                                    np.stack([np.broadcast_to(p[1], np.shape(p[0]))
+                                              for p in parts])))
+            return carry + stacked
+        carry = vals[nc:]
+        if n.op == "fori_loop":
+            for i in range(a["lower"], a["upper"]):
+                carry = self.body(region, [index(i)] + consts + carry)
+            return carry
+        from lamina.ir.ops.loop import condition_nodes
+
+        first = condition_nodes(region)
+        rest = [m for m in region.nodes if m not in set(first)]
+        i = 0
+        while True:
+            env = dict(zip(region.inputs, [index(i)] + consts + carry))
+            self.evaluate(first, env)
+            p, pe = env[region.outputs[0]]
+            if np.any(pe):  # the condition may flip: the trip count is uncertain
+                return [(v, np.full(np.shape(v), INF)) for v, _ in carry]
+            if not bool(p):
+                return carry
+            self.evaluate(rest, env)
+            carry = [env[v] for v in region.outputs[1:]]
+            i += 1
 
     # --- one node ------------------------------------------------------------------------
 

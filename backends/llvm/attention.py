@@ -192,7 +192,7 @@ class _Gen:
         self._pack("cols", dst, src, row0, rows_total, cols, block, ldc)
 
     def _pack(self, how, dst, src, row0, rows_total, cols, block, ld):
-        fns = self.ke.cg.__dict__.setdefault("_attn_pack", {})
+        fns = self.ke.cg.shared.setdefault("_attn_pack", {})
         fn = fns.get((self.ft, how))
         if fn is None:
             fn = fns[(self.ft, how)] = _pack_function(self, how)
@@ -208,7 +208,7 @@ class _Gen:
         # time), the strides are constants (run-time strides cost a register per row of the
         # register block: the inner loop spilled and ran 4x slower)
         key = (a_rs, a_cs, ldb, ldc, bool(accumulate))
-        fns = self.ke.cg.__dict__.setdefault("_attn_mm", {})
+        fns = self.ke.cg.shared.setdefault("_attn_mm", {})
         fn = fns.get((self.ft, key))
         if fn is None:
             fn = fns[(self.ft, key)] = _MatMul(self, key, len(fns)).fn

@@ -28,6 +28,7 @@ from lamina.backends.llvm import jit
 from lamina.backends.llvm import lower as L
 from lamina.backends.llvm import pool
 from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
+from lamina.backends.llvm.loops import LoopPlanner
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.source import constant_array
 from lamina.passes.memory import RISKY, MemoryPlan, error_sites
@@ -112,20 +113,33 @@ class Slots:
 
 
 class Codegen:
+    """The module of one planned graph; ``parent``: the code generator of the graph whose
+    loop has this graph as its body (the body shares its module, names and error flag)."""
+
     def __init__(self, graph: Graph, plan: MemoryPlan, name: str = "lamina",
-                 profile: bool = False):
+                 profile: bool = False, loops: LoopPlanner | None = None,
+                 parent: Codegen | None = None):
         self.graph = graph
         self.plan = plan
         self.profile = profile  # time every kernel call (cycles) into the global lamina_prof
-        self.module = jit.new_module(name)
+        self.loops = loops if loops is not None else LoopPlanner()
         self.slots = Slots(len(graph.inputs), len(graph.state), len(graph.outputs))
-        self.error_flag = ir.GlobalVariable(self.module, I32, "lamina_error")
-        self.error_flag.initializer = ir.Constant(I32, 0)
-        self.error_flag.linkage = "internal"
-        self.literals: dict[Node, ir.GlobalVariable] = {}
+        if parent is None:
+            self.module = jit.new_module(name)
+            self.error_flag = ir.GlobalVariable(self.module, I32, "lamina_error")
+            self.error_flag.initializer = ir.Constant(I32, 0)
+            self.error_flag.linkage = "internal"
+            self.literals: dict[Node, ir.GlobalVariable] = {}
+            self.names: set[str] = set()
+            self.error_codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
+            self.shared: dict = {}  # helper functions kernels share (attention.py)
+        else:
+            self.shared = parent.shared
+            self.module, self.error_flag = parent.module, parent.error_flag
+            self.literals, self.names = parent.literals, parent.names
+            self.error_codes = parent.error_codes
         self.kernels: list[tuple[Node, KernelFn]] = []
-        self.names: set[str] = set()
-        self.error_codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
+        self.steps: list[tuple[Node, object]] = []  # kernels and loops, in schedule order
 
     # --- where values live ------------------------------------------------------------------
 
@@ -173,8 +187,8 @@ class Codegen:
 
     # --- the module -------------------------------------------------------------------------
 
-    def kernel_name(self, node: Node) -> str:
-        base = node.attrs["name"]
+    def kernel_name(self, node: Node, base: str | None = None) -> str:
+        base = base or node.attrs["name"]
         name, k = base, 1
         while name in self.names:
             name = f"{base}.{k}"
@@ -183,12 +197,27 @@ class Codegen:
         return name
 
     def build(self) -> ir.Module:
+        self.emit_functions()
+        self.emit_entry()
+        return self.module
+
+    def emit_functions(self) -> None:
+        """A function per kernel, and per loop body (with the functions its kernels need)."""
         for n in self.plan.schedule:
             if n.op == "kernel":
                 ke = KernelEmitter(self, n, self.kernel_name(n))
-                self.kernels.append((n, ke.emit()))
-        self.emit_entry()
-        return self.module
+                fn = ke.emit()
+                self.kernels.append((n, fn))
+                self.steps.append((n, fn))
+            elif n.region is not None:
+                bodies = []
+                for j, (g, plan) in enumerate(self.loops.layout(n).bodies):
+                    sub = Codegen(g, plan, loops=self.loops, parent=self)
+                    sub.emit_functions()
+                    part = "cond" if n.op == "while_loop" and j == 0 else "body"
+                    name = self.kernel_name(n, f"{n.attrs['name']}.{part}")
+                    bodies.append((sub, sub.emit_entry(name, body=True)))
+                self.steps.append((n, bodies))
 
     def chunk_wrapper(self, fn: ir.Function, k: KernelFn, size: int) -> ir.Function:
         """void k.chunk(i8* bufs, i64 c, i64 slot): chunk c = [c*size, min((c+1)*size, extent))
@@ -205,14 +234,24 @@ class Codegen:
         b.ret_void()
         return w
 
-    def emit_entry(self) -> None:
+    def emit_entry(self, name: str = ENTRY, body: bool = False) -> ir.Function:
+        """The function that runs the graph's kernels and loops in order (``body``: a loop
+        body's, which also copies the results no kernel wrote into its outputs)."""
         m = self.module
-        entry = ir.Function(m, ir.FunctionType(I32, [I8P.as_pointer(), I32]), ENTRY)
+        entry = ir.Function(m, ir.FunctionType(I32, [I8P.as_pointer(), I32]), name)
+        if body:
+            entry.linkage = "internal"
         bufs, nthreads = entry.args
-        b = ir.IRBuilder(entry.append_basic_block("entry"))
+        self.entry_block = entry.append_basic_block("entry")
+        b = ir.IRBuilder(self.entry_block)
         b.store(ir.Constant(I32, 0), self.error_flag)
         counters = self.profile_counters() if self.profile else None
-        for i, (node, k) in enumerate(self.kernels):
+        i = -1
+        for node, k in self.steps:
+            if node.op != "kernel":
+                self.emit_loop(b, entry, node, k, bufs, nthreads)
+                continue
+            i += 1
             if counters is not None:
                 t0 = b.call(self.cycles_fn, [])
             self.call_kernel(b, node, k, bufs, nthreads)
@@ -227,7 +266,125 @@ class Codegen:
                 with b.if_then(b.icmp_signed("!=", flag, ir.Constant(I32, 0))):
                     b.ret(flag)
         self.emit_copies(b, bufs)
+        if body:
+            self.emit_output_copies(b, bufs)
         b.ret(b.load(self.error_flag))
+        return entry
+
+    def memcpy(self, b, dst, src, nbytes: int) -> None:
+        if nbytes:
+            f = L.intrinsic(self.module, "llvm.memcpy.p0.p0.i64", ir.VoidType(),
+                            [I8P, I8P, I64, L.I1])
+            b.call(f, [dst, src, ir.Constant(I64, nbytes), ir.Constant(L.I1, 0)])
+
+    def emit_output_copies(self, b, bufs) -> None:
+        """A body's results that no kernel wrote into its output slot (a parameter passed
+        through, a literal, a value yielded twice): copied there."""
+        for k, v in enumerate(self.graph.outputs):
+            loc = self.plan.location.get(v)
+            if isinstance(v, Node) and loc is not None and loc.kind == "output" and \
+                    loc.index == k:
+                continue
+            dst = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.output(k))]))
+            self.memcpy(b, dst, self.pointer(b, bufs, v), v.type.nbytes)
+
+    def emit_loop(self, b, fn, node: Node, bodies, bufs, nthreads) -> None:
+        """A loop node: its steps in a loop of this function (see ``loops.py``); ``b`` ends
+        positioned after it."""
+        lay = self.loops.layout(node)
+        a = node.attrs
+        base = self.scratch_pointer(b, bufs, node)
+
+        def at(off):
+            return b.gep(base, [ir.Constant(I64, off)])
+
+        def slot(table, j):
+            return b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, j)])
+
+        ab = ir.IRBuilder()
+        ab.position_at_start(self.entry_block)
+        idx = ab.alloca(I32)
+        ctr = ab.alloca(I64)
+        tables = [ab.alloca(ir.ArrayType(I8P, sub.slots.count)) for sub, _ in bodies]
+        b.position_at_end(b.block)  # NOTE: b's place in its block moved with the allocas
+        nc = a["num_consts"]
+        nk = len(lay.carries)
+        consts = node.inputs[:nc]
+        init = node.inputs[nc:nc + nk]
+        xs = node.inputs[nc + nk:] if node.op == "scan" else ()
+        results: dict[int, list[Node]] = {}
+        for g in self.graph.nodes:
+            if g.op == "get" and g.inputs[0] is node and g in self.plan.location:
+                results.setdefault(g.attrs["index"], []).append(g)
+        for k, v in enumerate(init):
+            self.memcpy(b, at(lay.cur[k]), self.pointer(b, bufs, v), v.type.nbytes)
+        for (sub, _), table in zip(bodies, tables):
+            ins = [b.bitcast(idx, I8P)] + [self.pointer(b, bufs, v) for v in consts] + \
+                [at(o) for o in lay.cur]
+            for j, p in enumerate(ins):
+                b.store(p, slot(table, j))
+            b.store(at(lay.arena), slot(table, sub.slots.arena))
+        sub, table = bodies[-1][0], tables[-1]
+        for k, o in enumerate(lay.nxt):
+            b.store(at(o), slot(table, sub.slots.output(k)))
+        if node.op == "while_loop":
+            b.store(at(lay.pred), slot(tables[0], bodies[0][0].slots.output(0)))
+        steps = {"scan": lambda: a["length"], "fori_loop": lambda: max(0, a["upper"] - a["lower"]),
+                 "while_loop": lambda: None}[node.op]()
+        x_ptrs = [(self.pointer(b, bufs, x), x.type.nbytes // max(1, steps)) for x in xs]
+        y_ptrs = []
+        for j, off in enumerate(lay.spare):
+            got = results.get(nk + j)
+            t = node.type.types[nk + j]
+            y_ptrs.append((self.pointer(b, bufs, got[0]), t.nbytes // max(1, steps)) if got
+                          else (at(off), 0))
+        b.store(ir.Constant(I64, 0), ctr)
+        head = fn.append_basic_block(f"{a['name']}.head")
+        step = fn.append_basic_block(f"{a['name']}.step")
+        done = fn.append_basic_block(f"{a['name']}.done")
+        b.branch(head)
+        b.position_at_end(head)
+        c = b.load(ctr)
+        if steps is None:
+            b.branch(step)
+        else:
+            b.cbranch(b.icmp_signed("<", c, ir.Constant(I64, steps)), step, done)
+        b.position_at_end(step)
+        if node.op == "scan" and a["reverse"]:
+            t = b.sub(ir.Constant(I64, steps - 1), c)
+        else:
+            t = c
+        i = b.add(t, ir.Constant(I64, a["lower"])) if node.op == "fori_loop" else t
+        b.store(b.trunc(i, I32), idx)
+        first = 1 + nc + nk
+        for k, (p, size) in enumerate(x_ptrs):
+            b.store(b.gep(p, [b.mul(t, ir.Constant(I64, size))]),
+                    slot(table, sub.slots.input(first + k)))
+        for j, (p, size) in enumerate(y_ptrs):
+            b.store(b.gep(p, [b.mul(t, ir.Constant(I64, size))]),
+                    slot(table, sub.slots.output(nk + j)))
+
+        def call(k):
+            f, tab = bodies[k][1], tables[k]
+            rc = b.call(f, [b.bitcast(tab, I8P.as_pointer()), nthreads])
+            with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
+                b.ret(rc)
+
+        if node.op == "while_loop":
+            call(0)
+            p = b.load(b.bitcast(at(lay.pred), L.I8.as_pointer()))
+            go = fn.append_basic_block(f"{a['name']}.go")
+            b.cbranch(b.icmp_unsigned("!=", p, ir.Constant(L.I8, 0)), go, done)
+            b.position_at_end(go)
+        call(len(bodies) - 1)
+        for k, t_k in enumerate(lay.carries):
+            self.memcpy(b, at(lay.cur[k]), at(lay.nxt[k]), t_k.nbytes)
+        b.store(b.add(c, ir.Constant(I64, 1)), ctr)
+        b.branch(head)
+        b.position_at_end(done)
+        for k, t_k in enumerate(lay.carries):
+            for g in results.get(k, ()):
+                self.memcpy(b, self.pointer(b, bufs, g), at(lay.cur[k]), t_k.nbytes)
 
     def profile_counters(self) -> ir.GlobalVariable:
         """``lamina_prof``: (cycles, calls) per kernel; and ``lamina_cycles()`` to calibrate."""
@@ -259,7 +416,7 @@ class Codegen:
         m = self.module
         memcpy = None
         for v, state_name in self.plan.copies:
-            if not (isinstance(v, Node) and v.op == "kernel"):
+            if not (isinstance(v, Node) and v.op in ("kernel", "get")):
                 continue  # parameters and literals are copied by the runtime
             if memcpy is None:
                 memcpy = L.intrinsic(m, "llvm.memcpy.p0.p0.i64", ir.VoidType(),

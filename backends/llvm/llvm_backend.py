@@ -26,7 +26,7 @@ from llvmlite import binding as llvm
 from lamina.backends import objcheck
 from lamina.backends.llvm import gemm, gemm_gather, jit, pool
 from lamina.backends.llvm.codegen import CODEGEN_VERSION, ENTRY, Codegen, source_digest
-from lamina.backends.llvm.kernels import scratch_need
+from lamina.backends.llvm.loops import LoopPlanner
 from lamina.backends.llvm.lower import storage_type
 from lamina.backends.llvm.output_views import output_views
 from lamina.backends.llvm.program import LLVMProgram
@@ -38,7 +38,6 @@ from lamina.passes.expand_conv import expand_conv
 from lamina.passes.fuse import fuse_kernels_gather
 from lamina.passes.manager import write_atomic
 from lamina.passes.memory import plan_memory
-from lamina.passes.unroll import unroll_loops
 from lamina.runtime import cache as cache_mod
 from lamina.runtime.artifact import graph_digest
 
@@ -149,9 +148,12 @@ def gemm_library(dtype: str) -> GemmLib:
 
 
 def gemm_dtypes(graph: Graph) -> list[str]:
-    """The GEMMs a fused graph calls."""
+    """The GEMMs a fused graph calls (its loops' bodies included)."""
     out = set()
     for n in graph.nodes:
+        if n.region is not None and n.op != "kernel":
+            out.update(gemm_dtypes(n.region))
+            continue
         for m in (n.region.nodes if n.region is not None else ()):
             if m.op == "matmul" and m.dtype.is_float:
                 storage_type(m.dtype)  # float16, bfloat16: a clear error, as for other ops
@@ -162,8 +164,7 @@ def gemm_dtypes(graph: Graph) -> list[str]:
 class LLVMBackend:
     name = "llvm"
     # conv: an im2col gather the GEMM reads through offset tables (an implicit GEMM)
-    # NOTE: loops are unrolled until the backend runs them as loops (issue 10)
-    passes = (unroll_loops, expand_conv, fuse_kernels_gather)
+    passes = (expand_conv, fuse_kernels_gather)
 
     def __init__(self):
         self.cache = None
@@ -174,7 +175,8 @@ class LLVMBackend:
         t0 = time.perf_counter()
         pool.library()  # kernels call the thread pool: registered before imports are checked
         lowered, views = output_views(graph)
-        plan = plan_memory(lowered, scratch_need)
+        loops = LoopPlanner()
+        plan = plan_memory(lowered, loops.need)
         libs = tuple(gemm_library(d) for d in gemm_dtypes(graph))
         ir_text = print_graph(lowered, locations=False)  # moving the source keeps the key
         kind = "graph+profile" if profile else "graph"
@@ -184,7 +186,7 @@ class LLVMBackend:
         obj = None if dump_dir else cache.get(graph.name, parts, check=check)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
         if obj is None:
-            module = Codegen(lowered, plan, graph.name, profile=profile).build()
+            module = Codegen(lowered, plan, graph.name, profile=profile, loops=loops).build()
             text = jit.finalize_text(module)
             opt = jit.optimize(text, keep_text=bool(dump_dir))
             obj = jit.emit_object(opt.module)
@@ -266,7 +268,7 @@ class LLVMBackend:
         check_imports(kernels, "kernels.o")
         obj = files["kernels.o"]
         lowered, views = output_views(graph)  # as compile() built it
-        plan = plan_memory(lowered, scratch_need)
+        plan = plan_memory(lowered, LoopPlanner().need)
         STATS["loaded"] += 1
         return LLVMProgram(lowered, plan, jit.Engine(object_code=obj), obj, tuple(libs),
                            views=views, source=graph)

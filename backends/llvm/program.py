@@ -59,7 +59,7 @@ class LLVMProgram:
             else:
                 self.copied.append((k, v))
         self.state_copies = [(v, s) for v, s in plan.copies
-                             if not (isinstance(v, Node) and v.op == "kernel")]
+                             if not (isinstance(v, Node) and v.op in ("kernel", "get"))]
         self.kernels = [n for n in plan.schedule if n.op == "kernel"]
         self.counters = None
         if profiled:

@@ -70,7 +70,7 @@ class ConvFuser(Fuser):
 def fuse_conv_kernels(g: Graph) -> Graph:
     """Group every op of ``g`` into kernels, each conv the implicit GEMM of its own kernel with
     its operand views and elementwise epilogue."""
-    if any(n.region is not None for n in g.nodes):
+    if any(n.op == "kernel" for n in g.nodes):
         return g  # already fused
     return ConvFuser(g).run()
 

@@ -36,7 +36,7 @@ def _step_slice(b: Builder, xs: Value, t: int) -> Value:
 
 
 def _unroll_node(b: Builder, n: Node, ins: list[Value]) -> list[Value]:
-    region = unroll_loops(n.region)
+    region = unroll_loops(n.region, keep_while=True)
     a = n.attrs
     if n.op == "fori_loop":
         consts, carry = ins[:a["num_consts"]], ins[a["num_consts"]:]
@@ -70,8 +70,9 @@ def _unroll_node(b: Builder, n: Node, ins: list[Value]) -> list[Value]:
                       "lm.fori_loop with a static trip count)", n.loc)
 
 
-def unroll_loops(g: Graph) -> Graph:
-    """Every loop of ``g`` (and of loops within loops) unrolled."""
+def unroll_loops(g: Graph, keep_while: bool = False) -> Graph:
+    """Every loop of ``g`` (and of loops within loops) unrolled; ``keep_while``: while_loops
+    stay loops (their bodies unrolled), for a backend that runs them itself."""
     if not any(n.op in LOOP_OPS for n in g.nodes):
         return g
     b = Builder(g.name)
@@ -80,11 +81,15 @@ def unroll_loops(g: Graph) -> Graph:
     parts: dict[Node, list[Value]] = {}
     counts: Counter = Counter()
     for n in g.nodes:
-        if n.op == "get":
+        if n.op == "get" and n.inputs[0] in parts:
             env[n] = parts[n.inputs[0]][n.attrs["index"]]
             continue
         ins = [env[v] for v in n.inputs]
         b.loc = n.loc
+        if n.op == "while_loop" and keep_while:
+            env[n] = b.emit(n.op, ins, n.attrs, loc=n.loc,
+                            region=unroll_loops(n.region, keep_while))
+            continue
         if n.op in LOOP_OPS:
             parts[n] = _unroll_node(b, n, ins)
             counts[n.op] += 1
@@ -95,6 +100,14 @@ def unroll_loops(g: Graph) -> Graph:
         remark(f"unrolled {k} {op} node(s)")
     return g.replace(nodes=b.nodes, outputs=[env[v] for v in g.outputs],
                      updates={k: env[v] for k, v in g.updates.items()})
+
+
+def unroll_static_loops(g: Graph) -> Graph:
+    """:func:`unroll_loops` keeping while_loops."""
+    return unroll_loops(g, keep_while=True)
+
+
+unroll_static_loops.pass_name = "unroll"
 
 
 def _keep(b: Builder, n: Node) -> Node:

@@ -26,23 +26,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lamina.backends.llvm.kernels import scratch_need
-from lamina.ir.graph import Graph, Node, ancestors
-from lamina.ir.ops.loop import condition_nodes
+from lamina.ir.graph import Graph, Node
+from lamina.ir.ops.loop import split_while
 from lamina.passes.memory import ALIGN, MemoryPlan, plan_memory
 
 
 def _aligned(n: int) -> int:
     return (max(n, 1) + ALIGN - 1) // ALIGN * ALIGN
-
-
-def split_while(region: Graph) -> tuple[Graph, Graph]:
-    """(condition, body) of a while_loop's region: the nodes its condition needs, yielding
-    it; and the nodes its new carries need, yielding them."""
-    cond = region.replace(nodes=condition_nodes(region), outputs=region.outputs[:1])
-    need = ancestors(region.outputs[1:])
-    body = region.replace(nodes=[n for n in region.nodes if n in need],
-                          outputs=region.outputs[1:])
-    return cond, body
 
 
 @dataclass

@@ -67,10 +67,19 @@ _POINTEE = {"*fp16": dt.float16, "*bf16": dt.bfloat16, "*fp32": dt.float32,
 class InterpretProgram:
     """A planned graph whose kernels run under Triton's interpreter on the CPU."""
 
-    def __init__(self, graph: Graph, plan: MemoryPlan, sources: list[tuple[Node, KernelSource]]):
+    def __init__(self, graph: Graph, plan: MemoryPlan, sources: list[tuple[Node, KernelSource]],
+                 loops: dict | None = None, sites: Graph | None = None):
+        """``loops``: the (condition, body) programs of each while_loop node, run on the
+        host; ``sites``: the graph whose index checks the error codes number (a loop
+        body's program: the enclosing graph)."""
         self.graph = graph
         self.plan = plan
         self.sources = sources
+        self.loops = loops or {}
+        self.sites = sites if sites is not None else graph
+        by_node = dict(sources)
+        self.order = [(n, by_node.get(n)) for n in plan.schedule
+                      if n in by_node or n in self.loops]
         self.torch = torch_module()
         _patch_interpreter_dot()
         self.functions = {s.name: aot.load_function(s, interpret=True)
@@ -126,7 +135,10 @@ class InterpretProgram:
         snapshots = {s: state[v.name].copy() for v, s in self.plan.copies
                      if isinstance(v, Param) and v.kind == "state"}
         err = self.torch.zeros(1, dtype=self.torch.int32)
-        for node, src in self.sources:
+        for node, src in self.order:
+            if src is None:
+                self._loop(node, inputs, state, outs)
+                continue
             for s in [*src.prologue, src]:
                 if math.prod(s.grid) == 0:
                     continue
@@ -152,7 +164,7 @@ class InterpretProgram:
                     self.functions[s.name][s.grid](*args)
         code = int(err[0])
         if code:
-            raise index_error(self.graph, code)
+            raise index_error(self.sites, code)
         for k, v in enumerate(self.graph.outputs):
             if outs[k] is None:
                 outs[k] = early[k] if k in early else self._value(v, inputs, state, outs).copy()
@@ -161,6 +173,26 @@ class InterpretProgram:
                 self._value(v, inputs, state, outs)
             np.copyto(state[s], src)
         return outs, {}
+
+    def _loop(self, node, inputs, state, outs) -> None:
+        """A while_loop, step by step: its condition's program, then (while it holds) its
+        body's; the final carries go into the buffers of the loop's results."""
+        cond, body = self.loops[node]
+        nc = node.attrs["num_consts"]
+        vals = [self._value(v, inputs, state, outs) for v in node.inputs]
+        consts, carry = vals[:nc], [np.array(v) for v in vals[nc:]]
+        i = 0
+        while True:
+            args = [np.asarray(i, np.int32)] + consts + carry
+            (go,), _ = cond(args, state)
+            if not bool(go):
+                break
+            carry, _ = body(args, state)
+            i += 1
+        for g in self.graph.nodes:
+            if g.op == "get" and g.inputs[0] is node and g in self.plan.location:
+                raw = self._bytes(g, inputs, state, outs)[:g.type.nbytes]
+                raw[:] = np.ascontiguousarray(carry[g.attrs["index"]]).reshape(-1).view(np.uint8)
 
     def _value(self, v, inputs, state, outs) -> np.ndarray:
         if isinstance(v, Param):

@@ -25,10 +25,11 @@ from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
+from lamina.ir.ops.loop import split_while
 from lamina.backends.triton.conv import fuse_conv_kernels
 from lamina.passes.expand_pool import expand_pool
 from lamina.passes.manager import write_atomic
-from lamina.passes.unroll import unroll_loops
+from lamina.passes.unroll import unroll_static_loops
 from lamina.passes.memory import RISKY, error_sites, plan_memory
 
 ARTIFACT_FORMAT = 1
@@ -55,11 +56,14 @@ def mode() -> str:
     return "interpret"
 
 
-def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node, KernelSource]]:
+def render_graph(graph: Graph, plan, tune: str | None = None,
+                 codes: dict | None = None) -> list[tuple[Node, KernelSource]]:
     """The Triton source of every kernel of a planned graph, in schedule order; with ``tune``
     (a GPU target, on that GPU) matmul and conv tiles are chosen by timing
-    (``autotune.py``)."""
-    codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
+    (``autotune.py``). ``codes``: the error code of each index check (a loop body's: the
+    enclosing graph's numbering)."""
+    if codes is None:
+        codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
     out, names = [], set()
     risky_before = False
     for n in plan.schedule:
@@ -81,6 +85,34 @@ def render_graph(graph: Graph, plan, tune: str | None = None) -> list[tuple[Node
     return out
 
 
+def _host_loops(graph: Graph, plan, top: Graph) -> dict:
+    """The programs of each while_loop's condition and body, which the interpreter's program
+    runs step by step on the host."""
+    from lamina.backends.triton.interpret import InterpretProgram
+
+    codes = {id(m): k + 1 for k, m in enumerate(error_sites(top))}
+    out = {}
+    for n in plan.schedule:
+        if n.op != "while_loop":
+            continue
+        progs = []
+        for g in split_while(n.region):
+            p = plan_memory(g, scratch_need)
+            progs.append(InterpretProgram(g, p, render_graph(g, p, codes=codes),
+                                          _host_loops(g, p, top), sites=top))
+        out[n] = tuple(progs)
+    return out
+
+
+def _no_loops(graph: Graph, where: str) -> None:
+    for n in graph.nodes:
+        if n.op == "while_loop":
+            raise LaminaError(f"while_loop @{n.attrs['name']}: the triton backend runs while "
+                              f"loops under its interpreter only, not {where} yet (use "
+                              "backend='llvm', or lm.fori_loop with a static trip count)",
+                              n.loc)
+
+
 class TritonBackend:
     name = "triton"
     # conv is lowered by the backend itself (an implicit GEMM per conv kernel: conv.py), so the
@@ -88,8 +120,9 @@ class TritonBackend:
     # its gradient (flash-style kernels of their own: attention.py, each node a kernel alone,
     # as the fusion pass keeps it), so their decomposition (passes/expand.py) is not either;
     # pooling has no kernels of its own yet: where chains (passes/expand_pool.py)
-    # NOTE: loops are unrolled until the backend runs them as loops (issue 10)
-    passes = (unroll_loops, expand_pool, fuse_conv_kernels)
+    # NOTE: scans and fori_loops are unrolled until the GPU runtime runs them as host loops
+    # (issue 10); while_loops run as host loops under the interpreter
+    passes = (unroll_static_loops, expand_pool, fuse_conv_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}
@@ -119,8 +152,9 @@ class TritonBackend:
         if mode() == "interpret":
             from lamina.backends.triton.interpret import InterpretProgram
 
-            program = InterpretProgram(graph, plan, sources)
+            program = InterpretProgram(graph, plan, sources, _host_loops(graph, plan, graph))
         else:
+            _no_loops(graph, "on the GPU")
             from lamina.backends.triton import cuda
             from lamina.backends.triton.device import DeviceProgram
 
@@ -136,6 +170,7 @@ class TritonBackend:
 
     def save_program(self, program) -> dict[str, bytes]:
         """Every kernel's source and, for each of ``targets()``, its PTX and cubin."""
+        _no_loops(program.graph, "in an artifact")
         wanted = targets()
         have: dict[str, list[KernelBinary]] = dict(program.binaries or {})
         kernels = []

@@ -216,6 +216,19 @@ def condition_nodes(region) -> list:
     return [n for n in region.nodes if n in need]
 
 
+def split_while(region):
+    """(condition, body) of a while_loop's region: the nodes its condition needs, yielding
+    it; and the nodes its new carries need, yielding them (what backends run as two
+    functions, so that the body runs only when the condition holds)."""
+    from lamina.ir.graph import ancestors
+
+    cond = region.replace(nodes=condition_nodes(region), outputs=region.outputs[:1])
+    need = ancestors(region.outputs[1:])
+    body = region.replace(nodes=[n for n in region.nodes if n in need],
+                          outputs=region.outputs[1:])
+    return cond, body
+
+
 def _while_ref(*args, region, name, num_consts):
     from lamina.ir.interpret import eval_node
 

@@ -36,3 +36,14 @@ from lamina.frontend.nn.attention import MultiheadAttention  # noqa: E402
 __all__ += ["MultiheadAttention"]
 
 __all__ += ["Upsample"]  # upsampling
+# recurrent layers (issue 10)
+from lamina.frontend.nn.recurrent import (  # noqa: E402
+    GRU,
+    LSTM,
+    RNN,
+    GRUCell,
+    LSTMCell,
+    RNNCell,
+)
+
+__all__ += ["GRU", "GRUCell", "LSTM", "LSTMCell", "RNN", "RNNCell"]

@@ -131,5 +131,31 @@ def attention(inputs: dict, backend: str) -> Runner:
     return Runner(lambda: f(*args), lambda out: [np.asarray(o) for o in out])
 
 
+def lstm_train(inputs: dict, backend: str) -> Runner:
+    """nn.LSTM (one lm.scan over time), loss mean(h_T^2), one SGD step."""
+    import lamina as lm
+    from lamina import nn, optim
+
+    params = inputs["params"]
+    hidden4, size = params["lstm.weight_ih_l0"].shape
+
+    class Net(nn.Module):
+        def __init__(self):
+            self.lstm = nn.LSTM(size, hidden4 // 4)
+
+    model = _loaded(Net(), params)
+    opt = optim.SGD(model.parameters(), lr=inputs["lr"])
+
+    @lm.compile(backend=backend)
+    def train_step(x):
+        _, (h, _) = model.lstm(x)
+        loss = (h[-1] * h[-1]).mean()
+        opt.minimize(loss)
+        return loss
+
+    x = inputs["x"]
+    return Runner(lambda: train_step(x), _fetch_state(model, params))
+
+
 BUILDERS = {"cnn_train": cnn_train, "transformer_train": transformer_train,
-            "attention": attention}
+            "attention": attention, "lstm_train": lstm_train}

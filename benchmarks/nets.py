@@ -11,6 +11,9 @@ implementation is checked against; in float32 they are the numpy peer.
                        loss = mean((out - target)^2); one SGD step (lr 0.1).
     attention          q, k, v, dout [B, H, T, D]: out = causal softmax(q k^T / sqrt(D)) v and
                        the gradients of sum(out * dout) for q, k and v (forward + backward).
+    lstm_train         x [T, B, I] time-major: a single-layer LSTM (PyTorch's nn.LSTM: gates
+                       i, f, g, o; h0 = c0 = 0), loss = mean(h_T^2), backpropagation through
+                       time, one SGD step (lr 0.1).
 
 The parameters are numpy arrays in PyTorch's ``state_dict`` names and layouts (a Linear's
 ``weight`` is [out, in]; MultiheadAttention's ``in_proj_weight`` [3E, E]), so that every
@@ -43,6 +46,26 @@ def transformer_sizes(quick: bool) -> dict:
     if quick:
         return {"b": 2, "t": 8, "e": 16, "heads": 2, "hidden": 64}
     return {"b": 8, "t": 128, "e": 256, "heads": 4, "hidden": 1024}
+
+
+def lstm_sizes(quick: bool, steps: int | None = None) -> dict:
+    s = {"t": 5, "b": 4, "i": 8, "h": 16} if quick else {"t": 50, "b": 32, "i": 64, "h": 128}
+    if steps is not None:
+        s["t"] = steps
+    return s
+
+
+def lstm_inputs(quick: bool, seed: int = 0, steps: int | None = None) -> dict:
+    """The LSTM's sequence and initial parameters (PyTorch's init: U(+-1/sqrt(hidden)))."""
+    s = lstm_sizes(quick, steps)
+    rng = np.random.default_rng(seed)
+    H, I = s["h"], s["i"]
+    params = {"lstm.weight_ih_l0": _uniform(rng, (4 * H, I), H),
+              "lstm.weight_hh_l0": _uniform(rng, (4 * H, H), H),
+              "lstm.bias_ih_l0": _uniform(rng, (4 * H,), H),
+              "lstm.bias_hh_l0": _uniform(rng, (4 * H,), H)}
+    x = rng.standard_normal((s["t"], s["b"], I)).astype(np.float32)
+    return {"x": x, "params": params, "lr": LR}
 
 
 def attention_sizes(quick: bool) -> tuple[int, int, int, int]:
@@ -314,6 +337,46 @@ def transformer_forward(params: dict, x, heads: int):
         return g
 
     return h + m, backward
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def lstm_step(params: dict, x, lr: float):
+    """One SGD step of the LSTM with loss mean(h_T^2), backpropagation through time written
+    out; updates ``params`` in place."""
+    w_ih, w_hh = params["lstm.weight_ih_l0"], params["lstm.weight_hh_l0"]
+    b = params["lstm.bias_ih_l0"] + params["lstm.bias_hh_l0"]
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    h = np.zeros((B, H), x.dtype)
+    c = np.zeros((B, H), x.dtype)
+    saved = []
+    for t in range(T):
+        g = x[t] @ w_ih.T + h @ w_hh.T + b
+        i, f = _sigmoid(g[:, :H]), _sigmoid(g[:, H:2 * H])
+        gg, o = np.tanh(g[:, 2 * H:3 * H]), _sigmoid(g[:, 3 * H:])
+        c_new = f * c + i * gg
+        tc = np.tanh(c_new)
+        saved.append((h, c, i, f, gg, o, tc))
+        h, c = o * tc, c_new
+    loss = (h * h).mean()
+    dh, dc = 2 * h / h.size, np.zeros_like(c)
+    gw_ih, gw_hh, gb = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b)
+    for t in reversed(range(T)):
+        h_prev, c_prev, i, f, gg, o, tc = saved[t]
+        do = dh * tc
+        dc = dc + dh * o * (1 - tc * tc)
+        dg = np.concatenate([dc * gg * i * (1 - i), dc * c_prev * f * (1 - f),
+                             dc * i * (1 - gg * gg), do * o * (1 - o)], axis=1)
+        gw_ih += dg.T @ x[t]
+        gw_hh += dg.T @ h_prev
+        gb += dg.sum(axis=0)
+        dh, dc = dg @ w_hh, dc * f
+    _sgd(params, {"lstm.weight_ih_l0": gw_ih, "lstm.weight_hh_l0": gw_hh,
+                  "lstm.bias_ih_l0": gb, "lstm.bias_hh_l0": gb}, lr)
+    return loss
 
 
 def transformer_step(params: dict, x, target, heads: int, lr: float):

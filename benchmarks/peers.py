@@ -39,7 +39,7 @@ import nets  # benchmarks/ is on sys.path (run.py and gpu.py put it there)
 
 GELU_C = math.sqrt(2.0 / math.pi)
 WORKLOADS = ("gelu", "softmax", "layernorm", "matmul", "mlp_step", "cnn_train",
-             "transformer_train", "attention")
+             "transformer_train", "attention", "lstm_train")
 
 
 @dataclass
@@ -154,6 +154,12 @@ class NumpyPeer(Peer):
 
     def attention(self, q, k, v, dout):
         return Runner(lambda: nets.attention_fwd_bwd(q, k, v, dout), lambda out: list(out))
+
+    def lstm_train(self, x, params, lr):
+        own = {k: v.copy() for k, v in params.items()}
+        return Runner(lambda: nets.lstm_step(own, x, lr),
+                      lambda loss: [np.asarray(loss, np.float32),
+                                    *(v.copy() for v in own.values())])
 
 
 # --- PyTorch ------------------------------------------------------------------------------------
@@ -271,6 +277,21 @@ class TorchPeer(Peer):
         hidden, e = params["fc1.weight"].shape
         model = _torch_models(self.torch)[1](e, heads, hidden, x.shape[1])
         return self._train(model, params, lambda m, x, t: F.mse_loss(m(x), t), (x, target), lr)
+
+    def lstm_train(self, x, params, lr):
+        """nn.LSTM (its fused ATen kernel in eager mode), loss mean(h_T^2)."""
+        nn = self.torch.nn
+        hidden4, inputs = params["lstm.weight_ih_l0"].shape
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lstm = nn.LSTM(inputs, hidden4 // 4)
+
+            def forward(self, x):
+                return self.lstm(x)[1][0][-1]
+
+        return self._train(Net(), params, lambda m, x: (m(x) ** 2).mean(), (x,), lr)
 
     def attention(self, q, k, v, dout):
         torch = self.torch
@@ -457,6 +478,29 @@ class JaxPeer(Peer):
             return jnp.mean((block(p, x) - target) ** 2)
 
         return self._train(loss_fn, params, (x, target), lr)
+
+    def lstm_train(self, x, params, lr):
+        """The LSTM cell under lax.scan (the input projection of all steps first)."""
+        jax, jnp = self.jax, self.jnp
+
+        def loss_fn(p, x):
+            w_hh = p["lstm.weight_hh_l0"]
+            H = w_hh.shape[1]
+            xw = x @ p["lstm.weight_ih_l0"].T + p["lstm.bias_ih_l0"] + p["lstm.bias_hh_l0"]
+
+            def cell(carry, g_x):
+                h, c = carry
+                g = g_x + h @ w_hh.T
+                i, f = jax.nn.sigmoid(g[:, :H]), jax.nn.sigmoid(g[:, H:2 * H])
+                gg, o = jnp.tanh(g[:, 2 * H:3 * H]), jax.nn.sigmoid(g[:, 3 * H:])
+                c = f * c + i * gg
+                return (o * jnp.tanh(c), c), None
+
+            zeros = jnp.zeros((x.shape[1], H), x.dtype)
+            (h, _), _ = jax.lax.scan(cell, (zeros, zeros), xw)
+            return jnp.mean(h * h)
+
+        return self._train(loss_fn, params, (x,), lr)
 
     def attention(self, q, k, v, dout):
         """``jax.nn.dot_product_attention`` takes [B, T, heads, D]: the inputs are transposed

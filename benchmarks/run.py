@@ -35,7 +35,13 @@ Workloads (``--only`` names; ``--quick`` shrinks every size to a tiny one):
                 sum(out * dout) for q, k, v), q, k, v, dout [4, 8, 2048, 64]; against torch's
                 scaled_dot_product_attention. Also peak memory (below). GFLOP/s counts the
                 causal half of its six T x T products (2 forward, 4 backward).
-    compile     compile time of lamina's train steps (mlp_step, cnn_train, transformer_train;
+    lstm_train  one SGD step (lr 0.1) of a single-layer LSTM (PyTorch's nn.LSTM: gates i, f, g, o),
+                x [T=50, B=32, 64] time-major, hidden 128, h0 = c0 = 0, loss = mean(h_T^2),
+                backpropagation through time. lamina: nn.LSTM (one lm.scan); torch: nn.LSTM;
+                JAX: the cell under lax.scan. GFLOP/s: the input and recurrent products,
+                forward, weight gradients and the hidden state's gradient.
+    compile     compile time of lamina's train steps (mlp_step, cnn_train, transformer_train,
+                lstm_train, and lstm_train_t500: the LSTM step at T=500;
                 and of torch.compile and jax.jit, for scale): a fresh process runs the step;
                 compile time = first call minus a plain (steady-state) call, the fastest of the
                 3rd to 10th calls. Cold: a new empty cache directory (LAMINA_CACHE_DIR,
@@ -101,8 +107,9 @@ from tables import LEGEND, _align, _fmt, format_compile, format_memory, format_t
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "LAMINA_NUM_THREADS")
 WORKLOAD_NAMES = ("gelu", "softmax", "layernorm", "matmul512", "matmul1024", "mlp_step",
-                  "cnn_train", "transformer_train", "attention_long", "compile")
-TRAIN_STEPS = ("mlp_step", "cnn_train", "transformer_train")  # the compile rows
+                  "cnn_train", "transformer_train", "attention_long", "lstm_train", "compile")
+# the compile rows (lstm_train_t500: the LSTM step at T=500, whose compile time must not grow)
+TRAIN_STEPS = ("mlp_step", "cnn_train", "transformer_train", "lstm_train", "lstm_train_t500")
 # Peak memory measured in fresh processes; timed one implementation at a time (each built,
 # checked, timed and dropped before the next), not interleaved: a non-fused full-size attention
 # holds GiBs, and all of them alive at once would not fit a small machine.
@@ -194,7 +201,8 @@ def make_workload(name: str, quick: bool, seed: int = 0, with_reference: bool = 
         wl = Workload(name, "mlp_step", f"mlp step b{batch} {'-'.join(map(str, dims))}", inputs,
                       "GFLOP/s", mlp_flops(inputs), "fma", 1e-3)
         wl.initial = inputs["params"]
-    elif name in ("cnn_train", "transformer_train", "attention_long"):
+    elif name in ("cnn_train", "transformer_train", "attention_long", "lstm_train",
+                  "lstm_train_t500"):
         wl = net_workload(name, quick, seed)
     else:
         raise ValueError(f"unknown workload {name!r}")
@@ -226,6 +234,15 @@ def net_workload(name: str, quick: bool, seed: int = 0) -> Workload:
                       f"pre-LN block step x[{b},{t},{e}] heads {s['heads']} mlp {hid}", inputs,
                       "GFLOP/s", 3 * fwd, "fma", 1e-3)
         wl.initial = list(inputs["params"].values())
+    elif name.startswith("lstm_train"):
+        steps = 500 if name == "lstm_train_t500" else None
+        inputs = nets.lstm_inputs(quick, seed, steps)
+        s = nets.lstm_sizes(quick, steps)
+        t, b, i, h = s["t"], s["b"], s["i"], s["h"]
+        fwd = 2 * t * b * 4 * h * (i + h)
+        wl = Workload(name, "lstm_train", f"lstm step T{t} B{b} in {i} hidden {h}", inputs,
+                      "GFLOP/s", 2 * fwd + 2 * t * b * 4 * h * h, "fma", 1e-3)
+        wl.initial = list(inputs["params"].values())
     else:
         inputs = nets.attention_inputs(quick, seed)
         b, h, t, d = nets.attention_sizes(quick)
@@ -242,9 +259,10 @@ def reference(wl: Workload) -> list[np.ndarray]:
         params = [p.astype(np.float64) for p in wl.inputs["params"]]
         loss = peers.np_mlp_step(params, f8["x"], wl.inputs["y"], LR)
         return [np.asarray(loss), *params]
-    if wl.peer_method in ("cnn_train", "transformer_train"):
+    if wl.peer_method in ("cnn_train", "transformer_train", "lstm_train"):
         f8["params"] = {k: v.astype(np.float64) for k, v in wl.inputs["params"].items()}
-        step = nets.cnn_step if wl.peer_method == "cnn_train" else nets.transformer_step
+        step = {"cnn_train": nets.cnn_step, "transformer_train": nets.transformer_step,
+                "lstm_train": nets.lstm_step}[wl.peer_method]
         loss = step(**f8)
         return [np.asarray(loss), *f8["params"].values()]
     if wl.peer_method == "attention":

@@ -95,7 +95,7 @@ class LoopGrad:
             return cts[k] if k in cts else b.constant(0.0, t.dtype, t.shape)
 
         f_carry = [k for k, v in enumerate(self.carries) if _float(v)]
-        f_const = [k for k, v in enumerate(self.consts) if _float(v)]
+        f_const = self.accumulated
         f_ys = [k for k, t in enumerate(self.ys_types) if t.dtype.is_float]
         f_xs = [k for k, v in enumerate(self.xs) if _float(v)]
         init = [ct(k, self.carries[k].type) for k in f_carry]
@@ -119,6 +119,14 @@ class LoopGrad:
             contribs[k] = out[len(f_carry) + j]
         for j, k in enumerate(f_xs):
             contribs[nc + nk + k] = out[len(init) + j]
+        # the consts' gradients as one product of the stacked per-step factors (simplify's
+        # sum_of_batched_matmul makes it one GEMM over the steps' rows)
+        for k, perms, ia, jf in self.products:
+            a, f = out[len(init) + ia], out[len(init) + jf]
+            g = b.emit("sum", (b.emit("matmul", (a, f)),), {"axis": (0,), "keepdims": False})
+            for perm in reversed(perms):
+                g = b.emit("transpose", (g,), {"perm": perm})
+            contribs[k] = g
         return contribs
 
 
@@ -175,9 +183,26 @@ def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:
         if any(v in stepwise for v in m.inputs):
             stepwise.add(m)
     g_carry = [grads[p] for p in p_carries if _float(p)]
-    g_const = [grads[p] for p in p_consts if _float(p)]
     g_xs = [grads[p] for p in p_xs if _float(p)]
-    results = g_carry + g_const + g_xs
+    # a const's gradient is the sum over steps of its per-step gradient: accumulated in a
+    # carry, or, where that is a product of two per-step matrices (a weight's: x_t^T dgates_t),
+    # both factors yielded per step and multiplied once after the loop (one large GEMM instead
+    # of one small GEMM and one accumulation per step)
+    per_step = stepwise | bwd | ct_set
+    g_const, products = [], []
+    for p in p_consts:
+        if not _float(p):
+            continue
+        v, perms = grads[p], []
+        while isinstance(v, Node) and v.op == "transpose":
+            perms.append(v.attrs["perm"])
+            v = v.inputs[0]
+        if isinstance(v, Node) and v.op == "matmul" and \
+                all(x.type.ndim == 2 and x in per_step for x in v.inputs):
+            products.append((p, perms, v.inputs))
+        else:
+            g_const.append((p, grads[p]))
+    results = g_carry + [g for _, g in g_const] + [x for _, _, ab in products for x in ab] + g_xs
     needed = ancestors(results)
     reads = set()
     for m in j_nodes:
@@ -229,7 +254,7 @@ def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:
         env[p] = param(p.name, p.type)
     f_carry = [k for k, p in enumerate(p_carries) if _float(p)]
     ct_carry = [param(f"ct_{p_carries[k].name}", p_carries[k].type) for k in f_carry]
-    acc = [param(f"grad_{p.name}", p.type) for p in p_consts if _float(p)]
+    acc = [param(f"grad_{p.name}", p.type) for p, _ in g_const]
     for j, k in enumerate(f_carry):
         env[ct_params[k]] = ct_carry[j]
     for j, v in enumerate(store):
@@ -249,11 +274,28 @@ def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:
         bb.loc = m.loc
         env[m] = bb.emit(m.op, [env[v] for v in m.inputs], m.attrs, region=m.region)
     new_acc = []
-    for a_in, g in zip(acc, g_const):
+    for a_in, (_, g) in zip(acc, g_const):
         new_acc.append(bb.emit("add", (a_in, env[g])))
-    bwd_region = bb.build([env[g] for g in g_carry] + new_acc + [env[g] for g in g_xs])
+    ys = [env[g] for g in g_xs]
+    slot = {}  # a factor that is a per-step output already (dgates: x's too) is read there
+    for k, v in enumerate(ys):
+        slot.setdefault(v, k)
+    factor_at = []
+    for _, _, ab in products:
+        for x in ab:
+            v = env[x]
+            if v not in slot:
+                slot[v] = len(ys)
+                ys.append(v)
+            factor_at.append(slot[v])
+    bwd_region = bb.build([env[g] for g in g_carry] + new_acc + ys)
     remark(f"{n.op} @{n.attrs['name']}: the backward scan reads {len(store)} saved "
            f"value(s) per step" + (" (checkpoint: the carries)" if checkpoint else ""))
     ys_types = [v.type for v in outs[nk:]]
-    return fwd, LoopGrad(fwd, nk + ny, consts, carries, xs, nk, ys_types, residual_index,
-                         bwd_region, length, reverse)
+    plan = LoopGrad(fwd, nk + ny, consts, carries, xs, nk, ys_types, residual_index,
+                    bwd_region, length, reverse)
+    index = {p: k for k, p in enumerate(p_consts)}
+    plan.accumulated = [index[p] for p, _ in g_const]
+    plan.products = [(index[p], perms, factor_at[2 * j], factor_at[2 * j + 1])
+                     for j, (p, perms, _) in enumerate(products)]
+    return fwd, plan

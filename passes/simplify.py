@@ -65,6 +65,28 @@ def reshape_of_kept_sum(b, n, ins):
     return b.emit("sum", (x.inputs[0],), {"axis": axes, "keepdims": False})
 
 
+def sum_of_batched_matmul(b, n, ins, users=None):
+    # sum(matmul(A, B), axis=0) of T products [M, K] x [K, N] -> one [M, T*K] x [T*K, N]
+    # product (A's and B's steps side by side along the contraction: T times fewer GEMMs)
+    x = ins[0]
+    if not (isinstance(x, Node) and x.op == "matmul" and n.attrs["axis"] == (0,)
+            and not n.attrs["keepdims"] and x.dtype.is_float):
+        return None
+    a, c = x.inputs
+    if a.type.ndim != 3 or c.type.ndim != 3 or a.shape[0] != c.shape[0] or a.shape[0] < 2:
+        return None
+    if users is not None and len(users.get(x, ())) != 1:
+        return None  # the products are read elsewhere too: keep them
+    t, m, k = a.shape
+    at = b.emit("transpose", (a,), {"perm": (1, 0, 2)})
+    a2 = b.emit("reshape", (at,), {"shape": (m, t * k)})
+    c2 = b.emit("reshape", (c,), {"shape": (t * k, c.shape[2])})
+    return _same(n, b.emit("matmul", (a2, c2), {}))
+
+
+sum_of_batched_matmul.needs_users = True
+
+
 def transpose_of_transpose(b, n, ins):
     # transpose(transpose(x, p), q) -> transpose(x, p[q])
     x = ins[0]
@@ -90,6 +112,59 @@ def add_zero(b, n, ins):
     if _is_additive_identity(x, y):
         return _same(n, y)
     return None
+
+
+def _pad_span(v):
+    """(axis, start, x) of ``pad(x)`` padded along one axis only, without interior padding."""
+    if not (isinstance(v, Node) and v.op == "pad") or any(v.attrs["interior"]):
+        return None
+    lo, hi = v.attrs["lo"], v.attrs["hi"]
+    axes = [i for i in range(len(lo)) if lo[i] or hi[i]]
+    if len(axes) != 1:
+        return None
+    return axes[0], lo[axes[0]], v.inputs[0]
+
+
+def add_of_adjacent_pads(b, n, ins):
+    # pad(a) + pad(c), zero-padded along one axis to side-by-side places ->
+    # pad(concatenate(a, c)): a slice's gradient is a pad, and the gradients of adjacent slices
+    # (an LSTM's four gates) add up to one concatenation instead of a sum of padded copies
+    # (the zero added to each element changes nothing but the sign of a zero)
+    p, q = _pad_span(ins[0]), _pad_span(ins[1])
+    if p is None or q is None or p[0] != q[0] or ins[0].shape != ins[1].shape:
+        return None
+    ax = p[0]
+    if p[1] > q[1]:
+        p, q = q, p
+    if p[1] + p[2].shape[ax] != q[1] or p[2].dtype is not q[2].dtype:
+        return None
+    joined = b.emit("concatenate", (p[2], q[2]), {"axis": ax})
+    size = n.shape[ax]
+    lo = [0] * len(n.shape)
+    hi = [0] * len(n.shape)
+    lo[ax] = p[1]
+    hi[ax] = size - p[1] - joined.shape[ax]
+    if not any(lo + hi):
+        return _same(n, joined)
+    return _same(n, b.emit("pad", (joined,), {"lo": tuple(lo), "hi": tuple(hi),
+                                              "interior": (0,) * len(lo)}))
+
+
+def concatenate_of_concatenate(b, n, ins):
+    # concatenate(concatenate(a, b), c) along one axis -> concatenate(a, b, c)
+    ax = n.attrs["axis"]
+    if not any(isinstance(v, Node) and v.op == "concatenate" and v.attrs["axis"] == ax
+               for v in ins):
+        return None
+    flat = []
+    for v in ins:
+        if isinstance(v, Node) and v.op == "concatenate" and v.attrs["axis"] == ax:
+            flat.extend(v.inputs)
+        else:
+            flat.append(v)
+    if any(v.dtype is not n.dtype for v in flat):
+        return None
+    return _same(n, b.emit("concatenate", flat, {"axis": ax}))
 
 
 def sub_zero(b, n, ins):
@@ -176,15 +251,16 @@ simplify_rules = {
     "cast": [no_op_shape],
     "slice": [no_op_shape],
     "pad": [no_op_shape],
-    "sum": [no_op_shape],
+    "sum": [no_op_shape, sum_of_batched_matmul],
     "transpose": [no_op_shape, transpose_of_transpose],
-    "add": [add_zero],
+    "add": [add_zero, add_of_adjacent_pads],
     "sub": [sub_zero],
     "mul": [mul_one, mul_minus_one],
     "div": [div_one, div_by_broadcast],
     "neg": [neg_neg],
     "pow": [pow_constant],
     "where": [where_same],
+    "concatenate": [concatenate_of_concatenate],
 }
 
 
@@ -192,13 +268,23 @@ def simplify(g: Graph) -> Graph:
     """Apply ``simplify_rules`` once over the graph, in order."""
     has_grad = any(n.op == "grad" for n in g.nodes)
     fired: Counter = Counter()
+    # the live readers of each value in the graph before this pass (a rule's operand that the
+    # pass left unchanged has these; replaced nodes linger, dead, until DCE)
+    live = g.live_nodes()
+    users: dict = {}
+    for m in g.nodes:
+        if m in live:
+            for v in m.inputs:
+                users.setdefault(v, []).append(m)
+    for v in g.roots():  # an output or a state update reads its value too
+        users.setdefault(v, []).append(None)
 
     def once(b, n, ins):
         rules = list(simplify_rules.get(n.op, ()))
         if n.op in ("alias", "stop_gradient") and not has_grad:
             rules.append(drop_identity)
         for r in rules:
-            out = r(b, n, ins)
+            out = r(b, n, ins, users) if getattr(r, "needs_users", False) else r(b, n, ins)
             if out is not None:
                 fired[r.__name__] += 1
                 return out

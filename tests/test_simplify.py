@@ -309,6 +309,53 @@ SIMPLIFY_CASES = {
           return %0
         }
     """, True),
+    # the steps' products of a loop's weight gradient summed: one product over all rows
+    "sum_of_batched_matmul": ("sum_of_batched_matmul", """
+        graph @f(%a: f32[3,4,2], %b: f32[3,2,5]) {
+          %0 = matmul(%a, %b) : f32[3,4,5]
+          %1 = sum(%0) {axis=[0], keepdims=false} : f32[4,5]
+          return %1
+        }
+    """, """
+        graph @f(%a: f32[3,4,2], %b: f32[3,2,5]) {
+          %0 = matmul(%a, %b) : f32[3,4,5]
+          %1 = transpose(%a) {perm=[1, 0, 2]} : f32[4,3,2]
+          %2 = reshape(%1) {shape=[4, 6]} : f32[4,6]
+          %3 = reshape(%b) {shape=[6, 5]} : f32[6,5]
+          %4 = matmul(%2, %3) : f32[4,5]
+          return %4
+        }
+    """, False),
+    # the gradients of adjacent slices (an LSTM's gates): one concatenation
+    "adjacent_pads": ("add_of_adjacent_pads", """
+        graph @f(%a: f32[2,3], %b: f32[2,4]) {
+          %0 = pad(%a) {lo=[0, 1], hi=[0, 4], interior=[0, 0]} : f32[2,8]
+          %1 = pad(%b) {lo=[0, 4], hi=[0, 0], interior=[0, 0]} : f32[2,8]
+          %2 = add(%1, %0) : f32[2,8]
+          return %2
+        }
+    """, """
+        graph @f(%a: f32[2,3], %b: f32[2,4]) {
+          %0 = pad(%a) {lo=[0, 1], hi=[0, 4], interior=[0, 0]} : f32[2,8]
+          %1 = pad(%b) {lo=[0, 4], hi=[0, 0], interior=[0, 0]} : f32[2,8]
+          %2 = concatenate(%a, %b) {axis=1} : f32[2,7]
+          %3 = pad(%2) {lo=[0, 1], hi=[0, 0], interior=[0, 0]} : f32[2,8]
+          return %3
+        }
+    """, True),
+    "nested_concatenate": ("concatenate_of_concatenate", """
+        graph @f(%a: f32[2,3], %b: f32[2,4], %c: f32[2,1]) {
+          %0 = concatenate(%a, %b) {axis=1} : f32[2,7]
+          %1 = concatenate(%c, %0) {axis=1} : f32[2,8]
+          return %1
+        }
+    """, """
+        graph @f(%a: f32[2,3], %b: f32[2,4], %c: f32[2,1]) {
+          %0 = concatenate(%a, %b) {axis=1} : f32[2,7]
+          %1 = concatenate(%c, %a, %b) {axis=1} : f32[2,8]
+          return %1
+        }
+    """, True),
 }
 
 
@@ -451,6 +498,21 @@ SIMPLIFY_MUST_NOT_FIRE = {
           %0 = exp(%x) : f32[3]
           %1 = neg(%0) : f32[3]
           return %1
+        }
+    """,
+    "batched_matmul_read_twice": """
+        graph @f(%a: f32[3,4,2], %b: f32[3,2,5]) {
+          %0 = matmul(%a, %b) : f32[3,4,5]
+          %1 = sum(%0) {axis=[0], keepdims=false} : f32[4,5]
+          return %1, %0
+        }
+    """,
+    "overlapping_pads": """
+        graph @f(%a: f32[2,3], %b: f32[2,4]) {
+          %0 = pad(%a) {lo=[0, 2], hi=[0, 3], interior=[0, 0]} : f32[2,8]
+          %1 = pad(%b) {lo=[0, 4], hi=[0, 0], interior=[0, 0]} : f32[2,8]
+          %2 = add(%1, %0) : f32[2,8]
+          return %2
         }
     """,
     "non_splat_constants": """

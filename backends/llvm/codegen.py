@@ -133,8 +133,16 @@ class Codegen:
             self.names: set[str] = set()
             self.error_codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
             self.shared: dict = {}  # helper functions kernels share (attention.py)
+            # profiled: (node, depth) per timed step (kernels, loops, their bodies' kernels)
+            self.profiled: list[tuple[Node, int]] = []
+            self.depth = 0
+            self.counters = self.profile_counters() if profile else None
         else:
-            self.shared = parent.shared
+            self.shared, self.profiled = parent.shared, parent.profiled
+            self.profile, self.counters = parent.profile, parent.counters
+            self.depth = parent.depth + 1
+            if self.profile:
+                self.cycles_fn = parent.cycles_fn
             self.module, self.error_flag = parent.module, parent.error_flag
             self.literals, self.names = parent.literals, parent.names
             self.error_codes = parent.error_codes
@@ -245,22 +253,22 @@ class Codegen:
         self.entry_block = entry.append_basic_block("entry")
         b = ir.IRBuilder(self.entry_block)
         b.store(ir.Constant(I32, 0), self.error_flag)
-        counters = self.profile_counters() if self.profile else None
-        i = -1
+        counters = self.counters
         for node, k in self.steps:
-            if node.op != "kernel":
-                self.emit_loop(b, entry, node, k, bufs, nthreads)
-                continue
-            i += 1
+            i = len(self.profiled)
+            self.profiled.append((node, self.depth))
             if counters is not None:
                 t0 = b.call(self.cycles_fn, [])
-            self.call_kernel(b, node, k, bufs, nthreads)
+            if node.op != "kernel":
+                self.emit_loop(b, entry, node, k, bufs, nthreads)
+            else:
+                self.call_kernel(b, node, k, bufs, nthreads)
             if counters is not None:
                 spent = b.sub(b.call(self.cycles_fn, []), t0)
                 for slot, add in ((2 * i, spent), (2 * i + 1, ir.Constant(I64, 1))):
                     at = b.gep(counters, [ir.Constant(I64, 0), ir.Constant(I64, slot)])
                     b.store(b.add(b.load(at), add), at)
-            if any(x.op in RISKY for x in node.region.nodes):
+            if node.op == "kernel" and any(x.op in RISKY for x in node.region.nodes):
                 # stop at once: later kernels would write state the failed step must not touch
                 flag = b.load(self.error_flag)
                 with b.if_then(b.icmp_signed("!=", flag, ir.Constant(I32, 0))):
@@ -386,9 +394,20 @@ class Codegen:
             for g in results.get(k, ()):
                 self.memcpy(b, self.pointer(b, bufs, g), at(lay.cur[k]), t_k.nbytes)
 
+    def timed_steps(self, plan: MemoryPlan) -> int:
+        """Kernels and loops of ``plan``, with their loops' bodies' (each timed)."""
+        n = 0
+        for node in plan.schedule:
+            if node.op == "kernel":
+                n += 1
+            elif node.region is not None:
+                n += 1 + sum(self.timed_steps(p) for _, p in self.loops.layout(node).bodies)
+        return n
+
     def profile_counters(self) -> ir.GlobalVariable:
-        """``lamina_prof``: (cycles, calls) per kernel; and ``lamina_cycles()`` to calibrate."""
-        t = ir.ArrayType(I64, 2 * len(self.kernels))
+        """``lamina_prof``: (cycles, calls) per timed step (``profiled``); and
+        ``lamina_cycles()`` to calibrate."""
+        t = ir.ArrayType(I64, 2 * max(1, self.timed_steps(self.plan)))
         g = ir.GlobalVariable(self.module, t, "lamina_prof")
         g.initializer = ir.Constant(t, None)
         self.cycles_fn = L.intrinsic(self.module, "llvm.readcyclecounter", I64, [])

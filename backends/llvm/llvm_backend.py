@@ -185,8 +185,11 @@ class LLVMBackend:
         check = _cached_object_check(f"cached object of @{graph.name}", (ENTRY,))
         obj = None if dump_dir else cache.get(graph.name, parts, check=check)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
+        profiled = None
         if obj is None:
-            module = Codegen(lowered, plan, graph.name, profile=profile, loops=loops).build()
+            cg = Codegen(lowered, plan, graph.name, profile=profile, loops=loops)
+            module = cg.build()
+            profiled = cg.profiled
             text = jit.finalize_text(module)
             opt = jit.optimize(text, keep_text=bool(dump_dir))
             obj = jit.emit_object(opt.module)
@@ -204,8 +207,13 @@ class LLVMBackend:
             cache.put(graph.name, parts, obj)
         else:
             STATS["cache_hits"] += 1
+        if profile and profiled is None:
+            cg = Codegen(lowered, plan, graph.name, profile=profile, loops=loops)
+            cg.build()  # NOTE: only for the list of timed steps, which the object follows
+            profiled = cg.profiled
         program = LLVMProgram(lowered, plan, jit.Engine(object_code=obj), obj, libs,
-                              profiled=profile, views=views, source=graph)
+                              profiled=profiled if profile else None, views=views,
+                              source=graph)
         info["seconds"] = time.perf_counter() - t0
         self.last_compile = info
         program.compile_info = info

@@ -29,17 +29,36 @@ def kernel_bytes(k: Node) -> int:
     return sum(v.type.nbytes for v in k.inputs) + k.type.nbytes
 
 
-def profile_table(rows: list[tuple[Node, float, int]], title: str = "") -> str:
-    total = sum(t for _, t, _ in rows) or 1e-12
-    calls = max((c for _, _, c in rows), default=1) or 1
+def profile_table(rows: list[tuple], title: str = "") -> str:
+    """Rows of (kernel or loop, seconds, calls[, depth]): a loop's row is its whole run, its
+    body's kernels follow it, indented (their calls: one per step); shares are of the step."""
+    rows = [r if len(r) == 4 else (*r, 0) for r in rows]
+    top = [r for r in rows if r[3] == 0]
+    total = sum(r[1] for r in top) or 1e-12
+    calls = max((r[2] for r in top), default=1) or 1
     head = f"{'kernel':<42} {'kind':<10} {'us/call':>9} {'share':>6} {'GB/s':>7} {'GFLOP/s':>8}"
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
-    for k, seconds, n in sorted(rows, key=lambda r: -r[1]):
-        per = seconds / max(n, 1)
-        gbs = kernel_bytes(k) / per / 1e9 if per else 0.0
-        flops = kernel_flops(k)
-        rate = f"{flops / per / 1e9:8.1f}" if flops and per else f"{'':>8}"
-        lines.append(f"{'@' + k.attrs['name']:<42.42} {classify(k):<10} {per * 1e6:9.1f} "
-                     f"{seconds / total:6.1%} {gbs:7.1f} {rate}")
+    # top-level rows by time, each loop followed by its body's rows (by time)
+    order, i = [], 0
+    while i < len(rows):
+        j = i + 1
+        while j < len(rows) and rows[j][3] > rows[i][3]:
+            j += 1
+        order.append(rows[i:j])
+        i = j
+    for group in sorted(order, key=lambda g: -g[0][1]):
+        head_row, body = group[0], sorted(group[1:], key=lambda r: -r[1])
+        for k, seconds, n, depth in [head_row, *body]:
+            per = seconds / max(n, 1)
+            name = ("  " * depth + "@" + k.attrs["name"])
+            if k.op != "kernel":
+                lines.append(f"{name:<42.42} {k.op:<10} {per * 1e6:9.1f} "
+                             f"{seconds / total:6.1%}")
+                continue
+            gbs = kernel_bytes(k) / per / 1e9 if per else 0.0
+            flops = kernel_flops(k)
+            rate = f"{flops / per / 1e9:8.1f}" if flops and per else f"{'':>8}"
+            lines.append(f"{name:<42.42} {classify(k):<10} {per * 1e6:9.1f} "
+                         f"{seconds / total:6.1%} {gbs:7.1f} {rate}")
     lines.append(f"{'total per call':<53} {total / calls * 1e6:9.1f}")
     return "\n".join(lines) + "\n"

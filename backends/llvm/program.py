@@ -28,7 +28,8 @@ RECYCLE_MIN_BYTES = 1 << 16  # smaller outputs are cheap to allocate
 
 class LLVMProgram:
     def __init__(self, graph: Graph, plan: MemoryPlan, engine: jit.Engine, object_code: bytes,
-                 libraries: tuple = (), profiled: bool = False, views: OutputViews | None = None,
+                 libraries: tuple = (), profiled: list | None = None,
+                 views: OutputViews | None = None,
                  source: Graph | None = None):
         """``graph``: what the code computes (``output_views``' lowered graph, whose extra
         outputs ``views`` hands back as views); ``source``: the graph the caller compiled
@@ -62,9 +63,10 @@ class LLVMProgram:
                              if not (isinstance(v, Node) and v.op in ("kernel", "get"))]
         self.kernels = [n for n in plan.schedule if n.op == "kernel"]
         self.counters = None
+        self.timed = list(profiled or [])  # (kernel or loop, depth) per counter pair
         if profiled:
             addr = engine.ee.get_global_value_address("lamina_prof")
-            self.counters = (ctypes.c_int64 * (2 * len(self.kernels))).from_address(addr)
+            self.counters = (ctypes.c_int64 * (2 * len(self.timed))).from_address(addr)
             self.cycles = ctypes.CFUNCTYPE(ctypes.c_int64)(engine.address("lamina_cycles"))
 
     def __call__(self, inputs, state):
@@ -119,11 +121,12 @@ class LLVMProgram:
             self.recycled[k] = owner
         return _view(owner, nbytes, dtype, shape)
 
-    def profile_rows(self) -> list[tuple[Node, float, int]]:
-        """(kernel, seconds, calls) per kernel since the counters were last reset."""
+    def profile_rows(self) -> list[tuple[Node, float, int, int]]:
+        """(kernel or loop, seconds, calls, depth) per timed step since the counters were last
+        reset; depth > 0: a kernel of a loop's body (its calls: one per step)."""
         hz = _cycles_per_second(self.cycles)
         c = self.counters
-        return [(k, c[2 * i] / hz, c[2 * i + 1]) for i, k in enumerate(self.kernels)]
+        return [(k, c[2 * i] / hz, c[2 * i + 1], d) for i, (k, d) in enumerate(self.timed)]
 
     def reset_profile(self) -> None:
         for i in range(len(self.counters)):

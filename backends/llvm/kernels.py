@@ -265,6 +265,23 @@ class KernelEmitter:
         shape = self.root.shape
         out = self.output_pointer()
         par = self.par_axis(shape)
+        root = self.root
+        if root.op == "concatenate" and par is not None and root.attrs["axis"] > par:
+            # one loop nest per piece, writing its range of the axis: no per-element choice
+            # of the piece (a select over every piece's clamped load, which does not vectorize)
+            a, off = root.attrs["axis"], 0
+            for x in root.inputs:
+                piece = list(shape)
+                piece[a] = x.shape[a]
+                if piece[a]:
+                    def write(idx, x=x, off=off):
+                        at = list(idx)
+                        at[a] = self.b.add(idx[a], ir.Constant(I64, off)) if off else idx[a]
+                        em.store(out, em.linear(at, shape), em.value(x, idx), root.dtype)
+
+                    self.nest(tuple(piece), write, par)
+                off += x.shape[a]
+            return shape[par], math.prod(shape)
 
         def body(idx):
             em.store(out, em.linear(idx, shape), em.value(self.root, idx), self.root.dtype)

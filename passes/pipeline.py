@@ -7,9 +7,11 @@ from lamina.passes.cse import eliminate_common_subexpressions
 from lamina.passes.dce import eliminate_dead_code
 from lamina.passes.decompose import decompose
 from lamina.passes.fold import fold_constants
+from lamina.passes.licm import hoist_loop_invariants
 from lamina.passes.simplify import simplify
 
-# composites -> primitives; grad nodes -> backward; then clean up what autodiff produced.
+# composites -> primitives; grad nodes -> backward; then clean up what autodiff produced;
+# then loop-invariant work out of loop bodies.
 DEFAULT = [
     decompose,
     differentiate,
@@ -18,4 +20,5 @@ DEFAULT = [
     eliminate_common_subexpressions,
     simplify,
     eliminate_dead_code,
+    hoist_loop_invariants,
 ]

@@ -75,7 +75,7 @@ def sum_of_batched_matmul(b, n, ins, users=None):
     a, c = x.inputs
     if a.type.ndim != 3 or c.type.ndim != 3 or a.shape[0] != c.shape[0] or a.shape[0] < 2:
         return None
-    if users is not None and len(users.get(x, ())) != 1:
+    if users is not None and len(users.get(n.inputs[0], ())) != 1:
         return None  # the products are read elsewhere too: keep them
     t, m, k = a.shape
     at = b.emit("transpose", (a,), {"perm": (1, 0, 2)})
@@ -268,8 +268,8 @@ def simplify(g: Graph) -> Graph:
     """Apply ``simplify_rules`` once over the graph, in order."""
     has_grad = any(n.op == "grad" for n in g.nodes)
     fired: Counter = Counter()
-    # the live readers of each value in the graph before this pass (a rule's operand that the
-    # pass left unchanged has these; replaced nodes linger, dead, until DCE)
+    # the live readers of each value of the graph before this pass (a rule asks about its
+    # node's operands there: n.inputs, not their rewritten forms)
     live = g.live_nodes()
     users: dict = {}
     for m in g.nodes:

@@ -212,7 +212,7 @@ def _loss(x, w):
 def test_llvm_adds_the_fused_stage():
     f = lm.compile(lm.grad(_loss, argnums=1), backend="llvm")
     f.lower(lm.TensorType((2, 3)), lm.TensorType((3, 4)))
-    assert f.stages()[-3:] == ["dce", "expand_conv", "fused"]
+    assert f.stages()[-4:] == ["dce", "licm", "expand_conv", "fused"]
     assert "kernel @fused_" in f.ir("fused")
 
 
@@ -224,7 +224,7 @@ def test_compile_stages_and_ir():
     assert g.shape == (3, 4) and g.dtype == np.float32
     names = f.stages()
     assert names == ["traced", "decompose", "autodiff", "simplify", "fold_constants", "cse",
-                     "simplify.2", "dce"]
+                     "simplify.2", "dce", "licm"]
     for i, name in enumerate(names):
         text = f.ir(name)
         assert text.startswith(f"# ---- after {i:02d} {name} (")
@@ -269,10 +269,10 @@ def test_lamina_dump_environment_variable(tmp_path):
     files = [f for f in everything if f.endswith(".lir")]
     assert files == ["00_traced.lir", "01_decompose.lir", "02_autodiff.lir", "03_simplify.lir",
                      "04_fold_constants.lir", "05_cse.lir", "06_simplify.2.lir", "07_dce.lir",
-                     "08_expand_conv.lir", "09_fused.lir"]
+                     "08_licm.lir", "09_expand_conv.lir", "10_fused.lir"]
     # the default (llvm) backend adds its plan, the LLVM IR before/after O3 and the assembly
-    assert everything[len(files):] == ["10_memory_plan.txt", "11_llvm_pre_opt.ll",
-                                       "12_llvm_opt.ll", "13_llvm.s"]
+    assert everything[len(files):] == ["11_memory_plan.txt", "12_llvm_pre_opt.ll",
+                                       "13_llvm_opt.ll", "14_llvm.s"]
     for i, name in enumerate(files):
         text = (folder / name).read_text()
         assert text.startswith(f"# ---- after {i:02d} {name[3:-4]} (")

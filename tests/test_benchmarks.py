@@ -18,8 +18,9 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 TIMED = ("gelu", "softmax", "layernorm", "matmul512", "matmul1024", "mlp_step", "cnn_train",
-         "transformer_train", "attention_long")
-STEPS = ("mlp_step", "cnn_train", "transformer_train")  # the compile-time rows
+         "transformer_train", "attention_long", "lstm_train")
+# the compile-time rows
+STEPS = ("mlp_step", "cnn_train", "transformer_train", "lstm_train", "lstm_train_t500")
 
 
 def _load_run():
@@ -92,7 +93,7 @@ def test_lamina_equals_numpy_peer(run, name, backend):
     assert run.check(wl, got) <= wl.tol
 
 
-@pytest.mark.parametrize("name", ["cnn_train", "transformer_train"])
+@pytest.mark.parametrize("name", ["cnn_train", "transformer_train", "lstm_train"])
 def test_check_catches_a_wrong_update(run, name):
     """A train step's check sees a parameter update that is 1% off (beyond float32 rounding)."""
     wl = run.make_workload(name, quick=True)
@@ -109,7 +110,7 @@ def test_references_equal_torch_autograd(run):
     torch = pytest.importorskip("torch")
     threads = torch.get_num_threads()
     peer = run.peers.make("torch", 1)  # sets torch's threads: restored below
-    for name in ("cnn_train", "transformer_train", "attention_long"):
+    for name in ("cnn_train", "transformer_train", "attention_long", "lstm_train"):
         wl = run.make_workload(name, quick=True)
         f8 = {k: (v.astype(np.float64) if getattr(v, "dtype", None) == np.float32 else v)
               for k, v in wl.inputs.items()}

@@ -73,3 +73,22 @@ def test_readme_cnn_and_transformer_block_runs():
     assert float(lines[0]) > 0  # the loss of the first step
     assert "(4): BatchNorm2d(32, eps=1e-05, momentum=0.1" in out.getvalue()
     assert lines[-1] == "(2, 10, 64)"
+
+
+def test_readme_loop_examples_run():
+    """The README's loop and LSTM examples run as printed, with the values they show."""
+    import pathlib
+
+    import numpy as np
+
+    lm = lamina
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    part = text.split("**Loops.**", 1)[1]
+    blocks = [b.split("```", 1)[0] for b in part.split("```python\n")[1:3]]
+    ns = {"np": np, "lm": lm, "nn": lm.nn}
+    exec(compile(blocks[0], "README.md", "exec"), ns)
+    assert ns["hs"].shape == (100, 2, 8) and np.allclose(ns["h"], ns["hs"][-1])
+    assert float(lm.while_loop(lambda c: c < 100, lambda c: c * 3, np.float32(1))) == 243.0
+    exec(compile(blocks[1], "README.md", "exec"), ns)
+    assert ns["out"].shape == (32, 50, 128) and ns["h_n"].shape == (2, 32, 128)

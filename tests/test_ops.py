@@ -23,7 +23,8 @@ from lamina.ir.ops.source import philox4x32
 
 # grad: expanded by autodiff, never run (covered by test_grad); kernel: made by fusion from the
 # other ops (covered by test_fuse and every backend test that compiles)
-UNTESTED = {"grad", "kernel"}
+# grad and kernel: made by passes; loops hold regions (tests/test_loops.py)
+UNTESTED = {"grad", "kernel", "scan", "fori_loop", "while_loop", "get"}
 
 CASES = [
     pytest.param(op, case, np.dtype(d), id=f"{op}-{case.name}-{np.dtype(d).name}")

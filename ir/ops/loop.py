@@ -156,7 +156,7 @@ def _scan_ref(*args, region, name, num_consts, num_carry, length, reverse, check
 
 defop("scan", arity=None, kind="loop", region=True,
       attrs=("name", "num_consts", "num_carry", "length", "reverse", "checkpoint"),
-      canon=_scan_canon, infer=_scan_infer, ref=_scan_ref, domain=Domain(via="lm.scan"),
+      canon=_scan_canon, infer=_scan_infer, ref=_scan_ref, domain=Domain(first=None, via="lm.scan"),
       doc="a loop over the leading axis of stacked inputs: carries in, carries and stacked "
           "per-step outputs out")
 
@@ -188,7 +188,7 @@ def _fori_ref(*args, region, name, num_consts, lower, upper, checkpoint):
 
 defop("fori_loop", arity=None, kind="loop", region=True,
       attrs=("name", "num_consts", "lower", "upper", "checkpoint"),
-      canon=_fori_canon, infer=_fori_infer, ref=_fori_ref, domain=Domain(via="lm.fori_loop"),
+      canon=_fori_canon, infer=_fori_infer, ref=_fori_ref, domain=Domain(first=None, via="lm.fori_loop"),
       doc="a counted loop: carries through upper - lower steps of the body")
 
 
@@ -253,7 +253,7 @@ def _while_ref(*args, region, name, num_consts):
 
 defop("while_loop", arity=None, kind="loop", region=True, attrs=("name", "num_consts"),
       canon=_while_canon, infer=_while_infer, ref=_while_ref,
-      domain=Domain(via="lm.while_loop"),
+      domain=Domain(first=None, via="lm.while_loop"),
       doc="a loop while a condition of the carries holds (forward only: not differentiable)")
 
 
@@ -280,5 +280,5 @@ def _get_ref(t, index):
 
 
 defop("get", arity=1, kind="loop", attrs=("index",), canon=_get_canon, infer=_get_infer,
-      ref=_get_ref, domain=Domain(via="lm.scan"),
+      ref=_get_ref, domain=Domain(first=None, via="lm.scan"),
       doc="one part of a loop's result (its final carries, then its stacked outputs)")

@@ -140,6 +140,7 @@ class Fuser:
         self.boundaries: list[tuple[Node, Node, str]] = []
         self.reasons: dict[Node, str] = {}  # why a producer stayed out of the current group
         self.kept: set[Node] = set()  # loops and their results: top-level nodes of their own
+        self.filled: set[Node] = set()  # splat constants computed by a kernel (loop operands)
         self.misread = False  # a reduction was left out: it would have been read at other rows
 
     def decline(self, p: Node, reason: str) -> bool:
@@ -475,10 +476,14 @@ class Fuser:
         for n in reversed(g.nodes):
             if n not in needed or n in owned:
                 continue
-            if n.op == "constant":
+            if n.op == "constant" and not (is_splat(n) and n in self.filled):
                 continue  # literals stay top-level (splats are cloned into kernels)
             if category(n) == "loop":  # loops (their bodies fused already) and their results
                 needed.update(v for v in n.inputs if isinstance(v, Node))
+                # a splat a loop reads is filled by a kernel, not written out as a literal
+                # (a zero cotangent stacked over 500 steps would be megabytes of IR)
+                self.filled.update(v for v in n.inputs if isinstance(v, Node) and
+                                   v.op == "constant" and is_splat(v) and v.type.size > 64)
                 self.kept.add(n)
                 continue
             G = self.group_at(n, needed)

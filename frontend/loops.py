@@ -188,6 +188,13 @@ def _emit_loop(op: str, name: str, operands, attrs, region):
     return [b.var(b.emit("get", (node,), {"index": k})) for k in range(len(node.type))]
 
 
+def _initial(what: str, init):
+    """The initial carry's values (in the enclosing trace), its structure and types."""
+    leaves, tree = flatten(init, is_leaf=_is_leaf)
+    vals = _leaves_in(current().builder, leaves, f"{what}: the initial carry")
+    return vals, tree, [v.type for v in vals]
+
+
 def _loop_name(fn, default: str) -> str:
     name = getattr(fn, "__name__", None) or default
     return sanitize(default if name == "<lambda>" else name)
@@ -235,12 +242,9 @@ def scan(f, init, xs=None, length: int | None = None, reverse: bool = False,
     if current() is None:
         return _eager(lambda i, x: scan(f, i, x, length, reverse, checkpoint), (init, xs))
     what = "lm.scan"
-    ctx = current()
-    b = ctx.builder
-    init_leaves, init_tree = flatten(init, is_leaf=_is_leaf)
-    init_vals = _leaves_in(b, init_leaves, f"{what}: the initial carry")
+    init_vals, init_tree, carry_types = _initial(what, init)
     x_leaves, x_tree = flatten(xs, is_leaf=_is_leaf)
-    x_vals = _leaves_in(b, x_leaves, f"{what}: xs")
+    x_vals = _leaves_in(current().builder, x_leaves, f"{what}: xs")
     lengths = {v.type.shape[0] if v.type.ndim else None for v in x_vals}
     if None in lengths:
         raise ShapeError(f"{what}: every leaf of xs needs a leading axis to scan over; got "
@@ -255,7 +259,6 @@ def scan(f, init, xs=None, length: int | None = None, reverse: bool = False,
                          f"the leaves of xs (and length) disagree on the length: "
                          f"{sorted(lengths)}"), user_loc())
     n = lengths.pop()
-    carry_types = [v.type for v in init_vals]
     slice_types = [v.type.with_shape(v.type.shape[1:]) for v in x_vals]
 
     def call(index, carry, x, body):
@@ -301,11 +304,7 @@ def fori_loop(lower: int, upper: int, body, init, checkpoint: bool = False):
                               user_loc())
     if current() is None:
         return _eager(lambda c: fori_loop(lower, upper, body, c, checkpoint), (init,))
-    ctx = current()
-    b = ctx.builder
-    init_leaves, init_tree = flatten(init, is_leaf=_is_leaf)
-    init_vals = _leaves_in(b, init_leaves, f"{what}: the initial carry")
-    carry_types = [v.type for v in init_vals]
+    init_vals, init_tree, carry_types = _initial(what, init)
 
     def call(index, carry, _, bb):
         new = body(index, carry)
@@ -334,11 +333,7 @@ def while_loop(cond, body, init):
     if current() is None:
         return _eager(lambda c: while_loop(cond, body, c), (init,))
     what = "lm.while_loop"
-    ctx = current()
-    b = ctx.builder
-    init_leaves, init_tree = flatten(init, is_leaf=_is_leaf)
-    init_vals = _leaves_in(b, init_leaves, f"{what}: the initial carry")
-    carry_types = [v.type for v in init_vals]
+    init_vals, init_tree, carry_types = _initial(what, init)
 
     def call(index, carry, _, bb):
         p = bb.lift(cond(carry))

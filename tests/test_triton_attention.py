@@ -246,3 +246,11 @@ def test_many_batch_heads_fold_into_grid_x(monkeypatch):
     _, _, fc, gc = _check(xs, True, 0.4, F64)
     for s in _attention_sources(fc) + _attention_sources(gc):
         assert s.grid[1] == 1 and s.grid[0] % 3 == 0 and "bh = t // " in s.source
+
+
+def test_empty_batch_with_a_bias():
+    """Regression (checker seed 25, program 7450): an empty batch with a bias (a float
+    attn_mask) divided by the batch size while rendering the bias's index."""
+    xs = [np.zeros(s, F32) for s in ((0, 1, 1), (0, 1, 1), (0, 1, 0))]
+    xs.append(np.full((1, 1), 0.53, F32))
+    _check(xs, False, 1.0, F32, compile_for=("sm_80",))

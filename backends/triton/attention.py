@@ -224,7 +224,8 @@ class _Render:
             batch, s_row, s_col = self.bias_strides
             terms, inner = [], self.B
             for size, stride in batch:
-                inner //= size
+                # an empty batch: no program runs (checker seed 25, program 7450)
+                inner //= max(size, 1)
                 if stride and size > 1:
                     i = "bh" if inner == 1 else f"(bh // {inner})"
                     if inner * size != self.B:

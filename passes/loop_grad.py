@@ -68,6 +68,39 @@ def _cone_until(roots, known) -> tuple[set, set]:
     return nodes, missing
 
 
+# Ops the backward body recomputes from what is saved rather than save their results: no
+# transcendental, at most one pass over memory (the fused backward kernels absorb them).
+RECOMPUTED = {"add", "sub", "mul", "neg", "transpose", "reshape", "broadcast", "cast"}
+
+
+def _recompute_cheap(store: list[Value], stepwise: set[Value], bwd: set[Node]) -> list[Value]:
+    """Trade saved values for recomputation where that costs no memory: a saved value made
+    by a cheap op from per-step values (``stepwise``: those the backward body lacks) is replaced by those values when they are saved already
+    or, together, no larger (``1 - tanh(c)**2`` from ``tanh(c)``, ``h.T`` from ``h``).
+
+    Every stored value is written per step by the forward loop and read back by the backward
+    one (cold memory: an LSTM step's 13 residuals were most of its time); the recomputation
+    fuses into the backward kernels that read the value."""
+    store = list(store)
+    changed = True
+    while changed:
+        changed = False
+        have = set(store)
+        for v in list(store):
+            if not isinstance(v, Node) or v.op not in RECOMPUTED or v in bwd:
+                continue
+            srcs = list(dict.fromkeys(u for u in v.inputs if u in stepwise))
+            new = [u for u in srcs if u not in have]
+            if sum(u.type.nbytes for u in new) > v.type.nbytes:
+                continue
+            k = store.index(v)
+            store[k:k + 1] = new
+            have.discard(v)
+            have.update(new)
+            changed = True
+    return store
+
+
 def _float(v: Value) -> bool:
     return v.dtype.is_float
 
@@ -121,8 +154,14 @@ class LoopGrad:
             contribs[nc + nk + k] = out[len(init) + j]
         # the consts' gradients as one product of the stacked per-step factors (simplify's
         # sum_of_batched_matmul makes it one GEMM over the steps' rows)
-        for k, perms, ia, jf in self.products:
-            a, f = out[len(init) + ia], out[len(init) + jf]
+        def factor(where):
+            kind, j, flip = where
+            v = {"ys": lambda: out[len(init) + j], "saved": lambda: residuals[j],
+                 "xs": lambda: self.xs[j]}[kind]()
+            return b.emit("transpose", (v,), {"perm": (0, 2, 1)}) if flip else v
+
+        for k, perms, fa, ff in self.products:
+            a, f = factor(fa), factor(ff)
             g = b.emit("sum", (b.emit("matmul", (a, f)),), {"axis": (0,), "keepdims": False})
             for perm in reversed(perms):
                 g = b.emit("transpose", (g,), {"perm": perm})
@@ -222,6 +261,8 @@ def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:
         store += [v for v in results if v in reads and v in stepwise and v not in store
                   and v is not p_i and v not in p_xs]
     store = list(dict.fromkeys(store))
+    if not checkpoint:
+        store = _recompute_cheap(store, stepwise - {p_i, *p_xs}, bwd)
 
     # --- the forward loop, yielding the residuals too -------------------------------------
     fb = Builder(R.name)
@@ -277,17 +318,31 @@ def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:
     for a_in, (_, g) in zip(acc, g_const):
         new_acc.append(bb.emit("add", (a_in, env[g])))
     ys = [env[g] for g in g_xs]
-    slot = {}  # a factor that is a per-step output already (dgates: x's too) is read there
+    # Each factor is read from a stacked array that exists anyway where it can be: a per-step
+    # output of the backward scan (dgates: x's gradient too), a saved residual or an x; a
+    # transposed factor (h.T) is read through the transpose of the stack (a strided GEMM
+    # operand), not transposed step by step
+    slot = {}
     for k, v in enumerate(ys):
-        slot.setdefault(v, k)
+        slot.setdefault(v, ("ys", k, False))
+    saved_at = {v: j for j, v in enumerate(store)}
+    xs_at = {p: j for j, p in enumerate(p_xs)}
     factor_at = []
     for _, _, ab in products:
         for x in ab:
-            v = env[x]
-            if v not in slot:
-                slot[v] = len(ys)
-                ys.append(v)
-            factor_at.append(slot[v])
+            flip = isinstance(x, Node) and x.op == "transpose" and x.attrs["perm"] == (1, 0) \
+                and x not in bwd
+            u = x.inputs[0] if flip else x
+            if u in saved_at:
+                factor_at.append(("saved", saved_at[u], flip))
+            elif u in xs_at:
+                factor_at.append(("xs", xs_at[u], flip))
+            else:
+                v = env[x]
+                if v not in slot:
+                    slot[v] = ("ys", len(ys), False)
+                    ys.append(v)
+                factor_at.append(slot[v])
     bwd_region = bb.build([env[g] for g in g_carry] + new_acc + ys)
     remark(f"{n.op} @{n.attrs['name']}: the backward scan reads {len(store)} saved "
            f"value(s) per step" + (" (checkpoint: the carries)" if checkpoint else ""))

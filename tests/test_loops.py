@@ -240,6 +240,32 @@ def test_checkpoint_stores_only_the_carries():
     assert sizes[1] == 1 < sizes[0]
 
 
+def test_cheap_residuals_are_recomputed_not_stored():
+    """An LSTM step saves what its backward needs and cannot cheaply recompute: the four gate
+    activations, c_prev, tanh(c) and h_prev (7 per step), not 1 - s or 1 - tanh(c)**2 (cheap
+    functions of saved values) nor h_prev.T (the weight gradient reads the stack of h_prev
+    through a transpose instead of a per-step transposed copy)."""
+    T, B, I, H = 5, 2, 3, 4
+    lstm = lm.nn.LSTM(I, H)
+
+    opt = lm.optim.SGD(lstm.parameters(), lr=0.1)
+
+    @lm.compile(backend="numpy")
+    def f(x):
+        _, (h, _) = lstm(x)
+        loss = (h * h).mean()
+        opt.minimize(loss)
+        return loss
+
+    f(_randn(T, B, I))
+    ir = f.ir("autodiff")
+    fwd = next(line for line in ir.splitlines() if "= scan @" in line and "_grad" not in line)
+    bwd = next(line for line in ir.splitlines() if "= scan @" in line and "_grad(" in line)
+    # results: 2 carries, the stacked h, then the residuals
+    assert fwd.split(" : ")[1].count(f"f32[{T},") == 1 + 7
+    assert f"f32[{T},{H},{B}]" not in bwd.split(" : ")[1]
+
+
 def test_training_through_a_scan_updates_the_parameters():
     lm.random.seed(0)
     cell = lm.nn.Linear(4, 4)

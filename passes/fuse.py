@@ -90,6 +90,7 @@ class Group:
         # the first one had to leave a reduction out because a move read it at other rows
         self.cut_at_moves = False
         self.maps: dict | None = None  # index maps of a reduce group's values (row_maps)
+        self.pieces: set[Node] = set()  # computed per piece of a root concatenate (is_piece)
         self.reduce: tuple | None = None  # (input shape, reduced axes) of its reductions
         self.kind = {"matmul": "gemm", "reduce": "reduce", "opaque": "opaque",
                      "scan": "scan", "window": "window"}.get(category(root), "loop")
@@ -216,12 +217,32 @@ class Fuser:
                 return self.rows_aligned(G, p, G.reduce)
             return self.decline(p, f"its shape {list(p.shape)} fits neither the rows of "
                                    f"{list(d)} nor their reduced shape")
+        if self.is_piece(G, p):
+            G.pieces.add(p)
+            return True
         if (_size(p.shape) < _size(G.domain) and p.op not in CHEAP
                 and not _varies_on_leading_axes(p.shape, G.domain)):
             times = _size(G.domain) // max(1, _size(p.shape))
             return self.decline(p, f"it would be recomputed {times}x (its result is broadcast "
                                    "along a leading axis)")
         return True
+
+    def is_piece(self, G: Group, p: Node) -> bool:
+        """Is ``p`` read only as a piece of the root concatenate, directly or through
+        elementwise members of the piece's shape? The llvm kernel then runs one loop nest per
+        piece (when the concatenated axis is not the outermost one of extent > 1), so each
+        piece's values are computed once per element, not once per element of the whole.
+        Checked numerically by the random-program checker's concatenates (testing/generate.py)."""
+        root = G.root
+        if root.op != "concatenate" or G.kind != "loop" or p.op in MOVES_INDEX:
+            return False
+        outer = next((k for k, d in enumerate(root.shape) if d > 1), None)
+        if outer is None or root.attrs["axis"] <= outer:
+            return False
+        users = [u for u in self.users_of(p) if u in G.members]
+        # read by one piece only (a value two pieces read would be computed in both nests)
+        return len(users) == 1 and (users[0] is root or (
+            users[0] in G.pieces and users[0].shape == p.shape))
 
     def take_reduction(self, G: Group, p: Node) -> bool:
         d, axes = p.inputs[0].shape, reduce_axes(p)

@@ -383,6 +383,32 @@ def test_producer_varying_only_on_leading_axes_is_fused():
     assert not [r for r in f.remarks if r.startswith("boundary")]
 
 
+def test_pieces_of_a_concatenate_fuse_into_it():
+    """The llvm kernel writes a concatenate piece by piece (one loop nest per piece), so each
+    piece's producers are computed once per element: fused (an LSTM's backward step joins its
+    four gate gradients this way); a value two pieces read stays a kernel of its own."""
+    def fn(a, b):
+        t = lm.tanh(a)
+        return lm.concatenate([a * b, t * 2.0, b * 3.0 + t, lm.sigmoid(a + b)], axis=1)
+
+    f = Fused(fn, T((4, 6), F32), T((4, 6), F32))
+    assert sorted(sorted(region_ops(k)) for k in f.kernels) == [
+        ["add", "add", "concatenate", "mul", "mul", "mul", "sigmoid"], ["tanh"]]
+    check_fused(f)
+    a, b = np.random.default_rng(0).standard_normal((2, 4, 6)).astype(np.float32)
+    np.testing.assert_allclose(lm.compile(fn, backend="llvm")(a, b),
+                               lm.compile(fn, backend="numpy")(a, b), rtol=1e-6, atol=1e-6)
+
+
+def test_concatenate_along_its_outer_axis_keeps_expensive_pieces_out():
+    # concatenated along the outermost axis, the kernel picks the piece per element (the
+    # per-piece nests split the other axes): a piece fused there would be computed per piece
+    f = Fused(lambda a, b: lm.concatenate([lm.exp(a), b], axis=0), T((4, 6), F32),
+              T((4, 6), F32))
+    assert sorted(map(region_ops, f.kernels)) == [["concatenate"], ["exp"]]
+    check_fused(f)
+
+
 def test_a_value_two_loop_kernels_read_is_computed_once():
     def fn(x):
         a = lm.tanh(x)

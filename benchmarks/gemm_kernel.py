@@ -67,7 +67,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=jit.threads())
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--sizes", default="256,512,1024,2048")
+    ap.add_argument("--direct", action="store_true",
+                    help="instead: small-M shapes with B packed vs read in place (f32)")
     args = ap.parse_args()
+    if args.direct:
+        return direct_b(args)
 
     t0 = time.perf_counter()
     lib = gemm.build_library()
@@ -92,6 +96,31 @@ def main() -> None:
         print(f"{name:>12} {gf / t_np:9.1f} {gf / t_la:9.1f} {t_np / t_la:6.2f}"
               f"   {f_np:.2f}, {f_la:.2f}", flush=True)
     print("GFLOP/s = 2 n^3 / median time; ratio = lamina / numpy")
+
+
+def direct_b(args) -> None:
+    """Microseconds per call of small-M GEMMs with B packed (DIRECT_B_MAX_M = 0) and read in
+    place (no limit): the evidence for gemm.DIRECT_B_MAX_M."""
+    saved = gemm.DIRECT_B_MAX_M
+    try:
+        gemm.DIRECT_B_MAX_M = 0
+        packed = gemm.build_library(dtypes=("f32",))
+        gemm.DIRECT_B_MAX_M = 1 << 40
+        direct = gemm.build_library(dtypes=("f32",))
+    finally:
+        gemm.DIRECT_B_MAX_M = saved
+    rng = np.random.default_rng(0)
+    print(f"threads {args.threads}; us per call (median), f32; now DIRECT_B_MAX_M = {saved}")
+    for m, k, n in [(8, 128, 512), (32, 128, 512), (32, 512, 128), (48, 256, 512),
+                    (64, 128, 512), (96, 128, 512), (128, 256, 512), (192, 256, 512)]:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        c = np.empty((m, n), np.float32)
+        t = []
+        for lib in (packed, direct):
+            fn, fargs = lib.call_args(a, b, c, nthreads=args.threads)
+            t.append(measure(lambda fn=fn, fargs=fargs: fn(*fargs), args.reps * 5)[0] * 1e6)
+        print(f"{m:>5}x{k}x{n}: packed {t[0]:8.1f}  in place {t[1]:8.1f}")
 
 
 if __name__ == "__main__":

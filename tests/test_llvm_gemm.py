@@ -390,3 +390,26 @@ def test_tiles_any_threads_same_result(tiny_lib, lib, epilogues, dtype, batch, s
         for c in results[1:]:
             np.testing.assert_array_equal(c, results[0])
         results.clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("m", [1, 11, 32, gemm.DIRECT_B_MAX_M, gemm.DIRECT_B_MAX_M + 1])
+@pytest.mark.parametrize("k", [1, 7, 128, 900])
+def test_b_read_in_place(lib, dtype, nthreads, m, k, rng):
+    """Few rows of A and a row-major B of whole NR-column panels: the micro-kernel reads B in
+    place, not packed (gemm.DIRECT_B_MAX_M), here from a wider array (a row stride that is not
+    N), over several K blocks, in a batch with a broadcast A and ending against a guard page."""
+    dt = DTYPES[dtype]
+    nr = gemm.default_config(dtype).nrv * gemm.default_config(dtype).lanes(dtype)
+    n = 4 * nr
+    a = rng.standard_normal((m, k)).astype(dt)
+    wide = rng.standard_normal((k, n + 3)).astype(dt)
+    b = _flush_against_guard(wide[:, 3:])  # rsB = n + 3, ends against the guard
+    c = np.full((m, n), np.nan, dt)
+    lib.matmul(a, b, out=c, nthreads=nthreads)
+    check(c, a, b, dt)
+    bb = _flush_against_guard(rng.standard_normal((3, k, n)).astype(dt))
+    cc = np.full((3, m, n), np.nan, dt)
+    lib.matmul(a, bb, out=cc, nthreads=nthreads)
+    check(cc, np.broadcast_to(a, (3, m, k)), bb, dt)

@@ -155,6 +155,15 @@ def default_config(dtype: str) -> Config:
 # --- small IR helpers -----------------------------------------------------------------------
 
 
+# Up to this many rows of A, a row-major B with whole NR-column panels is read in place by
+# the micro-kernel instead of packed: a packed panel would serve only ceil(M / MR) micro-tiles,
+# too few to pay for copying it (an LSTM step's h @ W_hh, 32 x 128 x 512: B is 256 KiB, A
+# 16 KiB). ``python benchmarks/gemm_kernel.py --direct`` (f32, AVX-512, 2 threads): in place
+# 8-15% faster at M = 8..48 (32x128x512: 34.2 -> 29.5 us), equal or faster up to M = 96,
+# equal at 128.
+DIRECT_B_MAX_M = 96
+
+
 def _c64(v: int) -> ir.Constant:
     return ir.Constant(_i64, v)
 
@@ -258,15 +267,21 @@ class _Emitter:
         return ir.Constant(self.vt, [0.0] * self.vl)
 
     # micro-kernel ------------------------------------------------------------------------------
-    def ukernel(self) -> ir.Function:
+    def ukernel(self, direct: bool = False) -> ir.Function:
         """void uk(i64 kc, T* a, T* b, T* c, i64 ldc, i64 mr, i64 nr, i1 accumulate):
-        C[0:mr, 0:nr] (+)= Apanel(MR x kc) @ Bpanel(kc x NR)."""
+        C[0:mr, 0:nr] (+)= Apanel(MR x kc) @ Bpanel(kc x NR).
+
+        ``direct``: the variant ``uk(..., i1 accumulate, i64 sb)`` reading B in place, row k
+        of the panel at ``b + k*sb`` (a row-major B: see DIRECT_B_MAX_M)."""
         cfg, vt = self.cfg, self.vt
         mr_, nrv, u = cfg.mr, cfg.nrv, cfg.unroll
-        fn, b = _new_fn(self.m, self.prefix + "ukernel", _void,
-                        [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1])
+        fn, b = _new_fn(self.m, self.prefix + ("ukernel_direct" if direct else "ukernel"),
+                        _void, [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1]
+                        + ([_i64] if direct else []))
         fn.attributes.add("noinline")
-        kc, pa, pb, pc, ldc, mr, nr, accum = fn.args
+        kc, pa, pb, pc, ldc, mr, nr, accum = fn.args[:8]
+        sb = fn.args[8] if direct else _c64(self.nr)
+        b_align = _BYTES[self.dtype] if direct else 64
         for a in (pa, pb, pc):
             a.add_attribute("noalias")
         entry = b.block
@@ -289,14 +304,18 @@ class _Emitter:
                     acc[r][v].add_incoming(acc0[r][v], pre)
             cur = [[acc[r][v] for v in range(nrv)] for r in range(mr_)]
             for s in range(step):
-                bv = [b.load(_vptr(b, bp, _c64(s * self.nr + v * self.vl), vt), align=64)
-                      for v in range(nrv)]
+                if direct:
+                    row = b.mul(sb, _c64(s))
+                    offs = [b.add(row, _c64(v * self.vl)) for v in range(nrv)]
+                else:
+                    offs = [_c64(s * self.nr + v * self.vl) for v in range(nrv)]
+                bv = [b.load(_vptr(b, bp, off, vt), align=b_align) for off in offs]
                 for r in range(mr_):
                     x = _splat(b, b.load(b.gep(ap, [_c64(s * mr_ + r)])), vt)
                     for v in range(nrv):
                         cur[r][v] = b.call(self.fma, [x, bv[v], cur[r][v]])
             ap2 = b.gep(ap, [_c64(step * mr_)])
-            bp2 = b.gep(bp, [_c64(step * self.nr)])
+            bp2 = b.gep(bp, [b.mul(sb, _c64(step)) if direct else _c64(step * self.nr)])
             cnt2 = b.sub(cnt, _c64(1))
             cnt.add_incoming(cnt2, b.block)
             ap.add_incoming(ap2, b.block)
@@ -507,7 +526,7 @@ class _Emitter:
                  "akofs": _i64.as_pointer()}
         return [types.get(name, _i64) for name in self.JOB]
 
-    def tile(self, uk, pack_a, pack_b, pack_bt, pack_at) -> ir.Function:
+    def tile(self, uk, pack_a, pack_b, pack_bt, pack_at, uk_direct=None) -> ir.Function:
         """void tile(job*, i64 slot, i64 bi, i64 jb, i64 ib): C[rows of ib, columns of jb] of
         matrix bi, with the packing buffers of `slot`.
 
@@ -545,7 +564,15 @@ class _Emitter:
         tag = b.add(b.mul(bi, f["njb"]), jb)
         kofs = f["kofs"]
         tables = b.icmp_unsigned("!=", kofs, ir.Constant(kofs.type, None))
-        with b.if_then(b.icmp_signed("!=", b.load(tag_at), tag)):
+        # B read in place (no packing): row-major, whole NR-column panels, few rows of A to
+        # share a packed copy (DIRECT_B_MAX_M)
+        direct = b.and_(b.and_(b.not_(tables), b.icmp_signed("==", f["csB"], _c64(1))),
+                        b.and_(b.icmp_signed("==", b.srem(N, _c64(self.nr)), _c64(0)),
+                               b.icmp_signed("<=", M, _c64(DIRECT_B_MAX_M))))
+        if uk_direct is None:
+            direct = ir.Constant(_i1, 0)
+        b_in_place = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), j0)])
+        with b.if_then(b.and_(b.not_(direct), b.icmp_signed("!=", b.load(tag_at), tag))):
             with b.if_else(tables) as (then, other):
                 with then:  # B through offset tables: B[k, j] = B[bi*bsB + kofs[k] + jofs[j]]
                     src = b.gep(f["B"], [b.mul(bi, f["bsB"])])
@@ -586,12 +613,29 @@ class _Emitter:
                 crow = b.gep(cb, [b.add(b.mul(ir_, ldc), j0)])
                 with _for(b, _c64(0), nbw, _c64(self.nr), name="jr") as jr:
                     nr = _min(b, b.sub(nbw, jr), _c64(self.nr))
-                    b.call(uk, [kc, ap, b.gep(bblk, [b.mul(jr, kc)]), b.gep(crow, [jr]), ldc,
-                                mr, nr, b.not_(first)])
+                    if uk_direct is None:
+                        b.call(uk, [kc, ap, b.gep(bblk, [b.mul(jr, kc)]), b.gep(crow, [jr]),
+                                    ldc, mr, nr, b.not_(first)])
+                    else:
+                        self._direct_or_packed(b, uk, uk_direct, direct, kc, ap, b_in_place,
+                                               bblk, crow, pc, jr, ldc, mr, nr, first, f)
                 with b.if_then(call_epi):
                     b.call(epi, [ctx, bi, cb, ldc, ir_, b.add(ir_, mr), j0, j1])
         b.ret_void()
         return fn
+
+    @staticmethod
+    def _direct_or_packed(b, uk, uk_direct, direct, kc, ap, b_in_place, bblk, crow, pc, jr,
+                          ldc, mr, nr, first, f):
+        """One micro-kernel call of the tile: B read in place or from its packed block."""
+        with b.if_else(direct) as (then, other):
+            with then:
+                bsrc = b.gep(b_in_place, [b.add(b.mul(pc, f["rsB"]), jr)])
+                b.call(uk_direct, [kc, ap, bsrc, b.gep(crow, [jr]), ldc, mr, nr, b.not_(first),
+                                   f["rsB"]])
+            with other:
+                b.call(uk, [kc, ap, b.gep(bblk, [b.mul(jr, kc)]), b.gep(crow, [jr]), ldc, mr,
+                            nr, b.not_(first)])
 
     def chunk(self, tile) -> ir.Function:
         """void chunk(i8* job, i64 c, i64 slot): the pool's chunk function. Chunk c is units
@@ -745,7 +789,7 @@ def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Fu
 
     e = _Emitter(module, dtype, cfg or default_config(dtype))
     chunk = e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), gemm_gather.pack_table(e),
-                           gemm_gather.pack_table_a(e)))
+                           gemm_gather.pack_table_a(e), e.ukernel(direct=True)))
     e.entry(chunk, gather=True)
     return e.entry(chunk)
 

@@ -267,21 +267,18 @@ class _Emitter:
         return ir.Constant(self.vt, [0.0] * self.vl)
 
     # micro-kernel ------------------------------------------------------------------------------
-    def ukernel(self, direct: bool = False) -> ir.Function:
-        """void uk(i64 kc, T* a, T* b, T* c, i64 ldc, i64 mr, i64 nr, i1 accumulate):
-        C[0:mr, 0:nr] (+)= Apanel(MR x kc) @ Bpanel(kc x NR).
-
-        ``direct``: the variant ``uk(..., i1 accumulate, i64 sb)`` reading B in place, row k
-        of the panel at ``b + k*sb`` (a row-major B: see DIRECT_B_MAX_M)."""
+    def ukernel(self) -> ir.Function:
+        """void uk(i64 kc, T* a, T* b, T* c, i64 ldc, i64 mr, i64 nr, i1 accumulate, i64 sb):
+        C[0:mr, 0:nr] (+)= Apanel(MR x kc) @ Bpanel(kc x NR), row k of the B panel at
+        ``b + k*sb``: NR for a packed panel, the row stride for a B read in place (a row-major
+        B: see DIRECT_B_MAX_M). One function for both: a second copy of the micro-kernel cost
+        0.3 s more to build the library, and the stride in a register measured no slower."""
         cfg, vt = self.cfg, self.vt
         mr_, nrv, u = cfg.mr, cfg.nrv, cfg.unroll
-        fn, b = _new_fn(self.m, self.prefix + ("ukernel_direct" if direct else "ukernel"),
-                        _void, [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1]
-                        + ([_i64] if direct else []))
+        fn, b = _new_fn(self.m, self.prefix + "ukernel", _void,
+                        [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1, _i64])
         fn.attributes.add("noinline")
-        kc, pa, pb, pc, ldc, mr, nr, accum = fn.args[:8]
-        sb = fn.args[8] if direct else _c64(self.nr)
-        b_align = _BYTES[self.dtype] if direct else 64
+        kc, pa, pb, pc, ldc, mr, nr, accum, sb = fn.args
         for a in (pa, pb, pc):
             a.add_attribute("noalias")
         entry = b.block
@@ -304,18 +301,15 @@ class _Emitter:
                     acc[r][v].add_incoming(acc0[r][v], pre)
             cur = [[acc[r][v] for v in range(nrv)] for r in range(mr_)]
             for s in range(step):
-                if direct:
-                    row = b.mul(sb, _c64(s))
-                    offs = [b.add(row, _c64(v * self.vl)) for v in range(nrv)]
-                else:
-                    offs = [_c64(s * self.nr + v * self.vl) for v in range(nrv)]
-                bv = [b.load(_vptr(b, bp, off, vt), align=b_align) for off in offs]
+                row = b.mul(sb, _c64(s))
+                bv = [b.load(_vptr(b, bp, b.add(row, _c64(v * self.vl)), vt),
+                             align=_BYTES[self.dtype]) for v in range(nrv)]
                 for r in range(mr_):
                     x = _splat(b, b.load(b.gep(ap, [_c64(s * mr_ + r)])), vt)
                     for v in range(nrv):
                         cur[r][v] = b.call(self.fma, [x, bv[v], cur[r][v]])
             ap2 = b.gep(ap, [_c64(step * mr_)])
-            bp2 = b.gep(bp, [b.mul(sb, _c64(step)) if direct else _c64(step * self.nr)])
+            bp2 = b.gep(bp, [b.mul(sb, _c64(step))])
             cnt2 = b.sub(cnt, _c64(1))
             cnt.add_incoming(cnt2, b.block)
             ap.add_incoming(ap2, b.block)
@@ -526,7 +520,7 @@ class _Emitter:
                  "akofs": _i64.as_pointer()}
         return [types.get(name, _i64) for name in self.JOB]
 
-    def tile(self, uk, pack_a, pack_b, pack_bt, pack_at, uk_direct=None) -> ir.Function:
+    def tile(self, uk, pack_a, pack_b, pack_bt, pack_at) -> ir.Function:
         """void tile(job*, i64 slot, i64 bi, i64 jb, i64 ib): C[rows of ib, columns of jb] of
         matrix bi, with the packing buffers of `slot`.
 
@@ -569,8 +563,6 @@ class _Emitter:
         direct = b.and_(b.and_(b.not_(tables), b.icmp_signed("==", f["csB"], _c64(1))),
                         b.and_(b.icmp_signed("==", b.srem(N, _c64(self.nr)), _c64(0)),
                                b.icmp_signed("<=", M, _c64(DIRECT_B_MAX_M))))
-        if uk_direct is None:
-            direct = ir.Constant(_i1, 0)
         b_in_place = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), j0)])
         with b.if_then(b.and_(b.not_(direct), b.icmp_signed("!=", b.load(tag_at), tag))):
             with b.if_else(tables) as (then, other):
@@ -613,29 +605,15 @@ class _Emitter:
                 crow = b.gep(cb, [b.add(b.mul(ir_, ldc), j0)])
                 with _for(b, _c64(0), nbw, _c64(self.nr), name="jr") as jr:
                     nr = _min(b, b.sub(nbw, jr), _c64(self.nr))
-                    if uk_direct is None:
-                        b.call(uk, [kc, ap, b.gep(bblk, [b.mul(jr, kc)]), b.gep(crow, [jr]),
-                                    ldc, mr, nr, b.not_(first)])
-                    else:
-                        self._direct_or_packed(b, uk, uk_direct, direct, kc, ap, b_in_place,
-                                               bblk, crow, pc, jr, ldc, mr, nr, first, f)
+                    bsrc = b.select(direct,
+                                    b.gep(b_in_place, [b.add(b.mul(pc, f["rsB"]), jr)]),
+                                    b.gep(bblk, [b.mul(jr, kc)]))
+                    b.call(uk, [kc, ap, bsrc, b.gep(crow, [jr]), ldc, mr, nr, b.not_(first),
+                                b.select(direct, f["rsB"], _c64(self.nr))])
                 with b.if_then(call_epi):
                     b.call(epi, [ctx, bi, cb, ldc, ir_, b.add(ir_, mr), j0, j1])
         b.ret_void()
         return fn
-
-    @staticmethod
-    def _direct_or_packed(b, uk, uk_direct, direct, kc, ap, b_in_place, bblk, crow, pc, jr,
-                          ldc, mr, nr, first, f):
-        """One micro-kernel call of the tile: B read in place or from its packed block."""
-        with b.if_else(direct) as (then, other):
-            with then:
-                bsrc = b.gep(b_in_place, [b.add(b.mul(pc, f["rsB"]), jr)])
-                b.call(uk_direct, [kc, ap, bsrc, b.gep(crow, [jr]), ldc, mr, nr, b.not_(first),
-                                   f["rsB"]])
-            with other:
-                b.call(uk, [kc, ap, b.gep(bblk, [b.mul(jr, kc)]), b.gep(crow, [jr]), ldc, mr,
-                            nr, b.not_(first)])
 
     def chunk(self, tile) -> ir.Function:
         """void chunk(i8* job, i64 c, i64 slot): the pool's chunk function. Chunk c is units
@@ -789,7 +767,7 @@ def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Fu
 
     e = _Emitter(module, dtype, cfg or default_config(dtype))
     chunk = e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), gemm_gather.pack_table(e),
-                           gemm_gather.pack_table_a(e), e.ukernel(direct=True)))
+                           gemm_gather.pack_table_a(e)))
     e.entry(chunk, gather=True)
     return e.entry(chunk)
 

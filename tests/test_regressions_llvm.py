@@ -24,6 +24,7 @@ from test_fuse import Fused, region_ops
 
 import lamina as lm
 from lamina.backends.llvm.codegen import Codegen
+from lamina.backends.llvm.gemm_call import _rows_fold
 from lamina.backends.llvm.kernels import scratch_need
 from lamina.frontend.trace import current
 from lamina.ir import parse
@@ -455,3 +456,41 @@ def test_half_precision_matmul_is_a_clear_error_on_llvm():
     a = np.ones((4, 4), np.float16)
     with pytest.raises(lm.LaminaError, match="does not support float16"):
         lm.compile(lambda a: a @ a, backend="llvm")(a)
+
+
+_FOLD_CASES = {
+    # [T, B, K] @ [K, N] and what the epilogue reads: the batch folds into the rows where the
+    # epilogue only reads positions of the output (bias, residual, activation)...
+    "plain": lambda x, w, r, m, v: x @ w,
+    "bias_relu": lambda x, w, r, m, v: lm.relu(x @ w + v),
+    "residual": lambda x, w, r, m, v: lm.tanh(x @ w) * r + 1.0,
+    # ...and must not where it reads the row or batch index of the matrix it is in
+    "per_row_operand": lambda x, w, r, m, v: x @ w + m,
+    "causal_mask": lambda x, w, r, m, v: lm.where(
+        lm.arange(5).reshape(5, 1) >= lm.arange(7), x @ w, 0.0),
+    "transposed_a": lambda x, w, r, m, v: lm.transpose(x, (1, 0, 2)) @ w,
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FOLD_CASES))
+def test_batched_matmul_with_a_shared_rhs_folds_the_batch_into_rows(case):
+    """x [T, B, K] @ w [K, N] runs as one GEMM of T*B rows when the epilogue allows it
+    (gemm_call._rows_fold); each case against the numpy reference."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 5, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 7)).astype(np.float32)
+    r = rng.standard_normal((4, 5, 7)).astype(np.float32)
+    m = rng.standard_normal((5, 7)).astype(np.float32)
+    v = rng.standard_normal(7).astype(np.float32)
+    if case == "transposed_a":
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    fn = _FOLD_CASES[case]
+    f = lm.compile(fn, backend="llvm")
+    got = f(x, w, r, m, v)
+    want = lm.compile(fn, backend="numpy")(x, w, r, m, v)
+    assert_close(got, want)
+    (k,) = [n for n in parse(f.ir("fused")).nodes
+            if n.op == "kernel" and any(m.op == "matmul" for m in n.region.nodes)]
+    (mm,) = [m for m in k.region.nodes if m.op == "matmul"]
+    folds = case in ("plain", "bias_relu", "residual")
+    assert _rows_fold(k.region, mm) == folds or case == "transposed_a"

@@ -111,7 +111,14 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
                     ke.nthreads, *tables])
 
     ua, ub = _uniform(ba, batch_shape), _uniform(bb, batch_shape)
-    if ua is not None and ub is not None:
+    if (nbatch > 1 and ub == 0 and ua == M * oa.rows and not gather
+            and _rows_fold(region, mm)):
+        # B is shared by every matrix and A's rows run on uniformly from one matrix into the
+        # next ([T, B, K] @ [K, N]): one GEMM of T*B rows, not T GEMMs of B rows (an LSTM's
+        # input projection, 50 x [32, 64] @ [64, 512]: ~0.85 -> ~0.55 ms)
+        M, nbatch = M * nbatch, 1
+        call(base_a, base_b, c, _c(1), 0, 0, _c(0))
+    elif ua is not None and ub is not None:
         call(base_a, base_b, c, _c(nbatch), ua, ub, _c(0))  # no matrix: no call
     else:  # batch strides that do not flatten: one call per matrix
         em = ke.emitter()
@@ -127,6 +134,39 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
 
         ke.nest(batch_shape, one, None)
     return 1, 2 * max(nbatch, 1) * M * N * K
+
+
+def _rows_fold(region, mm: Node) -> bool:
+    """May the batch of ``mm``'s matrices be computed as one matrix of all their rows? The
+    epilogue then sees batch index 0 and rows past M: right where it only combines values at
+    the same position of a row-major output (elementwise ops, splat constants, operands of the
+    output's shape or varying along its columns only), wrong for anything that reads the row
+    or batch index (iota, shape ops, an operand broadcast over the batch)."""
+    from lamina.ir.ops.registry import get as get_op
+    from lamina.ir.ops.source import is_splat
+
+    root = region.outputs[0]
+    if root.shape != mm.shape:
+        return False
+    seen, todo = set(), [root]
+    while todo:
+        v = todo.pop()
+        if v is mm or v in seen:
+            continue
+        seen.add(v)
+        if isinstance(v, Param):
+            pad = (1,) * (root.type.ndim - v.type.ndim) + tuple(v.shape)
+            if pad != tuple(root.shape) and any(d != 1 for d in pad[:-1]):
+                return False
+            continue
+        if v.op == "constant":
+            if not is_splat(v):
+                return False
+            continue
+        if get_op(v.op).kind != "elementwise":
+            return False
+        todo.extend(v.inputs)
+    return True
 
 
 def _c(v: int) -> ir.Constant:

@@ -100,7 +100,8 @@ from lamina.ir.errors import (
 from lamina.ir.types import TensorType
 
 _ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,
-            "lamina.random": random, "lamina.nn.init": nn.init}
+            "lamina.random": random, "lamina.nn.init": nn.init,
+            "lamina.optim.lr_scheduler": optim.lr_scheduler}
 
 
 def _register_aliases():

@@ -35,15 +35,22 @@ class Optimizer:
                 raise GradError(f"{type(self).__name__}: parameter {p.name} is {p.type}; only "
                                 "float parameters can be trained")
         self._lr = Variable(np.float32(lr), name=f"{self.kind}.lr")
+        self._lr_set = float(lr)  # the rate as given (the step reads it rounded to float32)
         self._slots: dict[tuple[int, str], Variable] = {}
 
     @property
     def lr(self) -> float:
-        return float(self._lr.host_value())
+        """The learning rate: state of the compiled step, so setting it (by hand or from a
+        schedule, ``optim.lr_scheduler``) never recompiles. Reads back the value set; the
+        step computes with it rounded to float32."""
+        if np.float32(self._lr_set) != self._lr.host_value():  # written another way
+            self._lr_set = float(self._lr.host_value())
+        return self._lr_set
 
     @lr.setter
     def lr(self, value: float) -> None:
         self._lr.assign(np.float32(value))
+        self._lr_set = float(value)
 
     def slot(self, p: Parameter, kind: str, init: float = 0.0) -> Variable:
         """Per-parameter optimizer state (created zero-filled on first use)."""

@@ -101,7 +101,7 @@ from lamina.ir.types import TensorType
 
 _ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,
             "lamina.random": random, "lamina.nn.init": nn.init,
-            "lamina.optim.lr_scheduler": optim.lr_scheduler}
+            "lamina.optim.lr_scheduler": optim.lr_scheduler, "lamina.nn.utils": nn.utils}
 
 
 def _register_aliases():

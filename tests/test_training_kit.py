@@ -117,3 +117,64 @@ def test_schedule_errors_are_clear():
         S.StepLR(opt, step_size=0)
     with pytest.raises(lm.LaminaError, match="expected a lamina optimizer"):
         S.StepLR(object(), step_size=3)
+
+
+# --- gradient clipping ------------------------------------------------------------------------
+
+
+def _torch_clipped_step(ws, loss_fn, lr, max_norm=None, clip_value=None):
+    tw = [torch.nn.Parameter(torch.tensor(w, dtype=torch.float64)) for w in ws]
+    loss_fn(tw).backward()
+    norm = None
+    if clip_value is not None:
+        torch.nn.utils.clip_grad_value_(tw, clip_value)
+    if max_norm is not None:
+        norm = float(torch.nn.utils.clip_grad_norm_(tw, max_norm))
+    with torch.no_grad():
+        for p in tw:
+            p -= lr * p.grad
+    return [p.detach().numpy() for p in tw], norm
+
+
+@pytest.mark.parametrize("max_norm,clip_value", [(0.5, None), (100.0, None), (None, 0.3),
+                                                 (1.0, 0.3)])
+def test_clipping_inside_the_step_matches_pytorch(backend, max_norm, clip_value):
+    rng = np.random.default_rng(0)
+    init = [rng.standard_normal((3, 4)).astype(F32), rng.standard_normal(4).astype(F32)]
+    x = rng.standard_normal((5, 3)).astype(F32)
+    a, c = nn.Parameter(init[0].copy(), "a"), nn.Parameter(init[1].copy(), "c")
+    opt = optim.SGD([a, c], lr=0.1)
+
+    def loss(ws, xx, lib):
+        return ((lib.tanh(xx @ ws[0] + ws[1]) - 0.5) ** 2).sum()
+
+    step = lm.compile(lambda xx: opt.minimize(loss([a, c], xx, lm), clip_grad_norm=max_norm,
+                                              clip_grad_value=clip_value), backend=backend)
+    step(x)
+    want, norm = _torch_clipped_step(init, lambda tw: loss(tw, torch.tensor(x, dtype=torch.float64),
+                                                        torch), 0.1, max_norm, clip_value)
+    assert_close(a.numpy(), want[0].astype(F32), rtol=1e-5, atol=1e-6)
+    assert_close(c.numpy(), want[1].astype(F32), rtol=1e-5, atol=1e-6)
+    if max_norm is not None:
+        assert opt.grad_norm == pytest.approx(norm, rel=1e-5)
+        if max_norm < norm:  # it did clip: the applied step has norm lr * max_norm
+            moved = np.sqrt(sum(((p.numpy() - i) ** 2).sum() for p, i in zip([a, c], init)))
+            assert moved == pytest.approx(0.1 * max_norm, rel=1e-4)
+    else:
+        assert opt.grad_norm is None
+
+
+def test_clip_grad_norm_function_and_errors():
+    from lamina.nn.utils import clip_grad_norm, clip_grad_value
+
+    def f(x, y):
+        (gx, gy), norm = clip_grad_norm([x, y], 1.0, norm_type=float("inf"))
+        return gx, gy, norm
+
+    gx, gy, norm = lm.compile(f)(np.array([3.0, -4.0], F32), np.array([2.0], F32))
+    assert float(norm) == 4.0
+    assert_close(gx, np.array([0.75, -1.0], F32), rtol=1e-5)
+    with pytest.raises(lm.LaminaError, match="max_norm"):
+        lm.compile(lambda x: clip_grad_norm([x], 0.0)[1])(np.ones(2, F32))
+    with pytest.raises(lm.LaminaError, match="clip_value"):
+        lm.compile(lambda x: clip_grad_value([x], -1.0)[0])(np.ones(2, F32))

@@ -1,7 +1,7 @@
 """Neural-network building blocks: ``Module``, ``Parameter``, ``Buffer``, layers, ``init`` and
 ``functional``."""
 
-from lamina.frontend.nn import functional, init
+from lamina.frontend.nn import functional, init, utils
 from lamina.frontend.nn.containers import ModuleDict, ModuleList, Sequential
 from lamina.frontend.nn.conv import (
     AdaptiveAvgPool1d,
@@ -27,7 +27,7 @@ __all__ = ["GELU", "Dropout", "Linear", "Module", "Parameter", "ReLU", "Sequenti
            # buffers, containers, normalization, embedding, init (issue 9)
            "BatchNorm1d", "BatchNorm2d", "Buffer", "Embedding", "Flatten", "GroupNorm",
            "Identity", "LayerNorm", "ModuleDict", "ModuleList", "ParameterView", "RMSNorm",
-           "init"]
+           "init", "utils"]
 __all__ += ["AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AvgPool1d", "AvgPool2d", "Conv1d",
             "Conv2d", "ConvTranspose1d", "ConvTranspose2d", "MaxPool1d", "MaxPool2d"]
 # attention (issue 9)

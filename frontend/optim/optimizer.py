@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lamina.frontend.nn import utils as nn_utils
 from lamina.frontend.parameter import Buffer, Parameter
 from lamina.frontend.trace import require_trace, user_loc
 from lamina.ir.errors import GradError, LaminaError
@@ -37,6 +38,7 @@ class Optimizer:
         self._lr = Variable(np.float32(lr), name=f"{self.kind}.lr")
         self._lr_set = float(lr)  # the rate as given (the step reads it rounded to float32)
         self._slots: dict[tuple[int, str], Variable] = {}
+        self._grad_norm: Variable | None = None
 
     @property
     def lr(self) -> float:
@@ -66,11 +68,25 @@ class Optimizer:
             self._slots[key] = Variable(np.float32(init), f"{self.kind}.{kind}")
         return self._slots[key]
 
-    def minimize(self, loss):
+    def minimize(self, loss, *, clip_grad_norm: float | None = None,
+                 clip_grad_value: float | None = None):
         """Differentiate ``loss`` with respect to every parameter and record the update.
 
         Call it inside a compiled function; the whole step (forward, backward, update) is one
         graph. Returns ``loss``.
+
+        ``clip_grad_value`` clamps each gradient element to ``[-v, v]``; ``clip_grad_norm``
+        then scales all gradients together so that their global 2-norm is at most that
+        (PyTorch's ``clip_grad_value_`` / ``clip_grad_norm_``, inside the step). The norm
+        before clipping is kept: :attr:`grad_norm` after the step.
+
+        >>> import numpy as np, lamina as lm
+        >>> from lamina import nn, optim
+        >>> w = nn.Parameter(np.array([3.0, 4.0], np.float32), "w")
+        >>> opt = optim.SGD([w], lr=1.0)
+        >>> step = lm.compile(lambda: opt.minimize((w * w).sum() / 2, clip_grad_norm=1.0))
+        >>> _ = step(); np.round(w.numpy(), 4), opt.grad_norm  # gradient w (norm 5) -> norm 1
+        (array([2.4, 3.2], dtype=float32), 5.0)
         """
         ctx = require_trace(f"{type(self).__name__}.minimize")
         b = ctx.builder
@@ -86,11 +102,24 @@ class Optimizer:
                                 user_loc())
         params = [ctx.read(p) for p in self.params]
         grads = [b.call("grad", loss_v, p) for p in params]
+        if clip_grad_value is not None:
+            grads = nn_utils.clip_grad_value(grads, clip_grad_value)
+        if clip_grad_norm is not None:
+            grads, norm = nn_utils.clip_grad_norm(grads, clip_grad_norm)
+            if self._grad_norm is None:
+                self._grad_norm = Variable(np.float32(0), name=f"{self.kind}.grad_norm")
+            ctx.assign(self._grad_norm, norm, by=me)
         lr = ctx.read(self._lr)
         for p, value, g in zip(self.params, params, grads):
             ctx.assign(p, self.update(ctx, p, value, g, lr.astype(p.dtype)), by=me)
         self.finish(ctx)
         return loss
+
+    @property
+    def grad_norm(self) -> float | None:
+        """The global gradient norm (before clipping) of the last step that clipped by norm
+        (``minimize(..., clip_grad_norm=...)``); None before."""
+        return None if self._grad_norm is None else float(self._grad_norm.host_value())
 
     def update(self, ctx, p: Parameter, value, grad, lr):
         """The new value of parameter ``p`` (traced) from its ``grad``."""

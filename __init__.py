@@ -12,7 +12,8 @@ __version__ = "0.1.0"
 
 from lamina import ir
 from lamina.compiler import CompiledFunction, compile, load
-from lamina.frontend import nn, optim, random
+from lamina.frontend import data, nn, optim, random
+from lamina.frontend.checkpoint import load_checkpoint, save_checkpoint
 from lamina.frontend.ops import (
     abs,
     add,
@@ -101,7 +102,8 @@ from lamina.ir.types import TensorType
 
 _ALIASES = {"lamina.nn": nn, "lamina.nn.functional": nn.functional, "lamina.optim": optim,
             "lamina.random": random, "lamina.nn.init": nn.init,
-            "lamina.optim.lr_scheduler": optim.lr_scheduler, "lamina.nn.utils": nn.utils}
+            "lamina.optim.lr_scheduler": optim.lr_scheduler, "lamina.nn.utils": nn.utils,
+            "lamina.data": data}
 
 
 def _register_aliases():
@@ -132,3 +134,4 @@ __all__ = [
 ]
 __all__ += ["avg_pool", "conv", "conv_transpose", "max_pool"]  # convolution and pooling
 __all__ += ["masked_fill"]  # masking (issue 9)
+__all__ += ["data", "load_checkpoint", "save_checkpoint"]  # the training kit (issue 11)

@@ -273,6 +273,13 @@ class TraceContext:
             return assigned
         return self.builder.var(self.state_param(var))
 
+    def value_after(self, var: Variable):
+        """``var``'s value after the call: its update recorded so far in this trace (an
+        optimizer's new weights), else its current value."""
+        p = self.state_param(var)
+        new = self.updates.get(p.name)
+        return self.builder.var(new) if new is not None else self.read(var)
+
     def rng_key(self, var: Variable):
         """The key of a random draw without an explicit one: ``var``'s value (a loop body
         mixes in its step index, so every step draws fresh numbers)."""

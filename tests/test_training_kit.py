@@ -178,3 +178,137 @@ def test_clip_grad_norm_function_and_errors():
         lm.compile(lambda x: clip_grad_norm([x], 0.0)[1])(np.ones(2, F32))
     with pytest.raises(lm.LaminaError, match="clip_value"):
         lm.compile(lambda x: clip_grad_value([x], -1.0)[0])(np.ones(2, F32))
+
+
+# --- checkpoints, batches, weight averaging ---------------------------------------------------
+
+
+def _training(seed, backend, x, y):
+    """A run with every kind of state: parameters, batch-norm buffers, dropout's random key,
+    AdamW slots and step, a one-cycle schedule, a shuffling loader, an EMA of the weights."""
+    from lamina.data import DataLoader
+
+    lm.random.seed(seed)
+    model = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3),
+                          nn.Linear(16, 3))
+    opt = optim.AdamW(model.parameters(), lr=0.01)
+    sched = S.OneCycleLR(opt, max_lr=0.05, total_steps=12)
+    loader = DataLoader((x, y), batch_size=8, shuffle=True, seed=5)
+    ema = optim.EMA(model, decay=0.9)
+
+    @lm.compile(backend=backend)
+    def step(xb, yb):
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        opt.minimize(loss, clip_grad_norm=1.0)
+        ema.update()
+        return loss
+
+    return dict(model=model, opt=opt, sched=sched, loader=loader, ema=ema, step=step)
+
+
+def _steps(run, n):
+    losses = []
+    while len(losses) < n:
+        for xb, yb in run["loader"]:
+            losses.append(np.asarray(run["step"](xb, yb)).copy())
+            run["sched"].step()
+            if len(losses) == n:
+                break
+    return losses
+
+
+def _state(run):
+    return {**{f"m.{k}": v for k, v in run["model"].state_dict().items()},
+            **{f"o.{k}": v for k, v in run["opt"].state_dict().items()},
+            **{f"e.{k}": v for k, v in run["ema"].state_dict().items() if k != "decay"}}
+
+
+def test_a_resumed_checkpoint_continues_bit_identically(backend, tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4)).astype(F32)
+    y = rng.integers(0, 3, 40)
+    whole = _training(0, backend, x, y)
+    losses = _steps(whole, 12)  # 12 steps: 5 batches an epoch, so it ends mid-epoch
+
+    first = _training(0, backend, x, y)
+    head = _steps(first, 7)
+    assert all(np.array_equal(a, b) for a, b in zip(head, losses[:7]))
+    path = str(tmp_path / "ckpt.npz")
+    lm.save_checkpoint(path, first["model"], first["opt"], step=7, scheduler=first["sched"],
+                       loader=first["loader"], ema=first["ema"], extra={"note": "half"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.npz"]  # no temporary left
+
+    resumed = _training(99, backend, x, y)  # other initial weights and random key
+    info = lm.load_checkpoint(path, resumed["model"], resumed["opt"],
+                              scheduler=resumed["sched"], loader=resumed["loader"],
+                              ema=resumed["ema"])
+    assert info == {"step": 7, "extra": {"note": "half"}}
+    tail = _steps(resumed, 5)
+    for a, b in zip(tail, losses[7:]):
+        assert np.array_equal(a, b)
+    ref, got = _state(whole), _state(resumed)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert np.array_equal(ref[k], got[k]), k
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    model = nn.Linear(3, 2)
+    opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    path = str(tmp_path / "c.npz")
+    lm.save_checkpoint(path, model, opt)
+    with pytest.raises(lm.LaminaError, match="another model"):
+        lm.load_checkpoint(path, nn.Linear(4, 2))
+    with pytest.raises(lm.LaminaError, match="no scheduler state"):
+        lm.load_checkpoint(path, model, scheduler=S.StepLR(opt, 3))
+    other = nn.Linear(3, 2)
+    before = other.state_dict()
+    with pytest.raises(lm.LaminaError, match="no state of this optimizer"):
+        lm.load_checkpoint(path, other, optim.Adam(other.parameters()))
+    # nothing was written: the model keeps its weights when the optimizer does not fit
+    assert all(np.array_equal(v, other.state_dict()[k]) for k, v in before.items())
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(lm.LaminaError, match="damaged or not a checkpoint"):
+        lm.load_checkpoint(str(bad), model)
+    with pytest.raises(lm.LaminaError, match="no file"):
+        lm.load_checkpoint(str(tmp_path / "missing.npz"), model)
+    with pytest.raises(lm.LaminaError, match="plain data"):
+        lm.save_checkpoint(path, model, extra={"f": object()})
+
+
+def test_data_loader_batches_shuffles_and_resumes():
+    from lamina.data import DataLoader
+
+    x = np.arange(10)
+    plain = DataLoader(x, batch_size=4)
+    assert [b.tolist() for b in plain] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert len(DataLoader(x, batch_size=4, drop_last=True)) == 2
+    a = DataLoader((x, -x), batch_size=3, shuffle=True, seed=1)
+    e1 = [xb.tolist() for xb, _ in a]
+    e2 = [xb.tolist() for xb, _ in a]
+    assert e1 != e2 and sorted(sum(e1, [])) == list(range(10))  # a new order every epoch
+    b = DataLoader((x, -x), batch_size=3, shuffle=True, seed=1)
+    it = iter(b)
+    first = next(it)[0].tolist()
+    state = b.state_dict()
+    c = DataLoader((x, -x), batch_size=3, shuffle=True, seed=1)
+    c.load_state_dict(state)
+    assert [first] + [xb.tolist() for xb, _ in c] == e1
+    with pytest.raises(lm.LaminaError, match="different lengths"):
+        DataLoader((x, x[:3]), batch_size=2)
+
+
+def test_ema_averages_the_updated_weights():
+    w = nn.Parameter(np.zeros(3, F32), "w")
+    opt, ema = optim.SGD([w], lr=0.5), optim.EMA([w], decay=0.8)
+    step = lm.compile(lambda: (opt.minimize(((w - 1.0) ** 2).sum()), ema.update()))
+    ref_w, ref_s = np.zeros(3), np.zeros(3)
+    for _ in range(4):
+        step()
+        ref_w = ref_w - 0.5 * 2 * (ref_w - 1.0)
+        ref_s = 0.8 * ref_s + 0.2 * ref_w
+    assert_close(ema.shadow(w), ref_s.astype(F32))
+    with ema.average_parameters():
+        assert_close(w.numpy(), ref_s.astype(F32))
+    assert_close(w.numpy(), ref_w.astype(F32))

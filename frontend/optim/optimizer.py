@@ -133,3 +133,46 @@ class Optimizer:
         out = {self._lr.name: self._lr.numpy()}
         out.update({v.name: v.numpy() for v in self._slots.values()})
         return out
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` gave (slots are created where a fresh optimizer has
+        none yet, so a new process resumes before its first step). Everything is checked
+        before anything is written: an unknown name, a missing slot or a wrong shape is an
+        error naming it."""
+        self._apply(self._plan(state))
+
+    def _plan(self, state: dict) -> list:
+        """The checked writes of :meth:`load_state_dict` (nothing written yet)."""
+        plan = []
+        by_name = {p.name: p for p in self.params}
+        for key, value in state.items():
+            value = np.asarray(value)
+            if key == self._lr.name:
+                plan.append((None, "lr", value))
+                continue
+            if key.startswith(self.kind + ".") and "." not in key[len(self.kind) + 1:]:
+                plan.append((None, key[len(self.kind) + 1:], value))
+                continue
+            owner = max((n for n in by_name if key.startswith(n + ".")), key=len, default=None)
+            if owner is None:
+                raise LaminaError(f"{type(self).__name__}.load_state_dict: {key!r} is no "
+                                  f"state of this optimizer (its parameters: "
+                                  f"{sorted(by_name)})")
+            p = by_name[owner]
+            if value.shape != p.shape:
+                raise LaminaError(f"{type(self).__name__}.load_state_dict: {key} has shape "
+                                  f"{list(value.shape)}, the parameter {list(p.shape)}")
+            plan.append((p, key[len(owner) + 1:], value))
+        missing = set(self.state_dict()) - set(state)
+        if missing:
+            raise LaminaError(f"{type(self).__name__}.load_state_dict: missing {sorted(missing)}")
+        return plan
+
+    def _apply(self, plan: list) -> None:
+        for p, kind, value in plan:
+            if kind == "lr":
+                self.lr = float(value)
+            elif p is None:
+                self.scalar(kind).assign(value.astype(np.float32))
+            else:
+                self.slot(p, kind).assign(value.astype(p.dtype.np))

@@ -312,3 +312,61 @@ def test_ema_averages_the_updated_weights():
     with ema.average_parameters():
         assert_close(w.numpy(), ref_s.astype(F32))
     assert_close(w.numpy(), ref_w.astype(F32))
+
+
+# --- parameter groups -------------------------------------------------------------------------
+
+
+def test_parameter_groups_match_pytorch(backend):
+    """AdamW with no weight decay on the biases and a higher rate for them, under a cosine
+    schedule that scales each group's own rate, against torch for 6 steps."""
+    rng = np.random.default_rng(1)
+    w0, b0 = rng.standard_normal((3, 2)).astype(F32), rng.standard_normal(2).astype(F32)
+    x = rng.standard_normal((4, 3)).astype(F32)
+    w, b = nn.Parameter(w0.copy(), "w"), nn.Parameter(b0.copy(), "b")
+    opt = optim.AdamW([{"params": [w]}, {"params": [b], "weight_decay": 0.0, "lr": 0.05}],
+                      lr=0.01, weight_decay=0.5)
+    sched = S.CosineAnnealingLR(opt, T_max=6)
+    step = lm.compile(lambda xx: opt.minimize((lm.tanh(xx @ w + b) ** 2).sum()),
+                      backend=backend)
+    tw, tb = (torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for v in (w0, b0))
+    topt = torch.optim.AdamW([{"params": [tw]}, {"params": [tb], "weight_decay": 0.0,
+                                                  "lr": 0.05}], lr=0.01, weight_decay=0.5)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=6)
+    tx = torch.tensor(x, dtype=torch.float64)
+    for _ in range(6):
+        assert sched.get_last_lr() == pytest.approx(tsched.get_last_lr(), rel=1e-9)
+        step(x)
+        topt.zero_grad()
+        (torch.tanh(tx @ tw + tb) ** 2).sum().backward()
+        topt.step()
+        tsched.step()
+        sched.step()
+    assert_close(w.numpy(), tw.detach().numpy().astype(F32), rtol=1e-5, atol=1e-6)
+    assert_close(b.numpy(), tb.detach().numpy().astype(F32), rtol=1e-5, atol=1e-6)
+    assert len(step.variants) == 1
+
+
+def test_a_group_rate_set_by_hand_takes_effect_without_recompiling():
+    a, c = nn.Parameter(np.ones(2, F32), "a"), nn.Parameter(np.ones(2, F32), "c")
+    opt = optim.SGD([{"params": [a]}, {"params": [c]}], lr=0.1)
+    step = lm.compile(lambda: opt.minimize((a * a).sum() + (c * c).sum()))
+    step()
+    opt.param_groups[1]["lr"] = 0.5
+    step()
+    assert_close(a.numpy(), np.full(2, 0.8 * 0.8, F32))
+    assert_close(c.numpy(), np.full(2, 0.8 * 0.0, F32), atol=1e-7)
+    assert len(step.variants) == 1
+    assert set(opt.state_dict()) == {"sgd.lr", "sgd.lr1"}
+
+
+def test_parameter_group_errors_are_clear():
+    a, c = nn.Parameter(np.ones(2, F32), "a"), nn.Parameter(np.ones(2, F32), "c")
+    with pytest.raises(lm.LaminaError, match="in parameter groups 0 and 1"):
+        optim.SGD([{"params": [a]}, {"params": [a, c]}], lr=0.1)
+    with pytest.raises(lm.LaminaError, match="sets \\['betas'\\]"):
+        optim.SGD([{"params": [a], "betas": (0.9, 0.9)}], lr=0.1)
+    with pytest.raises(lm.LaminaError, match="not a mix"):
+        optim.SGD([a, {"params": [c]}], lr=0.1)
+    with pytest.raises(lm.LaminaError, match="has no 'params'"):
+        optim.SGD([{"lr": 0.1}], lr=0.1)

@@ -15,25 +15,28 @@ class Adam(Optimizer):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        super().__init__(params, lr)
+        super().__init__(params, lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
 
     def update(self, ctx, p, value, grad, lr):
+        h = self.group(p)
+        beta1, beta2 = h["betas"]
+        wd = h["weight_decay"]
         t = ctx.read(self.scalar("step")).astype(p.dtype) + 1.0  # this step's number, from 1
         g = grad
-        if self.weight_decay and not self.decoupled:
-            g = g + self.weight_decay * value
+        if wd and not self.decoupled:
+            g = g + wd * value
         m_slot, v_slot = self.slot(p, "adam_m"), self.slot(p, "adam_v")
-        m = self.beta1 * ctx.read(m_slot) + (1 - self.beta1) * g
-        v = self.beta2 * ctx.read(v_slot) + (1 - self.beta2) * (g * g)
+        m = beta1 * ctx.read(m_slot) + (1 - beta1) * g
+        v = beta2 * ctx.read(v_slot) + (1 - beta2) * (g * g)
         ctx.assign(m_slot, m)
         ctx.assign(v_slot, v)
-        m_hat = m / (1.0 - self.beta1 ** t)
-        v_hat = v / (1.0 - self.beta2 ** t)
-        new = value - lr * m_hat / (ops.sqrt(v_hat) + self.eps)
-        if self.weight_decay and self.decoupled:
-            new = new - lr * self.weight_decay * value
+        m_hat = m / (1.0 - beta1 ** t)
+        v_hat = v / (1.0 - beta2 ** t)
+        new = value - lr * m_hat / (ops.sqrt(v_hat) + h["eps"])
+        if wd and self.decoupled:
+            new = new - lr * wd * value
         return new
 
     def finish(self, ctx):

@@ -22,8 +22,8 @@ Each schedule gives the rate of step ``t`` (``last_epoch``) in closed form from 
 (the optimizer's rate when the schedule was made), so a schedule restored from
 ``state_dict()`` continues exactly where it stopped.
 
-Differences from PyTorch: one rate per optimizer (lamina's optimizers have no parameter groups
-yet); ``OneCycleLR`` does not cycle momentum (a momentum change would recompile the step), so
+Each parameter group's rate follows the schedule from its own base rate, as in PyTorch.
+Difference from PyTorch: ``OneCycleLR`` does not cycle momentum (a momentum change would recompile the step), so
 its ``cycle_momentum`` must be False.
 """
 
@@ -45,28 +45,40 @@ class LRScheduler:
             raise LaminaError(f"{type(self).__name__}: expected a lamina optimizer, got "
                               f"{type(optimizer).__name__}")
         self.optimizer = optimizer
+        groups = optimizer.param_groups
         if last_epoch == -1:
-            if getattr(optimizer, "initial_lr", None) is None:  # PyTorch's setdefault: a
-                optimizer.initial_lr = optimizer.lr              # second schedule keeps it
-        elif getattr(optimizer, "initial_lr", None) is None:
+            for g in groups:  # PyTorch's setdefault: a second schedule keeps the first's
+                if g.get("initial_lr") is None:
+                    dict.__setitem__(g, "initial_lr", g["lr"])
+        elif any(g.get("initial_lr") is None for g in groups):
             raise LaminaError(f"{type(self).__name__}: last_epoch={last_epoch} resumes a "
-                              "schedule, but the optimizer has no initial_lr (set it, or "
-                              "restore the schedule with load_state_dict)")
-        self.base_lr = float(optimizer.initial_lr)
+                              "schedule, but the optimizer's groups have no initial_lr (restore "
+                              "the schedule with load_state_dict instead)")
+        self.base_lrs = [float(g["initial_lr"]) for g in groups]
         self.last_epoch = last_epoch
         self.step()
 
-    def lr_at(self, t: int) -> float:
+    @property
+    def base_lr(self) -> float:
+        return self.base_lrs[0]
+
+    def lr_for(self, t: int, base: float) -> float:
+        """The rate of step ``t`` for a group whose base rate is ``base``."""
         raise NotImplementedError
 
+    def lr_at(self, t: int) -> float:
+        """The rate of step ``t`` (of the first parameter group)."""
+        return self.lr_for(t, self.base_lrs[0])
+
     def step(self) -> None:
-        """Advance one step and set the optimizer's rate (no recompilation)."""
+        """Advance one step and set the optimizer's rates (no recompilation)."""
         self.last_epoch += 1
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_for(self.last_epoch, base)
 
     def get_last_lr(self) -> list[float]:
-        """The rate set by the last :meth:`step` (a list, as in PyTorch)."""
-        return [self.lr_at(self.last_epoch)]
+        """The rates set by the last :meth:`step`, one per parameter group (as in PyTorch)."""
+        return [self.lr_for(self.last_epoch, base) for base in self.base_lrs]
 
     def state_dict(self) -> dict:
         """The schedule's position and arguments (plain numbers: checkpoint-safe)."""
@@ -76,8 +88,10 @@ class LRScheduler:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, tuple(v) if isinstance(getattr(self, k, None), tuple) else v)
-        self.optimizer.initial_lr = self.base_lr
-        self.optimizer.lr = self.lr_at(self.last_epoch)
+        self.base_lrs = [float(b) for b in self.base_lrs]
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            dict.__setitem__(g, "initial_lr", base)
+            g["lr"] = self.lr_for(self.last_epoch, base)
 
 
 class LambdaLR(LRScheduler):
@@ -87,8 +101,8 @@ class LambdaLR(LRScheduler):
         self.lr_lambda = lr_lambda
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
-        return self.base_lr * float(self.lr_lambda(t))
+    def lr_for(self, t, base):
+        return base * float(self.lr_lambda(t))
 
 
 class StepLR(LRScheduler):
@@ -100,8 +114,8 @@ class StepLR(LRScheduler):
         self.step_size, self.gamma = int(step_size), float(gamma)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
-        return self.base_lr * self.gamma ** (t // self.step_size)
+    def lr_for(self, t, base):
+        return base * self.gamma ** (t // self.step_size)
 
 
 class MultiStepLR(LRScheduler):
@@ -111,8 +125,8 @@ class MultiStepLR(LRScheduler):
         self.milestones, self.gamma = tuple(sorted(int(m) for m in milestones)), float(gamma)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
-        return self.base_lr * self.gamma ** bisect.bisect_right(self.milestones, t)
+    def lr_for(self, t, base):
+        return base * self.gamma ** bisect.bisect_right(self.milestones, t)
 
 
 class ExponentialLR(LRScheduler):
@@ -122,8 +136,8 @@ class ExponentialLR(LRScheduler):
         self.gamma = float(gamma)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
-        return self.base_lr * self.gamma ** t
+    def lr_for(self, t, base):
+        return base * self.gamma ** t
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -135,8 +149,8 @@ class CosineAnnealingLR(LRScheduler):
         self.T_max, self.eta_min = int(T_max), float(eta_min)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
-        return self.eta_min + (self.base_lr - self.eta_min) * (
+    def lr_for(self, t, base):
+        return self.eta_min + (base - self.eta_min) * (
             1 + math.cos(math.pi * t / self.T_max)) / 2
 
 
@@ -153,9 +167,9 @@ class LinearLR(LRScheduler):
         self.total_iters = int(total_iters)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
+    def lr_for(self, t, base):
         frac = min(t, self.total_iters) / self.total_iters if self.total_iters > 0 else 1.0
-        return self.base_lr * (self.start_factor + (self.end_factor - self.start_factor) * frac)
+        return base * (self.start_factor + (self.end_factor - self.start_factor) * frac)
 
 
 class OneCycleLR(LRScheduler):
@@ -188,12 +202,12 @@ class OneCycleLR(LRScheduler):
         self.max_lr, self.pct_start = float(max_lr), float(pct_start)
         self.anneal_strategy, self.three_phase = anneal_strategy, bool(three_phase)
         self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
-        if last_epoch == -1:
-            optimizer.initial_lr = self.max_lr / self.div_factor
+        if last_epoch == -1:  # PyTorch replaces every group's starting rate
+            for g in optimizer.param_groups:
+                dict.__setitem__(g, "initial_lr", self.max_lr / self.div_factor)
         super().__init__(optimizer, last_epoch)
 
-    def _phases(self):
-        init = self.base_lr
+    def _phases(self, init):
         low = init / self.final_div_factor
         up = float(self.pct_start * self.total_steps) - 1
         last = self.total_steps - 1
@@ -201,11 +215,11 @@ class OneCycleLR(LRScheduler):
             return [(up, init, self.max_lr), (2 * up, self.max_lr, init), (last, init, low)]
         return [(up, init, self.max_lr), (last, self.max_lr, low)]
 
-    def lr_at(self, t):
+    def lr_for(self, t, base):
         if t > self.total_steps:
             raise LaminaError(f"OneCycleLR: step {t} is past total_steps={self.total_steps}")
         start_step = 0.0
-        phases = self._phases()
+        phases = self._phases(base)
         for k, (end_step, start, end) in enumerate(phases):
             if t <= end_step or k == len(phases) - 1:
                 span = end_step - start_step
@@ -231,13 +245,13 @@ class SequentialLR(LRScheduler):
         self.schedulers, self.milestones = list(schedulers), tuple(int(m) for m in milestones)
         super().__init__(optimizer, last_epoch)
 
-    def lr_at(self, t):
+    def lr_for(self, t, base):
         k = bisect.bisect_right(self.milestones, t)
         start = self.milestones[k - 1] if k else 0
-        return self.schedulers[k].lr_at(t - start)
+        return self.schedulers[k].lr_for(t - start, base)
 
     def state_dict(self) -> dict:
-        return {"last_epoch": self.last_epoch, "base_lr": self.base_lr,
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs),
                 "milestones": list(self.milestones),
                 "schedulers": [s.state_dict() for s in self.schedulers]}
 

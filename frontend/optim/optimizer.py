@@ -16,43 +16,117 @@ from lamina.ir.errors import GradError, LaminaError
 from lamina.ir.variable import Variable
 
 
+class _Group(dict):
+    """One parameter group (PyTorch's ``param_groups[i]``): writing its ``"lr"`` sets the
+    rate of the compiled step (no recompilation); other options are read when the step is
+    traced."""
+
+    def __init__(self, opt, index: int, items: dict):
+        super().__init__(items)
+        self._opt, self._index = opt, index
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if key == "lr" and self._opt is not None:
+            self._opt._lrs[self._index].assign(np.float32(value))
+
+
 class Optimizer:
-    """Base class: subclasses implement :meth:`update`."""
+    """Base class: subclasses implement :meth:`update`.
+
+    ``params`` is an iterable of parameters, or of dicts (PyTorch's parameter groups), each
+    with ``"params"`` and any options to override for them, e.g. no weight decay on norms
+    and biases::
+
+        >>> import numpy as np
+        >>> from lamina import nn, optim
+        >>> model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+        >>> decay = [p for n, p in model.named_parameters() if n.endswith(".w")]
+        >>> rest = [p for n, p in model.named_parameters() if not n.endswith(".w")]
+        >>> opt = optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}],
+        ...                   lr=1e-3, weight_decay=0.1)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
+        [(1, 0.1), (3, 0.0)]
+
+    Each group's ``"lr"`` is state of the compiled step (set it, or let a schedule set it);
+    the other options are read when the step is traced.
+    """
 
     kind = "opt"
 
-    def __init__(self, params, lr: float):
-        self.params = list(params)
+    def __init__(self, params, lr: float, **defaults):
+        items = list(params)
+        if items and all(isinstance(g, dict) for g in items):
+            raw = items
+        elif any(isinstance(g, dict) for g in items):
+            raise LaminaError(f"{type(self).__name__}: give parameters or parameter groups "
+                              "(dicts with 'params'), not a mix")
+        else:
+            raw = [{"params": items}]
+        self.defaults = {"lr": lr, **defaults}
+        self.param_groups: list[_Group] = []
+        seen: dict[int, int] = {}
+        for i, g in enumerate(raw):
+            if "params" not in g:
+                raise LaminaError(f"{type(self).__name__}: parameter group {i} has no "
+                                  "'params'")
+            unknown = set(g) - set(self.defaults) - {"params", "initial_lr"}
+            if unknown:
+                raise LaminaError(f"{type(self).__name__}: parameter group {i} sets "
+                                  f"{sorted(unknown)}; the options are {sorted(self.defaults)}")
+            ps = [g["params"]] if isinstance(g["params"], Parameter) else list(g["params"])
+            for p in ps:
+                self._check_param(p)
+                if id(p) in seen:
+                    raise LaminaError(f"{type(self).__name__}: {p.name} is in parameter groups "
+                                      f"{seen[id(p)]} and {i}; a parameter belongs to one")
+                seen[id(p)] = i
+            self.param_groups.append(_Group(None, i, {**self.defaults, **g, "params": ps}))
+        self.params = [p for g in self.param_groups for p in g["params"]]
         if not self.params:
             raise LaminaError(f"{type(self).__name__}: no parameters to optimize")
-        for p in self.params:
-            if isinstance(p, Buffer):
-                raise LaminaError(f"{type(self).__name__}: {p.name} is a Buffer (state that "
-                                  "is not trained); pass model.parameters(), which has none")
-            if not isinstance(p, Parameter):
-                raise LaminaError(f"{type(self).__name__}: expected Parameters, got "
-                                  f"{type(p).__name__}")
-            if not p.dtype.is_float:
-                raise GradError(f"{type(self).__name__}: parameter {p.name} is {p.type}; only "
-                                "float parameters can be trained")
-        self._lr = Variable(np.float32(lr), name=f"{self.kind}.lr")
-        self._lr_set = float(lr)  # the rate as given (the step reads it rounded to float32)
+        self._group_of = seen
+        self._lrs = [Variable(np.float32(g["lr"]), name=f"{self.kind}.lr" + (f"{i}" if i else ""))
+                     for i, g in enumerate(self.param_groups)]
+        for g in self.param_groups:
+            g._opt = self
         self._slots: dict[tuple[int, str], Variable] = {}
         self._grad_norm: Variable | None = None
 
+    def _check_param(self, p) -> None:
+        if isinstance(p, Buffer):
+            raise LaminaError(f"{type(self).__name__}: {p.name} is a Buffer (state that "
+                              "is not trained); pass model.parameters(), which has none")
+        if not isinstance(p, Parameter):
+            raise LaminaError(f"{type(self).__name__}: expected Parameters, got "
+                              f"{type(p).__name__}")
+        if not p.dtype.is_float:
+            raise GradError(f"{type(self).__name__}: parameter {p.name} is {p.type}; only "
+                            "float parameters can be trained")
+
+    @property
+    def _lr(self) -> Variable:
+        return self._lrs[0]
+
+    def group(self, p: Parameter) -> dict:
+        """The options of ``p``'s parameter group."""
+        return self.param_groups[self._group_of[id(p)]]
+
     @property
     def lr(self) -> float:
-        """The learning rate: state of the compiled step, so setting it (by hand or from a
-        schedule, ``optim.lr_scheduler``) never recompiles. Reads back the value set; the
-        step computes with it rounded to float32."""
-        if np.float32(self._lr_set) != self._lr.host_value():  # written another way
-            self._lr_set = float(self._lr.host_value())
-        return self._lr_set
+        """The learning rate (of the first parameter group; setting it sets every group's):
+        state of the compiled step, so setting it (by hand or from a schedule,
+        ``optim.lr_scheduler``) never recompiles. Reads back the value set; the step computes
+        with it rounded to float32."""
+        g = self.param_groups[0]
+        if np.float32(g["lr"]) != self._lrs[0].host_value():  # written another way
+            dict.__setitem__(g, "lr", float(self._lrs[0].host_value()))
+        return g["lr"]
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr.assign(np.float32(value))
-        self._lr_set = float(value)
+        for g in self.param_groups:
+            g["lr"] = float(value)
 
     def slot(self, p: Parameter, kind: str, init: float = 0.0) -> Variable:
         """Per-parameter optimizer state (created zero-filled on first use)."""
@@ -109,8 +183,9 @@ class Optimizer:
             if self._grad_norm is None:
                 self._grad_norm = Variable(np.float32(0), name=f"{self.kind}.grad_norm")
             ctx.assign(self._grad_norm, norm, by=me)
-        lr = ctx.read(self._lr)
+        lrs = [ctx.read(v) for v in self._lrs]
         for p, value, g in zip(self.params, params, grads):
+            lr = lrs[self._group_of[id(p)]]
             ctx.assign(p, self.update(ctx, p, value, g, lr.astype(p.dtype)), by=me)
         self.finish(ctx)
         return loss
@@ -130,7 +205,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         """Slot name -> value (copies), including the learning rate."""
-        out = {self._lr.name: self._lr.numpy()}
+        out = {v.name: v.numpy() for v in self._lrs}
         out.update({v.name: v.numpy() for v in self._slots.values()})
         return out
 
@@ -147,8 +222,9 @@ class Optimizer:
         by_name = {p.name: p for p in self.params}
         for key, value in state.items():
             value = np.asarray(value)
-            if key == self._lr.name:
-                plan.append((None, "lr", value))
+            lr_names = [v.name for v in self._lrs]
+            if key in lr_names:
+                plan.append((lr_names.index(key), "lr", value))
                 continue
             if key.startswith(self.kind + ".") and "." not in key[len(self.kind) + 1:]:
                 plan.append((None, key[len(self.kind) + 1:], value))
@@ -171,7 +247,7 @@ class Optimizer:
     def _apply(self, plan: list) -> None:
         for p, kind, value in plan:
             if kind == "lr":
-                self.lr = float(value)
+                self.param_groups[p]["lr"] = float(value)
             elif p is None:
                 self.scalar(kind).assign(value.astype(np.float32))
             else:

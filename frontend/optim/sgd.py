@@ -22,14 +22,16 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr: float = 0.01, momentum: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
-        super().__init__(params, lr)
+        super().__init__(params, lr, momentum=momentum, weight_decay=weight_decay,
+                         nesterov=nesterov)
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
 
     def update(self, ctx, p, value, grad, lr):
-        g = grad + self.weight_decay * value if self.weight_decay else grad
-        if self.momentum:
+        h = self.group(p)
+        g = grad + h["weight_decay"] * value if h["weight_decay"] else grad
+        if h["momentum"]:
             slot = self.slot(p, "momentum")
-            buf = self.momentum * ctx.read(slot) + g
+            buf = h["momentum"] * ctx.read(slot) + g
             ctx.assign(slot, buf)
-            g = g + self.momentum * buf if self.nesterov else buf
+            g = g + h["momentum"] * buf if h["nesterov"] else buf
         return value - lr * g

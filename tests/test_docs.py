@@ -9,6 +9,7 @@ import os
 import pkgutil
 import sys
 
+import numpy as np
 import pytest
 
 import lamina
@@ -53,6 +54,21 @@ def test_mlp_digits_reaches_97_percent(backend, capsys):
 def test_logistic_regression_reaches_95_percent(backend):
     acc = _run_example("logistic_regression", ["--backend", backend])
     assert acc >= 0.95, f"held-out accuracy {acc:.2%}"
+
+
+# The examples of issue 11: each one's --quick run (a few steps) is what CI checks; the full
+# runs and their metrics are in the README's gallery.
+QUICK_EXAMPLES = ["cnn_digits"]
+
+
+@pytest.mark.parametrize("name", QUICK_EXAMPLES)
+def test_example_quick_run_trains_and_draws_its_figure(name, tmp_path, capsys):
+    figure = tmp_path / f"{name}.png"
+    metric = _run_example(name, ["--quick", "--figure", str(figure)])
+    out = capsys.readouterr().out
+    assert np.isfinite(metric), out
+    assert figure.stat().st_size > 10_000, out  # a drawn PNG, not an empty one
+    assert f"figure: {figure}" in out
 
 
 def test_readme_cnn_and_transformer_block_runs():

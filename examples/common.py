@@ -1,0 +1,72 @@
+"""What every example shares: its command-line flags, the data it loads, its figure.
+
+Flags: ``--backend`` (llvm, numpy or triton), ``--quick`` (a few steps: what CI runs),
+``--seed``, ``--figure PATH`` (where the PNG goes; ``examples/figures/<name>.png`` by
+default, ``--figure ''`` for none). Figures need matplotlib (``pip install -e ".[examples]"``);
+without it an example says so and trains anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parser(doc: str, name: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--backend", default="llvm", help="llvm (default), numpy or triton")
+    ap.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--figure", default=os.path.join(HERE, "figures", f"{name}.png"),
+                    help="the PNG to write ('' for none)")
+    return ap
+
+
+def digits(seed: int, scale: str = "standard"):
+    """sklearn's 8x8 digits (ships with scikit-learn): train/test split (80/20, stratified).
+    ``scale``: "standard" (per-pixel statistics of the training set) or "unit" ([0, 1])."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = d.images.astype(np.float32)
+    y = d.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=seed,
+                                              stratify=y)
+    if scale == "unit":
+        return x_tr / 16.0, y_tr, x_te / 16.0, y_te
+    mean, std = x_tr.mean(), x_tr.std()
+    return (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te
+
+
+def save_figure(path: str, draw) -> str | None:
+    """``draw(plt)`` makes a figure; it is written to ``path``. None when there is no path or
+    no matplotlib (said on stdout)."""
+    if not path:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("figure skipped: matplotlib is not installed (pip install -e '.[examples]')")
+        return None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig = draw(plt)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    print(f"figure: {path}")
+    return path
+
+
+def smooth(values, k: int = 10) -> np.ndarray:
+    """The running mean of the last ``k`` values (for loss curves)."""
+    v = np.asarray(values, np.float64)
+    return np.array([v[max(0, i - k + 1):i + 1].mean() for i in range(len(v))])

@@ -43,6 +43,14 @@ def test_sequential_with_flatten_and_identity_matches_torch(backend):
     check_against_torch(model, tm, randn((3, 3, 4)), backend)
 
 
+def test_leaky_relu_and_silu_match_torch(backend):
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.LeakyReLU(0.2),
+                             torch.nn.Linear(6, 4), torch.nn.SiLU())
+    model = nn.Sequential(nn.Linear(5, 6), nn.LeakyReLU(0.2), nn.Linear(6, 4), nn.SiLU())
+    check_against_torch(model, tm, randn((3, 5)), backend)
+
+
 @pytest.mark.parametrize("start,end,shape", [(1, -1, (2, 3, 4, 5)), (0, -1, (2, 3, 4)),
                                              (1, 2, (2, 3, 4, 5)), (-2, -1, (2, 3, 4)),
                                              (2, 2, (2, 3, 4))])

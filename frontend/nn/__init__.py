@@ -15,7 +15,18 @@ from lamina.frontend.nn.conv import (
     MaxPool1d,
     MaxPool2d,
 )
-from lamina.frontend.nn.layers import GELU, Dropout, Flatten, Identity, Linear, ReLU, Sigmoid, Tanh
+from lamina.frontend.nn.layers import (
+    GELU,
+    Dropout,
+    Flatten,
+    Identity,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Tanh,
+)
 from lamina.frontend.nn.module import Module
 from lamina.frontend.nn.norm import BatchNorm1d, BatchNorm2d, GroupNorm, LayerNorm, RMSNorm
 from lamina.frontend.nn.sparse import Embedding
@@ -36,6 +47,7 @@ from lamina.frontend.nn.attention import MultiheadAttention  # noqa: E402
 __all__ += ["MultiheadAttention"]
 
 __all__ += ["Upsample"]  # upsampling
+__all__ += ["LeakyReLU", "SiLU"]  # activations (issue 11)
 # recurrent layers (issue 10)
 from lamina.frontend.nn.recurrent import (  # noqa: E402
     GRU,

@@ -16,6 +16,21 @@ softplus = ops.softplus
 sigmoid = ops.sigmoid
 tanh = ops.tanh
 gelu = ops.gelu
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    """``x`` where positive, ``negative_slope * x`` elsewhere (PyTorch's ``leaky_relu``).
+
+    >>> import numpy as np, lamina as lm
+    >>> lm.nn.functional.leaky_relu(np.array([-2.0, 3.0], np.float32), 0.1)
+    array([-0.2,  3. ], dtype=float32)
+    """
+    return ops.where(x > 0, x, x * negative_slope)
+
+
+def silu(x):
+    """``x * sigmoid(x)`` (SiLU, also called swish)."""
+    return x * ops.sigmoid(x)
 softmax = ops.softmax
 log_softmax = ops.log_softmax
 one_hot = ops.one_hot

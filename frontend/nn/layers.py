@@ -143,6 +143,24 @@ class ReLU(Module):
         return ops.relu(x)
 
 
+class LeakyReLU(Module):
+    def __init__(self, negative_slope: float = 0.01):
+        self.negative_slope = float(negative_slope)
+
+    def __call__(self, x):
+        from lamina.frontend.nn.functional import leaky_relu
+
+        return leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+class SiLU(Module):
+    def __call__(self, x):
+        return x * ops.sigmoid(x)
+
+
 class Tanh(Module):
     def __call__(self, x):
         return ops.tanh(x)

@@ -58,7 +58,7 @@ def test_logistic_regression_reaches_95_percent(backend):
 
 # The examples of issue 11: each one's --quick run (a few steps) is what CI checks; the full
 # runs and their metrics are in the README's gallery.
-QUICK_EXAMPLES = ["autoencoder_digits", "cnn_digits", "diffusion"]
+QUICK_EXAMPLES = ["autoencoder_digits", "cnn_digits", "diffusion", "gan_digits"]
 
 
 @pytest.mark.parametrize("name", QUICK_EXAMPLES)

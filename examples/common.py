@@ -70,3 +70,54 @@ def smooth(values, k: int = 10) -> np.ndarray:
     """The running mean of the last ``k`` values (for loss curves)."""
     v = np.asarray(values, np.float64)
     return np.array([v[max(0, i - k + 1):i + 1].mean() for i in range(len(v))])
+
+
+# Python's own standard library, read from this interpreter's installation: a text corpus that
+# is on every machine that runs the examples (no download).
+CORPUS_FILES = ["argparse.py", "ast.py", "bisect.py", "calendar.py", "collections/__init__.py",
+                "configparser.py", "csv.py", "dataclasses.py", "difflib.py", "enum.py",
+                "fractions.py", "functools.py", "heapq.py", "inspect.py", "json/decoder.py",
+                "json/encoder.py", "logging/__init__.py", "random.py", "shutil.py",
+                "statistics.py", "string.py", "tempfile.py", "textwrap.py", "threading.py",
+                "typing.py"]
+
+
+def text_corpus(max_chars: int = 1_500_000):
+    """(text, chars): the concatenated sources of CORPUS_FILES (those this Python has), in
+    printable ASCII (anything else becomes '?'), and its sorted alphabet."""
+    import sysconfig
+
+    root = sysconfig.get_paths()["stdlib"]
+    parts = []
+    for name in CORPUS_FILES:
+        path = os.path.join(root, name)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8", errors="replace") as f:
+                parts.append(f.read())
+    text = "\n".join(parts)[:max_chars]
+    allowed = {chr(c) for c in range(32, 127)} | {"\n"}
+    text = "".join(ch if ch in allowed else "?" for ch in text)
+    return text, sorted(set(text))
+
+
+class CharData:
+    """A text as integer codes, split 90/10 into training and validation, with random
+    windows of ``context + 1`` characters for next-character prediction."""
+
+    def __init__(self, text: str, chars: list[str]):
+        self.chars = chars
+        self.index = {c: i for i, c in enumerate(chars)}
+        codes = np.array([self.index[c] for c in text], np.int32)
+        cut = int(0.9 * len(codes))
+        self.train, self.val = codes[:cut], codes[cut:]
+
+    def batch(self, rng, size: int, context: int, split: str = "train"):
+        """(inputs, targets): [size, context] windows and the same shifted by one."""
+        data = self.train if split == "train" else self.val
+        starts = rng.integers(0, len(data) - context - 1, size)
+        x = np.stack([data[s:s + context] for s in starts])
+        y = np.stack([data[s + 1:s + context + 1] for s in starts])
+        return x, y
+
+    def decode(self, codes) -> str:
+        return "".join(self.chars[int(c)] for c in codes)

@@ -409,6 +409,23 @@ def test_concatenate_along_its_outer_axis_keeps_expensive_pieces_out():
     check_fused(f)
 
 
+def test_random_draws_are_not_recomputed_down_a_residual_stream():
+    """Each layer norm of a residual stream with dropout is a row kernel; the dropout masks
+    of earlier layers are drawn once, not recomputed in every later row kernel (row programs
+    recompute cheap producers, not Philox draws)."""
+    from lamina.nn import functional as F
+
+    def fn(x, w):
+        for _ in range(3):
+            h = F.layer_norm(x, (8,))
+            x = x + F.dropout(h @ w, 0.1, True)
+        return F.layer_norm(x, (8,))
+
+    f = Fused(fn, T((4, 8), F32), T((8, 8), F32))
+    drawing = [k for k in f.kernels if "random_uniform" in region_ops(k)]
+    assert sum(region_ops(k).count("random_uniform") for k in drawing) == 3
+
+
 def test_a_value_two_loop_kernels_read_is_computed_once():
     def fn(x):
         a = lm.tanh(x)

@@ -48,7 +48,7 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     def __init__(self, vocab: int, context: int, d: int = 128, layers: int = 4,
-                 heads: int = 4, dropout: float = 0.1):
+                 heads: int = 4, dropout: float = 0.0):
         self.tok = nn.Embedding(vocab, d)
         self.pos = nn.Embedding(context, d)
         self.blocks = nn.ModuleList([Block(d, heads, dropout) for _ in range(layers)])
@@ -69,7 +69,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--context", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--generate", type=int, default=400)
     ap.add_argument("--temperature", type=float, default=0.7)
     args = ap.parse_args(argv)

@@ -58,7 +58,8 @@ def test_logistic_regression_reaches_95_percent(backend):
 
 # The examples of issue 11: each one's --quick run (a few steps) is what CI checks; the full
 # runs and their metrics are in the README's gallery.
-QUICK_EXAMPLES = ["autoencoder_digits", "cnn_digits", "diffusion", "gan_digits"]
+QUICK_EXAMPLES = ["autoencoder_digits", "cnn_digits", "diffusion", "gan_digits", "lstm_charlm",
+                  "transformer_charlm"]
 
 
 @pytest.mark.parametrize("name", QUICK_EXAMPLES)
@@ -89,6 +90,27 @@ def test_readme_cnn_and_transformer_block_runs():
     assert float(lines[0]) > 0  # the loss of the first step
     assert "(4): BatchNorm2d(32, eps=1e-05, momentum=0.1" in out.getvalue()
     assert lines[-1] == "(2, 10, 64)"
+
+
+def test_readme_training_kit_example_runs(tmp_path, monkeypatch):
+    """The README's training-kit example runs as printed (100 scheduled steps, one
+    compilation, a checkpoint written and read back)."""
+    import contextlib
+    import io
+    import pathlib
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = text.split("**The training kit.**", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    scope = {"__name__": "readme", "np": np, "lm": lamina, "nn": lamina.nn,
+             "optim": lamina.optim}
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "README.md", "exec"), scope)
+    assert out.getvalue().split() == ["100", "(64,)"]
+    assert len(scope["train_step"].variants) == 1
+    assert (tmp_path / "run.npz").exists()
 
 
 def test_readme_loop_examples_run():

@@ -121,3 +121,60 @@ class CharData:
 
     def decode(self, codes) -> str:
         return "".join(self.chars[int(c)] for c in codes)
+
+
+def charlm_report(name: str, args, seconds, losses, vals, data, sample, title) -> float:
+    """Print a character model's result and draw its figure (bits per character over the
+    steps, the generated text); returns the last validation bits per character."""
+    bits = vals[-1][1]
+    print(f"backend={args.backend}: {len(losses)} steps in {seconds:.1f} s; validation "
+          f"{bits:.3f} bits per character ({len(data.train):,} training characters, "
+          f"vocabulary {len(data.chars)})")
+    print(f"--- sample (temperature {args.temperature:.1f}) ---\n{sample}\n---")
+
+    def draw(plt):
+        fig = plt.figure(figsize=(11, 4))
+        ax = fig.add_subplot(1, 2, 1)
+        ax.plot(losses, alpha=0.25, color="C0")
+        ax.plot(smooth(losses, 50), color="C0", label="training")
+        ax.plot(*zip(*vals), "o-", color="C1", label="validation")
+        ax.set(title="bits per character", xlabel="step", ylim=(1, 5))
+        ax.legend(fontsize=8)
+        ax = fig.add_subplot(1, 2, 2)
+        ax.axis("off")
+        ax.text(0, 1, "\n".join(line[:70] for line in sample.splitlines()[:22]),
+                family="monospace", fontsize=7, va="top")
+        ax.set_title(title)
+        fig.suptitle(f"{name}: {bits:.3f} validation bits per character", y=1.02)
+        return fig
+
+    save_figure(args.figure, draw)
+    return bits
+
+
+def classifier_check(x_train, y_train, x_test, samples):
+    """How a classifier of real digits (sklearn's logistic regression, on [-1, 1] pixels)
+    reads ``samples``: ((confidence, classes) of the samples, of real held-out digits, of
+    uniform noise). Confidence: the mean top probability; classes: how many of the 10 take at
+    least 2% of the predictions (mode coverage)."""
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=3000).fit(x_train, y_train)
+
+    def read(x):
+        p = clf.predict_proba(np.clip(x, -1, 1))
+        counts = np.bincount(p.argmax(1), minlength=10)
+        return float(p.max(1).mean()), int((counts >= 0.02 * len(x)).sum())
+
+    noise = np.random.default_rng(1).uniform(-1, 1, samples.shape)
+    return read(samples), read(x_test), read(noise)
+
+
+def sample_grid(fig, samples, what: str) -> None:
+    """32 of the 8x8 ``samples`` (pixels in [-1, 1]) on the right two thirds of ``fig``."""
+    for k in range(min(32, len(samples))):
+        a = fig.add_subplot(4, 12, 12 * (k // 8) + 5 + k % 8)
+        a.imshow(np.asarray(samples[k]).reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
+        a.set_xticks([])
+        a.set_yticks([])
+    fig.text(0.66, 0.93, what, ha="center")

@@ -19,7 +19,7 @@ import math
 import time
 
 import numpy as np
-from common import digits, parser, save_figure, smooth
+from common import classifier_check, digits, parser, sample_grid, save_figure, smooth
 from tqdm import tqdm
 
 import lamina as lm
@@ -67,8 +67,8 @@ def main(argv=None):
         args.steps, args.samples = 3, 16
 
     lm.random.seed(args.seed)
-    x_train, y_train, x_test, y_test = digits(args.seed, scale="unit")
-    flat = lambda a: (a.reshape(len(a), 64) * 2.0 - 1.0).astype(np.float32)  # noqa: E731
+    x_train, y_train, x_test, _ = digits(args.seed, scale="unit")
+    flat = lambda a: (a.reshape(len(a), 64) * 2.0 - 1.0).astype(np.float32)
     x_train, x_test = flat(x_train), flat(x_test)
     model = Denoiser()
     opt = optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
@@ -128,18 +128,8 @@ def main(argv=None):
     sample_s = time.perf_counter() - start
 
     # the check: a classifier of real digits reads the samples
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=3000).fit(x_train, y_train)
-
-    def read(x):
-        p = clf.predict_proba(np.clip(x, -1, 1))
-        counts = np.bincount(p.argmax(1), minlength=10)
-        return float(p.max(1).mean()), int((counts >= 0.02 * len(x)).sum())
-
-    conf, classes = read(samples)
-    conf_real, classes_real = read(x_test)
-    conf_noise, _ = read(np.random.default_rng(1).uniform(-1, 1, (args.samples, 64)))
+    (conf, classes), (conf_real, classes_real), (conf_noise, _) = classifier_check(
+        x_train, y_train, x_test, samples)
     print(f"backend={args.backend}: {args.steps} training steps in {train_s:.1f} s; "
           f"{args.samples} samples ({T} denoising steps, one call) in {sample_s:.2f} s")
     print(f"classifier on samples: confidence {conf:.3f}, {classes}/10 classes "
@@ -151,11 +141,7 @@ def main(argv=None):
         ax.plot(losses, alpha=0.25, color="C0")
         ax.plot(smooth(losses, 50), color="C0")
         ax.set(title="denoising loss", xlabel="step", yscale="log")
-        for k in range(min(32, len(samples))):
-            a = fig.add_subplot(4, 12, 12 * (k // 8) + 5 + k % 8)
-            a.imshow(samples[k].reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
-            a.set_xticks([])
-            a.set_yticks([])
+        sample_grid(fig, samples, "samples (EMA weights, one sampler call)")
         fig.suptitle(f"diffusion: samples (a classifier of real digits: confidence {conf:.2f}, "
                      f"{classes}/10 classes; real digits {conf_real:.2f})", y=1.04)
         return fig

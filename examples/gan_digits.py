@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import digits, parser, save_figure, smooth
+from common import classifier_check, digits, parser, sample_grid, save_figure, smooth
 from tqdm import tqdm
 
 import lamina as lm
@@ -39,22 +39,6 @@ def discriminator():
                          nn.Linear(256, 1))
 
 
-def classifier_check(x_train, y_train, x_test, samples):
-    """(confidence, classes) of a logistic regression of real digits on ``samples``, on real
-    held-out digits and on uniform noise."""
-    from sklearn.linear_model import LogisticRegression
-
-    clf = LogisticRegression(max_iter=3000).fit(x_train, y_train)
-
-    def read(x):
-        p = clf.predict_proba(np.clip(x, -1, 1))
-        counts = np.bincount(p.argmax(1), minlength=10)
-        return float(p.max(1).mean()), int((counts >= 0.02 * len(x)).sum())
-
-    noise = np.random.default_rng(1).uniform(-1, 1, samples.shape)
-    return read(samples), read(x_test), read(noise)
-
-
 def main(argv=None):
     ap = parser(__doc__, "gan_digits")
     ap.add_argument("--steps", type=int, default=6000)
@@ -67,7 +51,7 @@ def main(argv=None):
 
     lm.random.seed(args.seed)
     x_train, y_train, x_test, _ = digits(args.seed, scale="unit")
-    flat = lambda a: (a.reshape(len(a), 64) * 2.0 - 1.0).astype(np.float32)  # noqa: E731
+    flat = lambda a: (a.reshape(len(a), 64) * 2.0 - 1.0).astype(np.float32)
     x_train, x_test = flat(x_train), flat(x_test)
     G, D = generator(), discriminator()
     opt_g = optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
@@ -126,11 +110,7 @@ def main(argv=None):
         ax.plot(smooth(g_losses, 100), label="generator")
         ax.set(title="losses (smoothed)", xlabel="step")
         ax.legend(fontsize=8)
-        for k in range(min(32, len(samples))):
-            a = fig.add_subplot(4, 12, 12 * (k // 8) + 5 + k % 8)
-            a.imshow(samples[k].reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
-            a.set_xticks([])
-            a.set_yticks([])
+        sample_grid(fig, samples, "samples of the EMA generator")
         fig.suptitle(f"gan_digits: samples (a classifier of real digits: confidence {conf:.2f}, "
                      f"{classes}/10 classes; real digits {conf_real:.2f})", y=1.04)
         return fig

@@ -15,7 +15,7 @@ import math
 import time
 
 import numpy as np
-from common import CharData, parser, save_figure, smooth, text_corpus
+from common import CharData, charlm_report, parser, text_corpus
 from tqdm import tqdm
 
 import lamina as lm
@@ -106,34 +106,12 @@ def main(argv=None):
         if (i + 1) % 250 == 0 or i + 1 == args.steps:
             vals.append((i + 1, val_bits()))
     seconds = time.perf_counter() - start
-    bits = vals[-1][1]
     prompt = "def "
     model.eval()
     codes = generate(np.array([[data.index[c] for c in prompt]], np.int32), args.generate)
     sample = prompt + data.decode(codes)
-    print(f"backend={args.backend}: {args.steps} steps in {seconds:.1f} s; validation "
-          f"{bits:.3f} bits per character ({len(data.train):,} training characters, "
-          f"vocabulary {V})")
-    print("--- sample (temperature %.1f) ---\n%s\n---" % (args.temperature, sample))
-
-    def draw(plt):
-        fig = plt.figure(figsize=(11, 4))
-        ax = fig.add_subplot(1, 2, 1)
-        ax.plot(losses, alpha=0.25, color="C0")
-        ax.plot(smooth(losses, 50), color="C0", label="training")
-        ax.plot(*zip(*vals), "o-", color="C1", label="validation")
-        ax.set(title="bits per character", xlabel="step", ylim=(1, 5))
-        ax.legend(fontsize=8)
-        ax = fig.add_subplot(1, 2, 2)
-        ax.axis("off")
-        ax.text(0, 1, "\n".join(line[:70] for line in sample.splitlines()[:22]),
-                family="monospace", fontsize=7, va="top")
-        ax.set_title("generated (one compiled scan)")
-        fig.suptitle(f"lstm_charlm: {bits:.3f} validation bits per character", y=1.02)
-        return fig
-
-    save_figure(args.figure, draw)
-    return bits
+    return charlm_report("lstm_charlm", args, seconds, losses, vals, data, sample,
+                         "generated (one compiled scan)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import math
 import time
 
 import numpy as np
-from common import CharData, parser, save_figure, smooth, text_corpus
+from common import CharData, charlm_report, parser, text_corpus
 from tqdm import tqdm
 
 import lamina as lm
@@ -40,7 +40,7 @@ class Block(nn.Module):
         H = self.heads
         qkv = self.qkv(self.ln1(x))
         q, k, v = (qkv[..., i * D:(i + 1) * D] for i in range(3))
-        heads = lambda t: lm.transpose(t.reshape(B, T, H, D // H), (0, 2, 1, 3))  # noqa: E731
+        heads = lambda t: lm.transpose(t.reshape(B, T, H, D // H), (0, 2, 1, 3))
         a = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
         a = lm.transpose(a, (0, 2, 1, 3)).reshape(B, T, D)
         x = x + self.drop(self.proj(a))
@@ -129,36 +129,14 @@ def main(argv=None):
         if (i + 1) % 250 == 0 or i + 1 == args.steps:
             vals.append((i + 1, val_bits()))
     seconds = time.perf_counter() - start
-    bits = vals[-1][1]
     model.eval()
     prompt = "def "
     codes = list(data.train[:C - len(prompt)]) + [data.index[c] for c in prompt]
     for _ in range(args.generate):
         codes.append(int(next_char(np.array([codes[-C:]], np.int32))[0]))
     sample = prompt + data.decode(codes[C:])
-    print(f"backend={args.backend}: {args.steps} steps in {seconds:.1f} s; validation "
-          f"{bits:.3f} bits per character ({len(data.train):,} training characters, "
-          f"vocabulary {V})")
-    print("--- sample (temperature %.1f) ---\n%s\n---" % (args.temperature, sample))
-
-    def draw(plt):
-        fig = plt.figure(figsize=(11, 4))
-        ax = fig.add_subplot(1, 2, 1)
-        ax.plot(losses, alpha=0.25, color="C0")
-        ax.plot(smooth(losses, 50), color="C0", label="training")
-        ax.plot(*zip(*vals), "o-", color="C1", label="validation")
-        ax.set(title="bits per character", xlabel="step", ylim=(1, 5))
-        ax.legend(fontsize=8)
-        ax = fig.add_subplot(1, 2, 2)
-        ax.axis("off")
-        ax.text(0, 1, "\n".join(line[:70] for line in sample.splitlines()[:22]),
-                family="monospace", fontsize=7, va="top")
-        ax.set_title("generated")
-        fig.suptitle(f"transformer_charlm: {bits:.3f} validation bits per character", y=1.02)
-        return fig
-
-    save_figure(args.figure, draw)
-    return bits
+    return charlm_report("transformer_charlm", args, seconds, losses, vals, data, sample,
+                         "generated")
 
 
 if __name__ == "__main__":

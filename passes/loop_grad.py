@@ -174,7 +174,7 @@ def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:
     from lamina.passes.autodiff import backward
 
     region, consts, carries, xs, length, reverse, checkpoint = _as_scan(n, ins)
-    nc, nk, nx = len(consts), len(carries), len(xs)
+    nc, nk = len(consts), len(carries)
     R = region
     p_i = R.inputs[0]
     p_consts = R.inputs[1:1 + nc]

@@ -171,7 +171,7 @@ def test_clip_grad_norm_function_and_errors():
         (gx, gy), norm = clip_grad_norm([x, y], 1.0, norm_type=float("inf"))
         return gx, gy, norm
 
-    gx, gy, norm = lm.compile(f)(np.array([3.0, -4.0], F32), np.array([2.0], F32))
+    gx, _, norm = lm.compile(f)(np.array([3.0, -4.0], F32), np.array([2.0], F32))
     assert float(norm) == 4.0
     assert_close(gx, np.array([0.75, -1.0], F32), rtol=1e-5)
     with pytest.raises(lm.LaminaError, match="max_norm"):
@@ -203,7 +203,8 @@ def _training(seed, backend, x, y):
         ema.update()
         return loss
 
-    return dict(model=model, opt=opt, sched=sched, loader=loader, ema=ema, step=step)
+    return {"model": model, "opt": opt, "sched": sched, "loader": loader, "ema": ema,
+            "step": step}
 
 
 def _steps(run, n):
@@ -287,7 +288,7 @@ def test_data_loader_batches_shuffles_and_resumes():
     a = DataLoader((x, -x), batch_size=3, shuffle=True, seed=1)
     e1 = [xb.tolist() for xb, _ in a]
     e2 = [xb.tolist() for xb, _ in a]
-    assert e1 != e2 and sorted(sum(e1, [])) == list(range(10))  # a new order every epoch
+    assert e1 != e2 and sorted(x for b in e1 for x in b) == list(range(10))  # a new order every epoch
     b = DataLoader((x, -x), batch_size=3, shuffle=True, seed=1)
     it = iter(b)
     first = next(it)[0].tolist()

@@ -75,8 +75,9 @@ RECOMPUTED = {"add", "sub", "mul", "neg", "transpose", "reshape", "broadcast", "
 
 def _recompute_cheap(store: list[Value], stepwise: set[Value], bwd: set[Node]) -> list[Value]:
     """Trade saved values for recomputation where that costs no memory: a saved value made
-    by a cheap op from per-step values (``stepwise``: those the backward body lacks) is replaced by those values when they are saved already
-    or, together, no larger (``1 - tanh(c)**2`` from ``tanh(c)``, ``h.T`` from ``h``).
+    by a cheap op from per-step values (``stepwise``: those the backward body lacks) is
+    replaced by those values when they are saved already or, together, no larger
+    (``1 - tanh(c)**2`` from ``tanh(c)``, ``h.T`` from ``h``).
 
     Every stored value is written per step by the forward loop and read back by the backward
     one (cold memory: an LSTM step's 13 residuals were most of its time); the recomputation

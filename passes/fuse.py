@@ -111,6 +111,27 @@ class Group:
                 and _size(n.shape) == _size(reduced_shape(d, axes, False)))
 
 
+def _full_leaves(p: Node, stop: int) -> int:
+    """How many full-size arrays (of ``p``'s size) recomputing ``p`` in a row program reads:
+    the values where its cone of elementwise ops and reductions ends (parameters, GEMM
+    outputs, ...); counting stops at ``stop``."""
+    size = _size(p.shape)
+    seen, leaves, todo = set(), 0, list(p.inputs)
+    while todo and leaves < stop:
+        u = todo.pop()
+        if u in seen:
+            continue
+        seen.add(u)
+        if isinstance(u, Node) and u.op == "constant":
+            continue
+        if isinstance(u, Node) and category(u) in ("map", "reduce") and u.op != "take" \
+                and get_op(u.op).kind != "random":
+            todo.extend(u.inputs)
+        elif _size(u.shape) == size:
+            leaves += 1
+    return leaves
+
+
 def _trailing(shape, axes) -> bool:
     return tuple(axes) == tuple(range(len(shape) - len(axes), len(shape)))
 
@@ -378,6 +399,12 @@ class Fuser:
         d, axes = G.reduce
         if category(p) == "reduce":
             return (p.inputs[0].shape, reduce_axes(p)) == (d, axes)
+        if _full_leaves(p, 3) > 2:
+            # a long chain: a residual stream x_l = x_{l-1} + f_l recomputed in each layer
+            # norm re-adds every earlier layer's output (16 layers: 153 adds over the
+            # kernels); stored, a row program reads it once. softmax's exp(x - max) reads one
+            # full array: still recomputed
+            return False
         return p.shape == d or G.row_class(p.shape)
 
     def static_index(self, G: Group, p: Node) -> bool:

@@ -426,6 +426,24 @@ def test_random_draws_are_not_recomputed_down_a_residual_stream():
     assert sum(region_ops(k).count("random_uniform") for k in drawing) == 3
 
 
+def test_a_residual_stream_is_stored_not_re_added_in_every_layer_norm():
+    """x_l = x_{l-1} + h_l @ w with a layer norm reading each x_l: row programs recompute
+    short chains (softmax's exp(x - max)) but store a long one, so the adds grow linearly
+    with the depth (they grew quadratically: 16 layers, 153 adds)."""
+    from lamina.nn import functional as F
+
+    def stream(layers):
+        def fn(x, w):
+            for _ in range(layers):
+                x = x + F.layer_norm(x, (8,)) @ w
+            return F.layer_norm(x, (8,))
+        return Fused(fn, T((4, 8), F32), T((8, 8), F32))
+
+    adds = {n: sum(region_ops(k).count("add") for k in stream(n).kernels) for n in (4, 16)}
+    assert adds[16] - adds[4] <= 2 * (16 - 4), adds
+    check_fused(stream(6))
+
+
 def test_a_value_two_loop_kernels_read_is_computed_once():
     def fn(x):
         a = lm.tanh(x)

@@ -28,7 +28,8 @@ def parser(doc: str, name: str) -> argparse.ArgumentParser:
 
 def digits(seed: int, scale: str = "standard"):
     """sklearn's 8x8 digits (ships with scikit-learn): train/test split (80/20, stratified).
-    ``scale``: "standard" (per-pixel statistics of the training set) or "unit" ([0, 1])."""
+    ``scale``: "standard" (per-pixel statistics of the training set), "unit" ([0, 1]) or
+    "signed" (flat 64-pixel vectors in [-1, 1]: what the generative models draw)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -39,6 +40,9 @@ def digits(seed: int, scale: str = "standard"):
                                               stratify=y)
     if scale == "unit":
         return x_tr / 16.0, y_tr, x_te / 16.0, y_te
+    if scale == "signed":
+        flat = lambda a: (a.reshape(len(a), 64) / 8.0 - 1.0).astype(np.float32)  # noqa: E731
+        return flat(x_tr), y_tr, flat(x_te), y_te
     mean, std = x_tr.mean(), x_tr.std()
     return (x_tr - mean) / std, y_tr, (x_te - mean) / std, y_te
 

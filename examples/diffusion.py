@@ -67,9 +67,7 @@ def main(argv=None):
         args.steps, args.samples = 3, 16
 
     lm.random.seed(args.seed)
-    x_train, y_train, x_test, _ = digits(args.seed, scale="unit")
-    flat = lambda a: (a.reshape(len(a), 64) * 2.0 - 1.0).astype(np.float32)
-    x_train, x_test = flat(x_train), flat(x_test)
+    x_train, y_train, x_test, _ = digits(args.seed, scale="signed")
     model = Denoiser()
     opt = optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
     sched = optim.lr_scheduler.SequentialLR(opt, [

@@ -50,9 +50,7 @@ def main(argv=None):
         args.steps, args.samples = 3, 16
 
     lm.random.seed(args.seed)
-    x_train, y_train, x_test, _ = digits(args.seed, scale="unit")
-    flat = lambda a: (a.reshape(len(a), 64) * 2.0 - 1.0).astype(np.float32)
-    x_train, x_test = flat(x_train), flat(x_test)
+    x_train, y_train, x_test, _ = digits(args.seed, scale="signed")
     G, D = generator(), discriminator()
     opt_g = optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))

@@ -18,8 +18,8 @@ import pytest
 
 import lamina as lm
 from lamina import nn, optim
-from lamina.backends.triton import cuda
-from lamina.backends.triton.device import DeviceMirror, DeviceProgram
+from lamina.backends.triton import cuda, loops
+from lamina.backends.triton.device import DeviceMirror, DeviceProgram, program_tree
 from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir.errors import LaminaError
 from lamina.ir.interpret import eval_node
@@ -488,13 +488,19 @@ class FakeLaunch:
                 next(m for m in node.region.nodes if m.op in RISKY))
             dev.bytes(ptr["error",], 4).view(np.int32)[0] = site + 1
             return
-        dev.bytes(ptr["output",], node.type.nbytes)[:] = out.reshape(-1).view(np.uint8)
+        dev.bytes(ptr["output",], node.type.nbytes)[:] = \
+            np.ascontiguousarray(out, node.dtype.np).reshape(-1).view(np.uint8)
 
 
 def fake_program(graph, dev: FakeDevice, prologue_for: str | None = None) -> DeviceProgram:
     """A DeviceProgram over ``graph`` whose kernels ``dev`` runs; ``prologue_for`` gets a
-    prologue kernel."""
+    prologue kernel. Loops get bound programs of their bodies (``program_tree``)."""
     dev.graph = graph
+    level = loops.plan_levels(graph, plan_memory)
+    return program_tree(level, lambda lv: _fake_launches(lv.graph, dev, prologue_for))
+
+
+def _fake_launches(graph, dev: FakeDevice, prologue_for: str | None) -> list:
     launches = []
     for node in graph.nodes:
         if node.op != "kernel":
@@ -516,7 +522,7 @@ def fake_program(graph, dev: FakeDevice, prologue_for: str | None = None) -> Dev
                                             num_warps=4, shared=0,
                                             params=[".u64"] * (len(s.args) + 2))
         launches.append((node, src, binaries))
-    return DeviceProgram(graph, plan_memory(graph), launches, {})  # literals from their nodes
+    return launches
 
 
 @pytest.fixture

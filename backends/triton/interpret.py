@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from lamina.backends.triton import aot
+from lamina.backends.triton import aot, loops
 from lamina.backends.triton.spec import KernelSource
 from lamina.ir import dtypes as dt
 from lamina.ir.errors import LaminaError
@@ -69,8 +69,8 @@ class InterpretProgram:
 
     def __init__(self, graph: Graph, plan: MemoryPlan, sources: list[tuple[Node, KernelSource]],
                  loops: dict | None = None, sites: Graph | None = None):
-        """``loops``: the (condition, body) programs of each while_loop node, run on the
-        host; ``sites``: the graph whose index checks the error codes number (a loop
+        """``loops``: the programs of each loop node's parts (``loops.loop_parts``), run
+        step by step on the host; ``sites``: the graph whose index checks the error codes number (a loop
         body's program: the enclosing graph)."""
         self.graph = graph
         self.plan = plan
@@ -175,24 +175,38 @@ class InterpretProgram:
         return outs, {}
 
     def _loop(self, node, inputs, state, outs) -> None:
-        """A while_loop, step by step: its condition's program, then (while it holds) its
-        body's; the final carries go into the buffers of the loop's results."""
-        cond, body = self.loops[node]
-        nc = node.attrs["num_consts"]
+        """A loop, step by step on the host (``loops.py``): its body's program once per step
+        (a while_loop: its condition's program first, and the body while it holds); the final
+        carries and the stacked outputs go into the buffers of the loop's results."""
+        parts = self.loops[node]
+        a = node.attrs
+        nc = a["num_consts"]
         vals = [self._value(v, inputs, state, outs) for v in node.inputs]
-        consts, carry = vals[:nc], [np.array(v) for v in vals[nc:]]
-        i = 0
-        while True:
-            args = [np.asarray(i, np.int32)] + consts + carry
-            (go,), _ = cond(args, state)
-            if not bool(go):
-                break
-            carry, _ = body(args, state)
-            i += 1
-        for g in self.graph.nodes:
-            if g.op == "get" and g.inputs[0] is node and g in self.plan.location:
-                raw = self._bytes(g, inputs, state, outs)[:g.type.nbytes]
-                raw[:] = np.ascontiguousarray(carry[g.attrs["index"]]).reshape(-1).view(np.uint8)
+        nk = a["num_carry"] if node.op == "scan" else len(vals) - nc
+        consts, carry, xs = vals[:nc], [np.array(v) for v in vals[nc:nc + nk]], vals[nc + nk:]
+        ys = [np.empty(t.shape, t.dtype.np) for t in node.type.types[nk:]]
+        order = loops.steps(node)
+        if order is None:  # while_loop
+            cond, body = parts
+            i = 0
+            while True:
+                args = [np.asarray(i, np.int32)] + consts + carry
+                (go,), _ = cond(args, {})
+                if not bool(go):
+                    break
+                carry, _ = body(args, {})
+                i += 1
+        else:
+            (body,) = parts
+            for i in order:
+                got, _ = body([np.asarray(i, np.int32)] + consts + carry + [x[i] for x in xs], {})
+                carry = got[:nk]
+                for y, g in zip(ys, got[nk:]):
+                    y[i] = g
+        final = carry + ys
+        for k, g in loops.results(self.graph, node, self.plan.location).items():
+            raw = self._bytes(g, inputs, state, outs)[:g.type.nbytes]
+            raw[:] = np.ascontiguousarray(final[k]).reshape(-1).view(np.uint8)
 
     def _value(self, v, inputs, state, outs) -> np.ndarray:
         if isinstance(v, Param):

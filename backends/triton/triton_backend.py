@@ -18,18 +18,17 @@ import json
 import os
 import sys
 
-from lamina.backends.triton import aot
+from lamina.backends.triton import aot, loops
 from lamina.backends.triton.attention import scratch_need
 from lamina.backends.triton.codegen import render
+from lamina.backends.triton.conv import fuse_conv_kernels
 from lamina.backends.triton.spec import KernelBinary, KernelSource
 from lamina.ir import config
 from lamina.ir.errors import ArtifactError, LaminaError
 from lamina.ir.graph import Graph, Node
-from lamina.ir.ops.loop import split_while
-from lamina.backends.triton.conv import fuse_conv_kernels
+from lamina.ir.ops.loop import LOOP_OPS
 from lamina.passes.expand_pool import expand_pool
 from lamina.passes.manager import write_atomic
-from lamina.passes.unroll import unroll_static_loops
 from lamina.passes.memory import RISKY, error_sites, plan_memory
 
 ARTIFACT_FORMAT = 1
@@ -56,17 +55,22 @@ def mode() -> str:
     return "interpret"
 
 
-def render_graph(graph: Graph, plan, tune: str | None = None,
-                 codes: dict | None = None) -> list[tuple[Node, KernelSource]]:
+def render_graph(graph: Graph, plan, tune: str | None = None, codes: dict | None = None,
+                 names: set | None = None,
+                 risky_before: bool = False) -> list[tuple[Node, KernelSource]]:
     """The Triton source of every kernel of a planned graph, in schedule order; with ``tune``
     (a GPU target, on that GPU) matmul and conv tiles are chosen by timing
     (``autotune.py``). ``codes``: the error code of each index check (a loop body's: the
-    enclosing graph's numbering)."""
+    enclosing graph's numbering); ``names``: kernel names already taken (by the other levels
+    of one program); ``risky_before``: an index check may have failed before the first kernel
+    (a loop body's earlier step)."""
     if codes is None:
         codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
-    out, names = [], set()
-    risky_before = False
+    out = []
+    names = set() if names is None else names
     for n in plan.schedule:
+        if n.op in LOOP_OPS and error_sites(n.region):
+            risky_before = True  # the kernels after a loop that can fail are guarded
         if n.op != "kernel":
             continue
         base = n.attrs["name"].replace(".", "_")
@@ -85,32 +89,38 @@ def render_graph(graph: Graph, plan, tune: str | None = None,
     return out
 
 
-def _host_loops(graph: Graph, plan, top: Graph) -> dict:
-    """The programs of each while_loop's condition and body, which the interpreter's program
-    runs step by step on the host."""
+def _plan(graph: Graph):
+    return plan_memory(graph, scratch_need)
+
+
+def render_levels(graph: Graph, tune: str | None = None) -> loops.Level:
+    """The ``loops.Level`` tree of a fused graph: every level planned and rendered, kernel
+    names unique across levels, index checks numbered as in ``graph`` (``error_sites``)."""
+    codes = {id(m): k + 1 for k, m in enumerate(error_sites(graph))}
+    names: set = set()
+
+    def render_fn(g: Graph, plan):
+        # a loop body's kernels run after its earlier steps: guarded if the body can fail
+        return render_graph(g, plan, tune, codes, names,
+                            risky_before=g is not graph and bool(error_sites(g)))
+
+    return loops.plan_levels(graph, _plan, render_fn)
+
+
+def _interpret_program(level: loops.Level, top: Graph):
+    """The interpreter's program of ``level``, with programs for its loops' parts."""
     from lamina.backends.triton.interpret import InterpretProgram
 
-    codes = {id(m): k + 1 for k, m in enumerate(error_sites(top))}
-    out = {}
-    for n in plan.schedule:
-        if n.op != "while_loop":
-            continue
-        progs = []
-        for g in split_while(n.region):
-            p = plan_memory(g, scratch_need)
-            progs.append(InterpretProgram(g, p, render_graph(g, p, codes=codes),
-                                          _host_loops(g, p, top), sites=top))
-        out[n] = tuple(progs)
-    return out
+    parts = {n: tuple(_interpret_program(p, top) for p in ps) for n, ps in level.loops.items()}
+    return InterpretProgram(level.graph, level.plan, level.sources, parts, sites=top)
 
 
-def _no_loops(graph: Graph, where: str) -> None:
-    for n in graph.nodes:
-        if n.op == "while_loop":
-            raise LaminaError(f"while_loop @{n.attrs['name']}: the triton backend runs while "
-                              f"loops under its interpreter only, not {where} yet (use "
-                              "backend='llvm', or lm.fori_loop with a static trip count)",
-                              n.loc)
+def _walk(level: loops.Level):
+    """(graph, level) of ``level`` and every level within it."""
+    yield level.graph, level
+    for ps in level.loops.values():
+        for p in ps:
+            yield from _walk(p)
 
 
 class TritonBackend:
@@ -120,9 +130,9 @@ class TritonBackend:
     # its gradient (flash-style kernels of their own: attention.py, each node a kernel alone,
     # as the fusion pass keeps it), so their decomposition (passes/expand.py) is not either;
     # pooling has no kernels of its own yet: where chains (passes/expand_pool.py)
-    # NOTE: scans and fori_loops are unrolled until the GPU runtime runs them as host loops
-    # (issue 10); while_loops run as host loops under the interpreter
-    passes = (unroll_static_loops, expand_pool, fuse_conv_kernels)
+    # loops stay loops: the runtime steps through them on the host (loops.py), their bodies
+    # fused by these passes like the top level
+    passes = (expand_pool, fuse_conv_kernels)
 
     def __init__(self):
         self.last_compile: dict = {}
@@ -132,36 +142,35 @@ class TritonBackend:
         if profile:
             raise LaminaError("profile() is available on backend='llvm' only")
         aot.triton_version()
-        plan = plan_memory(graph, scratch_need)
         tune = None
         if mode() == "device":
             from lamina.backends.triton import cuda
 
             tune = cuda.device().target
-        sources = render_graph(graph, plan, tune)
+        level = render_levels(graph, tune)
         if dump_dir:
             k = first_index
-            write_atomic(os.path.join(dump_dir, f"{k:02d}_memory_plan.txt"), plan.text())
-            for j, (_, src) in enumerate(sources):
+            plans = "\n".join(p.text() if g is graph else f"loop body @{g.name}:\n{p.text()}"
+                              for g, p in level.all_plans())
+            write_atomic(os.path.join(dump_dir, f"{k:02d}_memory_plan.txt"), plans)
+            for j, (_, src) in enumerate(level.all_sources()):
                 for s in [*src.prologue, src]:
                     write_atomic(os.path.join(dump_dir, f"{k + 1:02d}_triton_{j:02d}_{s.name}.py"),
                                  s.source)
-        return self._program(graph, plan, sources, None)
+        return self._program(level, None)
 
-    def _program(self, graph, plan, sources, binaries: dict | None):
+    def _program(self, level: loops.Level, binaries: dict | None):
+        sources = level.all_sources()
         if mode() == "interpret":
-            from lamina.backends.triton.interpret import InterpretProgram
-
-            program = InterpretProgram(graph, plan, sources, _host_loops(graph, plan, graph))
+            program = _interpret_program(level, level.graph)
         else:
-            _no_loops(graph, "on the GPU")
             from lamina.backends.triton import cuda
-            from lamina.backends.triton.device import DeviceProgram
+            from lamina.backends.triton.device import program_tree
 
             target = cuda.device().target
             if binaries is None:
                 binaries = aot.compile_all([s for _, s in sources], [target])
-            program = DeviceProgram(graph, plan, _launches(sources, binaries, target), {})
+            program = program_tree(level, lambda lv: _launches(lv.sources, binaries, target))
         program.sources = sources
         program.binaries = binaries
         return program
@@ -170,7 +179,6 @@ class TritonBackend:
 
     def save_program(self, program) -> dict[str, bytes]:
         """Every kernel's source and, for each of ``targets()``, its PTX and cubin."""
-        _no_loops(program.graph, "in an artifact")
         wanted = targets()
         have: dict[str, list[KernelBinary]] = dict(program.binaries or {})
         kernels = []
@@ -220,8 +228,8 @@ class TritonBackend:
         kernels = doc.get("kernels")
         if not isinstance(kernels, list):
             raise ArtifactError("kernels.json: 'kernels' is missing or not a list")
-        plan = plan_memory(graph, scratch_need)
-        nodes = [n for n in plan.schedule if n.op == "kernel"]
+        level = loops.plan_levels(graph, _plan)
+        nodes = [(n, p) for g, p in level.all_plans() for n in p.schedule if n.op == "kernel"]
         if len(nodes) != len(kernels):
             raise ArtifactError(f"kernels.json: has {len(kernels)} kernels for a graph of "
                                 f"{len(nodes)}")
@@ -233,13 +241,13 @@ class TritonBackend:
             deep = {cuda.device().target}
         else:
             deep = None
-        sources, binaries = [], {}
-        for k, (n, entry) in enumerate(zip(nodes, kernels)):
+        sources, binaries = {}, {}
+        for k, ((n, plan), entry) in enumerate(zip(nodes, kernels)):
             what = f"kernels.json: kernel {k}"
             if not isinstance(entry, dict) or set(entry) != {"source", "binaries"}:
                 raise ArtifactError(f"{what}: not an object with 'source' and 'binaries'")
             src = _source_from_json(entry["source"], n, plan, what)
-            sources.append((n, src))
+            sources[n] = src
             names = [s.name for s in [*src.prologue, src]]
             if not isinstance(entry["binaries"], dict) or not set(entry["binaries"]) <= set(names):
                 raise ArtifactError(f"{what}: 'binaries' must map the kernel names {names} to "
@@ -249,7 +257,9 @@ class TritonBackend:
                     raise ArtifactError(f"{what}: binaries of {name} repeated or not a list")
                 binaries[name] = [_binary_from_json(b, name, f"{what} ({name})", deep)
                                   for b in bins]
-        return self._program(graph, plan, sources, binaries)
+        for _, lv in _walk(level):
+            lv.sources = [(n, sources[n]) for n in lv.plan.schedule if n.op == "kernel"]
+        return self._program(level, binaries)
 
 
 # --- reading an artifact's kernels.json (untrusted input) -----------------------------------

@@ -79,6 +79,23 @@ def test_rounding_matches_numpy(op, dtype, shape, backend, rng):
         _same_bits(f(v), ref(v), f"{op} {dtype} {v.shape} on {backend}")
 
 
+def test_negation_and_odd_functions_keep_the_sign_of_zero(backend):
+    """-x of 0.0 is -0.0 (Triton before 3.7 spells unary minus 0 - x, which gives +0.0: its
+    negations are multiplications by -1 instead); odd functions keep a zero's sign."""
+    x = np.array([0.0, -0.0, 1.5, -2.0, np.inf, -np.inf, np.nan], np.float32)
+    zeros = np.array([0.0, -0.0, 0.0, -0.0], np.float32)
+    for d in (F32, F64):
+        for op, ref in [(lambda a: -a, np.negative), (lm.round, np.round),
+                        (lambda a: -lm.abs(a), lambda a: -np.abs(a))]:
+            _same_bits(lm.compile(op, backend=backend)(x.astype(d)), ref(x.astype(d)),
+                       f"{ref.__name__} {d}")
+        for op, ref in [(lm.tanh, np.tanh), (lm.sin, np.sin), (lm.erf, np.negative),
+                        (lm.sqrt, np.sqrt), (lm.sign, np.sign), (lambda a: a * 3.0, np.negative)]:
+            want = ref(zeros.astype(d)) if ref is not np.negative else zeros.astype(d)
+            _same_bits(lm.compile(op, backend=backend)(zeros.astype(d)), want,
+                       f"{getattr(op, '__name__', op)} of signed zeros, {d}")
+
+
 def test_rounding_edge_values(backend):
     x = np.array([-0.5, 0.5, 1.5, 2.5, -1.5, -2.5, -0.0, 0.0, 0.49999997, -0.49999997, 1e-30,
                   -1e-30, 8388607.5, 2.0 ** 30 + 1, np.inf, -np.inf, np.nan], np.float32)

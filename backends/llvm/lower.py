@@ -136,9 +136,10 @@ def lower_abs(cx, node, x):
 @lowers("sign")
 def lower_sign(cx, node, x):
     b = cx.b
-    if _is_float(x):  # NaN and ±0 pass through, as numpy
-        one, minus = ir.Constant(x.type, 1.0), ir.Constant(x.type, -1.0)
-        neg = b.select(b.fcmp_ordered("<", x, ir.Constant(x.type, 0.0)), minus, x)
+    if _is_float(x):  # NaN passes through and -0.0 gives +0.0, as numpy
+        zero, one, minus = (ir.Constant(x.type, v) for v in (0.0, 1.0, -1.0))
+        rest = b.select(b.fcmp_ordered("==", x, zero), zero, x)
+        neg = b.select(b.fcmp_ordered("<", x, zero), minus, rest)
         return b.select(b.fcmp_ordered(">", x, ir.Constant(x.type, 0.0)), one, neg)
     zero = ir.Constant(x.type, 0)
     pos = b.zext(b.icmp_signed(">", x, zero), x.type)

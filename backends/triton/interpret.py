@@ -43,6 +43,25 @@ def _patch_interpreter_dot() -> None:
     builder.create_dot = create_dot
 
 
+def _patch_interpreter_index() -> None:
+    """Triton 3.6's interpreter turns a scalar into a Python int with ``int(data)``, but
+    ``program_id`` is a one-element 1-d array there, which numpy 2 refuses to convert
+    (``range(0, tl.minimum((pid + 1) * 16, n), 16)`` failed in the causal attention kernel);
+    newer Triton squeezes it first, as this does."""
+    from triton.runtime import interpreter as interp
+
+    original = getattr(interp, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "lamina_patched", False):
+        return
+
+    def patch_lang_tensor(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_lang_tensor.lamina_patched = True
+    interp._patch_lang_tensor = patch_lang_tensor
+
+
 def torch_module():
     try:
         import torch
@@ -82,6 +101,7 @@ class InterpretProgram:
                       if n in by_node or n in self.loops]
         self.torch = torch_module()
         _patch_interpreter_dot()
+        _patch_interpreter_index()
         self.functions = {s.name: aot.load_function(s, interpret=True)
                           for _, src in sources for s in [*src.prologue, src]}
         self.arena = np.zeros(max(plan.arena_bytes, 1), np.uint8)

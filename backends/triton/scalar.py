@@ -111,13 +111,13 @@ class ScalarMath:
         elif op == "div":
             text = self.div(e[0], e[1], d)
         elif op == "neg":
-            text = f"-{e[0]}"
+            text = self.neg(e[0], d)
         elif op == "abs":
             text = f"tl.abs({e[0]})"
         elif op == "sign":
-            if d.is_float:  # NaN and signed zeros pass through, as numpy
+            if d.is_float:  # NaN passes through and -0.0 gives +0.0, as numpy
                 text = (f"tl.where({e[0]} > 0, 1, tl.where({e[0]} < 0, -1, "
-                        f"{e[0]})).to({tl_type(d)})")
+                        f"tl.where({e[0]} == 0, 0, {e[0]}))).to({tl_type(d)})")
             else:
                 text = f"(({e[0]} > 0).to({tl_type(d)}) - ({e[0]} < 0).to({tl_type(d)}))"
         elif op in ("maximum", "minimum"):
@@ -184,6 +184,11 @@ class ScalarMath:
     def sqrt(x: str, d: dt.DType) -> str:
         return f"tl.sqrt({x})" if d is dt.float64 else f"tl.sqrt_rn({x})"
 
+    def neg(self, x: str, d: dt.DType) -> str:
+        """-x. Triton before 3.7 spells a float's unary minus 0 - x, which turns 0.0 into +0.0,
+        not -0.0: a float is multiplied by -1 instead (exact, and NaN stays NaN)."""
+        return f"({x} * {self.f(d, -1.0)})" if d.is_float else f"-{x}"
+
     def f(self, d: dt.DType, value: float) -> str:
         """A float constant of the compute type of ``d`` (float64 needs an explicit one:
         Triton types Python floats as float32)."""
@@ -220,8 +225,9 @@ class ScalarMath:
         s = self.tmp(f"tl.exp({self.f(d, 2.0)} * {a})")
         one = self.f(d, 1.0)
         big = self.tmp(f"{one} - {self.div(self.f(d, 2.0), f'{s} + {one}', d)}")
-        big = f"tl.where({x} < 0, -{big}, {big})"
-        return f"tl.where({a} < {self.f(d, 0.625)}, {small}, {big})"
+        big = f"tl.where({x} < 0, {self.neg(big, d)}, {big})"
+        # small(-0.0) is +0.0 ((-0.0) * (-0.0 * c) + -0.0): zeros pass through as they are
+        return f"tl.where({a} < {self.f(d, 0.625)}, tl.where({x} == 0, {x}, {small}), {big})"
 
     def pow(self, x: str, y: str, d: dt.DType) -> str:
         """numpy's float power: computed in float64 for float32 and below (exp2(y log2|x|)
@@ -233,7 +239,8 @@ class ScalarMath:
         mag = self.tmp(f"tl.exp2({yw} * tl.log2(tl.abs({xw})))")
         odd = self.tmp(f"({yw} - 2.0 * tl.floor({yw} * 0.5)) == 1.0")
         whole = self.tmp(f"tl.floor({yw}) == {yw}")
-        neg = self.tmp(f"tl.where({whole}, tl.where({odd}, -{mag}, {mag}), float('nan'))")
+        neg = self.tmp(f"tl.where({whole}, tl.where({odd}, {self.neg(mag, dt.float64)}, {mag}), "
+                       "float('nan'))")
         r = self.tmp(f"tl.where({xw} < 0, {neg}, {mag})")
         r = self.tmp(f"tl.where(({yw} == 0) | ({xw} == 1), {one}, {r})")
         return f"{r}.to({tl_type(d)})"
@@ -248,7 +255,7 @@ class ScalarMath:
         odd = self.tmp(f"({r} - {f(2.0)} * tl.floor({r} * {f(0.5)})) == {f(1.0)}")
         up = self.tmp(f"({frac} > {f(0.5)}) | (({frac} == {f(0.5)}) & {odd})")
         r = self.tmp(f"tl.where({up}, {r} + {f(1.0)}, {r})")
-        return f"tl.where({x} < 0, -{r}, tl.where({x} == 0, {x}, {r}))"
+        return f"tl.where({x} < 0, {self.neg(r, d)}, tl.where({x} == 0, {x}, {r}))"
 
     def divmod_float(self, x: str, y: str, d: dt.DType) -> tuple[str, str]:
         """numpy's float floor division and remainder (its npy_divmod step by step, as the
@@ -262,7 +269,9 @@ class ScalarMath:
         moved = self.tmp(f"({mod} != 0) & (({y} < 0) != ({mod} < 0))")  # NaN != 0
         mod = self.tmp(f"tl.where({moved}, {mod} + {y}, {mod})")
         div = self.tmp(f"tl.where({moved}, {div} - {f(1.0)}, {div})")
-        mod = self.tmp(f"tl.where({mod} == 0, tl.where({y} < 0, {f(-0.0)}, {f(0.0)}), {mod})")
+        zero = self.tmp(f"tl.abs({mod})")  # +0.0 where mod is a zero; -0.0 is -1 times it
+        mod = self.tmp(f"tl.where({mod} == 0, tl.where({y} < 0, {self.neg(zero, d)}, {zero}), "
+                       f"{mod})")
         fl = self.tmp(f"tl.floor({div})")
         fl = self.tmp(f"tl.where({div} - {fl} > {f(0.5)}, {fl} + {f(1.0)}, {fl})")
         q = self.tmp(self.div(x, y, d))

@@ -96,6 +96,29 @@ def transpose_of_transpose(b, n, ins):
     return None
 
 
+def transpose_of_matmul(b, n, ins, users=None):
+    # transpose(a @ b) with the last two axes swapped -> b^T @ a^T (each operand's last two
+    # axes swapped): the product is written in the order it is read (a weight's gradient,
+    # (x^T @ dy)^T, becomes dy^T @ x, whose elementwise users can fuse into the GEMM)
+    x = ins[0]
+    if not (isinstance(x, Node) and x.op == "matmul"):
+        return None
+    r = x.type.ndim  # matmul's operands have two axes or more
+    if n.attrs["perm"] != (*range(r - 2), r - 1, r - 2):
+        return None
+    if users is not None and len(users.get(n.inputs[0], ())) != 1:
+        return None  # the product is read as it is elsewhere too: keep it
+
+    def swapped(v):
+        k = v.type.ndim
+        return b.emit("transpose", (v,), {"perm": (*range(k - 2), k - 1, k - 2)})
+
+    return _same(n, b.emit("matmul", (swapped(x.inputs[1]), swapped(x.inputs[0])), {}))
+
+
+transpose_of_matmul.needs_users = True
+
+
 def _is_additive_identity(v, other) -> bool:
     # -0.0 for floats (x + 0.0 turns x = -0.0 into +0.0), any zero for integers
     z = _splat(v)
@@ -252,7 +275,7 @@ simplify_rules = {
     "slice": [no_op_shape],
     "pad": [no_op_shape],
     "sum": [no_op_shape, sum_of_batched_matmul],
-    "transpose": [no_op_shape, transpose_of_transpose],
+    "transpose": [no_op_shape, transpose_of_transpose, transpose_of_matmul],
     "add": [add_zero, add_of_adjacent_pads],
     "sub": [sub_zero],
     "mul": [mul_one, mul_minus_one],

@@ -326,6 +326,39 @@ SIMPLIFY_CASES = {
           return %4
         }
     """, False),
+    # a weight's gradient (x^T @ dy)^T written as dy^T @ x: no transpose after the GEMM
+    "transpose_of_matmul": ("transpose_of_matmul", """
+        graph @f(%x: f32[6,3], %dy: f32[6,5]) {
+          %0 = transpose(%x) {perm=[1, 0]} : f32[3,6]
+          %1 = matmul(%0, %dy) : f32[3,5]
+          %2 = transpose(%1) {perm=[1, 0]} : f32[5,3]
+          return %2
+        }
+    """, """
+        graph @f(%x: f32[6,3], %dy: f32[6,5]) {
+          %0 = transpose(%x) {perm=[1, 0]} : f32[3,6]
+          %1 = matmul(%0, %dy) : f32[3,5]
+          %2 = transpose(%dy) {perm=[1, 0]} : f32[5,6]
+          %3 = transpose(%0) {perm=[1, 0]} : f32[6,3]
+          %4 = matmul(%2, %3) : f32[5,3]
+          return %4
+        }
+    """, False),
+    "transpose_of_broadcast_matmul": ("transpose_of_matmul", """
+        graph @f(%a: f32[2,4,3], %b: f32[3,5]) {
+          %0 = matmul(%a, %b) : f32[2,4,5]
+          %1 = transpose(%0) {perm=[0, 2, 1]} : f32[2,5,4]
+          return %1
+        }
+    """, """
+        graph @f(%a: f32[2,4,3], %b: f32[3,5]) {
+          %0 = matmul(%a, %b) : f32[2,4,5]
+          %1 = transpose(%b) {perm=[1, 0]} : f32[5,3]
+          %2 = transpose(%a) {perm=[0, 2, 1]} : f32[2,3,4]
+          %3 = matmul(%1, %2) : f32[2,5,4]
+          return %3
+        }
+    """, False),
     # the gradients of adjacent slices (an LSTM's gates): one concatenation
     "adjacent_pads": ("add_of_adjacent_pads", """
         graph @f(%a: f32[2,3], %b: f32[2,4]) {
@@ -505,6 +538,15 @@ SIMPLIFY_MUST_NOT_FIRE = {
           %0 = matmul(%a, %b) : f32[3,4,5]
           %1 = sum(%0) {axis=[0], keepdims=false} : f32[4,5]
           return %1, %0
+        }
+    """,
+    "matmul_read_twice_or_transposed_otherwise": """
+        graph @f(%a: f32[2,4,3], %b: f32[2,3,5]) {
+          %0 = matmul(%a, %b) : f32[2,4,5]
+          %1 = transpose(%0) {perm=[0, 2, 1]} : f32[2,5,4]
+          %2 = matmul(%a, %b) : f32[2,4,5]
+          %3 = transpose(%2) {perm=[1, 2, 0]} : f32[4,5,2]
+          return %1, %0, %3
         }
     """,
     "overlapping_pads": """

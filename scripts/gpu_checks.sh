@@ -14,8 +14,8 @@
 # Environment: OUT (default ./gpu_results, from the current directory) receives checks.log
 # (everything printed), summary.txt (one line per finished step, written as it finishes) and
 # gpu_bench.json; PYTHON (default python3, else python); BENCH_ARGS (extra arguments for
-# benchmarks/gpu.py, e.g. --quick); SUITE_ARGS (extra pytest arguments for the suite step, e.g.
-# "-n 12" where pytest-xdist is installed: the whole suite on one process takes long).
+# benchmarks/gpu.py, e.g. --quick); SUITE_ARGS (pytest arguments for the suite step; default: 12
+# worker processes where pytest-xdist is installed, as on the GPU image: one process takes long).
 # shellcheck disable=SC2329  # the step functions are called through run_step "$@"
 set -u
 OUT=${OUT:-./gpu_results}
@@ -24,6 +24,9 @@ cd "$(dirname "$0")/.." || exit 1
 
 PYTHON=${PYTHON:-$(command -v python3 || command -v python)}
 read -r -a bench_args <<<"${BENCH_ARGS:-}"
+if [ -z "${SUITE_ARGS+set}" ] && "$PYTHON" -c "import xdist" 2>/dev/null; then
+    SUITE_ARGS="-n 12"
+fi
 read -r -a suite_args <<<"${SUITE_ARGS:-}"
 ALL_STEPS=(install info gpu-tests suite example bench)
 
@@ -90,8 +93,9 @@ run_named() {
         install) run_step install "$PYTHON" -m pip install --no-deps --no-build-isolation -e . ;;
         info) run_step info info ;;
         gpu-tests) run_step gpu-tests "$PYTHON" -m pytest -q -rs -m gpu ;;
-        suite) run_step suite env LAMINA_TEST_BACKENDS=triton "$PYTHON" -m pytest -x -q \
-            "${suite_args[@]}" ;;
+        # every failure named at the end (-rf), up to 50 of them
+        suite) run_step suite env LAMINA_TEST_BACKENDS=triton "$PYTHON" -m pytest -q -rf \
+            --maxfail=50 "${suite_args[@]}" ;;
         example) run_step example "$PYTHON" examples/mlp_digits.py --backend triton ;;
         bench) run_step bench "$PYTHON" benchmarks/gpu.py --json "$OUT/gpu_bench.json" \
             "${bench_args[@]}" ;;

@@ -233,8 +233,7 @@ class DeviceProgram:
 
     def _issue(self) -> None:
         """Every launch and loop, in order, the error flag read where a kernel can set it."""
-        if self.error is not None:
-            self.device.memset(self.error, 0)
+        self.reset()
         for i, launch in enumerate(self.launches):
             launch()
             if i == self.check_after:
@@ -258,7 +257,7 @@ class DeviceProgram:
             self._check_error()
 
     def reset(self) -> None:
-        """Clear a bound program's error flag (before a loop's first step)."""
+        """Clear the error flag (a bound program's: before a loop's first step)."""
         if self.error is not None:
             self.device.memset(self.error, 0)
 

@@ -43,21 +43,17 @@ class Level:
     sources: list[tuple[Node, KernelSource]] = field(default_factory=list)
     loops: dict[Node, list[Level]] = field(default_factory=dict)
 
-    def all_sources(self) -> list[tuple[Node, KernelSource]]:
-        """Every kernel of this level and of the loops within, depth first in schedule order
-        (the order an artifact stores them in)."""
-        out = list(self.sources)
+    def levels(self):
+        """This level and every level within it, depth first in schedule order."""
+        yield self
         for n in self.plan.schedule:
             for part in self.loops.get(n, ()):
-                out.extend(part.all_sources())
-        return out
+                yield from part.levels()
 
-    def all_plans(self):
-        """(graph, plan) of this level and of every level within, in ``all_sources`` order."""
-        yield self.graph, self.plan
-        for n in self.plan.schedule:
-            for part in self.loops.get(n, ()):
-                yield from part.all_plans()
+    def all_sources(self) -> list[tuple[Node, KernelSource]]:
+        """Every kernel of this level and of the loops within, in ``levels`` order (the
+        order an artifact stores them in)."""
+        return [s for lv in self.levels() for s in lv.sources]
 
 
 def loop_parts(node: Node) -> list[Graph]:

@@ -115,14 +115,6 @@ def _interpret_program(level: loops.Level, top: Graph):
     return InterpretProgram(level.graph, level.plan, level.sources, parts, sites=top)
 
 
-def _walk(level: loops.Level):
-    """(graph, level) of ``level`` and every level within it."""
-    yield level.graph, level
-    for ps in level.loops.values():
-        for p in ps:
-            yield from _walk(p)
-
-
 class TritonBackend:
     name = "triton"
     # conv is lowered by the backend itself (an implicit GEMM per conv kernel: conv.py), so the
@@ -150,8 +142,9 @@ class TritonBackend:
         level = render_levels(graph, tune)
         if dump_dir:
             k = first_index
-            plans = "\n".join(p.text() if g is graph else f"loop body @{g.name}:\n{p.text()}"
-                              for g, p in level.all_plans())
+            plans = "\n".join(lv.plan.text() if lv is level else
+                              f"loop body @{lv.graph.name}:\n{lv.plan.text()}"
+                              for lv in level.levels())
             write_atomic(os.path.join(dump_dir, f"{k:02d}_memory_plan.txt"), plans)
             for j, (_, src) in enumerate(level.all_sources()):
                 for s in [*src.prologue, src]:
@@ -229,7 +222,8 @@ class TritonBackend:
         if not isinstance(kernels, list):
             raise ArtifactError("kernels.json: 'kernels' is missing or not a list")
         level = loops.plan_levels(graph, _plan)
-        nodes = [(n, p) for g, p in level.all_plans() for n in p.schedule if n.op == "kernel"]
+        nodes = [(n, lv.plan) for lv in level.levels() for n in lv.plan.schedule
+                 if n.op == "kernel"]
         if len(nodes) != len(kernels):
             raise ArtifactError(f"kernels.json: has {len(kernels)} kernels for a graph of "
                                 f"{len(nodes)}")
@@ -257,7 +251,7 @@ class TritonBackend:
                     raise ArtifactError(f"{what}: binaries of {name} repeated or not a list")
                 binaries[name] = [_binary_from_json(b, name, f"{what} ({name})", deep)
                                   for b in bins]
-        for _, lv in _walk(level):
+        for lv in level.levels():
             lv.sources = [(n, sources[n]) for n in lv.plan.schedule if n.op == "kernel"]
         return self._program(level, binaries)
 

@@ -111,6 +111,39 @@ def test_fori_while_nested_and_unread_outputs_on_the_device_runtime(fake_device)
     _same(exe(*x2), lm.compile(loops_of_every_kind, backend="numpy")(*x2))
 
 
+EDGES = {
+    "zero_length_scan": (lambda xs, h: lm.scan(lambda c, x: (c + x, c * x), h, xs),
+                         (np.zeros((0, 3), F32), np.ones(3, F32))),
+    "scan_without_carries": (lambda xs: lm.scan(lambda c, x: (c, lm.exp(x)), (), xs)[1],
+                             (np.ones((4, 3), F32),)),
+    "fori_loop_of_no_steps": (lambda x: lm.fori_loop(2, 2, lambda i, c: c * 2.0, x),
+                              (np.ones(3, F32),)),
+    "while_loop_in_a_scan": (
+        lambda xs: lm.scan(lambda c, x: (lm.while_loop(lambda d: d.sum() < x.sum() * 10.0,
+                                                       lambda d: d * 2.0, c + 1.0), c.sum()),
+                           lm.ones((2,)), xs),
+        (np.abs(_randn(3, 2)) + 1,)),
+    "carry_passed_through": (
+        lambda xs, h: lm.scan(lambda c, x: ((c[0], c[1] + x), c[0] * x), (h, h), xs),
+        (np.ones((3, 2), F32), np.full(2, 2.0, F32))),
+    "integer_carry": (
+        lambda xs: lm.scan(lambda c, x: (c + 1, x * lm.astype(c, "float32")), 0, xs),
+        (np.ones((5, 2), F32),)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDGES))
+def test_loop_edge_cases_on_the_device_runtime_and_the_interpreter(case, fake_device,
+                                                                   monkeypatch):
+    f, args = EDGES[case]
+    want = lm.compile(f, backend="numpy")(*args)
+    exe, _ = _on_fake(f, args, fake_device)
+    _same(exe(*args), want)
+    if "triton" in runnable():
+        monkeypatch.setenv("LAMINA_TRITON_MODE", "interpret")
+        _same(lm.compile(f, backend="triton")(*args), want)
+
+
 def test_a_scan_steps_by_pointers_alone(fake_device):
     """Per step: the body's kernels, nothing uploaded or copied (a stacked slice is an address,
     the carries swap buffers); the index cells go up once, when the program is made."""

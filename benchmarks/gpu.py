@@ -19,6 +19,10 @@ Workloads (``--only`` names; ``--quick`` shrinks every size to a small one):
     mlp_step     one SGD step (lr 0.01) of a 784-512-512-10 ReLU MLP, mean cross-entropy, batch
                  4096: forward, backward, update in place (run.py's lamina step and torch step,
                  on the GPU). TFLOP/s counts the matmuls as run.py does.
+    lstm_train   run.py's LSTM step (nn.LSTM, x[50, 32, 64], hidden 128, loss mean(h_T^2), SGD lr
+                 0.1): lamina's lm.scan runs as a host loop launching each step's kernels;
+                 torch's nn.LSTM runs cuDNN's. Device time leaves the launch gaps out: see the
+                 wall ms column for the host's share.
 
 Method: inputs are made once per workload (fixed seed); the peers' copies on the GPU (bfloat16
 for matmul_bf16) are made before timing. Every implementation is first called once and checked
@@ -68,7 +72,7 @@ from peers import Runner, TorchPeer
 BACKEND = "triton"
 DEVICE = "cuda"
 WORKLOAD_NAMES = ("gelu", "softmax", "layernorm", "matmul_bf16", "matmul_fp32", "matmul_tf32",
-                  "mlp_step")
+                  "mlp_step", "lstm_train")
 PEER_MODES = {"torch": None, "torch.compile": "default"}  # peers.TorchPeer's ``mode``
 LAMINA = f"lamina[{BACKEND}]"
 # (workload, what is compared, goal): lamina's % of copy bandwidth; its speed relative to the
@@ -143,6 +147,10 @@ def make_workload(name: str, quick: bool, seed: int = 0) -> run.Workload:
         layout = "-".join(map(str, [*dims, inputs["params"][-1].shape[0]]))
         wl = run.Workload(name, "mlp_step", f"mlp step b{batch} {layout}", inputs, "TFLOP/s",
                           run.mlp_flops(inputs), "none", 1e-3)
+    elif name == "lstm_train":
+        # run.py's (T=50, B=32, 64 -> 128): a host loop of 50 steps each way on lamina's side
+        wl = run.make_workload(name, quick, seed, with_reference=False)
+        wl.limit = "none"  # no copy-bandwidth share for a train step
     else:
         raise ValueError(f"unknown workload {name!r}")
     wl.reference = run.reference(wl)

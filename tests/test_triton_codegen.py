@@ -24,7 +24,7 @@ triton = pytest.importorskip("triton")
 from lamina.backends.triton import aot
 from lamina.backends.triton.codegen import render
 from lamina.backends.triton.spec import KernelBinary
-from lamina.backends.triton.triton_backend import render_graph
+from lamina.backends.triton.triton_backend import render_graph, render_levels
 
 needs_torch = pytest.mark.skipif(
     __import__("importlib").util.find_spec("torch") is None,
@@ -32,14 +32,16 @@ needs_torch = pytest.mark.skipif(
 
 
 def _sources_of(fn, *args):
-    """The rendered kernels of ``fn`` compiled for these arguments (nothing runs)."""
+    """The rendered kernels of ``fn`` compiled for these arguments, loop bodies' too (nothing
+    runs)."""
     exe = lm.compile(fn, backend="numpy").lower(*args)
     from lamina.backends import get_backend
+    from lamina.passes.manager import in_loop_bodies
 
     graph = exe.graph
     for p in get_backend("triton").passes:  # conv expansion, fusion
-        graph = p(graph)
-    return [src for _, src in render_graph(graph, plan_memory(graph))]
+        graph = in_loop_bodies(p, graph)
+    return [src for _, src in render_levels(graph).all_sources()]
 
 
 def _check_binary(b: KernelBinary, src) -> None:
@@ -259,9 +261,22 @@ def test_gpu_benchmark_workloads_compile_for_sm90():
 
     cases.append((step, [lm.TensorType((4096, 784), lm.float32),
                          lm.TensorType((4096,), lm.int32)]))
+    lstm = nn.LSTM(64, 128)  # lstm_train: the host loop's step kernels too
+    lstm_opt = optim.SGD(lstm.parameters(), lr=0.1)
+
+    def lstm_step(x):
+        _, (h, _) = lstm(x)
+        loss = (h[-1] * h[-1]).mean()
+        lstm_opt.minimize(loss)
+        return loss
+
+    cases.append((lstm_step, [lm.TensorType((50, 32, 64), lm.float32)]))
     kinds = set()
     for fn, types in cases:
-        for src in _sources_of(fn, *types):
+        sources = _sources_of(fn, *types)
+        if fn is lstm_step:  # the forward and backward steps' kernels are among them
+            assert sum(s.kind == "gemm" for s in sources) >= 5
+        for src in sources:
             for s in [*src.prologue, src]:
                 kinds.add(s.kind)
                 _check_binary(aot.compile_source(s, "sm_90"), s)

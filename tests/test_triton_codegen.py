@@ -17,14 +17,13 @@ from op_samples import SAMPLES
 from test_ops import _traced_fn
 
 import lamina as lm
-from lamina.passes.memory import plan_memory
 
 triton = pytest.importorskip("triton")
 
 from lamina.backends.triton import aot
 from lamina.backends.triton.codegen import render
 from lamina.backends.triton.spec import KernelBinary
-from lamina.backends.triton.triton_backend import render_graph, render_levels
+from lamina.backends.triton.triton_backend import render_levels
 
 needs_torch = pytest.mark.skipif(
     __import__("importlib").util.find_spec("torch") is None,

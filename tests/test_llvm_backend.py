@@ -633,3 +633,26 @@ def test_profile_needs_the_llvm_backend():
     f = lm.compile(lambda x: x + 1.0, backend="numpy")
     with pytest.raises(lm.LaminaError, match="llvm"):
         f.profile(np.ones(3, np.float32))
+
+
+def test_programs_load_only_the_gemm_entries_they_call(tmp_path):
+    """The GEMM's entries are separate objects, loaded for the programs whose code calls them
+    (kernels.o's imports): a matmul needs the plain entry, a convolution the gather entry
+    (its patches read through offset tables), and an artifact carries just those."""
+    import zipfile
+
+    from lamina.backends.llvm import llvm_backend
+
+    lin = lm.compile(lambda x, w: x @ w, backend="llvm")
+    x, w = np.ones((4, 8), np.float32), np.ones((8, 3), np.float32)
+    np.testing.assert_array_equal(lin(x, w), x @ w)
+    conv = lm.compile(lambda x, w: lm.nn.functional.conv2d(x, w), backend="llvm")
+    xc = np.arange(2 * 3 * 6 * 6, dtype=np.float32).reshape(2, 3, 6, 6) / 100
+    wc = np.arange(4 * 3 * 3 * 3, dtype=np.float32).reshape(4, 3, 3, 3) / 100
+    conv(xc, wc)
+    for f, want in ((lin, {"gemm.f32.o"}), (conv, {"gemm_gather.f32.o"})):
+        f.save(tmp_path / "p.lamina")
+        with zipfile.ZipFile(tmp_path / "p.lamina") as z:
+            names = {n.split(".", 1)[1] for n in z.namelist() if ".gemm" in n}
+        assert names == want, names
+    assert llvm_backend.gemm_library.cache_info().currsize >= 2

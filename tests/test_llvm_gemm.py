@@ -413,3 +413,38 @@ def test_b_read_in_place(lib, dtype, nthreads, m, k, rng):
     cc = np.full((3, m, n), np.nan, dt)
     lib.matmul(a, bb, out=cc, nthreads=nthreads)
     check(cc, np.broadcast_to(a, (3, m, k)), bb, dt)
+
+
+@pytest.mark.parametrize("vbits", [256, 128])
+def test_blockings_for_narrower_vectors(vbits, rng):
+    """The blockings of hosts without AVX-512 (gemm.CONFIGS[256] and [128]: narrower vectors,
+    other tiles; built here for this host's instructions) on edge tiles, several K blocks,
+    transposed operands and batches, for both entries."""
+    lib = gemm.build_library({d: dataclasses.replace(gemm.CONFIGS[vbits][d], min_flops=0)
+                              for d in DTYPES})
+    for dtype, dt in DTYPES.items():
+        for m, n, k in [(1, 1, 1), (37, 53, 71), (13, 33, 600), (5, 9, 40), (70, 200, 3)]:
+            a = rng.standard_normal((m, k)).astype(dt)
+            b = rng.standard_normal((k, n)).astype(dt)
+            for x, y in ((a, b), (np.asfortranarray(a), np.asfortranarray(b))):
+                c = np.full((m, n), np.nan, dt)
+                lib.matmul(x, y, out=c, nthreads=2)
+                check(c, x, y, dt)
+        a = rng.standard_normal((3, 11, 21)).astype(dt)
+        b = rng.standard_normal((3, 21, 19)).astype(dt)
+        check(lib.matmul(a, b, nthreads=2), a, b, dt)
+        # the gather entry: B through offset tables (here a plain row-major B, read as such)
+        src = rng.standard_normal((1, 21, 19)).astype(dt)
+        out = np.full((1, 11, 19), np.nan, dt)
+        lib.gather_matmul(a[0], src, np.arange(21) * 19, np.arange(19), out)
+        check(out[0], a[0], src[0], dt)
+
+
+def test_each_entry_is_its_own_library():
+    """build_library(entries=...) builds only the entries asked for: the backend builds the
+    plain GEMM alone (the gather entry's table packers would double its build time) and the
+    gather entry only for programs that call it."""
+    plain = gemm.build_library(dtypes=("f32",), entries=(False,))
+    gather = gemm.build_library(dtypes=("f32",), entries=(True,))
+    assert set(plain.addresses) == {"f32"} and not plain.gather_addresses
+    assert set(gather.gather_addresses) == {"f32"} and not gather.addresses

@@ -224,6 +224,19 @@ def _lane_mask(b, n, lanes):
     return b.icmp_signed("<", iota, _splat(b, n, it))
 
 
+def _branch(b: ir.IRBuilder, cond, then, other) -> None:
+    """``if (cond) then() else other()``; just ``other()`` where ``cond`` is None (known
+    false when the code is generated)."""
+    if cond is None:
+        other()
+        return
+    with b.if_else(cond) as (t, o):
+        with t:
+            then()
+        with o:
+            other()
+
+
 def _new_fn(m, name, ret, args, internal=True):
     fn = ir.Function(m, ir.FunctionType(ret, args), name)
     if internal:
@@ -241,7 +254,7 @@ def _intrinsic(m, name, ret, args):
 
 
 class _Emitter:
-    def __init__(self, m: ir.Module, dtype: str, cfg: Config):
+    def __init__(self, m: ir.Module, dtype: str, cfg: Config, gather: bool = False):
         self.m, self.dtype, self.cfg = m, dtype, cfg
         self.t = _SCALAR[dtype]
         self.tp = self.t.as_pointer()
@@ -249,7 +262,8 @@ class _Emitter:
         self.vt = ir.VectorType(self.t, self.vl)
         self.mt = ir.VectorType(_i1, self.vl)
         self.nr = cfg.nrv * self.vl
-        self.prefix = f"{GEMM_SYMBOL[dtype]}__"
+        # the gather entry's pieces are its own (a library may hold both entries)
+        self.prefix = f"{(GATHER_SYMBOL if gather else GEMM_SYMBOL)[dtype]}__"
         sfx = f"v{self.vl}f{_BYTES[dtype] * 8}"
         vp = self.vt.as_pointer()
         self.fma = _intrinsic(m, f"llvm.fma.{sfx}", self.vt, [self.vt] * 3)
@@ -333,6 +347,9 @@ class _Emitter:
 
         zero = [[self.zero_v() for _ in range(nrv)] for _ in range(mr_)]
         b.position_at_end(entry)
+        buf = b.alloca(ir.ArrayType(self.t, mr_ * self.nr), name="edge")
+        buf.align = 64
+        self.edge_buf = b.bitcast(buf, self.tp)
         if cfg.pf_c:
             for r in range(mr_):
                 row = b.gep(pc, [b.mul(ldc, _c64(r))])
@@ -363,28 +380,30 @@ class _Emitter:
                 b.store(x, p, align=_BYTES[self.dtype])
 
     def _store_edge(self, b, fn, acc, pc, ldc, mr, nr, accum):
-        """An edge tile: its first ``mr`` rows and ``nr`` columns. Whole vectors inside the
-        columns are stored as such; the one vector that straddles the edge lane by lane
-        (masked stores cost tens of cycles each on AMD cores, and an edge tile is every tile
-        of a GEMM narrower than NR: a conv's taps, a classifier's classes)."""
+        """An edge tile: its first ``mr`` rows and ``nr`` columns, through ``self.edge_buf``
+        (the tile spilled to the stack): per row, the whole vectors inside the columns are
+        stored as such and the columns past them element by element (masked stores cost tens
+        of cycles each on AMD cores, and an edge tile is every tile of a GEMM narrower than
+        NR: a conv's taps, a classifier's classes). Loops, not unrolled code: unrolled per row
+        and lane this was three quarters of the library's IR and of its build time."""
         al = _BYTES[self.dtype]
+        va = self.vl * al  # the buffer's vectors are aligned to their size (it is to 64 bytes)
+        buf = self.edge_buf
         for r, row in enumerate(acc):
-            with b.if_then(b.icmp_signed(">", mr, _c64(r))):
-                base = b.gep(pc, [b.mul(ldc, _c64(r))])
-                for v, x in enumerate(row):
-                    lanes = b.sub(nr, _c64(v * self.vl))
-                    with b.if_else(b.icmp_signed(">=", lanes, _c64(self.vl))) as (whole, part):
-                        with whole:
-                            p = _vptr(b, base, _c64(v * self.vl), self.vt)
-                            old = b.load(p, align=al)
-                            b.store(b.select(accum, b.fadd(x, old), x), p, align=al)
-                        with part:
-                            for j in range(self.vl - 1):
-                                with b.if_then(b.icmp_signed(">", lanes, _c64(j))):
-                                    q = b.gep(base, [_c64(v * self.vl + j)])
-                                    e = b.extract_element(x, ir.Constant(_i32, j))
-                                    e = b.select(accum, b.fadd(e, b.load(q)), e)
-                                    b.store(e, q)
+            for v, x in enumerate(row):
+                b.store(x, _vptr(b, buf, _c64(r * self.nr + v * self.vl), self.vt), align=va)
+        whole = b.mul(b.sdiv(nr, _c64(self.vl)), _c64(self.vl))
+        with _for(b, _c64(0), mr, name="er") as r:
+            src = b.gep(buf, [b.mul(r, _c64(self.nr))])
+            dst = b.gep(pc, [b.mul(r, ldc)])
+            with _for(b, _c64(0), whole, self.vl, name="ev") as j:
+                p = _vptr(b, dst, j, self.vt)
+                x = b.load(_vptr(b, src, j, self.vt), align=va)
+                b.store(b.select(accum, b.fadd(x, b.load(p, align=al)), x), p, align=al)
+            with _for(b, whole, nr, name="es") as j:
+                q = b.gep(dst, [j])
+                e = b.load(b.gep(src, [j]))
+                b.store(b.select(accum, b.fadd(e, b.load(q)), e), q)
 
     # packing -----------------------------------------------------------------------------------
     def pack(self, which: str) -> ir.Function:
@@ -557,47 +576,54 @@ class _Emitter:
         tag_at = b.gep(f["tags"], [slot])
         tag = b.add(b.mul(bi, f["njb"]), jb)
         kofs = f["kofs"]
-        tables = b.icmp_unsigned("!=", kofs, ir.Constant(kofs.type, None))
+        # offset tables only reach the gather entry's tile (pack_bt/pack_at None otherwise)
+        tables = None if pack_bt is None else b.icmp_unsigned("!=", kofs,
+                                                              ir.Constant(kofs.type, None))
         # B read in place (no packing): row-major, whole NR-column panels, few rows of A to
         # share a packed copy (DIRECT_B_MAX_M)
-        direct = b.and_(b.and_(b.not_(tables), b.icmp_signed("==", f["csB"], _c64(1))),
+        direct = b.and_(b.icmp_signed("==", f["csB"], _c64(1)),
                         b.and_(b.icmp_signed("==", b.srem(N, _c64(self.nr)), _c64(0)),
                                b.icmp_signed("<=", M, _c64(DIRECT_B_MAX_M))))
+        if tables is not None:
+            direct = b.and_(b.not_(tables), direct)
         b_in_place = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), j0)])
+
+        def pack_b_tables():  # B through offset tables: B[k, j] = B[bi*bsB + kofs[k] + jofs[j]]
+            src = b.gep(f["B"], [b.mul(bi, f["bsB"])])
+            jt = b.gep(f["jofs"], [j0])
+            with _for(b, _c64(0), kpos, kstep, name="pbt") as pc:
+                kc = _min(b, b.sub(K, pc), kstep)
+                b.call(pack_bt, [kc, nbw, src, b.gep(kofs, [pc]), jt,
+                                 b.gep(bfull, [b.mul(pc, nbmax)])])
+
+        def pack_b_strided():
+            src = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), b.mul(j0, f["csB"]))])
+            with _for(b, _c64(0), kpos, kstep, name="pb") as pc:
+                kc = _min(b, b.sub(K, pc), kstep)
+                b.call(pack_b, [kc, nbw, b.gep(src, [b.mul(pc, f["rsB"])]), f["csB"],
+                                f["rsB"], b.gep(bfull, [b.mul(pc, nbmax)])])
+
         with b.if_then(b.and_(b.not_(direct), b.icmp_signed("!=", b.load(tag_at), tag))):
-            with b.if_else(tables) as (then, other):
-                with then:  # B through offset tables: B[k, j] = B[bi*bsB + kofs[k] + jofs[j]]
-                    src = b.gep(f["B"], [b.mul(bi, f["bsB"])])
-                    jt = b.gep(f["jofs"], [j0])
-                    with _for(b, _c64(0), kpos, kstep, name="pbt") as pc:
-                        kc = _min(b, b.sub(K, pc), kstep)
-                        b.call(pack_bt, [kc, nbw, src, b.gep(kofs, [pc]), jt,
-                                         b.gep(bfull, [b.mul(pc, nbmax)])])
-                with other:
-                    src = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), b.mul(j0, f["csB"]))])
-                    with _for(b, _c64(0), kpos, kstep, name="pb") as pc:
-                        kc = _min(b, b.sub(K, pc), kstep)
-                        b.call(pack_b, [kc, nbw, b.gep(src, [b.mul(pc, f["rsB"])]), f["csB"],
-                                        f["rsB"], b.gep(bfull, [b.mul(pc, nbmax)])])
+            _branch(b, tables, pack_b_tables, pack_b_strided)
             b.store(tag, tag_at)
         epi, ctx = f["epi"], f["ctx"]
         has_epi = b.icmp_unsigned("!=", epi, ir.Constant(epi.type, None))
         a_src = b.gep(f["A"], [b.add(b.mul(bi, f["bsA"]), b.mul(i0, f["rsA"]))])
         arofs = f["arofs"]
-        a_tables = b.icmp_unsigned("!=", arofs, ir.Constant(arofs.type, None))
+        a_tables = None if pack_at is None else b.icmp_unsigned("!=", arofs,
+                                                                ir.Constant(arofs.type, None))
         cb = b.gep(f["C"], [b.mul(bi, f["bsC"])])
         ldc = f["ldc"]
         with _for(b, _c64(0), kpos, kstep, name="pc") as pc:
             kc = _min(b, b.sub(K, pc), kstep)
             first = b.icmp_signed("==", pc, _c64(0))
             call_epi = b.and_(b.icmp_signed(">=", b.add(pc, kc), K), has_epi)
-            with b.if_else(a_tables) as (then, other):
-                with then:  # A through offset tables: A[i, k] = A[bi*bsA + arofs[i] + akofs[k]]
-                    b.call(pack_at, [kc, b.sub(i1, i0), b.gep(f["A"], [b.mul(bi, f["bsA"])]),
-                                     b.gep(f["arofs"], [i0]), b.gep(f["akofs"], [pc]), abuf])
-                with other:
-                    b.call(pack_a, [kc, b.sub(i1, i0), b.gep(a_src, [b.mul(pc, f["csA"])]),
-                                    f["rsA"], f["csA"], abuf])
+            _branch(  # A through offset tables: A[i, k] = A[bi*bsA + arofs[i] + akofs[k]]
+                b, a_tables,
+                lambda: b.call(pack_at, [kc, b.sub(i1, i0), b.gep(f["A"], [b.mul(bi, f["bsA"])]),
+                                         b.gep(f["arofs"], [i0]), b.gep(f["akofs"], [pc]), abuf]),
+                lambda: b.call(pack_a, [kc, b.sub(i1, i0), b.gep(a_src, [b.mul(pc, f["csA"])]),
+                                        f["rsA"], f["csA"], abuf]))
             bblk = b.gep(bfull, [b.mul(pc, nbmax)])
             with _for(b, i0, i1, _c64(cfg.mr), name="ir") as ir_:
                 mr = _min(b, b.sub(i1, ir_), _c64(cfg.mr))
@@ -761,15 +787,17 @@ class _Emitter:
 # --- public API --------------------------------------------------------------------------------
 
 
-def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None) -> ir.Function:
-    """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`."""
+def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None,
+              gather: bool = False) -> ir.Function:
+    """Add the GEMM function for dtype ("f32" or "f64") and everything it needs to `module`:
+    GEMM_SYMBOL, or with ``gather`` GATHER_SYMBOL (whose table packers are most of its code:
+    they double the build time, so only programs that read an operand through offset tables
+    build them)."""
     from lamina.backends.llvm import gemm_gather  # it builds on this module's helpers
 
-    e = _Emitter(module, dtype, cfg or default_config(dtype))
-    chunk = e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), gemm_gather.pack_table(e),
-                           gemm_gather.pack_table_a(e)))
-    e.entry(chunk, gather=True)
-    return e.entry(chunk)
+    e = _Emitter(module, dtype, cfg or default_config(dtype), gather)
+    tables = (gemm_gather.pack_table(e), gemm_gather.pack_table_a(e)) if gather else (None,) * 2
+    return e.entry(e.chunk(e.tile(e.ukernel(), e.pack("a"), e.pack("b"), *tables)), gather)
 
 
 def declare_gemm(module: ir.Module, dtype: str, gather: bool = False) -> ir.Function:
@@ -899,22 +927,30 @@ class GemmLibrary:
 
 
 def build_module(configs: dict[str, Config] | None = None,
-                 dtypes: tuple[str, ...] = tuple(GEMM_SYMBOL)) -> ir.Module:
-    """A module holding the GEMMs of ``dtypes`` (both by default)."""
+                 dtypes: tuple[str, ...] = tuple(GEMM_SYMBOL),
+                 entries: tuple[bool, ...] = (False, True)) -> ir.Module:
+    """A module holding the GEMMs of ``dtypes`` (both by default), each with the ``entries``
+    (False: GEMM_SYMBOL, True: GATHER_SYMBOL; both by default)."""
     m = jit.new_module("lamina_gemm")
     for dtype in dtypes:
-        emit_gemm(m, dtype, (configs or {}).get(dtype))
+        for gather in entries:
+            emit_gemm(m, dtype, (configs or {}).get(dtype), gather)
     return m
 
 
 def build_library(configs: dict[str, Config] | None = None,
-                  dtypes: tuple[str, ...] = tuple(GEMM_SYMBOL)) -> GemmLibrary:
-    """Compile the GEMMs of ``dtypes`` (for the host) to object code and load it. The
-    result's ``object_code`` may be cached and loaded later with ``GemmLibrary.from_object``."""
+                  dtypes: tuple[str, ...] = tuple(GEMM_SYMBOL),
+                  entries: tuple[bool, ...] = (False, True)) -> GemmLibrary:
+    """Compile the GEMMs of ``dtypes`` with their ``entries`` (see build_module; for the host)
+    to object code and load it. The result's ``object_code`` may be cached and loaded later
+    with ``GemmLibrary.from_object``."""
     t0 = time.perf_counter()
-    # O1 without loop passes: the kernel is vectorized, unrolled and blocked by hand; O3 made
-    # it no faster (1024^3 f32: 320-340 GFLOP/s either way) and took 0.03 s longer.
-    opt = jit.optimize(jit.finalize_text(build_module(configs, dtypes)), loops=False, level=1)
+    # No IR optimization (the O0 pipeline; code generation still runs at O3): the kernel is
+    # vectorized, unrolled and blocked by hand, and the IR passes made it no faster (f32
+    # 32x128x512, 32x512x128, 512^3, 64x784x10 within 2% of O1's speed) while taking 0.24 of
+    # the library's 0.45 s build (O3: no faster either, 0.03 s longer still).
+    opt = jit.optimize(jit.finalize_text(build_module(configs, dtypes, entries)), loops=False,
+                       level=0)
     obj = jit.emit_object(opt.module)
     lib = GemmLibrary.from_object(obj)
     lib.seconds = time.perf_counter() - t0

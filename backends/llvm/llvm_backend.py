@@ -104,11 +104,25 @@ def _check_fresh(data: bytes, what: str, functions: tuple[str, ...]) -> None:
                           f"checks: {e.message}") from None
 
 
-def _cached_object_check(what: str, functions: tuple[str, ...]):
-    """The check a cache hit must pass (a failing entry is a miss and gets rebuilt)."""
+def _cached_object_check(what: str, functions: tuple[str, ...], gemms: bool = False):
+    """The check a cache hit must pass (a failing entry is a miss and gets rebuilt).
+    ``gemms``: load the GEMM entries the object calls before checking its imports."""
     def check(data: bytes) -> None:
-        check_imports(check_object(data, what, functions), what)
+        obj = check_object(data, what, functions)
+        if gemms:
+            gemm_libraries(obj)
+        check_imports(obj, what)
     return check
+
+
+def _fresh_libraries(data: bytes, what: str) -> tuple[GemmLib, ...]:
+    """The GEMM entries freshly compiled object code calls, loaded."""
+    try:
+        obj = check_object(data, what, (ENTRY,))
+    except ArtifactError as e:
+        raise LaminaError(f"lamina bug: freshly compiled object code fails the load-time "
+                          f"checks: {e.message}") from None
+    return gemm_libraries(obj)
 
 
 # The pool's object is read from the cache by pool.py: checked like the others.
@@ -116,35 +130,63 @@ cache_mod.register_check("pool", _cached_object_check("cached lamina_pool", pool
 
 
 class GemmLib:
-    """One dtype's GEMM loaded into this process; its symbol is registered for JIT code."""
+    """One GEMM entry of one dtype (``gemm.GEMM_SYMBOL``, or with ``gather``
+    ``gemm.GATHER_SYMBOL``) loaded into this process; its symbol is registered for JIT code."""
 
-    def __init__(self, lib: gemm.GemmLibrary, dtype: str):
+    def __init__(self, lib: gemm.GemmLibrary, dtype: str, gather: bool = False):
         self.lib = lib
         self.dtype = dtype
-        llvm.add_symbol(gemm.GEMM_SYMBOL[dtype], lib.addresses[dtype])
-        llvm.add_symbol(gemm.GATHER_SYMBOL[dtype], lib.gather_addresses[dtype])
+        self.gather = gather
+        self.symbol = _gemm_symbol(dtype, gather)
+        addresses = lib.gather_addresses if gather else lib.addresses
+        llvm.add_symbol(self.symbol, addresses[dtype])
+
+    @property
+    def file(self) -> str:
+        """Its object's name in an artifact."""
+        return _gemm_file(self.dtype, self.gather)
+
+
+def _gemm_symbol(dtype: str, gather: bool) -> str:
+    return (gemm.GATHER_SYMBOL if gather else gemm.GEMM_SYMBOL)[dtype]
+
+
+def _gemm_file(dtype: str, gather: bool) -> str:
+    return f"gemm{'_gather' if gather else ''}.{dtype}.o"
+
+
+# The GEMM entries object code may import: (dtype, gather) by symbol.
+_GEMM_ENTRIES = {_gemm_symbol(d, g): (d, g) for d in gemm.GEMM_SYMBOL for g in (False, True)}
 
 
 @functools.cache
-def gemm_library(dtype: str) -> GemmLib:
-    """The GEMM for ``dtype`` ("f32"/"f64"): from the disk cache, or compiled (once per
-    machine and lamina version; about a quarter second)."""
+def gemm_library(dtype: str, gather: bool = False) -> GemmLib:
+    """The GEMM entry for ``dtype`` ("f32"/"f64"; ``gather``: the offset-table entry): from
+    the disk cache, or compiled (once per machine and lamina version; about a tenth of a
+    second, a quarter with ``gather``)."""
     pool.library()  # the GEMM calls the thread pool: registered before imports are checked
     source = ""
     for path in (gemm.__file__, gemm_gather.__file__):  # a change to the GEMM's source
         with open(path, "rb") as f:                      # recompiles it
             source += f.read().decode()
-    parts = cache_mod.key_parts(source, f"gemm-{dtype}", versions(), jit.host().key())
+    kind = f"gemm-{dtype}" + ("-gather" if gather else "")
+    parts = cache_mod.key_parts(source, kind, versions(), jit.host().key())
     c = cache_mod.Cache()
-    name = f"lamina_gemm_{dtype}"
-    symbol = (gemm.GEMM_SYMBOL[dtype], gemm.GATHER_SYMBOL[dtype])
-    obj = c.get(name, parts, check=_cached_object_check(f"cached {name}", symbol))
+    symbol = _gemm_symbol(dtype, gather)
+    obj = c.get(symbol, parts, check=_cached_object_check(f"cached {symbol}", (symbol,)))
     if obj is not None:
-        return GemmLib(gemm.GemmLibrary.from_object(obj), dtype)
-    lib = gemm.build_library(dtypes=(dtype,))
-    _check_fresh(lib.object_code, name, symbol)
-    c.put(name, parts, lib.object_code)
-    return GemmLib(lib, dtype)
+        return GemmLib(gemm.GemmLibrary.from_object(obj), dtype, gather)
+    lib = gemm.build_library(dtypes=(dtype,), entries=(gather,))
+    _check_fresh(lib.object_code, symbol, (symbol,))
+    c.put(symbol, parts, lib.object_code)
+    return GemmLib(lib, dtype, gather)
+
+
+def gemm_libraries(obj: objcheck.ElfObject) -> tuple[GemmLib, ...]:
+    """The GEMM entries object code calls (its imports name them), loaded: before its other
+    imports are checked, and before an engine loads it."""
+    names = set(obj.undefined())
+    return tuple(gemm_library(*entry) for sym, entry in _GEMM_ENTRIES.items() if sym in names)
 
 
 def gemm_dtypes(graph: Graph) -> list[str]:
@@ -177,12 +219,13 @@ class LLVMBackend:
         lowered, views = output_views(graph)
         loops = LoopPlanner()
         plan = plan_memory(lowered, loops.need)
-        libs = tuple(gemm_library(d) for d in gemm_dtypes(graph))
+        gemm_dtypes(graph)  # float16/bfloat16 GEMMs: a clear error before code generation
         ir_text = print_graph(lowered, locations=False)  # moving the source keeps the key
         kind = "graph+profile" if profile else "graph"
         parts = cache_mod.key_parts(ir_text, kind, versions(), jit.host().key())
         cache = cache_mod.Cache()
-        check = _cached_object_check(f"cached object of @{graph.name}", (ENTRY,))
+        what = f"object of @{graph.name}"
+        check = _cached_object_check(f"cached {what}", (ENTRY,), gemms=True)
         obj = None if dump_dir else cache.get(graph.name, parts, check=check)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
         profiled = None
@@ -193,7 +236,9 @@ class LLVMBackend:
             text = jit.finalize_text(module)
             opt = jit.optimize(text, keep_text=bool(dump_dir))
             obj = jit.emit_object(opt.module)
-            _check_fresh(obj, f"object of @{graph.name}", (ENTRY,))
+            # the GEMM entries it calls: loaded after code generation (its imports name them)
+            libs = _fresh_libraries(obj, what)
+            _check_fresh(obj, what, (ENTRY,))
             info.update(parse_s=opt.seconds_parse, optimize_s=opt.seconds_opt)
             STATS["compiled"] += 1
             if dump_dir:
@@ -207,6 +252,7 @@ class LLVMBackend:
             cache.put(graph.name, parts, obj)
         else:
             STATS["cache_hits"] += 1
+            libs = gemm_libraries(check_object(obj, what, (ENTRY,)))  # loaded by the check
         if profile and profiled is None:
             cg = Codegen(lowered, plan, graph.name, profile=profile, loops=loops)
             cg.build()  # NOTE: only for the list of timed steps, which the object follows
@@ -220,16 +266,17 @@ class LLVMBackend:
         return program
 
     # --- artifacts --------------------------------------------------------------------------
-    # Files: kernels.o (the program), gemm.<dtype>.o (each GEMM it calls), pool.o (the thread
-    # pool, pool.py: loaded unless this process has one) and target.json (what
-    # the code was compiled for and from: host, versions, the IR's hash, each object's sha256).
+    # Files: kernels.o (the program), gemm.<dtype>.o and gemm_gather.<dtype>.o (each GEMM entry
+    # it calls: kernels.o's imports name them), pool.o (the thread pool, pool.py: loaded unless
+    # this process has one) and target.json (what the code was compiled for and from: host,
+    # versions, the IR's hash, each object's sha256).
     # Errors name the file ("kernels.o: ...") and the IR as "the IR": the artifact loader
     # rewrites both into member names.
 
     def save_program(self, program: LLVMProgram) -> dict[str, bytes]:
         files = {"kernels.o": program.object_code, "pool.o": pool.library().object_code}
         for lib in program.libraries:
-            files[f"gemm.{lib.dtype}.o"] = lib.lib.object_code
+            files[lib.file] = lib.lib.object_code
         target = {"host": jit.host().key(), "cpu": jit.host().cpu, **versions(),
                   "graph": graph_digest(program.graph),
                   "objects": {f: hashlib.sha256(d).hexdigest() for f, d in files.items()}}
@@ -256,23 +303,24 @@ class LLVMBackend:
         if "pool.o" not in files:
             raise ArtifactError("pool.o: missing (the thread pool the code calls)")
         pool_obj = check_object(files["pool.o"], "pool.o", pool.SYMBOLS)
-        dtypes = gemm_dtypes(graph)
+        entries = [e for sym, e in _GEMM_ENTRIES.items() if sym in set(kernels.undefined())]
         gemms = {}
-        for d in dtypes:
-            fname = f"gemm.{d}.o"
+        for d, g in entries:
+            fname = _gemm_file(d, g)
             if fname not in files:
-                raise ArtifactError(f"{fname}: missing (the IR calls the {d} GEMM)")
-            gemms[d] = check_object(files[fname], fname,
-                                    (gemm.GEMM_SYMBOL[d], gemm.GATHER_SYMBOL[d]))
+                raise ArtifactError(f"{fname}: missing (the code calls the {d} GEMM"
+                                    f"{' through offset tables' if g else ''})")
+            gemms[d, g] = check_object(files[fname], fname, (_gemm_symbol(d, g),))
         _check_binding(graph, target, files,
-                       ["kernels.o", "pool.o", *(f"gemm.{d}.o" for d in dtypes)])
+                       ["kernels.o", "pool.o", *(_gemm_file(d, g) for d, g in entries)])
         if not pool.loaded():  # else this process's pool serves (one per process)
             check_imports(pool_obj, "pool.o")
             pool.library(files["pool.o"])
         libs = []
-        for d in dtypes:
-            check_imports(gemms[d], f"gemm.{d}.o")
-            libs.append(GemmLib(gemm.GemmLibrary.from_object(files[f"gemm.{d}.o"]), d))
+        for d, g in entries:
+            fname = _gemm_file(d, g)
+            check_imports(gemms[d, g], fname)
+            libs.append(GemmLib(gemm.GemmLibrary.from_object(files[fname]), d, g))
         check_imports(kernels, "kernels.o")
         obj = files["kernels.o"]
         lowered, views = output_views(graph)  # as compile() built it

@@ -593,8 +593,10 @@ def build_module() -> ir.Module:
 
 
 def build_object() -> bytes:
-    """The pool compiled for the host (O2: it is all control flow and atomics)."""
-    opt = jit.optimize(jit.finalize_text(build_module()), loops=False, level=2)
+    """The pool compiled for the host: without IR optimization (the O0 pipeline; code
+    generation runs at O3), as the GEMM: it is control flow and atomics written as they
+    should run, and O2 took 0.035 s of its 0.07 s build for no measurable change in speed."""
+    opt = jit.optimize(jit.finalize_text(build_module()), loops=False, level=0)
     return jit.emit_object(opt.module)
 
 

@@ -274,4 +274,5 @@ def test_default_pipeline_cleans_up_autodiff_output():
     assert_close(gw, x.T @ ((1 - t * t) / 8))
     assert_close(gb, ((1 - t * t) / 8).sum(axis=0))
     assert [s.name for s in stages] == ["traced", "decompose", "autodiff", "simplify",
-                                        "fold_constants", "cse", "simplify.2", "dce", "licm"]
+                                        "fold_constants", "cse", "trim_scans", "simplify.2",
+                                        "dce", "licm"]

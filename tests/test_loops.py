@@ -431,3 +431,31 @@ def test_a_100_step_sampling_loop_is_one_node_and_one_call():
         0, 100, lambda i, x: x - 0.05 * lm.tanh(x @ w) * ((100 - i).astype("float32") / 100.0),
         x), backend="numpy")(x0)
     assert np.abs(outs["numpy"] - no_noise).max() > 1e-3  # the noise arrived
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_scans_lose_unread_outputs_and_operands(be):
+    """trim_scans: a stacked output nothing reads (the forward scan's ys when the loss reads
+    only the final carry), the operands the backward scan does not read and the zero
+    cotangent of those ys (a splat: T steps of zeros) leave the loops; values and gradients
+    stay those of the untrimmed program (float64 finite differences), and a scan whose
+    outputs are all read is left alone."""
+    def loss(h0, xs, w):
+        def step(h, x):
+            h = lm.tanh(h @ w + x)
+            return h, h * 3.0
+        h, _ = lm.scan(step, h0, xs)
+        return (h * h).sum()
+
+    args = [_randn(2, 3, dtype=np.float64), _randn(5, 2, 3, dtype=np.float64),
+            0.5 * _randn(3, 3, dtype=np.float64)]
+    _fd_check(loss, args, be, (0, 1, 2))
+    fc = lm.compile(lm.grad(loss, argnums=(0, 1, 2)), backend=be)
+    fc(*args)
+    text = fc.ir("trim_scans")
+    assert "@step: dropped 1 unread stacked output(s)" in text
+    assert re.search(r"@step_grad: dropped \d+ stacked operand\(s\) unread or splat", text)
+    assert not re.search(r"constant\(\) \{value=0\.0\} : f64\[5,", fc.ir("dce"))  # no T zeros
+    kept = lm.compile(lambda h0, xs, w: rnn(h0, xs, w), backend=be)
+    _same(kept(*args), rnn_reference(*args))
+    assert "dropped" not in kept.ir("trim_scans")

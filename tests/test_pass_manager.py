@@ -224,7 +224,7 @@ def test_compile_stages_and_ir():
     assert g.shape == (3, 4) and g.dtype == np.float32
     names = f.stages()
     assert names == ["traced", "decompose", "autodiff", "simplify", "fold_constants", "cse",
-                     "simplify.2", "dce", "licm"]
+                     "trim_scans", "simplify.2", "dce", "licm"]
     for i, name in enumerate(names):
         text = f.ir(name)
         assert text.startswith(f"# ---- after {i:02d} {name} (")
@@ -268,11 +268,12 @@ def test_lamina_dump_environment_variable(tmp_path):
     everything = sorted(p.name for p in folder.iterdir())
     files = [f for f in everything if f.endswith(".lir")]
     assert files == ["00_traced.lir", "01_decompose.lir", "02_autodiff.lir", "03_simplify.lir",
-                     "04_fold_constants.lir", "05_cse.lir", "06_simplify.2.lir", "07_dce.lir",
-                     "08_licm.lir", "09_expand_conv.lir", "10_fused.lir"]
+                     "04_fold_constants.lir", "05_cse.lir", "06_trim_scans.lir",
+                     "07_simplify.2.lir", "08_dce.lir", "09_licm.lir", "10_expand_conv.lir",
+                     "11_fused.lir"]
     # the default (llvm) backend adds its plan, the LLVM IR before/after O3 and the assembly
-    assert everything[len(files):] == ["11_memory_plan.txt", "12_llvm_pre_opt.ll",
-                                       "13_llvm_opt.ll", "14_llvm.s"]
+    assert everything[len(files):] == ["12_memory_plan.txt", "13_llvm_pre_opt.ll",
+                                       "14_llvm_opt.ll", "15_llvm.s"]
     for i, name in enumerate(files):
         text = (folder / name).read_text()
         assert text.startswith(f"# ---- after {i:02d} {name[3:-4]} (")

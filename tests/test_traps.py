@@ -310,11 +310,11 @@ def test_print_after_a_base_name_prints_every_run_of_that_pass(capsys):
     with config.patch(print_after="simplify", print_changed=False):
         lm.compile(lambda x: x * 1.0 + 0.0, backend="numpy")(np.ones(2, np.float32))
     err = capsys.readouterr().err
-    assert "after 03 simplify " in err and "after 06 simplify.2 " in err
+    assert "after 03 simplify " in err and "after 07 simplify.2 " in err
     with config.patch(print_after="simplify.2", print_changed=False):
         lm.compile(lambda x: x * 1.0 + 0.0, backend="numpy")(np.ones(2, np.float32))
     err = capsys.readouterr().err
-    assert "after 03 simplify " not in err and "after 06 simplify.2 " in err
+    assert "after 03 simplify " not in err and "after 07 simplify.2 " in err
 
 
 def test_an_unwritable_dump_folder_names_the_variable(tmp_path):

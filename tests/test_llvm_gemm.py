@@ -422,7 +422,7 @@ def test_blockings_for_narrower_vectors(vbits, rng):
     transposed operands and batches, for both entries."""
     lib = gemm.build_library({d: dataclasses.replace(gemm.CONFIGS[vbits][d], min_flops=0)
                               for d in DTYPES})
-    for dtype, dt in DTYPES.items():
+    for dt in DTYPES.values():
         for m, n, k in [(1, 1, 1), (37, 53, 71), (13, 33, 600), (5, 9, 40), (70, 200, 3)]:
             a = rng.standard_normal((m, k)).astype(dt)
             b = rng.standard_normal((k, n)).astype(dt)

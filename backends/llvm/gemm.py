@@ -503,7 +503,6 @@ class _Emitter:
         of VL rows is loaded as VL vectors and transposed in registers (log2 VL rounds of
         interleaves), then each k's values are stored; the k tail is copied by scalars."""
         vl, vt = self.vl, self.vt
-        al = ir.Constant(_i32, _BYTES[self.dtype])
         kmain = b.mul(b.sdiv(kc, _c64(vl)), _c64(vl))
         lo = ir.Constant(ir.VectorType(_i32, vl), [j // 2 + (j % 2) * vl for j in range(vl)])
         hi = ir.Constant(ir.VectorType(_i32, vl),

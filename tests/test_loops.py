@@ -459,3 +459,39 @@ def test_scans_lose_unread_outputs_and_operands(be):
     kept = lm.compile(lambda h0, xs, w: rnn(h0, xs, w), backend=be)
     _same(kept(*args), rnn_reference(*args))
     assert "dropped" not in kept.ir("trim_scans")
+
+
+@pytest.mark.parametrize("be", BACKENDS)
+def test_carries_are_right_after_any_number_of_steps(be):
+    """On the CPU a loop's carries live in two buffers that take turns (odd steps read one,
+    even steps the other): the results after an even and an odd number of steps, none, a
+    while_loop stopping at either parity, and a loop inside a loop's body."""
+    def f(a, b, xs):
+        def step(c, x):
+            u, v = c
+            inner = lm.fori_loop(0, 3, lambda i, w: w * 0.5 + x, u)
+            return (v + inner, u - x), u * v
+        return lm.scan(step, (a, b), xs)
+
+    def ref(a, b, xs):
+        u, v, ys = a, b, []
+        for x in xs:
+            w = u
+            for _ in range(3):
+                w = w * 0.5 + x
+            ys.append(u * v)
+            u, v = v + w, u - x
+        return (u, v), np.stack(ys) if ys else np.zeros((0,) + a.shape, a.dtype)
+
+    fc = lm.compile(f, backend=be)
+    for n in range(6):
+        args = (_randn(2, 3), _randn(2, 3), _randn(n, 2, 3))
+        (u, v), ys = fc(*args)
+        (ru, rv), rys = ref(*args)
+        _same((u, v, ys), (ru, rv, rys))
+    wl = lm.compile(lambda x, k: lm.while_loop(lambda c: c[1] < k, lambda c: (c[0] * 2.0 + 1.0,
+                                                                             c[1] + 1),
+                                               (x, np.int32(0))), backend=be)
+    for k in range(5):
+        x, count = wl(np.float32(1), np.int32(k))
+        assert int(count) == k and float(x) == 2.0 ** (k + 1) - 1.0

@@ -364,6 +364,14 @@ class Codegen:
             t = c
         i = b.add(t, ir.Constant(I64, a["lower"])) if node.op == "fori_loop" else t
         b.store(b.trunc(i, I32), idx)
+        # the carries' two buffers take turns (no copy per step): odd steps read nxt, write cur
+        odd = b.trunc(c, L.I1)
+        for k in range(nk):
+            cur_k = b.select(odd, at(lay.nxt[k]), at(lay.cur[k]))
+            for (sub_j, _), table_j in zip(bodies, tables):
+                b.store(cur_k, slot(table_j, sub_j.slots.input(1 + nc + k)))
+            b.store(b.select(odd, at(lay.cur[k]), at(lay.nxt[k])),
+                    slot(table, sub.slots.output(k)))
         first = 1 + nc + nk
         for k, (p, size) in enumerate(x_ptrs):
             b.store(b.gep(p, [b.mul(t, ir.Constant(I64, size))]),
@@ -385,14 +393,14 @@ class Codegen:
             b.cbranch(b.icmp_unsigned("!=", p, ir.Constant(L.I8, 0)), go, done)
             b.position_at_end(go)
         call(len(bodies) - 1)
-        for k, t_k in enumerate(lay.carries):
-            self.memcpy(b, at(lay.cur[k]), at(lay.nxt[k]), t_k.nbytes)
         b.store(b.add(c, ir.Constant(I64, 1)), ctr)
         b.branch(head)
         b.position_at_end(done)
+        odd = b.trunc(b.load(ctr), L.I1)  # after an odd number of steps the carries are in nxt
         for k, t_k in enumerate(lay.carries):
             for g in results.get(k, ()):
-                self.memcpy(b, self.pointer(b, bufs, g), at(lay.cur[k]), t_k.nbytes)
+                self.memcpy(b, self.pointer(b, bufs, g),
+                            b.select(odd, at(lay.nxt[k]), at(lay.cur[k])), t_k.nbytes)
 
     def timed_steps(self, plan: MemoryPlan) -> int:
         """Kernels and loops of ``plan``, with their loops' bodies' (each timed)."""

@@ -36,8 +36,7 @@ def trim_scans(g: Graph) -> Graph:
     if not scans:
         return g
     live = g.live_nodes()
-    g = g.replace(nodes=[n for n in g.nodes if n in live])  # a dead get may name a dropped output
-    read: dict[Node, set[int]] = {n: set() for n in scans}
+    read: dict[Node, set[int] | None] = {n: set() for n in scans}
     for n in g.nodes:
         if n not in live:
             continue
@@ -47,6 +46,9 @@ def trim_scans(g: Graph) -> Graph:
                     read[v] = None
                 elif read[v] is not None:
                     read[v].add(n.attrs["index"])
+    for v in (*g.outputs, *g.updates.values()):
+        if v in read:
+            read[v] = None
     trimmed: dict[Node, tuple[Node, dict[int, int]]] = {}
     said = []
 
@@ -63,7 +65,8 @@ def trim_scans(g: Graph) -> Graph:
         said.append(f"@{n.attrs['name']}: {out[2]}")
         return out[0]
 
-    new = rewrite(g, rule)
+    # (dead nodes left out: a dead get may name a dropped output)
+    new = rewrite(g.replace(nodes=[n for n in g.nodes if n in live]), rule)
     for line in said:
         remark(line)
     return new if trimmed else g

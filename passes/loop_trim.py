@@ -8,7 +8,7 @@ Autodiff builds scans generically, and three kinds of waste follow:
   operand of the forward one);
 * a stacked operand that is a splat constant (the zero cotangent of the unread outputs, T steps
   of zeros filled on every call): the body reads the same value at every step, so it becomes a
-  constant inside the body, where simplification folds it (``add(x, 0) -> x``).
+  constant inside the body (one step's worth; ``add(x, 0.0)`` stays: it is not ``x`` for -0.0).
 
     %ys = constant() {value=0.0} : f32[50,32,128]
     %s = scan @step_grad(%w, %h, %ys) {num_consts=1, num_carry=1, ...}   # the body: x + %y

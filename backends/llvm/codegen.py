@@ -327,14 +327,12 @@ class Codegen:
         for k, v in enumerate(init):
             self.memcpy(b, at(lay.cur[k]), self.pointer(b, bufs, v), v.type.nbytes)
         for (sub, _), table in zip(bodies, tables):
-            ins = [b.bitcast(idx, I8P)] + [self.pointer(b, bufs, v) for v in consts] + \
-                [at(o) for o in lay.cur]
+            # the carries' slots are set at every step (their buffers take turns)
+            ins = [b.bitcast(idx, I8P)] + [self.pointer(b, bufs, v) for v in consts]
             for j, p in enumerate(ins):
                 b.store(p, slot(table, j))
             b.store(at(lay.arena), slot(table, sub.slots.arena))
         sub, table = bodies[-1][0], tables[-1]
-        for k, o in enumerate(lay.nxt):
-            b.store(at(o), slot(table, sub.slots.output(k)))
         if node.op == "while_loop":
             b.store(at(lay.pred), slot(tables[0], bodies[0][0].slots.output(0)))
         steps = {"scan": lambda: a["length"], "fori_loop": lambda: max(0, a["upper"] - a["lower"]),

@@ -104,14 +104,10 @@ def _check_fresh(data: bytes, what: str, functions: tuple[str, ...]) -> None:
                           f"checks: {e.message}") from None
 
 
-def _cached_object_check(what: str, functions: tuple[str, ...], gemms: bool = False):
-    """The check a cache hit must pass (a failing entry is a miss and gets rebuilt).
-    ``gemms``: load the GEMM entries the object calls before checking its imports."""
+def _cached_object_check(what: str, functions: tuple[str, ...]):
+    """The check a cache hit must pass (a failing entry is a miss and gets rebuilt)."""
     def check(data: bytes) -> None:
-        obj = check_object(data, what, functions)
-        if gemms:
-            gemm_libraries(obj)
-        check_imports(obj, what)
+        check_imports(check_object(data, what, functions), what)
     return check
 
 
@@ -225,7 +221,13 @@ class LLVMBackend:
         parts = cache_mod.key_parts(ir_text, kind, versions(), jit.host().key())
         cache = cache_mod.Cache()
         what = f"object of @{graph.name}"
-        check = _cached_object_check(f"cached {what}", (ENTRY,), gemms=True)
+        hit: dict = {}
+
+        def check(data: bytes) -> None:  # the GEMM entries it calls loaded before its imports
+            obj = check_object(data, f"cached {what}", (ENTRY,))
+            hit["libs"] = gemm_libraries(obj)
+            check_imports(obj, f"cached {what}")
+
         obj = None if dump_dir else cache.get(graph.name, parts, check=check)
         info = {"cache": "hit" if obj is not None else f"miss ({cache.last_miss})"}
         profiled = None
@@ -252,7 +254,7 @@ class LLVMBackend:
             cache.put(graph.name, parts, obj)
         else:
             STATS["cache_hits"] += 1
-            libs = gemm_libraries(check_object(obj, what, (ENTRY,)))  # loaded by the check
+            libs = hit["libs"]  # loaded by the check
         if profile and profiled is None:
             cg = Codegen(lowered, plan, graph.name, profile=profile, loops=loops)
             cg.build()  # NOTE: only for the list of timed steps, which the object follows

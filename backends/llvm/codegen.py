@@ -11,7 +11,9 @@ and returns the flag (nonzero: an index was out of range).
 Large kernels run on the thread pool (``pool.py``): their parallel axis is cut into chunks, a
 fixed number per kernel chosen here from its size (never from the thread count, so a result
 does not depend on how many threads computed it: with one thread the same chunks run in
-order), and the threads that are running claim them one by one.
+order), and the threads that are running claim them one by one. Runs of small kernels that
+read each other only at the row they compute run as one pool job, row band by row band
+(``rowgroups.py``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from lamina.backends.llvm import jit
+from lamina.backends.llvm import jit, pool, rowgroups
 from lamina.backends.llvm import lower as L
-from lamina.backends.llvm import pool
 from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
 from lamina.backends.llvm.loops import LoopPlanner
 from lamina.ir.graph import Graph, Node, Value
@@ -254,12 +255,15 @@ class Codegen:
         b = ir.IRBuilder(self.entry_block)
         b.store(ir.Constant(I32, 0), self.error_flag)
         counters = self.counters
-        for node, k in self.steps:
+        for node, k in rowgroups.plan_steps(self.steps, self.plan, RISKY, PARALLEL_MIN_WORK):
             i = len(self.profiled)
             self.profiled.append((node, self.depth))
             if counters is not None:
                 t0 = b.call(self.cycles_fn, [])
-            if node.op != "kernel":
+            if isinstance(node, rowgroups.RowGroup):
+                self.profiled += [(m, self.depth + 1) for m, _ in node.members]
+                self.call_group(b, node, bufs, nthreads)
+            elif node.op != "kernel":
                 self.emit_loop(b, entry, node, k, bufs, nthreads)
             else:
                 self.call_kernel(b, node, k, bufs, nthreads)
@@ -401,11 +405,12 @@ class Codegen:
                             b.select(odd, at(lay.nxt[k]), at(lay.cur[k])), t_k.nbytes)
 
     def timed_steps(self, plan: MemoryPlan) -> int:
-        """Kernels and loops of ``plan``, with their loops' bodies' (each timed)."""
+        """At most this many timed steps: kernels and loops of ``plan``, with their loops'
+        bodies', and row groups (fewer than their kernels)."""
         n = 0
         for node in plan.schedule:
             if node.op == "kernel":
-                n += 1
+                n += 2
             elif node.region is not None:
                 n += 1 + sum(self.timed_steps(p) for _, p in self.loops.layout(node).bodies)
         return n
@@ -433,6 +438,28 @@ class Codegen:
             b.call(fn, [bufs, ir.Constant(I64, 0), ir.Constant(I64, k.extent), nthreads])
             return
         w = self.chunk_wrapper(fn, k, size)
+        b.call(pool.declare_run(self.module), [w, b.bitcast(bufs, I8P), ir.Constant(I64, count),
+                                               nthreads])
+
+    def call_group(self, b, group: rowgroups.RowGroup, bufs, nthreads) -> None:
+        """Run a row group (see rowgroups.py) on the pool: chunk c is rows [c*size,
+        min((c+1)*size, R)) of every member, one member after the other."""
+        size, count = rowgroups.group_chunks(group.rows, group.work)
+        first = group.members[0][1]
+        w = ir.Function(self.module, pool.CHUNK_TYPE, self.kernel_name(None, first.name + ".rows"))
+        w.linkage = "internal"
+        wb = ir.IRBuilder(w.append_basic_block("entry"))
+        rows = ir.Constant(I64, group.rows)
+        lo = wb.mul(w.args[1], ir.Constant(I64, size))
+        hi = wb.add(lo, ir.Constant(I64, size))
+        hi = wb.select(wb.icmp_signed(">", hi, rows), rows, hi)
+        wbufs = wb.bitcast(w.args[0], I8P.as_pointer())
+        for _node, k in group.members:
+            per_row = ir.Constant(I64, k.extent // group.rows)  # flat kernels: row elements
+            span = (lo, hi) if k.extent == group.rows else (wb.mul(lo, per_row),
+                                                             wb.mul(hi, per_row))
+            wb.call(self.module.globals[k.name], [wbufs, *span, ir.Constant(I32, 1)])
+        wb.ret_void()
         b.call(pool.declare_run(self.module), [w, b.bitcast(bufs, I8P), ir.Constant(I64, count),
                                                nthreads])
 

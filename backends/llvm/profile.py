@@ -31,34 +31,45 @@ def kernel_bytes(k: Node) -> int:
 
 def profile_table(rows: list[tuple], title: str = "") -> str:
     """Rows of (kernel or loop, seconds, calls[, depth]): a loop's row is its whole run, its
-    body's kernels follow it, indented (their calls: one per step); shares are of the step."""
+    body's kernels follow it, indented (their calls: one per step); shares are of the step.
+    A row group (``rowgroups.RowGroup``, op ``rows``) is timed as one step: its kernels follow
+    it, indented, without times of their own."""
     rows = [r if len(r) == 4 else (*r, 0) for r in rows]
     top = [r for r in rows if r[3] == 0]
     total = sum(r[1] for r in top) or 1e-12
     calls = max((r[2] for r in top), default=1) or 1
     head = f"{'kernel':<42} {'kind':<10} {'us/call':>9} {'share':>6} {'GB/s':>7} {'GFLOP/s':>8}"
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
-    # top-level rows by time, each loop followed by its body's rows (by time)
-    order, i = [], 0
-    while i < len(rows):
-        j = i + 1
-        while j < len(rows) and rows[j][3] > rows[i][3]:
-            j += 1
-        order.append(rows[i:j])
-        i = j
-    for group in sorted(order, key=lambda g: -g[0][1]):
-        head_row, body = group[0], sorted(group[1:], key=lambda r: -r[1])
-        for k, seconds, n, depth in [head_row, *body]:
+    # rows by time, each loop (or row group) followed by its body's rows, by time too; a
+    # row group's members are listed under it in their order (they are timed together)
+    def tree(lo, hi):
+        nodes, i = [], lo
+        while i < hi:
+            j = i + 1
+            while j < hi and rows[j][3] > rows[i][3]:
+                j += 1
+            nodes.append((rows[i], tree(i + 1, j)))
+            i = j
+        return nodes
+
+    def emit(nodes, shared=False):
+        for (k, seconds, n, depth), children in (
+                nodes if shared else sorted(nodes, key=lambda t: -t[0][1])):
             per = seconds / max(n, 1)
             name = ("  " * depth + "@" + k.attrs["name"])
-            if k.op != "kernel":
+            if shared:
+                lines.append(f"{name:<42.42} {classify(k):<10} {'(above)':>9}")
+            elif k.op != "kernel":
                 lines.append(f"{name:<42.42} {k.op:<10} {per * 1e6:9.1f} "
                              f"{seconds / total:6.1%}")
-                continue
-            gbs = kernel_bytes(k) / per / 1e9 if per else 0.0
-            flops = kernel_flops(k)
-            rate = f"{flops / per / 1e9:8.1f}" if flops and per else f"{'':>8}"
-            lines.append(f"{name:<42.42} {classify(k):<10} {per * 1e6:9.1f} "
-                         f"{seconds / total:6.1%} {gbs:7.1f} {rate}")
+            else:
+                gbs = kernel_bytes(k) / per / 1e9 if per else 0.0
+                flops = kernel_flops(k)
+                rate = f"{flops / per / 1e9:8.1f}" if flops and per else f"{'':>8}"
+                lines.append(f"{name:<42.42} {classify(k):<10} {per * 1e6:9.1f} "
+                             f"{seconds / total:6.1%} {gbs:7.1f} {rate}")
+            emit(children, shared=k.op == "rows")
+
+    emit(tree(0, len(rows)))
     lines.append(f"{'total per call':<53} {total / calls * 1e6:9.1f}")
     return "\n".join(lines) + "\n"

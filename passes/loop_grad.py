@@ -135,15 +135,19 @@ class LoopGrad:
         init = [ct(k, self.carries[k].type) for k in f_carry]
         init += [b.constant(0.0, self.consts[k].dtype, self.consts[k].shape) for k in f_const]
         residuals = [b.emit("get", (fwd,), {"index": j}) for j in self.residual_index]
-        ys_ct = []
-        for k in f_ys:
-            t = fwd.type.types[nk + k]
-            ys_ct.append(ct(nk + k, t))
+        # a per-step output nobody differentiates has no cotangent: the body is specialized
+        # without it (no stacked zeros read per step, no "+ 0" of its carry's cotangent)
+        region = self.bwd_region
+        n_in = len(region.inputs)
+        absent = {n_in - len(f_ys) + j for j, k in enumerate(f_ys) if nk + k not in cts}
+        if absent:
+            region = _without_cotangents(region, absent)
+        ys_ct = [cts[nk + k] for k in f_ys if nk + k in cts]
         operands = list(self.consts) + init + residuals + list(self.xs) + ys_ct
         node = b.emit("scan", operands, {
-            "name": self.bwd_region.name, "num_consts": len(self.consts),
+            "name": region.name, "num_consts": len(self.consts),
             "num_carry": len(init), "length": self.length, "reverse": not self.reverse,
-            "checkpoint": False}, region=self.bwd_region)
+            "checkpoint": False}, region=region)
         out = [b.emit("get", (node,), {"index": j}) for j in range(len(node.type))]
         contribs: list[Value | None] = [None] * len(fwd.inputs)
         nc = len(self.consts)
@@ -168,6 +172,40 @@ class LoopGrad:
                 g = b.emit("transpose", (g,), {"perm": perm})
             contribs[k] = g
         return contribs
+
+
+def _without_cotangents(region: Graph, absent: set[int]) -> Graph:
+    """``region`` without its inputs at positions ``absent``, per-step cotangents that are
+    zero: a sum with one is its other operand (an absent cotangent contributes nothing; this
+    differs from adding 0.0 only in the sign of a zero gradient), any other use reads a zero
+    constant."""
+    b = Builder(region.name)
+    env: dict[Value, Value] = {}
+    zero: dict[Value, Value] = {}
+    for k, p in enumerate(region.inputs):
+        if k in absent:
+            zero[p] = p
+        else:
+            env[p] = b.add_input(p.name, p.type)
+
+    def read(v):
+        if v in zero and v not in env:
+            env[v] = b.constant(0.0, v.dtype, v.type.shape)
+        return env[v]
+
+    for m in region.nodes:
+        z = [v in zero for v in m.inputs]
+        if m.op == "add" and sum(z) == 1:
+            other = m.inputs[z.index(False)]
+            if other.type == m.type:
+                env[m] = read(other)
+                continue
+        if all(z) and m.inputs and m.op == "add":
+            zero[m] = m
+            continue
+        b.loc = m.loc
+        env[m] = copy_node(b, m, [read(v) for v in m.inputs])
+    return b.build([read(v) for v in region.outputs])
 
 
 def prepare(b: Builder, n: Node, ins: list[Value]) -> tuple[Node, LoopGrad]:

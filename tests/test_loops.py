@@ -194,6 +194,32 @@ def test_scan_gradients(be, checkpoint, reverse):
 
 
 @pytest.mark.parametrize("be", BACKENDS)
+@pytest.mark.parametrize("use_ys", [False, True])
+def test_a_per_step_output_without_cotangent_adds_nothing_per_step(be, use_ys):
+    """The carry is also the per-step output (an RNN's h); when the loss reads only the final
+    carry, the backward body neither adds a zero cotangent to the carry's nor reads one per
+    step. Gradients checked both ways (ys read or not) against float64 differences."""
+    def loss(h0, xs, w):
+        def step(h, x):
+            h = lm.tanh(h @ w + x)
+            return h, h
+        h, ys = lm.scan(step, h0, xs)
+        return (h * h).sum() + ((ys * ys).sum() if use_ys else 0.0)
+
+    args = [_randn(2, 3, dtype=np.float64), _randn(4, 2, 3, dtype=np.float64),
+            0.5 * _randn(3, 3, dtype=np.float64)]
+    _fd_check(loss, args, be, (0, 1, 2))
+    f = lm.compile(lm.grad(loss, argnums=(0, 1, 2)), backend=be)
+    f(*args)
+    _, params, body = f.ir("dce").split("scan @step_grad")[1].split("\n  }")[0].split("\n", 2)
+    adds = re.findall(r"= add\((%\w+), (%\w+)\)", body)
+    if use_ys:
+        assert "%ct_y0" in params and adds, body
+    else:
+        assert "%ct_y0" not in params and "value=0.0" not in body and not adds, body
+
+
+@pytest.mark.parametrize("be", BACKENDS)
 def test_fori_loop_and_nested_loop_gradients(be):
     def loss(x, w):
         y = lm.fori_loop(2, 5, lambda i, c: lm.sin(c * w + i.astype("float64")), x)

@@ -292,7 +292,8 @@ class Generator:
         """A loop around the steps that compute a float value ``v``: their lines replayed in
         the body, whose carry accumulates ``v`` (``c * 0.5 + v``). ``lm.scan`` feeds one of
         v's inputs per step from a new stacked input (step 0: the input's own data, the
-        others drawn from its range) and may run in reverse; ``lm.fori_loop`` adds its index;
+        others drawn from its range), yields ``v`` or the step's incoming carry per step,
+        and may run in reverse; ``lm.fori_loop`` adds its index;
         ``lm.while_loop`` counts with an integer carry (forward only: its result is read
         through ``lm.stop_gradient``, which the gradient checks then do not cross)."""
         rng = self.rng
@@ -325,8 +326,11 @@ class Generator:
             xs = self.add_stacked(a, data)
             rev = ", reverse=True" if rng.random() < 0.3 else ""
             pick = int(rng.integers(2))
+            # the per-step output: v, or the carry each step started from (what a backward
+            # pass saves of an RNN's state; llvm keeps such a carry in the stacked output)
+            y = "c" if rng.random() < 0.3 else v.name
             lines = [f"def f_{name}(c, {a}):", *indent,
-                     f"    return c * 0.5 + {v.name}, {v.name}",
+                     f"    return c * 0.5 + {v.name}, {y}",
                      f"{name} = lm.scan(f_{name}, {zeros}, {xs}{rev}{ck})[{pick}]"]
             deps = [d for d in deps if d != a] + [xs]
         elif loop == "fori_loop":

@@ -161,6 +161,42 @@ def test_loops_print_and_parse_back():
     assert str(lm.ir.parse(text)) == text
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("length", [1, 2, 5])
+def test_a_carry_saved_per_step_lives_in_its_stacked_output(reverse, length):
+    """A per-step output that is the carry the step started from (what a backward pass saves
+    of an RNN's h and c) is the carry's storage on llvm: step t reads slice t and writes the
+    next step's slice. Values as numpy's, forward and reverse, with a second carry kept the
+    usual way, a carry passed through unchanged, and the same carry saved twice."""
+    from lamina.backends.llvm.codegen import Codegen
+
+    w = 0.5 * _randn(3, 3)
+
+    def f(h0, c0, xs):
+        def step(carry, x):
+            h, c, keep = carry
+            h2 = lm.tanh(h @ w + x + c)
+            c2 = c * 0.5 + h2
+            return (h2, c2, keep), (h, h2 * 2.0, keep, h)
+        (h, c, keep), ys = lm.scan(step, (h0, c0, c0 + 1.0), xs, reverse=reverse)
+        return h, c, keep, ys
+
+    args = (_randn(2, 3), _randn(2, 3), _randn(length, 2, 3))
+    want = _run(f, *args, backend="numpy")
+    got = _run(f, *args, backend="llvm")
+    for g, e in zip(got[:3] + tuple(got[3]), want[:3] + tuple(want[3])):
+        assert_close(g, e, rtol=1e-5, atol=1e-6)
+    graph = lm.compile(f, backend="llvm").lower(*args).graph
+    (loop,) = [n for n in graph.nodes if n.op == "scan"]
+    results = {}
+    for n in graph.nodes:
+        if n.op == "get" and n.inputs[0] is loop:
+            results.setdefault(n.attrs["index"], []).append(n)
+    kept = Codegen.carries_in_stack(loop, loop.attrs["num_consts"], loop.attrs["num_carry"],
+                                    results, length)
+    assert kept == {0: 0, 2: 2}, kept
+
+
 # --- gradients --------------------------------------------------------------------------------
 
 

@@ -298,7 +298,12 @@ class Codegen:
                     loc.index == k:
                 continue
             dst = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.output(k))]))
-            self.memcpy(b, dst, self.pointer(b, bufs, v), v.type.nbytes)
+            src = self.pointer(b, bufs, v)
+            if v in self.graph.inputs:  # a carry the loop keeps in this very slot: no copy
+                with b.if_then(b.icmp_unsigned("!=", dst, src)):
+                    self.memcpy(b, dst, src, v.type.nbytes)
+            else:
+                self.memcpy(b, dst, src, v.type.nbytes)
 
     def emit_loop(self, b, fn, node: Node, bodies, bufs, nthreads) -> None:
         """A loop node: its steps in a loop of this function (see ``loops.py``); ``b`` ends
@@ -328,8 +333,12 @@ class Codegen:
         for g in self.graph.nodes:
             if g.op == "get" and g.inputs[0] is node and g in self.plan.location:
                 results.setdefault(g.attrs["index"], []).append(g)
+        steps = {"scan": lambda: a["length"], "fori_loop": lambda: max(0, a["upper"] - a["lower"]),
+                 "while_loop": lambda: None}[node.op]()
+        kept = self.carries_in_stack(node, nc, nk, results, steps)
         for k, v in enumerate(init):
-            self.memcpy(b, at(lay.cur[k]), self.pointer(b, bufs, v), v.type.nbytes)
+            if k not in kept:
+                self.memcpy(b, at(lay.cur[k]), self.pointer(b, bufs, v), v.type.nbytes)
         for (sub, _), table in zip(bodies, tables):
             # the carries' slots are set at every step (their buffers take turns)
             ins = [b.bitcast(idx, I8P)] + [self.pointer(b, bufs, v) for v in consts]
@@ -339,8 +348,6 @@ class Codegen:
         sub, table = bodies[-1][0], tables[-1]
         if node.op == "while_loop":
             b.store(at(lay.pred), slot(tables[0], bodies[0][0].slots.output(0)))
-        steps = {"scan": lambda: a["length"], "fori_loop": lambda: max(0, a["upper"] - a["lower"]),
-                 "while_loop": lambda: None}[node.op]()
         x_ptrs = [(self.pointer(b, bufs, x), x.type.nbytes // max(1, steps)) for x in xs]
         y_ptrs = []
         for j, off in enumerate(lay.spare):
@@ -348,6 +355,11 @@ class Codegen:
             t = node.type.types[nk + j]
             y_ptrs.append((self.pointer(b, bufs, got[0]), t.nbytes // max(1, steps)) if got
                           else (at(off), 0))
+        for k, j in kept.items():  # the first step's carry: in the slice it will be saved as
+            p, size = y_ptrs[j]
+            first_t = steps - 1 if a["reverse"] else 0
+            self.memcpy(b, b.gep(p, [ir.Constant(I64, first_t * size)]),
+                        self.pointer(b, bufs, init[k]), lay.carries[k].nbytes)
         b.store(ir.Constant(I64, 0), ctr)
         head = fn.append_basic_block(f"{a['name']}.head")
         step = fn.append_basic_block(f"{a['name']}.step")
@@ -368,12 +380,23 @@ class Codegen:
         b.store(b.trunc(i, I32), idx)
         # the carries' two buffers take turns (no copy per step): odd steps read nxt, write cur
         odd = b.trunc(c, L.I1)
+        last = b.icmp_signed("==", c, ir.Constant(I64, (steps or 0) - 1))
         for k in range(nk):
-            cur_k = b.select(odd, at(lay.nxt[k]), at(lay.cur[k]))
+            if k in kept:
+                # read from slice t of the stacked output that saves it, written into the
+                # next step's slice (the last step: into cur)
+                p, size = y_ptrs[kept[k]]
+                nxt_t = b.sub(t, ir.Constant(I64, 1)) if a["reverse"] else \
+                    b.add(t, ir.Constant(I64, 1))
+                cur_k = b.gep(p, [b.mul(t, ir.Constant(I64, size))])
+                out_k = b.select(last, at(lay.cur[k]),
+                                 b.gep(p, [b.mul(nxt_t, ir.Constant(I64, size))]))
+            else:
+                cur_k = b.select(odd, at(lay.nxt[k]), at(lay.cur[k]))
+                out_k = b.select(odd, at(lay.cur[k]), at(lay.nxt[k]))
             for (sub_j, _), table_j in zip(bodies, tables):
                 b.store(cur_k, slot(table_j, sub_j.slots.input(1 + nc + k)))
-            b.store(b.select(odd, at(lay.cur[k]), at(lay.nxt[k])),
-                    slot(table, sub.slots.output(k)))
+            b.store(out_k, slot(table, sub.slots.output(k)))
         first = 1 + nc + nk
         for k, (p, size) in enumerate(x_ptrs):
             b.store(b.gep(p, [b.mul(t, ir.Constant(I64, size))]),
@@ -400,9 +423,26 @@ class Codegen:
         b.position_at_end(done)
         odd = b.trunc(b.load(ctr), L.I1)  # after an odd number of steps the carries are in nxt
         for k, t_k in enumerate(lay.carries):
+            src = at(lay.cur[k]) if k in kept else \
+                b.select(odd, at(lay.nxt[k]), at(lay.cur[k]))
             for g in results.get(k, ()):
-                self.memcpy(b, self.pointer(b, bufs, g),
-                            b.select(odd, at(lay.nxt[k]), at(lay.cur[k])), t_k.nbytes)
+                self.memcpy(b, self.pointer(b, bufs, g), src, t_k.nbytes)
+
+    @staticmethod
+    def carries_in_stack(node: Node, nc: int, nk: int, results, steps) -> dict[int, int]:
+        """Carries a scan saves per step unchanged (a per-step output that is the carry the step
+        started from: what a backward pass reads of an RNN's h and c), as {carry: output}: such
+        a carry lives in the stacked output itself, each step reading slice t and writing
+        slice t +- 1 (the last step: the carry's own buffer), instead of a copy per step."""
+        if node.op != "scan" or not steps:
+            return {}
+        region = node.region
+        params = region.inputs[1 + nc:1 + nc + nk]
+        kept: dict[int, int] = {}
+        for j, v in enumerate(region.outputs[nk:]):
+            if v in params and results.get(nk + j):
+                kept.setdefault(params.index(v), j)
+        return kept
 
     def timed_steps(self, plan: MemoryPlan) -> int:
         """At most this many timed steps: kernels and loops of ``plan``, with their loops'

@@ -20,7 +20,12 @@ next carries and the bodies' arena:
             copy per step; an LSTM step's two 16 KiB carries each way were ~3% of its time)
     end:    each carry's result buffer = the one the last step wrote
 
-Stacked outputs are written in place, slice t of the result buffer at step t.
+Stacked outputs are written in place, slice t of the result buffer at step t. A carry that
+the body also yields unchanged per step (the state a step started from: what a backward pass
+saves of an RNN's h and c) lives in that stacked output instead (``Codegen.carries_in_stack``):
+step t reads slice t and writes its next carry into the next step's slice (the last step: into
+cur), so the per-step copy of the saved carry disappears (the body skips a copy whose source
+and destination coincide); an LSTM train step 2-3% faster.
 """
 
 from __future__ import annotations

@@ -69,9 +69,13 @@ def main() -> None:
     ap.add_argument("--sizes", default="256,512,1024,2048")
     ap.add_argument("--direct", action="store_true",
                     help="instead: small-M shapes with B packed vs read in place (f32)")
+    ap.add_argument("--direct-a", action="store_true",
+                    help="instead: column-major A packed vs read in place (f32)")
     args = ap.parse_args()
     if args.direct:
         return direct_b(args)
+    if args.direct_a:
+        return direct_a(args)
 
     t0 = time.perf_counter()
     lib = gemm.build_library()
@@ -121,6 +125,34 @@ def direct_b(args) -> None:
             fn, fargs = lib.call_args(a, b, c, nthreads=args.threads)
             t.append(measure(lambda fn=fn, fargs=fargs: fn(*fargs), args.reps * 5)[0] * 1e6)
         print(f"{m:>5}x{k}x{n}: packed {t[0]:8.1f}  in place {t[1]:8.1f}")
+
+
+def direct_a(args) -> None:
+    """Microseconds per call with a column-major A (a weight gradient's dY^T X) packed
+    (DIRECT_A = False) and read in place: the evidence for gemm.DIRECT_A."""
+    saved = gemm.DIRECT_A
+    try:
+        gemm.DIRECT_A = False
+        packed = gemm.build_library(dtypes=("f32",))
+        gemm.DIRECT_A = True
+        direct = gemm.build_library(dtypes=("f32",))
+    finally:
+        gemm.DIRECT_A = saved
+    rng = np.random.default_rng(0)
+    print(f"threads {args.threads}; us per call (median), f32, A column-major; "
+          f"now DIRECT_A = {saved}")
+    for m, k, n in [(512, 1600, 64), (512, 1600, 128), (512, 1600, 256), (256, 1600, 192),
+                    (1024, 1600, 512), (50, 300, 32), (1024, 1024, 1024)]:
+        a = np.asfortranarray(rng.standard_normal((m, k)).astype(np.float32))
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        c = np.empty((m, n), np.float32)
+        reps = max(5, min(args.reps * 5, int(2e9 / (2 * m * n * k))))
+        t = []
+        for lib in (packed, direct):
+            fn, fargs = lib.call_args(a, b, c, nthreads=args.threads)
+            t.append(measure(lambda fn=fn, fargs=fargs: fn(*fargs), reps)[0] * 1e6)
+        print(f"{m:>5}x{k}x{n}: packed {t[0]:9.1f}  in place {t[1]:9.1f}  "
+              f"({t[1] / t[0]:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -415,6 +415,28 @@ def test_b_read_in_place(lib, dtype, nthreads, m, k, rng):
     check(cc, np.broadcast_to(a, (3, m, k)), bb, dt)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("m", [1, 12, 25, 300])
+@pytest.mark.parametrize("n", [5, 64, 129])
+@pytest.mark.parametrize("k", [1, 7, 900])
+def test_a_read_in_place(lib, dtype, nthreads, m, n, k, rng):
+    """A column-major A (a transposed operand, as in a weight gradient dY^T X): the
+    micro-kernel reads A's whole MR-row panels in place and packs only a partial last panel; here with a column stride that is not M, over several K
+    blocks, in a batch with a broadcast B, A ending against a guard page."""
+    dt = DTYPES[dtype]
+    tall = rng.standard_normal((k, m + 5)).astype(dt)
+    a = _flush_against_guard(tall[:, 5:]).T  # A[i, k] at i + k*(m + 5)
+    b = rng.standard_normal((k, n)).astype(dt)
+    c = np.full((m, n), np.nan, dt)
+    lib.matmul(a, b, out=c, nthreads=nthreads)
+    check(c, a, b, dt)
+    aa = _flush_against_guard(rng.standard_normal((3, k, m)).astype(dt)).transpose(0, 2, 1)
+    cc = np.full((3, m, n), np.nan, dt)
+    lib.matmul(aa, b, out=cc, nthreads=nthreads)
+    check(cc, aa, np.broadcast_to(b, (3, k, n)), dt)
+
+
 @pytest.mark.parametrize("vbits", [256, 128])
 def test_blockings_for_narrower_vectors(vbits, rng):
     """The blockings of hosts without AVX-512 (gemm.CONFIGS[256] and [128]: narrower vectors,

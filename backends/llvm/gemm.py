@@ -28,7 +28,13 @@ Blocking (the BLIS scheme, mirrored for row-major C):
   when the kernel starts (+1-4%); prefetching packed B ahead gained nothing.
 * Packing: A is copied into MR-row panels (k-major: MR values per k) and B into NR-column panels
   (NR values per k), zero-padded at the edges, so the micro-kernel always runs full tiles with
-  unit-stride aligned loads (edge tiles are stored with masked stores). The packers take any
+  unit-stride aligned loads (edge tiles are stored with masked stores). Two operands are read
+  in place instead, the micro-kernel taking their k stride: a row-major B with few rows of A
+  (DIRECT_B_MAX_M), and a column-major A (a transposed operand, as in a weight gradient
+  dY^T X: a panel's MR values of one k are contiguous), whose whole panels are never packed
+  (only a partial last one): ``python benchmarks/gemm_kernel.py --direct-a`` measured in place
+  0.86-0.95x the packed time on every shape tried, one thread and two (512x1600x64 ..
+  1024^3; an LSTM step's two weight-gradient GEMMs 1099 + 607 -> 1035 + 539 us). The packers take any
   (row, column) strides, so a transposed operand costs nothing extra: a source with unit stride
   across the panel (row-major B, column-major A) is copied with vector loads, one with unit
   stride along k (row-major A, column-major B) is transposed VL x VL in registers, anything
@@ -177,6 +183,10 @@ def default_config(dtype: str) -> Config:
 # equal at 128.
 DIRECT_B_MAX_M = 96
 
+# A column-major A is read in place (see "Packing" above); False packs it like any other
+# (``python benchmarks/gemm_kernel.py --direct-a`` compares the two).
+DIRECT_A = True
+
 
 def _c64(v: int) -> ir.Constant:
     return ir.Constant(_i64, v)
@@ -306,9 +316,9 @@ class _Emitter:
         cfg, vt = self.cfg, self.vt
         mr_, nrv, u = rows or cfg.mr, cfg.nrv, cfg.unroll
         fn, b = _new_fn(self.m, self.prefix + "ukernel" + (f"{rows}" if rows else ""), _void,
-                        [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1, _i64])
+                        [_i64, self.tp, self.tp, self.tp, _i64, _i64, _i64, _i1, _i64, _i64])
         fn.attributes.add("noinline")
-        kc, pa, pb, pc, ldc, mr, nr, accum, sb = fn.args
+        kc, pa, pb, pc, ldc, mr, nr, accum, sb, sa = fn.args
         for a in (pa, pb, pc):
             a.add_attribute("noalias")
         entry = b.block
@@ -332,13 +342,14 @@ class _Emitter:
             cur = [[acc[r][v] for v in range(nrv)] for r in range(mr_)]
             for s in range(step):
                 row = b.mul(sb, _c64(s))
+                arow = b.mul(sa, _c64(s))
                 bv = [b.load(_vptr(b, bp, b.add(row, _c64(v * self.vl)), vt),
                              align=_BYTES[self.dtype]) for v in range(nrv)]
                 for r in range(mr_):
-                    x = _splat(b, b.load(b.gep(ap, [_c64(s * cfg.mr + r)])), vt)
+                    x = _splat(b, b.load(b.gep(ap, [b.add(arow, _c64(r))])), vt)
                     for v in range(nrv):
                         cur[r][v] = b.call(self.fma, [x, bv[v], cur[r][v]])
-            ap2 = b.gep(ap, [_c64(step * cfg.mr)])
+            ap2 = b.gep(ap, [b.mul(sa, _c64(step))])
             bp2 = b.gep(bp, [b.mul(sb, _c64(step))])
             cnt2 = b.sub(cnt, _c64(1))
             cnt.add_incoming(cnt2, b.block)
@@ -602,6 +613,13 @@ class _Emitter:
         if tables is not None:
             direct = b.and_(b.not_(tables), direct)
         b_in_place = b.gep(f["B"], [b.add(b.mul(bi, f["bsB"]), j0)])
+        # A read in place: column-major (a transposed operand, as in a weight gradient
+        # dY^T X), so a panel's MR values of one k are contiguous; whole panels only
+        direct_a = b.icmp_signed("==", f["rsA"], _c64(1 if DIRECT_A else -1))
+        if tables is not None:
+            direct_a = b.and_(b.not_(b.icmp_unsigned("!=", f["arofs"],
+                                                     ir.Constant(f["arofs"].type, None))),
+                              direct_a)
 
         def pack_b_tables():  # B through offset tables: B[k, j] = B[bi*bsB + kofs[k] + jofs[j]]
             src = b.gep(f["B"], [b.mul(bi, f["bsB"])])
@@ -633,16 +651,29 @@ class _Emitter:
             kc = _min(b, b.sub(K, pc), kstep)
             first = b.icmp_signed("==", pc, _c64(0))
             call_epi = b.and_(b.icmp_signed(">=", b.add(pc, kc), K), has_epi)
-            _branch(  # A through offset tables: A[i, k] = A[bi*bsA + arofs[i] + akofs[k]]
-                b, a_tables,
-                lambda: b.call(pack_at, [kc, b.sub(i1, i0), b.gep(f["A"], [b.mul(bi, f["bsA"])]),
-                                         b.gep(f["arofs"], [i0]), b.gep(f["akofs"], [pc]), abuf]),
-                lambda: b.call(pack_a, [kc, b.sub(i1, i0), b.gep(a_src, [b.mul(pc, f["csA"])]),
-                                        f["rsA"], f["csA"], abuf]))
+            with b.if_then(b.not_(direct_a)):
+                _branch(  # A through offset tables: A[i, k] = A[bi*bsA + arofs[i] + akofs[k]]
+                    b, a_tables,
+                    lambda: b.call(pack_at, [kc, b.sub(i1, i0),
+                                             b.gep(f["A"], [b.mul(bi, f["bsA"])]),
+                                             b.gep(f["arofs"], [i0]), b.gep(f["akofs"], [pc]),
+                                             abuf]),
+                    lambda: b.call(pack_a, [kc, b.sub(i1, i0),
+                                            b.gep(a_src, [b.mul(pc, f["csA"])]),
+                                            f["rsA"], f["csA"], abuf]))
             bblk = b.gep(bfull, [b.mul(pc, nbmax)])
             with _for(b, i0, i1, _c64(cfg.mr), name="ir") as ir_:
                 mr = _min(b, b.sub(i1, ir_), _c64(cfg.mr))
                 ap = b.gep(abuf, [b.mul(b.sub(ir_, i0), kc)])
+                # a partial last panel of an A read in place is packed (its kernel reads MR
+                # or `tail` values per k: past A's last row)
+                a_here = b.gep(a_src, [b.add(b.sub(ir_, i0), b.mul(pc, f["csA"]))])
+                whole = b.icmp_signed("==", mr, _c64(cfg.mr))
+                with b.if_then(b.and_(direct_a, b.not_(whole))):
+                    b.call(pack_a, [kc, mr, a_here, f["rsA"], f["csA"], ap])
+                in_place = b.and_(direct_a, whole)
+                ap = b.select(in_place, a_here, ap)
+                sa = b.select(in_place, f["csA"], _c64(cfg.mr))
                 crow = b.gep(cb, [b.add(b.mul(ir_, ldc), j0)])
                 with _for(b, _c64(0), nbw, _c64(self.nr), name="jr") as jr:
                     nr = _min(b, b.sub(nbw, jr), _c64(self.nr))
@@ -650,7 +681,7 @@ class _Emitter:
                                     b.gep(b_in_place, [b.add(b.mul(pc, f["rsB"]), jr)]),
                                     b.gep(bblk, [b.mul(jr, kc)]))
                     args = [kc, ap, bsrc, b.gep(crow, [jr]), ldc, mr, nr, b.not_(first),
-                            b.select(direct, f["rsB"], _c64(self.nr))]
+                            b.select(direct, f["rsB"], _c64(self.nr)), sa]
                     uk, short = uks
                     _branch(b, None if short is None else b.icmp_signed("<=", mr,
                                                                          _c64(cfg.tail)),

@@ -87,6 +87,14 @@ def kernel_chunks(extent: int, work: int, min_size: int = 1) -> tuple[int, int]:
     return size, -(-extent // size)
 
 
+def _chunk_bounds(b: ir.IRBuilder, c, size: int, extent: int):
+    """[lo, hi) of chunk ``c`` of ``size`` rows (elements) of ``extent``: the last is short."""
+    lo = b.mul(c, ir.Constant(I64, size))
+    hi = b.add(lo, ir.Constant(I64, size))
+    ext = ir.Constant(I64, extent)
+    return lo, b.select(b.icmp_signed(">", hi, ext), ext, hi)
+
+
 @dataclass
 class Slots:
     """Positions in ``bufs``."""
@@ -234,10 +242,7 @@ class Codegen:
         w = ir.Function(self.module, pool.CHUNK_TYPE, k.name + ".chunk")
         w.linkage = "internal"
         b = ir.IRBuilder(w.append_basic_block("entry"))
-        extent = ir.Constant(I64, k.extent)
-        lo = b.mul(w.args[1], ir.Constant(I64, size))
-        hi = b.add(lo, ir.Constant(I64, size))
-        hi = b.select(b.icmp_signed(">", hi, extent), extent, hi)
+        lo, hi = _chunk_bounds(b, w.args[1], size, k.extent)
         bufs = b.bitcast(w.args[0], I8P.as_pointer())
         b.call(fn, [bufs, lo, hi, ir.Constant(I32, 1)])
         b.ret_void()
@@ -489,10 +494,7 @@ class Codegen:
         w = ir.Function(self.module, pool.CHUNK_TYPE, self.kernel_name(None, first.name + ".rows"))
         w.linkage = "internal"
         wb = ir.IRBuilder(w.append_basic_block("entry"))
-        rows = ir.Constant(I64, group.rows)
-        lo = wb.mul(w.args[1], ir.Constant(I64, size))
-        hi = wb.add(lo, ir.Constant(I64, size))
-        hi = wb.select(wb.icmp_signed(">", hi, rows), rows, hi)
+        lo, hi = _chunk_bounds(wb, w.args[1], size, group.rows)
         wbufs = wb.bitcast(w.args[0], I8P.as_pointer())
         for _node, k in group.members:
             per_row = ir.Constant(I64, k.extent // group.rows)  # flat kernels: row elements

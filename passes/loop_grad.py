@@ -181,10 +181,10 @@ def _without_cotangents(region: Graph, absent: set[int]) -> Graph:
     constant."""
     b = Builder(region.name)
     env: dict[Value, Value] = {}
-    zero: dict[Value, Value] = {}
+    zero: set[Value] = set()
     for k, p in enumerate(region.inputs):
         if k in absent:
-            zero[p] = p
+            zero.add(p)
         else:
             env[p] = b.add_input(p.name, p.type)
 
@@ -201,7 +201,7 @@ def _without_cotangents(region: Graph, absent: set[int]) -> Graph:
                 env[m] = read(other)
                 continue
         if all(z) and m.inputs and m.op == "add":
-            zero[m] = m
+            zero.add(m)
             continue
         b.loc = m.loc
         env[m] = copy_node(b, m, [read(v) for v in m.inputs])

@@ -385,7 +385,7 @@ class Codegen:
         b.store(b.trunc(i, I32), idx)
         # the carries' two buffers take turns (no copy per step): odd steps read nxt, write cur
         odd = b.trunc(c, L.I1)
-        last = b.icmp_signed("==", c, ir.Constant(I64, (steps or 0) - 1))
+        last = b.icmp_signed("==", c, ir.Constant(I64, steps - 1)) if kept else None
         for k in range(nk):
             if k in kept:
                 # read from slice t of the stacked output that saves it, written into the

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -95,6 +96,16 @@ def _chunk_bounds(b: ir.IRBuilder, c, size: int, extent: int):
     return lo, b.select(b.icmp_signed(">", hi, ext), ext, hi)
 
 
+def _trip_count(node: Node) -> int | None:
+    """Steps of a scan or fori_loop (None: a while_loop's, known only when it stops)."""
+    a = node.attrs
+    if node.op == "scan":
+        return a["length"]
+    if node.op == "fori_loop":
+        return max(0, a["upper"] - a["lower"])
+    return None
+
+
 @dataclass
 class Slots:
     """Positions in ``bufs``."""
@@ -157,6 +168,7 @@ class Codegen:
             self.error_codes = parent.error_codes
         self.kernels: list[tuple[Node, KernelFn]] = []
         self.steps: list[tuple[Node, object]] = []  # kernels and loops, in schedule order
+        self.banded: set[Node] = set()  # loops that run in row bands (loops.row_split)
 
     # --- where values live ------------------------------------------------------------------
 
@@ -228,13 +240,47 @@ class Codegen:
                 self.steps.append((n, fn))
             elif n.region is not None:
                 bodies = []
-                for j, (g, plan) in enumerate(self.loops.layout(n).bodies):
+                lay = self.loops.layout(n)
+                for j, (g, plan) in enumerate(lay.bodies):
                     sub = Codegen(g, plan, loops=self.loops, parent=self)
                     sub.emit_functions()
                     part = "cond" if n.op == "while_loop" and j == 0 else "body"
                     name = self.kernel_name(n, f"{n.attrs['name']}.{part}")
-                    bodies.append((sub, sub.emit_entry(name, body=True)))
+                    if lay.rows and sub.spans_rows(lay.rows):
+                        self.banded.add(n)
+                        bodies.append((sub, sub.emit_rows_entry(name, lay.rows)))
+                    else:
+                        bodies.append((sub, sub.emit_entry(name, body=True)))
                 self.steps.append((n, bodies))
+
+    def spans_rows(self, rows: int) -> bool:
+        """Does every step of this (body) graph compute a band of rows when called on one:
+        kernels whose parallel range is the leading axis (``rows`` long) or its flat range?"""
+        for node, k in self.steps:
+            if not isinstance(k, KernelFn) or k.kind not in ("loop", "flat", "gemm"):
+                return False
+            shape = node.type.shape
+            if not shape or shape[0] != rows or k.extent != (
+                    math.prod(shape) if k.kind == "flat" else rows):
+                return False
+        return True
+
+    def emit_rows_entry(self, name: str, rows: int) -> ir.Function:
+        """``void name(i8** bufs, i64 lo, i64 hi)``: the body's kernels on rows [lo, hi) of
+        every value, on the calling thread, then its outputs no kernel wrote (those rows)."""
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [I8P.as_pointer(), I64,
+                                                                      I64]), name)
+        fn.linkage = "internal"
+        bufs, lo, hi = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        for _node, k in self.steps:
+            per_row = k.extent // rows
+            span = (lo, hi) if per_row == 1 else (b.mul(lo, ir.Constant(I64, per_row)),
+                                                  b.mul(hi, ir.Constant(I64, per_row)))
+            b.call(self.module.globals[k.name], [bufs, *span, ir.Constant(I32, 1)])
+        self.emit_output_copies(b, bufs, (lo, hi, rows))
+        b.ret_void()
+        return fn
 
     def chunk_wrapper(self, fn: ir.Function, k: KernelFn, size: int) -> ir.Function:
         """void k.chunk(i8* bufs, i64 c, i64 slot): chunk c = [c*size, min((c+1)*size, extent))
@@ -288,15 +334,20 @@ class Codegen:
         b.ret(b.load(self.error_flag))
         return entry
 
-    def memcpy(self, b, dst, src, nbytes: int) -> None:
-        if nbytes:
-            f = L.intrinsic(self.module, "llvm.memcpy.p0.p0.i64", ir.VoidType(),
-                            [I8P, I8P, I64, L.I1])
-            b.call(f, [dst, src, ir.Constant(I64, nbytes), ir.Constant(L.I1, 0)])
+    def memcpy(self, b, dst, src, nbytes) -> None:
+        """Copy ``nbytes`` (an int, or an i64 value) from ``src`` to ``dst``."""
+        if isinstance(nbytes, int):
+            if not nbytes:
+                return
+            nbytes = ir.Constant(I64, nbytes)
+        f = L.intrinsic(self.module, "llvm.memcpy.p0.p0.i64", ir.VoidType(),
+                        [I8P, I8P, I64, L.I1])
+        b.call(f, [dst, src, nbytes, ir.Constant(L.I1, 0)])
 
-    def emit_output_copies(self, b, bufs) -> None:
+    def emit_output_copies(self, b, bufs, band=None) -> None:
         """A body's results that no kernel wrote into its output slot (a parameter passed
-        through, a literal, a value yielded twice): copied there."""
+        through, a literal, a value yielded twice): copied there (``band``: (lo, hi, R),
+        rows [lo, hi) of R only)."""
         for k, v in enumerate(self.graph.outputs):
             loc = self.plan.location.get(v)
             if isinstance(v, Node) and loc is not None and loc.kind == "output" and \
@@ -304,18 +355,86 @@ class Codegen:
                 continue
             dst = b.load(b.gep(bufs, [ir.Constant(I64, self.slots.output(k))]))
             src = self.pointer(b, bufs, v)
+            nbytes = v.type.nbytes
+            if band is not None:
+                lo, hi, rows = band
+                row = ir.Constant(I64, nbytes // rows)
+                dst, src = (b.gep(p, [b.mul(lo, row)]) for p in (dst, src))
+                nbytes = b.mul(b.sub(hi, lo), row)
             if v in self.graph.inputs:  # a carry the loop keeps in this very slot: no copy
                 with b.if_then(b.icmp_unsigned("!=", dst, src)):
-                    self.memcpy(b, dst, src, v.type.nbytes)
+                    self.memcpy(b, dst, src, nbytes)
             else:
-                self.memcpy(b, dst, src, v.type.nbytes)
+                self.memcpy(b, dst, src, nbytes)
 
     def emit_loop(self, b, fn, node: Node, bodies, bufs, nthreads) -> None:
-        """A loop node: its steps in a loop of this function (see ``loops.py``); ``b`` ends
-        positioned after it."""
+        """A loop node: its steps in a loop of this function, or (a loop in row bands) in a
+        loop of each band's pool chunk (see ``loops.py``); ``b`` ends positioned after it."""
         lay = self.loops.layout(node)
         a = node.attrs
         base = self.scratch_pointer(b, bufs, node)
+
+        def at(off):
+            return b.gep(base, [ir.Constant(I64, off)])
+
+        nc, nk = a["num_consts"], len(lay.carries)
+        init = node.inputs[nc:nc + nk]
+        results = self.loop_results(node)
+        steps = _trip_count(node)
+        kept = self.carries_in_stack(node, nc, nk, results, steps)
+        for k, v in enumerate(init):
+            if k not in kept:
+                self.memcpy(b, at(lay.cur[k]), self.pointer(b, bufs, v), v.type.nbytes)
+        y_ptrs = self.stacked_outputs(b, bufs, base, node, lay, results, steps)
+        for k, j in kept.items():  # the first step's carry: in the slice it will be saved as
+            p, size = y_ptrs[j]
+            first_t = steps - 1 if a["reverse"] else 0
+            self.memcpy(b, b.gep(p, [ir.Constant(I64, first_t * size)]),
+                        self.pointer(b, bufs, init[k]), lay.carries[k].nbytes)
+        if node in self.banded:
+            self.run_bands(b, node, lay, bodies, bufs, nthreads, kept, results, steps)
+            odd = ir.Constant(L.I1, steps % 2)
+        else:
+            def call(b, k, table):
+                rc = b.call(bodies[k][1], [b.bitcast(table, I8P.as_pointer()), nthreads])
+                with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
+                    b.ret(rc)
+
+            done = self.emit_steps(b, fn, self.entry_block, node, lay, bodies, bufs, base,
+                                   at(lay.arena), kept, results, steps, call)
+            odd = b.trunc(done, L.I1)  # after an odd number of steps the carries are in nxt
+        for k, t_k in enumerate(lay.carries):
+            src = at(lay.cur[k]) if k in kept else \
+                b.select(odd, at(lay.nxt[k]), at(lay.cur[k]))
+            for g in results.get(k, ()):
+                self.memcpy(b, self.pointer(b, bufs, g), src, t_k.nbytes)
+
+    def loop_results(self, node: Node) -> dict[int, list[Node]]:
+        """The ``get`` nodes reading each result of a loop, by result index."""
+        results: dict[int, list[Node]] = {}
+        for g in self.graph.nodes:
+            if g.op == "get" and g.inputs[0] is node and g in self.plan.location:
+                results.setdefault(g.attrs["index"], []).append(g)
+        return results
+
+    def stacked_outputs(self, b, bufs, base, node, lay, results, steps) -> list:
+        """(pointer, bytes per step) of each stacked output of a scan: its result buffer, or
+        (nobody reads it) a spare slice of the loop's scratch that every step writes over."""
+        nk = len(lay.carries)
+        out = []
+        for j, off in enumerate(lay.spare):
+            got = results.get(nk + j)
+            t = node.type.types[nk + j]
+            out.append((self.pointer(b, bufs, got[0]), t.nbytes // max(1, steps)) if got
+                       else (b.gep(base, [ir.Constant(I64, off)]), 0))
+        return out
+
+    def emit_steps(self, b, fn, first_block, node, lay, bodies, bufs, base, arena, kept,
+                   results, steps, call) -> ir.Value:
+        """The loop over the steps, in ``fn`` at ``b`` (allocas in ``first_block``): the
+        body's pointer table set per step, ``call(b, k, table)`` running body k (while loops:
+        0 is the condition). Returns the step count reached, loaded after the loop."""
+        a = node.attrs
 
         def at(off):
             return b.gep(base, [ir.Constant(I64, off)])
@@ -324,7 +443,7 @@ class Codegen:
             return b.gep(table, [ir.Constant(I32, 0), ir.Constant(I32, j)])
 
         ab = ir.IRBuilder()
-        ab.position_at_start(self.entry_block)
+        ab.position_at_start(first_block)
         idx = ab.alloca(I32)
         ctr = ab.alloca(I64)
         tables = [ab.alloca(ir.ArrayType(I8P, sub.slots.count)) for sub, _ in bodies]
@@ -332,39 +451,18 @@ class Codegen:
         nc = a["num_consts"]
         nk = len(lay.carries)
         consts = node.inputs[:nc]
-        init = node.inputs[nc:nc + nk]
         xs = node.inputs[nc + nk:] if node.op == "scan" else ()
-        results: dict[int, list[Node]] = {}
-        for g in self.graph.nodes:
-            if g.op == "get" and g.inputs[0] is node and g in self.plan.location:
-                results.setdefault(g.attrs["index"], []).append(g)
-        steps = {"scan": lambda: a["length"], "fori_loop": lambda: max(0, a["upper"] - a["lower"]),
-                 "while_loop": lambda: None}[node.op]()
-        kept = self.carries_in_stack(node, nc, nk, results, steps)
-        for k, v in enumerate(init):
-            if k not in kept:
-                self.memcpy(b, at(lay.cur[k]), self.pointer(b, bufs, v), v.type.nbytes)
         for (sub, _), table in zip(bodies, tables):
             # the carries' slots are set at every step (their buffers take turns)
             ins = [b.bitcast(idx, I8P)] + [self.pointer(b, bufs, v) for v in consts]
             for j, p in enumerate(ins):
                 b.store(p, slot(table, j))
-            b.store(at(lay.arena), slot(table, sub.slots.arena))
+            b.store(arena, slot(table, sub.slots.arena))
         sub, table = bodies[-1][0], tables[-1]
         if node.op == "while_loop":
             b.store(at(lay.pred), slot(tables[0], bodies[0][0].slots.output(0)))
         x_ptrs = [(self.pointer(b, bufs, x), x.type.nbytes // max(1, steps)) for x in xs]
-        y_ptrs = []
-        for j, off in enumerate(lay.spare):
-            got = results.get(nk + j)
-            t = node.type.types[nk + j]
-            y_ptrs.append((self.pointer(b, bufs, got[0]), t.nbytes // max(1, steps)) if got
-                          else (at(off), 0))
-        for k, j in kept.items():  # the first step's carry: in the slice it will be saved as
-            p, size = y_ptrs[j]
-            first_t = steps - 1 if a["reverse"] else 0
-            self.memcpy(b, b.gep(p, [ir.Constant(I64, first_t * size)]),
-                        self.pointer(b, bufs, init[k]), lay.carries[k].nbytes)
+        y_ptrs = self.stacked_outputs(b, bufs, base, node, lay, results, steps)
         b.store(ir.Constant(I64, 0), ctr)
         head = fn.append_basic_block(f"{a['name']}.head")
         step = fn.append_basic_block(f"{a['name']}.step")
@@ -409,29 +507,72 @@ class Codegen:
         for j, (p, size) in enumerate(y_ptrs):
             b.store(b.gep(p, [b.mul(t, ir.Constant(I64, size))]),
                     slot(table, sub.slots.output(nk + j)))
-
-        def call(k):
-            f, tab = bodies[k][1], tables[k]
-            rc = b.call(f, [b.bitcast(tab, I8P.as_pointer()), nthreads])
-            with b.if_then(b.icmp_signed("!=", rc, ir.Constant(I32, 0))):
-                b.ret(rc)
-
         if node.op == "while_loop":
-            call(0)
+            call(b, 0, tables[0])
             p = b.load(b.bitcast(at(lay.pred), L.I8.as_pointer()))
             go = fn.append_basic_block(f"{a['name']}.go")
             b.cbranch(b.icmp_unsigned("!=", p, ir.Constant(L.I8, 0)), go, done)
             b.position_at_end(go)
-        call(len(bodies) - 1)
+        call(b, len(bodies) - 1, tables[-1])
         b.store(b.add(c, ir.Constant(I64, 1)), ctr)
         b.branch(head)
         b.position_at_end(done)
-        odd = b.trunc(b.load(ctr), L.I1)  # after an odd number of steps the carries are in nxt
-        for k, t_k in enumerate(lay.carries):
-            src = at(lay.cur[k]) if k in kept else \
-                b.select(odd, at(lay.nxt[k]), at(lay.cur[k]))
-            for g in results.get(k, ()):
-                self.memcpy(b, self.pointer(b, bufs, g), src, t_k.nbytes)
+        return b.load(ctr)
+
+    def run_bands(self, b, node, lay, bodies, bufs, nthreads, kept, results, steps) -> None:
+        """A loop in row bands (``loops.row_split``): one pool job whose chunk c runs every
+        step on rows [c*size, min((c+1)*size, R)) with the arena of band c; a band per
+        thread (at most ``lay.bands``), in multiples of 8 rows where that keeps the count."""
+        from lamina.backends.llvm import loops
+
+        rows = lay.rows
+        data_t = ir.LiteralStructType([I8P.as_pointer(), I64])
+        w = ir.Function(self.module, pool.CHUNK_TYPE,
+                        self.kernel_name(None, f"{node.attrs['name']}.bands"))
+        w.linkage = "internal"
+        wb = ir.IRBuilder(w.append_basic_block("entry"))
+        data = wb.bitcast(w.args[0], data_t.as_pointer())
+        wbufs = wb.load(wb.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        size = wb.load(wb.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+        c = w.args[1]
+        lo = wb.mul(c, size)
+        hi = wb.add(lo, size)
+        hi = wb.select(wb.icmp_signed(">", hi, ir.Constant(I64, rows)), ir.Constant(I64, rows),
+                       hi)
+        wbase = self.scratch_pointer(wb, wbufs, node)
+        arena = wb.gep(wbase, [wb.add(ir.Constant(I64, lay.arena),
+                                      wb.mul(c, ir.Constant(I64, lay.band_arena)))])
+        rows_fn = bodies[-1][1]
+        self.emit_steps(wb, w, w.blocks[0], node, lay, bodies, wbufs, wbase, arena, kept,
+                        results, steps,
+                        lambda bb, _k, table: bb.call(rows_fn, [bb.bitcast(table, I8P.as_pointer()),
+                                                                lo, hi]))
+        wb.ret_void()
+
+        def const(v):
+            return ir.Constant(I64, v)
+
+        def imax(x, y):
+            return b.select(b.icmp_signed(">", x, y), x, y)
+
+        def cdiv(x, y):
+            return b.sdiv(b.add(x, b.sub(y, const(1))), y)
+
+        want = b.sext(nthreads, I64)
+        want = b.select(b.icmp_signed(">", want, const(lay.bands)), const(lay.bands), want)
+        want = imax(imax(want, const(1)), const(min(loops.MIN_BANDS, lay.bands)))
+        size = cdiv(const(rows), want)
+        size8 = b.mul(cdiv(size, const(8)), const(8))
+        size = b.select(b.icmp_signed("<", b.mul(size8, b.sub(want, const(1))), const(rows)),
+                        size8, size)
+        count = cdiv(const(rows), size)
+        ab = ir.IRBuilder()
+        ab.position_at_start(self.entry_block)
+        job = ab.alloca(data_t)
+        b.position_at_end(b.block)
+        b.store(bufs, b.gep(job, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
+        b.store(size, b.gep(job, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
+        b.call(pool.declare_run(self.module), [w, b.bitcast(job, I8P), count, nthreads])
 
     @staticmethod
     def carries_in_stack(node: Node, nc: int, nk: int, results, steps) -> dict[int, int]:

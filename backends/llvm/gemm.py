@@ -73,9 +73,10 @@ Blocking (the BLIS scheme, mirrored for row-major C):
   (GEMM_SYMBOL, GATHER_SYMBOL) is its own library where the backend builds it: about 0.1 s
   for the plain entry on the development machine, a program's first compile pays it once.
 
-The packing workspace (one slot per thread) is allocated once and cached in a module global,
-taken and returned with atomic exchanges: concurrent calls stay safe (a call that finds the
-cache empty allocates its own).
+The packing workspace (one slot per thread) is allocated once and cached in a module global
+of WS_CACHE entries, taken and returned with atomic exchanges: concurrent calls (the row bands
+of a loop, codegen.emit_loop, run one GEMM per thread at once) each find one, and a call that
+finds the cache empty allocates its own.
 
 Constants: ``CONFIGS``; measurements: benchmarks/gemm_kernel.py.
 """
@@ -104,6 +105,9 @@ MAX_GEMM_THREADS = 64      # slots of one call (each holds packing buffers)
 # 2%, and the MLP and LSTM steps beside a busy process no slower.
 CHUNKS_PER_THREAD = 3
 MAX_GEMM_CHUNKS = 1024     # more tiles than this: several per chunk
+# Packing workspaces kept between calls: one per call running at the same time (the bands of
+# a row-split loop call the GEMM from every thread at once; a call finding none allocates).
+WS_CACHE = 8
 
 _i1, _i8, _i32, _i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 _i8p = _i8.as_pointer()
@@ -794,24 +798,32 @@ class _Emitter:
         return fn
 
     def cache_global(self):
+        """WS_CACHE cached workspaces (i8*, null: none), shared by all calls."""
         name = self.prefix + "ws_cache"
         if name in self.m.globals:
             return self.m.globals[name]
-        g = ir.GlobalVariable(self.m, _i8p, name)
+        t = ir.ArrayType(_i8p, WS_CACHE)
+        g = ir.GlobalVariable(self.m, t, name)
         g.linkage = "internal"
-        g.initializer = ir.Constant(_i8p, None)
+        g.initializer = ir.Constant(t, None)
         return g
 
     def take_workspace(self, b, need):
         """A 64-byte aligned buffer of at least `need` bytes; its first 64 bytes (before the
-        returned pointer) hold the capacity."""
+        returned pointer) hold the capacity. The first cached one found (taken with an atomic
+        exchange), else a new one."""
         g = self.cache_global()
         alloc = _intrinsic(self.m, "aligned_alloc", _i8p, [_i64, _i64])
         free = _intrinsic(self.m, "free", _void, [_i8p])
-        old = b.atomic_rmw("xchg", g, ir.Constant(_i8p, None), "acquire")
+        null = ir.Constant(_i8p, None)
         slot = b.alloca(_i8p)
-        b.store(old, slot)
-        has = b.icmp_unsigned("!=", old, ir.Constant(_i8p, None))
+        b.store(null, slot)
+        with _for(b, _c64(0), _c64(WS_CACHE), name="wsget") as k:
+            with b.if_then(b.icmp_unsigned("==", b.load(slot), null)):
+                at = b.gep(g, [_c64(0), k])
+                b.store(b.atomic_rmw("xchg", at, null, "acquire"), slot)
+        old = b.load(slot)
+        has = b.icmp_unsigned("!=", old, null)
         cap_ok = b.alloca(_i1)
         b.store(ir.Constant(_i1, 0), cap_ok)
         with b.if_then(has):
@@ -827,11 +839,22 @@ class _Emitter:
         return b.gep(b.load(slot), [_c64(64)])
 
     def give_workspace(self, b, ws):
+        """Back into the first empty cache entry (compare-and-swap from null), else freed."""
         g = self.cache_global()
         free = _intrinsic(self.m, "free", _void, [_i8p])
-        old = b.atomic_rmw("xchg", g, b.gep(ws, [_c64(-64)]), "release")
-        with b.if_then(b.icmp_unsigned("!=", old, ir.Constant(_i8p, None))):
-            b.call(free, [old])
+        null = ir.Constant(_i8p, None)
+        left = b.alloca(_i8p)
+        b.store(b.gep(ws, [_c64(-64)]), left)
+        with _for(b, _c64(0), _c64(WS_CACHE), name="wsput") as k:
+            mine = b.load(left)
+            with b.if_then(b.icmp_unsigned("!=", mine, null)):
+                at = b.gep(g, [_c64(0), k])
+                res = b.cmpxchg(at, null, mine, "release", "monotonic")
+                with b.if_then(b.extract_value(res, 1)):
+                    b.store(null, left)
+        mine = b.load(left)
+        with b.if_then(b.icmp_unsigned("!=", mine, null)):
+            b.call(free, [mine])
 
 
 # --- public API --------------------------------------------------------------------------------

@@ -96,21 +96,34 @@ def emit_gemm_kernel(ke) -> tuple[int, int]:
     epi = _epilogue(ke, mm, dtype, batch_shape, N) if has_epilogue else None
     epi_arg = epi if epi is not None else ir.Constant(gemm.EPILOGUE_TYPE[dtype].as_pointer(),
                                                       None)
-    # The epilogue's context: the kernel's pointers (operands, output) and the batch offset.
+    # The epilogue's context: the kernel's pointers (operands, output), the batch offset and
+    # the first row (a call for a band of rows: see below).
     ctx_type = _ctx_type(len(ke.ptrs))
     ctx = ke.alloca(ctx_type)
     for k, p in enumerate(ke.ptrs):
         b.store(b.bitcast(p, I8P), b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
     base_at = b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, len(ke.ptrs))])
+    row0_at = b.gep(ctx, [ir.Constant(I32, 0), ir.Constant(I32, len(ke.ptrs) + 1)])
+    b.store(_c(0), row0_at)
 
-    def call(a_ptr, b_ptr, c_ptr, count, bsa, bsb, base):
+    def call(a_ptr, b_ptr, c_ptr, count, bsa, bsb, base, rows=None):
         b.store(base, base_at)
-        b.call(fn, [_c(M), _c(N), _c(K), a_ptr, *a_strides,
+        b.call(fn, [rows if rows is not None else _c(M), _c(N), _c(K), a_ptr, *a_strides,
                     b_ptr, *b_strides, c_ptr, _c(N),
                     count, _c(bsa), _c(bsb), _c(M * N), epi_arg, b.bitcast(ctx, I8P),
                     ke.nthreads, *tables])
 
     ua, ub = _uniform(ba, batch_shape), _uniform(bb, batch_shape)
+    if not batch_shape and not gather and root_is_rows(region, mm):
+        # One matrix: the kernel computes rows [lo, hi) of it (its extent is M), so that a
+        # loop whose steps are independent row by row can run bands of rows on different
+        # threads (codegen.emit_loop, loops.row_split): A and C start at row lo, and the
+        # epilogue sees the rows it was given plus lo.
+        lo, hi = ke.lo, ke.hi
+        b.store(lo, row0_at)
+        call(b.gep(base_a, [b.mul(lo, _c(oa.rows))]), base_b, b.gep(c, [b.mul(lo, _c(N))]),
+             _c(1), 0, 0, _c(0), rows=b.sub(hi, lo))
+        return M, 2 * M * N * K
     if (nbatch > 1 and ub == 0 and ua == M * oa.rows and not gather
             and _rows_fold(region, mm)):
         # B is shared by every matrix and A's rows run on uniformly from one matrix into the
@@ -194,7 +207,12 @@ def _dot(b, idx, strides):
 
 
 def _ctx_type(n: int) -> ir.LiteralStructType:
-    return ir.LiteralStructType([I8P] * n + [I64])
+    return ir.LiteralStructType([I8P] * n + [I64, I64])
+
+
+def root_is_rows(region, mm: Node) -> bool:
+    """Is the kernel's result the matmul's shape (2-D), so that its rows are C's rows?"""
+    return len(mm.shape) == 2 and region.outputs[0].shape == mm.shape
 
 
 def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
@@ -219,7 +237,7 @@ def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
 
     fn = ir.Function(cg.module, ty, ke.name + ".epilogue")
     fn.linkage = "internal"
-    ctx, bi, cptr, _ldc, i0, i1, j0, j1 = fn.args
+    ctx, bi, cptr, ldc, i0, i1, j0, j1 = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     st = b.bitcast(ctx, _ctx_type(len(ke.ptrs)).as_pointer())
 
@@ -227,8 +245,10 @@ def _epilogue(ke, mm: Node, dtype: str, batch_shape, N: int) -> ir.Function:
         return b.load(b.gep(st, [ir.Constant(I32, 0), ir.Constant(I32, k)]))
 
     ptrs = [b.bitcast(field(k), t) for k, t in enumerate(ptr_types)]
-    base = field(len(ke.ptrs))
-    b.call(body, ptrs + [cptr, b.add(bi, base), i0, i1, j0, j1])
+    base, row0 = field(len(ke.ptrs)), field(len(ke.ptrs) + 1)
+    # C of a band of rows starts at row row0 of the kernel's C
+    cptr = b.gep(cptr, [b.mul(b.sub(_c(0), row0), ldc)])
+    b.call(body, ptrs + [cptr, b.add(bi, base), b.add(i0, row0), b.add(i1, row0), j0, j1])
     b.ret_void()
     return fn
 

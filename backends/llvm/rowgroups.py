@@ -94,6 +94,8 @@ def _keeps_row(n: Node, x: Value, rows: int) -> bool:
         return True  # row-major: equal leading sizes keep each row's elements in it
     if n.op == "broadcast":
         return len(x.type.shape) == len(n.shape)
+    if n.op == "matmul":  # row r of A @ B reads row r of A (and all of B)
+        return len(n.shape) == 2 and x is n.inputs[0] and x is not n.inputs[1]
     return False
 
 

@@ -12,19 +12,21 @@ The emitted function (one per dtype, C ABI)::
 computes ``C = A @ B`` for every batch ``b`` (operands offset by ``b*bsA`` etc.; a zero batch
 stride broadcasts). ``epilogue(ctx, b, C, ldc, i0, i1, j0, j1)``, when not null, is called once
 per block of C right after the block's full K sum is stored, with C pointing at batch b's matrix:
-the blocks are MR rows x NC columns (one row panel of one column block, 12 x 384 for f32 on
+the blocks are MR rows x NC columns (one row panel of one column block, 16 x 384 for f32 on
 AVX-512), hot in L1/L2 when the caller's fused elementwise ops run. Blocks of different threads
 may be processed concurrently; each element belongs to exactly one block.
 
 Blocking (the BLIS scheme, mirrored for row-major C):
 
 * Micro-kernel: an MR x NR tile of C lives in MR*NR/VL vector registers (f32 on AVX-512:
-  12 x 32 = 24 zmm accumulators, f64: 12 x 16). Each k step loads NR/VL vectors of packed B and
-  broadcasts MR scalars of packed A, issuing MR*NR/VL independent FMAs (``llvm.fma``): enough to
-  cover the 4-cycle FMA latency on both FMA ports, with registers to spare for the B vectors and
-  a broadcast (no spills), and 14 loads per 24 FMAs, within the two load ports. The K loop is
-  unrolled by 4. Measured with all data in L1 it runs at ~90% of a pure-FMA loop; 14x32, 8x48,
-  6x64 and 10x32 tiles measured the same within noise. The C tile is prefetched for writing
+  16 x 16 = 16 zmm accumulators, f64: 12 x 16 in 24). Each k step loads NR/VL vectors of packed
+  B and broadcasts MR scalars of packed A, issuing MR*NR/VL independent FMAs (``llvm.fma``):
+  enough to cover the FMA latency, with registers to spare (no spills). The K loop is unrolled
+  by 4. f32 tiles of 12 x 32, 14x32, 8x48, 6x64 and 10x32 measured the same within noise with
+  all data in L1, and 16 x 16 the same within 3% on large products (512^3, 1024^3, 1600x512x128,
+  512x128x1600, 128x1600x512, one thread and two); it is the one whose rows fit the 16-row
+  bands of a loop (loops.py): 16x128x512 on one thread 26.2 -> 20.7 us, 16x512x128 27.3 ->
+  20.8 us (12 x 32 ran those as 12 + 8 rows). The C tile is prefetched for writing
   when the kernel starts (+1-4%); prefetching packed B ahead gained nothing.
 * Packing: A is copied into MR-row panels (k-major: MR values per k) and B into NR-column panels
   (NR values per k), zero-padded at the edges, so the micro-kernel always runs full tiles with
@@ -65,9 +67,9 @@ Blocking (the BLIS scheme, mirrored for row-major C):
   K blocks in the same order.
 * Epilogue: called for each MR-row strip of a tile right after its last K block is stored.
 * The last row panel of an M that is not a multiple of MR goes to a second micro-kernel of
-  ``Config.tail`` rows (8 on AVX-512) when it has that few: an LSTM step's 32 rows are 12 + 12 +
-  8, and the 8-row panel no longer pays for 12 (32x128x512 f32: 45 -> 40 us on one thread,
-  28 -> 25 us on two).
+  ``Config.tail`` rows (8 on AVX-512) when it has that few, so that it does not pay for MR
+  (measured with 12 x 32 tiles, whose LSTM step of 32 rows ran as 12 + 12 + 8: 32x128x512 f32
+  45 -> 40 us on one thread, 28 -> 25 us on two).
 * Build: the library is compiled without IR optimization passes (the code is vectorized,
   unrolled and blocked by hand; LLVM's code generation still runs at O3) and each entry
   (GEMM_SYMBOL, GATHER_SYMBOL) is its own library where the backend builds it: about 0.1 s
@@ -158,11 +160,11 @@ class Config:
         return self.vbits // (8 * _BYTES[dtype])
 
 
-# By the host's vector width, then dtype. 512: AVX-512 (32 zmm: 24 accumulators, measured on
-# the target machine); 256/128 (16 ymm/xmm: 12 accumulators) keep other x86-64 hosts correct
+# By the host's vector width, then dtype. 512: AVX-512 (32 zmm: 16 f32 / 24 f64 accumulators,
+# measured on the target machine); 256/128 (16 ymm/xmm: 12 accumulators) keep other x86-64 hosts correct
 # and reasonable, untuned.
 CONFIGS = {
-    512: {"f32": Config(mr=12, nrv=2, kc=384, mc=1536, nc=384, tail=8),
+    512: {"f32": Config(mr=16, nrv=1, kc=384, mc=1536, nc=384, tail=8),
           "f64": Config(mr=12, nrv=2, kc=256, mc=768, nc=256, tail=8)},
     256: {"f32": Config(mr=6, nrv=2, kc=256, mc=240, nc=512, vbits=256),
           "f64": Config(mr=6, nrv=2, kc=256, mc=240, nc=256, vbits=256)},

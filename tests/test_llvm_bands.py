@@ -227,3 +227,23 @@ def test_while_loops_and_small_batches_are_not_banded(banded):
     model, tm = _pair("LSTM", 4, 8)
     _compare(model, tm, RNG.standard_normal((3, 16, 4)).astype(F32), [], "llvm")
     assert not banded   # 16 rows: one band of ROW_BAND
+
+
+def test_the_profile_times_a_banded_loop_as_a_whole_and_lists_its_kernels(banded):
+    """``f.profile``: the banded loop has its time; its body's kernels follow it, marked as
+    timed with it (they never run alone)."""
+    w = (RNG.standard_normal((16, 16)) * 0.3).astype(F32)
+
+    @lm.compile(backend="llvm")
+    def f(x):
+        return lm.scan(lambda c, xt: (lm.tanh(c @ w + xt), None), x[0], x)[0]
+
+    table = f.profile(RNG.standard_normal((10, 32, 16)).astype(F32), repeat=3)
+    assert banded
+    lines = table.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.startswith("@")
+             and line.split()[1] == "scan"]
+    assert float(lines[at].split()[2]) > 0
+    inside = [line for line in lines[at + 1:] if line.startswith("  @")]
+    assert inside and all("(above)" in line for line in inside), table
+    assert any(line.split()[1] == "gemm" for line in inside), table

@@ -160,9 +160,9 @@ class Config:
         return self.vbits // (8 * _BYTES[dtype])
 
 
-# By the host's vector width, then dtype. 512: AVX-512 (32 zmm: 16 f32 / 24 f64 accumulators,
-# measured on the target machine); 256/128 (16 ymm/xmm: 12 accumulators) keep other x86-64 hosts correct
-# and reasonable, untuned.
+# By the host's vector width, then dtype. 512: AVX-512 (32 zmm: 16 f32 / 24 f64
+# accumulators, measured on the target machine); 256/128 (16 ymm/xmm: 12 accumulators) keep
+# other x86-64 hosts correct and reasonable, untuned.
 CONFIGS = {
     512: {"f32": Config(mr=16, nrv=1, kc=384, mc=1536, nc=384, tail=8),
           "f64": Config(mr=12, nrv=2, kc=256, mc=768, nc=256, tail=8)},

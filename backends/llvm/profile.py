@@ -32,8 +32,9 @@ def kernel_bytes(k: Node) -> int:
 def profile_table(rows: list[tuple], title: str = "") -> str:
     """Rows of (kernel or loop, seconds, calls[, depth]): a loop's row is its whole run, its
     body's kernels follow it, indented (their calls: one per step); shares are of the step.
-    A row group (``rowgroups.RowGroup``, op ``rows``) is timed as one step: its kernels follow
-    it, indented, without times of their own."""
+    A row group (``rowgroups.RowGroup``, op ``rows``) and a loop run in row bands (its kernels
+    never called alone: zero calls) are timed as one step: their kernels follow them, indented,
+    without times of their own."""
     rows = [r if len(r) == 4 else (*r, 0) for r in rows]
     top = [r for r in rows if r[3] == 0]
     total = sum(r[1] for r in top) or 1e-12
@@ -68,7 +69,8 @@ def profile_table(rows: list[tuple], title: str = "") -> str:
                 rate = f"{flops / per / 1e9:8.1f}" if flops and per else f"{'':>8}"
                 lines.append(f"{name:<42.42} {classify(k):<10} {per * 1e6:9.1f} "
                              f"{seconds / total:6.1%} {gbs:7.1f} {rate}")
-            emit(children, shared=k.op == "rows")
+            emit(children, shared=k.op == "rows" or (
+                k.op != "kernel" and bool(children) and all(c[0][2] == 0 for c in children)))
 
     emit(tree(0, len(rows)))
     lines.append(f"{'total per call':<53} {total / calls * 1e6:9.1f}")

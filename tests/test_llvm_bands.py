@@ -247,3 +247,26 @@ def test_the_profile_times_a_banded_loop_as_a_whole_and_lists_its_kernels(banded
     inside = [line for line in lines[at + 1:] if line.startswith("  @")]
     assert inside and all("(above)" in line for line in inside), table
     assert any(line.split()[1] == "gemm" for line in inside), table
+
+
+@pytest.mark.parametrize("budget, bands", [(32 << 20, 8), (1, 2)])
+def test_band_arenas_stay_within_the_memory_budget(budget, bands, banded, monkeypatch):
+    """Each band has its own copy of the body's arena: 128 rows make 8 bands of 16, unless
+    that many copies would pass BAND_MEMORY (two bands are always allowed)."""
+    monkeypatch.setattr(loops, "BAND_MEMORY", budget)
+    layouts = []
+    real = loops.LoopPlanner.layout
+
+    def spy(self, node):
+        lay = real(self, node)
+        layouts.append(lay)
+        return lay
+
+    monkeypatch.setattr(loops.LoopPlanner, "layout", spy)
+    x = RNG.standard_normal((4, 128, 8)).astype(F32)
+    f = lambda x: lm.scan(lambda c, xt: (lm.tanh(c + xt), c * 2.0), x[0], x)  # noqa: E731
+    got = lm.compile(f, backend="llvm")(x)
+    want = lm.compile(f, backend="numpy")(x)
+    assert banded and {lay.bands for lay in layouts} == {bands}
+    for g, w in zip(got, want):
+        assert_close(g, w, atol=1e-6)

@@ -28,9 +28,9 @@ import numpy as np
 from llvmlite import ir
 
 from lamina.backends.llvm import jit, pool, rowgroups
+from lamina.backends.llvm import loops as loop_plans
 from lamina.backends.llvm import lower as L
 from lamina.backends.llvm.kernels import KernelEmitter, KernelFn
-from lamina.backends.llvm.loops import LoopPlanner
 from lamina.ir.graph import Graph, Node, Value
 from lamina.ir.ops.source import constant_array
 from lamina.passes.memory import RISKY, MemoryPlan, error_sites
@@ -137,12 +137,12 @@ class Codegen:
     loop has this graph as its body (the body shares its module, names and error flag)."""
 
     def __init__(self, graph: Graph, plan: MemoryPlan, name: str = "lamina",
-                 profile: bool = False, loops: LoopPlanner | None = None,
+                 profile: bool = False, loops: loop_plans.LoopPlanner | None = None,
                  parent: Codegen | None = None):
         self.graph = graph
         self.plan = plan
         self.profile = profile  # time every kernel call (cycles) into the global lamina_prof
-        self.loops = loops if loops is not None else LoopPlanner()
+        self.loops = loops if loops is not None else loop_plans.LoopPlanner()
         self.slots = Slots(len(graph.inputs), len(graph.state), len(graph.outputs))
         if parent is None:
             self.module = jit.new_module(name)
@@ -525,8 +525,6 @@ class Codegen:
         """A loop in row bands (``loops.row_split``): one pool job whose chunk c runs every
         step on rows [c*size, min((c+1)*size, R)) with the arena of band c; a band per
         thread (at most ``lay.bands``), in multiples of 8 rows where that keeps the count."""
-        from lamina.backends.llvm import loops
-
         rows = lay.rows
         data_t = ir.LiteralStructType([I8P.as_pointer(), I64])
         w = ir.Function(self.module, pool.CHUNK_TYPE,
@@ -562,7 +560,7 @@ class Codegen:
 
         want = b.sext(nthreads, I64)
         want = b.select(b.icmp_signed(">", want, const(lay.bands)), const(lay.bands), want)
-        want = imax(imax(want, const(1)), const(min(loops.MIN_BANDS, lay.bands)))
+        want = imax(imax(want, const(1)), const(min(loop_plans.MIN_BANDS, lay.bands)))
         size = cdiv(const(rows), want)
         size8 = b.mul(cdiv(size, const(8)), const(8))
         size = b.select(b.icmp_signed("<", b.mul(size8, b.sub(want, const(1))), const(rows)),

@@ -53,9 +53,11 @@ from lamina.ir.ops.loop import split_while
 from lamina.passes.memory import ALIGN, RISKY, MemoryPlan, plan_memory
 
 # Row bands of a loop (see above): at least ROW_BAND rows each (an LSTM step's 32 rows make
-# two), at most MAX_ROW_BANDS bands (each holds a copy of the body's arena).
+# two), at most MAX_ROW_BANDS bands; each holds a copy of the body's arena, and beyond two
+# they stay within BAND_MEMORY bytes in all.
 ROW_BAND = 16
 MAX_ROW_BANDS = 8
+BAND_MEMORY = 32 << 20
 MIN_BANDS = 1  # tests: this many bands (up to the maximum) even on fewer threads
 
 
@@ -154,10 +156,11 @@ class LoopPlanner:
         lay.arena = off
         arena = max(plan.arena_bytes for _, plan in bodies)
         lay.rows = row_split(node, parts[-1]) if ROW_BAND else 0
-        lay.bands = min(MAX_ROW_BANDS, lay.rows // max(1, ROW_BAND))
+        lay.band_arena = _aligned(arena)
+        lay.bands = min(MAX_ROW_BANDS, lay.rows // max(1, ROW_BAND),
+                        max(2, BAND_MEMORY // lay.band_arena))
         if lay.bands < 2:
             lay.rows = lay.bands = 0
-        lay.band_arena = _aligned(arena)
         off += lay.band_arena * max(1, lay.bands)
         lay.nbytes = off
         self.layouts[node] = lay

@@ -264,7 +264,7 @@ def test_band_arenas_stay_within_the_memory_budget(budget, bands, banded, monkey
 
     monkeypatch.setattr(loops.LoopPlanner, "layout", spy)
     x = RNG.standard_normal((4, 128, 8)).astype(F32)
-    f = lambda x: lm.scan(lambda c, xt: (lm.tanh(c + xt), c * 2.0), x[0], x)  # noqa: E731
+    f = lambda x: lm.scan(lambda c, xt: (lm.tanh(c + xt), c * 2.0), x[0], x)
     got = lm.compile(f, backend="llvm")(x)
     want = lm.compile(f, backend="numpy")(x)
     assert banded and {lay.bands for lay in layouts} == {bands}

@@ -438,125 +438,6 @@ class _Emitter:
                 e = b.load(b.gep(src, [j]))
                 b.store(b.select(accum, b.fadd(e, b.load(q)), e), q)
 
-    # packing -----------------------------------------------------------------------------------
-    def pack(self, which: str) -> ir.Function:
-        """void pack(i64 kc, i64 n, T* src, i64 s_panel, i64 s_k, T* dst): `n` rows of A
-        (which="a", panel width MR) or columns of B (which="b", width NR) into zero-padded
-        panels: dst[p*W*kc + k*W + x] = src[(p*W + x)*s_panel + k*s_k]. Three paths:
-        s_panel == 1 (row-major B, column-major A): masked vector copies along whole source
-        rows; s_k == 1 (row-major A, transposed B): VL x VL in-register transposes; any other
-        strides: scalar copies."""
-        w = self.cfg.mr if which == "a" else self.nr
-        fn, b = _new_fn(self.m, self.prefix + "pack_" + which, _void,
-                        [_i64, _i64, self.tp, _i64, _i64, self.tp])
-        fn.attributes.add("noinline")
-        kc, n, src, sx, sk, dst = fn.args
-        npanel = _cdiv(b, n, w)
-        with b.if_else(b.icmp_signed("==", sx, _c64(1))) as (then, other):
-            with then:
-                self._pack_copy(b, kc, n, npanel, src, sk, dst, w)
-            with other, _for(b, _c64(0), npanel, name="p") as p:
-                x0 = b.mul(p, _c64(w))
-                nv = _min(b, b.sub(n, x0), _c64(w))
-                sp = b.gep(src, [b.mul(x0, sx)])
-                dp = b.gep(dst, [b.mul(x0, kc)])
-                fast = b.and_(b.icmp_signed("==", sk, _c64(1)),
-                              b.icmp_signed("==", nv, _c64(w)))
-                with b.if_else(fast) as (t2, o2):
-                    with t2:
-                        self._pack_transpose(b, kc, sp, sx, dp, w)
-                    with o2:
-                        self._pack_scalar(b, _c64(0), kc, nv, sp, sx, sk, dp, w)
-        b.ret_void()
-        return fn
-
-    def _pack_copy(self, b, kc, n, npanel, src, sk, dst, w):
-        """Unit panel stride: the source rows (one per k) are contiguous. Groups of panels
-        spanning ~8 vectors are filled one k at a time: a few contiguous loads per source row,
-        stores into a few panel streams. Only the last, partial panel uses masked loads."""
-        group = max(1, 8 * self.vl // w)
-        with _for(b, _c64(0), npanel, group, name="pg") as pg:
-            p1 = _min(b, b.add(pg, _c64(group)), npanel)
-            with _for(b, _c64(0), kc, name="k") as k:
-                s = b.gep(src, [b.mul(k, sk)])
-                d = b.gep(dst, [b.mul(k, _c64(w))])
-                with _for(b, pg, p1, name="p") as p:
-                    x0 = b.mul(p, _c64(w))
-                    sp = b.gep(s, [x0])
-                    dp = b.gep(d, [b.mul(x0, kc)])
-                    full = b.icmp_signed("<=", b.add(x0, _c64(w)), n)
-                    with b.if_else(full) as (then, other):
-                        for partial, blk in ((False, then), (True, other)):
-                            with blk:
-                                self._copy_panel_row(b, sp, dp, b.sub(n, x0), w, partial)
-
-    def _copy_panel_row(self, b, sp, dp, avail, w, partial):
-        """dst[0:w] = src[0:w], in vector pieces; with `partial`, only the first `avail` source
-        values exist and the rest of the row is zero-filled."""
-        al = ir.Constant(_i32, _BYTES[self.dtype])
-        for v in range(-(-w // self.vl)):
-            off = _c64(v * self.vl)
-            width = min(self.vl, w - v * self.vl)  # lanes of this piece inside the panel
-            sv, dv = _vptr(b, sp, off, self.vt), _vptr(b, dp, off, self.vt)
-            if partial or width < self.vl:
-                lim = _c64(width)
-                if partial:
-                    lim = _min(b, b.sub(avail, off), lim)
-                x = b.call(self.mload, [sv, al, _lane_mask(b, lim, self.vl), self.zero_v()])
-            else:
-                x = b.load(sv, align=_BYTES[self.dtype])
-            self.store_lanes(b, x, dv, width)
-
-    def store_lanes(self, b, x, d, width: int):
-        """The first ``width`` lanes of ``x`` into the packing buffer at ``d``: a whole vector,
-        or a load, a blend and a store (a masked store costs tens of cycles on AMD cores; an A
-        panel of MR = 6 rows is narrower than a float32 vector, so every packed row of A is
-        partial). The lanes past ``width`` keep what the buffer held: the buffer is the
-        calling slot's own and has a vector of slack at its end (``entry``)."""
-        al = _BYTES[self.dtype]
-        if width == self.vl:
-            b.store(x, d, align=al)
-            return
-        keep = ir.Constant(ir.VectorType(_i1, self.vl), [j < width for j in range(self.vl)])
-        b.store(b.select(keep, x, b.load(d, align=al)), d, align=al)
-
-    def _pack_transpose(self, b, kc, sp, sx, dp, w):
-        """A full panel whose source rows are contiguous along k: VL k's at a time, each group
-        of VL rows is loaded as VL vectors and transposed in registers (log2 VL rounds of
-        interleaves), then each k's values are stored; the k tail is copied by scalars."""
-        vl, vt = self.vl, self.vt
-        kmain = b.mul(b.sdiv(kc, _c64(vl)), _c64(vl))
-        lo = ir.Constant(ir.VectorType(_i32, vl), [j // 2 + (j % 2) * vl for j in range(vl)])
-        hi = ir.Constant(ir.VectorType(_i32, vl),
-                         [vl // 2 + j // 2 + (j % 2) * vl for j in range(vl)])
-        with _for(b, _c64(0), kmain, vl, name="kt") as k0:
-            for g in range(0, w, vl):
-                rows = [b.load(_vptr(b, sp, b.add(b.mul(_c64(g + r), sx), k0), vt),
-                               align=_BYTES[self.dtype]) if g + r < w else self.zero_v()
-                        for r in range(vl)]
-                for _ in range(vl.bit_length() - 1):
-                    nxt = []
-                    for i in range(vl // 2):
-                        x, y = rows[i], rows[i + vl // 2]
-                        nxt += [b.shuffle_vector(x, y, lo), b.shuffle_vector(x, y, hi)]
-                    rows = nxt
-                width = min(vl, w - g)
-                for j in range(vl):  # rows[j] holds k = k0 + j
-                    d = _vptr(b, dp, b.add(b.mul(b.add(k0, _c64(j)), _c64(w)), _c64(g)), vt)
-                    self.store_lanes(b, rows[j], d, width)
-        self._pack_scalar(b, kmain, kc, _c64(w), sp, sx, _c64(1), dp, w)
-
-    def _pack_scalar(self, b, k0, k1, nv, sp, sx, sk, dp, w):
-        """dst[k*w + x] = src[x*sx + k*sk] for k0 <= k < k1 and x < nv, zero for nv <= x < w."""
-        zero = ir.Constant(self.t, 0.0)
-        with _for(b, k0, k1, name="k") as k:
-            s = b.gep(sp, [b.mul(k, sk)])
-            d = b.gep(dp, [b.mul(k, _c64(w))])
-            with _for(b, _c64(0), nv, name="x") as x:
-                b.store(b.load(b.gep(s, [b.mul(x, sx)])), b.gep(d, [x]))
-            with _for(b, nv, _c64(w), name="z") as x:  # zero padding
-                b.store(zero, b.gep(d, [x]))
-
     # tiles and chunks --------------------------------------------------------------------------
     # The job: the entry's arguments, the tiling it chose and the workspace (see entry()).
     JOB = ("M", "N", "K", "A", "rsA", "csA", "B", "rsB", "csB", "C", "ldc", "batch", "bsA",
@@ -820,10 +701,10 @@ class _Emitter:
         null = ir.Constant(_i8p, None)
         slot = b.alloca(_i8p)
         b.store(null, slot)
-        with _for(b, _c64(0), _c64(WS_CACHE), name="wsget") as k:
-            with b.if_then(b.icmp_unsigned("==", b.load(slot), null)):
-                at = b.gep(g, [_c64(0), k])
-                b.store(b.atomic_rmw("xchg", at, null, "acquire"), slot)
+        with _for(b, _c64(0), _c64(WS_CACHE), name="wsget") as k, \
+                b.if_then(b.icmp_unsigned("==", b.load(slot), null)):
+            at = b.gep(g, [_c64(0), k])
+            b.store(b.atomic_rmw("xchg", at, null, "acquire"), slot)
         old = b.load(slot)
         has = b.icmp_unsigned("!=", old, null)
         cap_ok = b.alloca(_i1)
@@ -868,12 +749,13 @@ def emit_gemm(module: ir.Module, dtype: str, cfg: Config | None = None,
     GEMM_SYMBOL, or with ``gather`` GATHER_SYMBOL (whose table packers are most of its code:
     they double the build time, so only programs that read an operand through offset tables
     build them)."""
-    from lamina.backends.llvm import gemm_gather  # it builds on this module's helpers
+    from lamina.backends.llvm import gemm_gather, gemm_pack  # they build on this module's helpers
 
     e = _Emitter(module, dtype, cfg or default_config(dtype), gather)
     tables = (gemm_gather.pack_table(e), gemm_gather.pack_table_a(e)) if gather else (None,) * 2
     uks = (e.ukernel(), e.ukernel(e.cfg.tail) if e.cfg.tail else None)
-    return e.entry(e.chunk(e.tile(uks, e.pack("a"), e.pack("b"), *tables)), gather)
+    packs = (gemm_pack.pack(e, "a"), gemm_pack.pack(e, "b"))
+    return e.entry(e.chunk(e.tile(uks, *packs, *tables)), gather)
 
 
 def declare_gemm(module: ir.Module, dtype: str, gather: bool = False) -> ir.Function:

@@ -14,8 +14,20 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from lamina.backends.llvm.gemm import (_BYTES, _c64, _cdiv, _for, _i1, _i32, _i64, _lane_mask,
-                                       _min, _new_fn, _vptr, _void)
+from lamina.backends.llvm import gemm_pack
+from lamina.backends.llvm.gemm import (
+    _BYTES,
+    _c64,
+    _cdiv,
+    _for,
+    _i1,
+    _i32,
+    _i64,
+    _min,
+    _new_fn,
+    _void,
+    _vptr,
+)
 
 
 def pack_table(e) -> ir.Function:
@@ -150,7 +162,7 @@ def pack_table_a(e) -> ir.Function:
                         for j in range(vl):  # rows[j] holds k = k0 + j
                             d = _vptr(b, dp, b.add(b.mul(b.add(k0, _c64(j)), _c64(w)),
                                                    _c64(g)), vt)
-                            e.store_lanes(b, rows[j], d, width)
+                            gemm_pack.store_lanes(e, b, rows[j], d, width)
                 with other:
                     for j in range(vl):
                         d = b.gep(dp, [b.mul(b.add(k0, _c64(j)), _c64(w))])

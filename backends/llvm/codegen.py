@@ -88,10 +88,12 @@ def kernel_chunks(extent: int, work: int, min_size: int = 1) -> tuple[int, int]:
     return size, -(-extent // size)
 
 
-def _chunk_bounds(b: ir.IRBuilder, c, size: int, extent: int):
-    """[lo, hi) of chunk ``c`` of ``size`` rows (elements) of ``extent``: the last is short."""
-    lo = b.mul(c, ir.Constant(I64, size))
-    hi = b.add(lo, ir.Constant(I64, size))
+def _chunk_bounds(b: ir.IRBuilder, c, size, extent: int):
+    """[lo, hi) of chunk ``c`` of ``size`` rows (elements; an int or an i64 value) of
+    ``extent``: the last is short."""
+    size = ir.Constant(I64, size) if isinstance(size, int) else size
+    lo = b.mul(c, size)
+    hi = b.add(lo, size)
     ext = ir.Constant(I64, extent)
     return lo, b.select(b.icmp_signed(">", hi, ext), ext, hi)
 
@@ -535,10 +537,7 @@ class Codegen:
         wbufs = wb.load(wb.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, 0)]))
         size = wb.load(wb.gep(data, [ir.Constant(I32, 0), ir.Constant(I32, 1)]))
         c = w.args[1]
-        lo = wb.mul(c, size)
-        hi = wb.add(lo, size)
-        hi = wb.select(wb.icmp_signed(">", hi, ir.Constant(I64, rows)), ir.Constant(I64, rows),
-                       hi)
+        lo, hi = _chunk_bounds(wb, c, size, rows)
         wbase = self.scratch_pointer(wb, wbufs, node)
         arena = wb.gep(wbase, [wb.add(ir.Constant(I64, lay.arena),
                                       wb.mul(c, ir.Constant(I64, lay.band_arena)))])
